@@ -1,0 +1,52 @@
+//! What can go wrong in a use case, named for what the caller must do.
+
+use crate::issuer::types::{FamilyId, FieldError};
+use crate::keys::KeyError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request breaks a rule; nothing was done.
+    #[error(transparent)]
+    InvalidArgument(#[from] FieldError),
+    /// Unknown, malformed or forged token.
+    #[error("token is invalid")]
+    TokenInvalid,
+    /// The refresh token's idle lifetime or its family's absolute lifetime is over.
+    #[error("token has expired")]
+    TokenExpired,
+    /// The token's family was revoked.
+    #[error("token has been revoked")]
+    TokenRevoked,
+    /// A spent refresh token was presented again; its family has been revoked (and that is
+    /// committed) before this error is returned.
+    #[error("refresh token was already used; its session has been revoked")]
+    TokenReused { family: FamilyId },
+    /// Storage is down or overloaded: retry later.
+    #[error("service temporarily unavailable")]
+    Unavailable(#[source] StoreError),
+    /// Anything else: a bug or a broken invariant.
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<StoreError> for Error {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(_) | StoreError::Contention { .. } => Self::Unavailable(error),
+            StoreError::Internal(_) => Self::Internal(Box::new(error)),
+        }
+    }
+}
+
+impl From<KeyError> for Error {
+    fn from(error: KeyError) -> Self {
+        Self::Internal(Box::new(error))
+    }
+}
+
+impl From<getrandom::Error> for Error {
+    fn from(error: getrandom::Error) -> Self {
+        Self::Internal(Box::new(error))
+    }
+}

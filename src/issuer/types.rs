@@ -1,0 +1,365 @@
+//! Validated inputs of the use cases: what a request must satisfy before the domain sees it.
+//!
+//! Each type checks its own rules once, at the edge, and names the offending field when it
+//! refuses (the transport turns that into INVALID_ARGUMENT). Past this point every value is known
+//! to be within our limits.
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// Longest subject, client id, scope or audience, in bytes.
+pub const MAX_NAME_BYTES: usize = 255;
+/// Most scopes, and most audiences, one family may carry.
+pub const MAX_LIST_LEN: usize = 64;
+/// Largest extra-claims object, serialised as JSON.
+pub const MAX_CLAIMS_BYTES: usize = 8 * 1024;
+/// Longest token accepted by Rotate, Revoke and Introspect. Our access tokens are well under
+/// this even with 8 KiB of claims; anything longer is refused before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 64 * 1024;
+
+/// Claims the server sets itself; a caller may not supply them in `claims`.
+pub const RESERVED_CLAIMS: [&str; 10] = [
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "nbf",
+    "iat",
+    "jti",
+    "client_id",
+    "scope",
+    "sid",
+];
+
+/// A request field that breaks a rule. Shown to the caller, so it never contains a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct FieldError {
+    pub field: String,
+    pub problem: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+fn bounded(field: &str, value: String, allow_empty: bool) -> Result<String, FieldError> {
+    if value.is_empty() && !allow_empty {
+        return Err(FieldError::new(field, "must not be empty"));
+    }
+    if value.len() > MAX_NAME_BYTES {
+        return Err(FieldError::new(
+            field,
+            format!("must be at most {MAX_NAME_BYTES} bytes, got {}", value.len()),
+        ));
+    }
+    Ok(value)
+}
+
+/// Who a family's tokens are about (`sub`): 1..=255 bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject(String);
+
+impl Subject {
+    /// # Errors
+    /// Empty or longer than [`MAX_NAME_BYTES`].
+    pub fn parse(value: String) -> Result<Self, FieldError> {
+        bounded("subject", value, false).map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The OAuth client of a family (`client_id`): 0..=255 bytes, empty meaning none.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClientId(String);
+
+impl ClientId {
+    /// # Errors
+    /// Longer than [`MAX_NAME_BYTES`].
+    pub fn parse(value: String) -> Result<Self, FieldError> {
+        bounded("client_id", value, true).map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Granted scopes, deduplicated, in the order given.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Scopes(Vec<String>);
+
+impl Scopes {
+    /// Each scope must be an RFC 6749 §3.3 scope-token (printable ASCII but space, `"` and `\`),
+    /// because the access token joins them with spaces.
+    ///
+    /// # Errors
+    /// More than [`MAX_LIST_LEN`] scopes, or a scope that is empty, too long or has a character
+    /// outside the scope-token set.
+    pub fn parse(values: Vec<String>) -> Result<Self, FieldError> {
+        if values.len() > MAX_LIST_LEN {
+            return Err(FieldError::new(
+                "scopes",
+                format!("at most {MAX_LIST_LEN} scopes, got {}", values.len()),
+            ));
+        }
+        let mut scopes: Vec<String> = Vec::with_capacity(values.len());
+        for (i, scope) in values.into_iter().enumerate() {
+            let field = format!("scopes[{i}]");
+            let scope = bounded(&field, scope, false)?;
+            if !scope
+                .bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+            {
+                return Err(FieldError::new(
+                    field,
+                    "must be printable ASCII without spaces, '\"' or '\\' (RFC 6749 scope-token)",
+                ));
+            }
+            if !scopes.contains(&scope) {
+                scopes.push(scope);
+            }
+        }
+        Ok(Self(scopes))
+    }
+
+    /// Scopes read back from storage, already validated when they were issued.
+    pub fn from_stored(values: Vec<String>) -> Self {
+        Self(values)
+    }
+
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+
+    /// The `scope` claim: space-separated.
+    pub fn to_claim(&self) -> String {
+        self.0.join(" ")
+    }
+}
+
+/// Intended recipients (`aud`); never empty once resolved against the default audience.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audiences(Vec<String>);
+
+impl Audiences {
+    /// `values`, or `[default]` when there are none.
+    ///
+    /// # Errors
+    /// More than [`MAX_LIST_LEN`] audiences, or one that is empty or too long.
+    pub fn parse(values: Vec<String>, default: &str) -> Result<Self, FieldError> {
+        if values.len() > MAX_LIST_LEN {
+            return Err(FieldError::new(
+                "audiences",
+                format!("at most {MAX_LIST_LEN} audiences, got {}", values.len()),
+            ));
+        }
+        if values.is_empty() {
+            return Ok(Self(vec![default.to_owned()]));
+        }
+        let mut audiences: Vec<String> = Vec::with_capacity(values.len());
+        for (i, audience) in values.into_iter().enumerate() {
+            let audience = bounded(&format!("audiences[{i}]"), audience, false)?;
+            if !audiences.contains(&audience) {
+                audiences.push(audience);
+            }
+        }
+        Ok(Self(audiences))
+    }
+
+    pub fn from_stored(values: Vec<String>) -> Self {
+        Self(values)
+    }
+
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+}
+
+/// Extra claims for every access token of a family: a JSON object of at most
+/// [`MAX_CLAIMS_BYTES`] that names no [`RESERVED_CLAIMS`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ExtraClaims(Map<String, Value>);
+
+impl ExtraClaims {
+    /// # Errors
+    /// A reserved claim name, or more than [`MAX_CLAIMS_BYTES`] of JSON.
+    pub fn parse(claims: Map<String, Value>) -> Result<Self, FieldError> {
+        if let Some(name) = claims.keys().find(|name| RESERVED_CLAIMS.contains(&name.as_str())) {
+            return Err(FieldError::new(
+                format!("claims.{name}"),
+                "is set by the server and may not be supplied",
+            ));
+        }
+        let size = serde_json::to_vec(&claims).map(|json| json.len()).unwrap_or(usize::MAX);
+        if size > MAX_CLAIMS_BYTES {
+            return Err(FieldError::new(
+                "claims",
+                format!("must be at most {MAX_CLAIMS_BYTES} bytes as JSON, got {size}"),
+            ));
+        }
+        Ok(Self(claims))
+    }
+
+    pub fn from_stored(claims: Map<String, Value>) -> Self {
+        Self(claims)
+    }
+
+    pub fn as_map(&self) -> &Map<String, Value> {
+        &self.0
+    }
+}
+
+/// What Issue was asked for, validated.
+#[derive(Debug, Clone)]
+pub struct IssueParams {
+    pub subject: Subject,
+    pub scopes: Scopes,
+    pub audiences: Audiences,
+    pub client_id: ClientId,
+    pub claims: ExtraClaims,
+}
+
+/// A family (login session) id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FamilyId(Uuid);
+
+impl FamilyId {
+    pub fn new_random() -> Self {
+        Self(Uuid::new_v4())
+    }
+
+    /// # Errors
+    /// `value` is not a UUID.
+    pub fn parse(field: &str, value: &str) -> Result<Self, FieldError> {
+        Uuid::try_parse(value)
+            .map(Self)
+            .map_err(|_| FieldError::new(field, "must be a UUID"))
+    }
+
+    pub fn from_uuid(id: Uuid) -> Self {
+        Self(id)
+    }
+
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl fmt::Display for FamilyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A token presented to Rotate, Revoke or Introspect, checked only for size: what kind of token
+/// it is, and whether it is ours, is the domain's business.
+#[derive(Clone)]
+pub struct PresentedToken(String);
+
+impl PresentedToken {
+    /// # Errors
+    /// Empty, or longer than [`MAX_TOKEN_BYTES`].
+    pub fn parse(field: &str, value: String) -> Result<Self, FieldError> {
+        if value.is_empty() {
+            return Err(FieldError::new(field, "must not be empty"));
+        }
+        if value.len() > MAX_TOKEN_BYTES {
+            return Err(FieldError::new(
+                field,
+                format!("must be at most {MAX_TOKEN_BYTES} bytes, got {}", value.len()),
+            ));
+        }
+        Ok(Self(value))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Never print a token, not even in debug output.
+impl fmt::Debug for PresentedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PresentedToken({} bytes)", self.0.len())
+    }
+}
+
+/// What Revoke acts on.
+#[derive(Debug, Clone)]
+pub enum RevokeTarget {
+    Token(PresentedToken),
+    Family(FamilyId),
+    Subject(Subject),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn subject_limits_are_enforced_and_name_the_field() {
+        assert_eq!(Subject::parse(String::new()).unwrap_err().field, "subject");
+        assert!(Subject::parse("a".repeat(255)).is_ok());
+        assert!(Subject::parse("a".repeat(256)).unwrap_err().problem.contains("255"));
+    }
+
+    #[test]
+    fn scopes_must_be_scope_tokens_and_are_deduplicated() {
+        let scopes = Scopes::parse(vec!["read".into(), "write".into(), "read".into()]).unwrap();
+        assert_eq!(scopes.to_claim(), "read write");
+        assert_eq!(Scopes::parse(vec!["a b".into()]).unwrap_err().field, "scopes[0]");
+        assert_eq!(
+            Scopes::parse(vec!["ok".into(), String::new()]).unwrap_err().field,
+            "scopes[1]"
+        );
+        assert!(Scopes::parse(vec!["x".into(); 65]).is_err());
+    }
+
+    #[test]
+    fn empty_audiences_fall_back_to_the_default() {
+        assert_eq!(Audiences::parse(vec![], "api").unwrap().as_slice(), ["api"]);
+        assert_eq!(
+            Audiences::parse(vec!["".into()], "api").unwrap_err().field,
+            "audiences[0]"
+        );
+    }
+
+    #[test]
+    fn reserved_and_oversized_claims_are_refused() {
+        let mut claims = Map::new();
+        claims.insert("sid".into(), Value::from("x"));
+        assert_eq!(ExtraClaims::parse(claims).unwrap_err().field, "claims.sid");
+        let mut big = Map::new();
+        big.insert("blob".into(), Value::from("x".repeat(MAX_CLAIMS_BYTES)));
+        assert_eq!(ExtraClaims::parse(big).unwrap_err().field, "claims");
+    }
+
+    proptest! {
+        #[test]
+        fn subject_parse_never_panics_and_accepts_exactly_the_bounded(s in ".{0,300}") {
+            let ok = !s.is_empty() && s.len() <= MAX_NAME_BYTES;
+            prop_assert_eq!(Subject::parse(s).is_ok(), ok);
+        }
+
+        #[test]
+        fn accepted_scopes_never_contain_a_separator(v in proptest::collection::vec("[ -~]{0,8}", 0..10)) {
+            if let Ok(scopes) = Scopes::parse(v) {
+                for scope in scopes.as_slice() {
+                    prop_assert!(!scope.is_empty() && !scope.contains(' '));
+                }
+            }
+        }
+    }
+}

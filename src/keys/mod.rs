@@ -1,0 +1,128 @@
+//! Signing keys: minting access tokens ([`mint`]), verifying them ([`verify`]) and key files
+//! ([`keyfile`]).
+//!
+//! Everything outside this module sees only [`Keyring`]: "sign these claims" and "verify this
+//! token". Key rotation, JWKS publication and more algorithms plug in here without touching the
+//! use cases. Today a keyring holds one Ed25519 key, which both signs and verifies.
+
+pub mod keyfile;
+pub mod mint;
+pub mod verify;
+
+use std::collections::HashMap;
+
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{DecodingKey, EncodingKey};
+
+pub use mint::AccessClaims;
+pub use verify::VerifyError;
+
+/// Failures loading, creating or using keys.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot {action} key file {path}")]
+    Io {
+        action: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("key file {path} is not a PEM-encoded PKCS#8 Ed25519 private key: {reason}")]
+    Format { path: std::path::PathBuf, reason: String },
+    #[error("cannot generate a key: the system random generator failed")]
+    Random,
+    #[error("signing failed")]
+    Sign(#[source] jsonwebtoken::errors::Error),
+}
+
+/// One Ed25519 key pair with its key id.
+pub struct SigningKey {
+    kid: String,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+impl SigningKey {
+    /// A key from PKCS#8 DER (v1 as written by `openssl genpkey -algorithm ed25519`, or v2).
+    ///
+    /// # Errors
+    /// The bytes are not an Ed25519 PKCS#8 private key.
+    pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, String> {
+        let pair = Ed25519KeyPair::from_pkcs8(der).map_err(|e| e.to_string())?;
+        let public = pair.public_key().as_ref();
+        Ok(Self {
+            kid: thumbprint(public),
+            encoding: EncodingKey::from_ed_der(der),
+            decoding: DecodingKey::from_ed_der(public),
+        })
+    }
+
+    /// A new random key, in memory only (tests, and the first start without a key file).
+    ///
+    /// # Errors
+    /// The system random generator failed.
+    pub fn generate() -> Result<(Self, Vec<u8>), KeyError> {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let der = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Random)?;
+        let der = der.as_ref().to_vec();
+        let key = Self::from_pkcs8_der(&der).map_err(|_| KeyError::Random)?;
+        Ok((key, der))
+    }
+
+    /// The RFC 7638 JWK thumbprint, used as `kid`.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+}
+
+/// RFC 7638 thumbprint of an Ed25519 public key (RFC 8037 OKP JWK): SHA-256 over the required
+/// members in lexicographic order, base64url. Stable across restarts and replicas sharing a key.
+fn thumbprint(public: &[u8]) -> String {
+    let jwk = format!(
+        r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
+        URL_SAFE_NO_PAD.encode(public)
+    );
+    URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, jwk.as_bytes()))
+}
+
+/// The keys this server signs with and accepts.
+pub struct Keyring {
+    active: SigningKey,
+    /// Verification keys by `kid`; the active key is always among them.
+    verifying: HashMap<String, DecodingKey>,
+}
+
+impl Keyring {
+    pub fn new(active: SigningKey) -> Self {
+        let verifying = HashMap::from([(active.kid.clone(), active.decoding.clone())]);
+        Self { active, verifying }
+    }
+
+    /// A keyring with a fresh random key; for tests and benchmarks.
+    ///
+    /// # Errors
+    /// The system random generator failed.
+    pub fn generate() -> Result<Self, KeyError> {
+        SigningKey::generate().map(|(key, _)| Self::new(key))
+    }
+
+    pub fn active_kid(&self) -> &str {
+        self.active.kid()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thumbprint_matches_rfc_8037_appendix_a3() {
+        // RFC 8037 A.3: the thumbprint of the example Ed25519 public key.
+        let x = URL_SAFE_NO_PAD
+            .decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo")
+            .unwrap();
+        assert_eq!(thumbprint(&x), "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k");
+    }
+}
