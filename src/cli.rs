@@ -1,0 +1,94 @@
+//! Command line: `ratchet serve` and `ratchet migrate`. Every flag has an environment fallback
+//! and a default; [`crate::config`] validates them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The local PostgreSQL of a development machine; `serve` and `migrate` create the database.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/ratchet";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ratchet",
+    version,
+    about = "gRPC token issuer: JWT access tokens and rotating one-time refresh tokens"
+)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(long, env = "RATCHET_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server (applies pending migrations first unless --no-migrate).
+    Serve(Box<ServeArgs>),
+    /// Apply pending database migrations, then exit.
+    Migrate(DatabaseArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL. `serve` (unless --no-migrate) and `migrate` create the database if it
+    /// does not exist.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
+    pub database_url: String,
+    /// Most pooled database connections.
+    #[arg(long, env = "RATCHET_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+    /// Bound on any one database operation, waiting for a connection included; past it the
+    /// caller gets UNAVAILABLE instead of a hang.
+    #[arg(long, env = "RATCHET_DB_TIMEOUT", default_value = "5s")]
+    pub db_timeout: humantime::Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Address to serve gRPC on.
+    #[arg(long, env = "RATCHET_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// `iss` of every access token; use the URL your verifiers know this issuer by.
+    #[arg(long, env = "RATCHET_ISSUER", default_value = "ratchet")]
+    pub issuer: String,
+    /// `aud` of access tokens whose Issue request names no audience.
+    #[arg(long, env = "RATCHET_AUDIENCE", default_value = "ratchet")]
+    pub audience: String,
+    /// Lifetime of an access token.
+    #[arg(long, env = "RATCHET_ACCESS_TTL", default_value = "15m")]
+    pub access_ttl: humantime::Duration,
+    /// Idle lifetime of a refresh token: a session unused for this long ends.
+    #[arg(long, env = "RATCHET_REFRESH_TTL", default_value = "7d")]
+    pub refresh_ttl: humantime::Duration,
+    /// Absolute lifetime of a family (login session), however often it rotates.
+    #[arg(long, env = "RATCHET_FAMILY_TTL", default_value = "30d")]
+    pub family_ttl: humantime::Duration,
+    /// How long after a rotation presenting the spent refresh token again is taken as a client
+    /// retry (answered with the same new refresh token) instead of theft. `0s` is strict.
+    #[arg(long, env = "RATCHET_REUSE_GRACE", default_value = "0s")]
+    pub reuse_grace: humantime::Duration,
+    /// Clock skew tolerated for `nbf` and `iat` in the future; `exp` is always exact.
+    #[arg(long, env = "RATCHET_LEEWAY", default_value = "5s")]
+    pub leeway: humantime::Duration,
+    /// PEM file with a PKCS#8 Ed25519 private key (`openssl genpkey -algorithm ed25519`).
+    /// Without it, a key is created in the data directory on first start and reused after.
+    #[arg(long, env = "RATCHET_SIGNING_KEY")]
+    pub signing_key: Option<PathBuf>,
+    /// Directory for state kept on disk (the generated signing key).
+    #[arg(long, env = "RATCHET_DATA_DIR", default_value = "ratchet-data")]
+    pub data_dir: PathBuf,
+    /// Do not apply pending migrations at start.
+    #[arg(long, env = "RATCHET_NO_MIGRATE")]
+    pub no_migrate: bool,
+}

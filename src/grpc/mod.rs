@@ -1,0 +1,17 @@
+//! The gRPC transport: generated code ([`pb`]), the service ([`service`]), request parsing and
+//! response encoding ([`convert`]) and the one mapping of domain errors to `Status` ([`status`]).
+
+pub mod convert;
+pub mod service;
+pub mod status;
+
+/// Code generated from `proto/ratchet/v1/token.proto`.
+pub mod pb {
+    #![allow(clippy::all, clippy::pedantic, clippy::unwrap_used, clippy::expect_used)]
+    tonic::include_proto!("ratchet.v1");
+
+    /// Encoded descriptors of our protos, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ratchet_descriptor");
+}
+
+pub use service::TokenServiceImpl;

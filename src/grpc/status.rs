@@ -1,0 +1,62 @@
+//! The only place where errors become `tonic::Status`.
+//!
+//! Token failures carry a `google.rpc.ErrorInfo` (domain `ratchet`) whose reason a client can
+//! switch on. Internal errors leave with an opaque message and a short error id that is also
+//! logged, so an operator can find the cause without the caller seeing it.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
+
+use crate::issuer::Error;
+use crate::issuer::types::FieldError;
+
+/// `google.rpc.ErrorInfo.domain` of our errors.
+pub const ERROR_DOMAIN: &str = "ratchet";
+
+/// Machine-readable reasons, in `google.rpc.ErrorInfo.reason`.
+pub mod reason {
+    pub const TOKEN_INVALID: &str = "TOKEN_INVALID";
+    pub const TOKEN_EXPIRED: &str = "TOKEN_EXPIRED";
+    pub const TOKEN_REVOKED: &str = "TOKEN_REVOKED";
+    pub const TOKEN_REUSED: &str = "TOKEN_REUSED";
+}
+
+fn token_failure(reason: &str, message: &str) -> Status {
+    Status::with_error_details(
+        Code::Unauthenticated,
+        message,
+        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, std::collections::HashMap::<String, String>::new()),
+    )
+}
+
+impl From<FieldError> for Status {
+    fn from(error: FieldError) -> Self {
+        let mut details = ErrorDetails::new();
+        details.add_bad_request_violation(error.field.clone(), error.problem.clone());
+        Status::with_error_details(Code::InvalidArgument, error.to_string(), details)
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::InvalidArgument(field) => field.into(),
+            Error::TokenInvalid => token_failure(reason::TOKEN_INVALID, "refresh token is invalid"),
+            Error::TokenExpired => token_failure(reason::TOKEN_EXPIRED, "refresh token has expired"),
+            Error::TokenRevoked => token_failure(reason::TOKEN_REVOKED, "refresh token has been revoked"),
+            Error::TokenReused { .. } => token_failure(
+                reason::TOKEN_REUSED,
+                "refresh token was already used; the session has been revoked",
+            ),
+            Error::Unavailable(source) => {
+                tracing::warn!(error = %source, cause = ?std::error::Error::source(&source), "storage unavailable");
+                Status::unavailable("storage temporarily unavailable, retry with backoff")
+            }
+            Error::Internal(source) => {
+                let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+                tracing::error!(error_id = %id, error = %source, cause = ?source.source(), "internal error");
+                Status::internal(format!("internal error (id {id})"))
+            }
+        }
+    }
+}

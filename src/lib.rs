@@ -1,0 +1,24 @@
+//! ratchet: a gRPC token issuer for internal services.
+//!
+//! # Layout
+//! Imports only go down this list:
+//! - [`grpc`]: the tonic service. Decodes requests into domain types, calls the issuer, encodes the
+//!   answer; the only place that knows `tonic::Status` (`grpc/status.rs`).
+//! - [`issuer`]: the use cases (issue, rotate, revoke, introspect, list sessions) and the rotation
+//!   rules. Knows neither tonic nor sqlx; takes `now` as a parameter.
+//! - [`store`]: the [`store::FamilyStore`] trait and its PostgreSQL implementation.
+//! - [`keys`]: signing and verifying access tokens, key files.
+//!
+//! Around them: [`cli`] and [`config`] (flags, environment, validation), [`startup`] (building and
+//! running the server), [`shutdown`], [`telemetry`] and [`clock`].
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod grpc;
+pub mod issuer;
+pub mod keys;
+pub mod shutdown;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

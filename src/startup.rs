@@ -1,0 +1,211 @@
+//! Building and running the server.
+//!
+//! [`Application::build`] does what `ratchet serve` needs from a [`Config`] (database, migrations,
+//! signing key); [`Application::from_parts`] takes ready-made parts, which is how tests inject a
+//! fresh database, a throwaway key and a controllable clock. Either way the listener is bound
+//! before `run_until_stopped`, so the caller knows the address (port 0 works).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::migrate::MigrateDatabase as _;
+use sqlx::postgres::{PgPool, Postgres};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, DatabaseConfig};
+use crate::grpc::TokenServiceImpl;
+use crate::grpc::pb::{self, token_service_server::TokenServiceServer};
+use crate::issuer::{Issuer, Policy};
+use crate::keys::Keyring;
+use crate::keys::keyfile::{self, KeySource};
+use crate::store::FamilyStore as _;
+use crate::store::postgres::{self, MIGRATOR, PgStore, PoolSettings};
+
+/// Largest request accepted. Far above any valid request (8 KiB of claims plus 128 names of
+/// 255 bytes), so that oversized *fields* reach validation and get a named INVALID_ARGUMENT.
+const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+/// Longest any RPC may run, whatever the client's deadline.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often the health service re-checks the database.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Everything a server is made of.
+pub struct Parts {
+    pub listen: SocketAddr,
+    pub pool: PgPool,
+    pub pool_settings: PoolSettings,
+    pub keys: Keyring,
+    pub policy: Policy,
+    pub clock: Arc<dyn Clock>,
+}
+
+pub struct Application {
+    listener: TcpListener,
+    store: PgStore,
+    service: TokenServiceImpl<PgStore>,
+}
+
+/// Creates the database if it is missing, then applies pending migrations.
+///
+/// # Errors
+/// The database cannot be reached, created or migrated.
+pub async fn migrate(database: &DatabaseConfig) -> anyhow::Result<()> {
+    if !Postgres::database_exists(&database.url)
+        .await
+        .context("cannot reach the database")?
+    {
+        Postgres::create_database(&database.url)
+            .await
+            .context("cannot create the database")?;
+        tracing::info!("created the database");
+    }
+    let pool = postgres::pool(database.options.clone(), &database.pool);
+    MIGRATOR.run(&pool).await.context("cannot apply migrations")?;
+    pool.close().await;
+    tracing::info!("database schema is up to date");
+    Ok(())
+}
+
+impl Application {
+    /// What `ratchet serve` runs: migrations (unless disabled), the signing key, the pool.
+    ///
+    /// # Errors
+    /// Migrations fail, the key cannot be loaded or created, or the address cannot be bound.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        if config.migrate {
+            migrate(&config.database).await?;
+        }
+        let (key, source) = keyfile::load_or_create(config.signing_key.as_deref(), &config.data_dir)?;
+        match &source {
+            KeySource::Configured(path) => {
+                tracing::info!(kid = key.kid(), path = %path.display(), "loaded the configured signing key")
+            }
+            KeySource::Reused(path) => {
+                tracing::info!(kid = key.kid(), path = %path.display(), "reusing the signing key created on an earlier start")
+            }
+            KeySource::Created(path) => tracing::warn!(kid = key.kid(), path = %path.display(),
+                "no signing key configured: created a new one; keep this file (or set RATCHET_SIGNING_KEY) so tokens survive restarts"),
+        }
+        let pool = postgres::pool(config.database.options, &config.database.pool);
+        Self::from_parts(Parts {
+            listen: config.listen,
+            pool,
+            pool_settings: config.database.pool,
+            keys: Keyring::new(key),
+            policy: config.policy,
+            clock: Arc::new(SystemClock),
+        })
+        .await
+    }
+
+    /// Binds the listener and wires the service.
+    ///
+    /// # Errors
+    /// The address cannot be bound.
+    pub async fn from_parts(parts: Parts) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(parts.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", parts.listen))?;
+        let store = PgStore::new(parts.pool, &parts.pool_settings);
+        let issuer = Arc::new(Issuer::new(store.clone(), parts.keys, parts.policy));
+        Ok(Self {
+            listener,
+            store,
+            service: TokenServiceImpl::new(issuer, parts.clock),
+        })
+    }
+
+    /// # Errors
+    /// The OS cannot tell the bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then reports NOT_SERVING, drains in-flight calls and
+    /// closes the pool.
+    ///
+    /// # Errors
+    /// The transport fails.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let addr = self.local_addr()?;
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        set_health(&reporter, ServingStatus::NotServing).await;
+        let (stop_health, stopped) = watch::channel(false);
+        let health_task = tokio::spawn(watch_health(self.store.clone(), reporter.clone(), stopped));
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        // grpcurl and older tools still ask the v1alpha service.
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let tokens = TokenServiceServer::new(self.service).max_decoding_message_size(MAX_REQUEST_BYTES);
+
+        tracing::info!(%addr, "serving gRPC");
+        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let result = Server::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(tokens)
+            .serve_with_incoming_shutdown(incoming, async {
+                shutdown.await;
+                let _ = stop_health.send(true);
+                set_health(&reporter, ServingStatus::NotServing).await;
+                tracing::info!("draining in-flight calls");
+            })
+            .await;
+        health_task.abort();
+        self.store.pool().close().await;
+        tracing::info!("stopped");
+        result.context("gRPC transport failed")
+    }
+}
+
+const TOKEN_SERVICE: &str = "ratchet.v1.TokenService";
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    // "" is the server as a whole, as grpc-health-probe asks by default.
+    reporter.set_service_status("", status).await;
+    reporter.set_service_status(TOKEN_SERVICE, status).await;
+}
+
+/// Keeps the health status in step with the database: SERVING while it answers.
+async fn watch_health(store: PgStore, reporter: HealthReporter, mut stopped: watch::Receiver<bool>) {
+    let mut last = None;
+    loop {
+        let status = match tokio::time::timeout(HEALTH_INTERVAL, store.ping()).await {
+            Ok(Ok(())) => ServingStatus::Serving,
+            _ => ServingStatus::NotServing,
+        };
+        if *stopped.borrow() {
+            return;
+        }
+        if last != Some(status) {
+            if status == ServingStatus::NotServing && last.is_some() {
+                tracing::warn!("database unreachable: health is NOT_SERVING");
+            } else if status == ServingStatus::Serving {
+                tracing::info!("database reachable: health is SERVING");
+            }
+            set_health(&reporter, status).await;
+            last = Some(status);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(HEALTH_INTERVAL) => {}
+            _ = stopped.changed() => return,
+        }
+    }
+}
