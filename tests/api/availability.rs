@@ -1,0 +1,167 @@
+//! The database going away: callers get UNAVAILABLE quickly, health says NOT_SERVING, nothing
+//! hangs, and nothing stored is lost or corrupted when it comes back.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ratchet::store::postgres::{self, PoolSettings};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use crate::helpers::{TestApp, spawn_on_pool, test_policy};
+
+/// A TCP proxy in front of PostgreSQL that the test can cut and restore.
+struct Proxy {
+    addr: SocketAddr,
+    upstream: SocketAddr,
+    tasks: Option<JoinSet<()>>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr, addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                connections.spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            upstream,
+            tasks: Some(tasks),
+        }
+    }
+
+    /// Closes the listener and every proxied connection.
+    async fn cut(&mut self) {
+        if let Some(mut tasks) = self.tasks.take() {
+            tasks.shutdown().await;
+        }
+    }
+
+    async fn restore(&mut self) {
+        *self = Self::start(self.upstream, self.addr).await;
+    }
+}
+
+fn fast_failing() -> PoolSettings {
+    PoolSettings {
+        max_connections: 4,
+        timeout: Duration::from_secs(1),
+    }
+}
+
+async fn health(app: &TestApp) -> ServingStatus {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    let answer = client
+        .check(HealthCheckRequest {
+            service: "ratchet.v1.TokenService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    ServingStatus::try_from(answer.status).unwrap()
+}
+
+async fn wait_for_health(app: &TestApp, want: ServingStatus) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while health(app).await != want {
+        assert!(Instant::now() < deadline, "health never became {want:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn with_no_database_calls_fail_fast_with_unavailable() {
+    // A port nobody listens on.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let options = PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(closed.port())
+        .username("postgres");
+    let pool = postgres::pool(options.clone(), &fast_failing());
+    let app = spawn_on_pool(pool, fast_failing(), test_policy(), options).await;
+
+    let started = Instant::now();
+    let mut client = app.client.clone();
+    let status = client.issue(ratchet::grpc::pb::IssueRequest {
+        subject: "alice".into(),
+        ..Default::default()
+    });
+    let status = tokio::time::timeout(Duration::from_secs(10), status)
+        .await
+        .expect("no hang")
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(health(&app).await, ServingStatus::NotServing);
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn losing_the_database_mid_flight_is_unavailable_and_recoverable(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let upstream: SocketAddr = format!("{}:{}", options.get_host(), options.get_port())
+        .parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], options.get_port())));
+    let mut proxy = Proxy::start(upstream, "127.0.0.1:0".parse().unwrap()).await;
+    let via_proxy = options.clone().host("127.0.0.1").port(proxy.addr.port());
+    let pool = postgres::pool(via_proxy, &fast_failing());
+    let app = spawn_on_pool(pool, fast_failing(), test_policy(), options).await;
+
+    let pair = app.issue("alice").await;
+    wait_for_health(&app, ServingStatus::Serving).await;
+
+    proxy.cut().await;
+    for _ in 0..3 {
+        let status = tokio::time::timeout(Duration::from_secs(10), app.rotate(&pair.refresh_token))
+            .await
+            .expect("no hang")
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
+    let introspect = app
+        .client
+        .clone()
+        .introspect(ratchet::grpc::pb::IntrospectRequest {
+            token: pair.access_token.clone(),
+            token_type_hint: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(introspect.code(), Code::Unavailable);
+    wait_for_health(&app, ServingStatus::NotServing).await;
+
+    proxy.restore().await;
+    wait_for_health(&app, ServingStatus::Serving).await;
+    // The failed attempts spent nothing: the token still rotates, exactly once.
+    let next = app.rotate(&pair.refresh_token).await.unwrap();
+    assert!(app.introspect(&next.access_token).await.active);
+    app.stop().await;
+    proxy.cut().await;
+}

@@ -1,0 +1,180 @@
+//! Starting a real server for a test: its own database (from `#[sqlx::test]`), a throwaway
+//! signing key, a clock the test controls, a real socket on 127.0.0.1:0 and a connected client.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Once};
+
+use ratchet::clock::{Clock as _, ManualClock};
+use ratchet::grpc::pb::token_service_client::TokenServiceClient;
+use ratchet::grpc::pb::{IssueRequest, TokenPair};
+use ratchet::issuer::Policy;
+use ratchet::keys::Keyring;
+use ratchet::startup::{Application, Parts};
+use ratchet::store::postgres::{self, PoolSettings};
+use sqlx::postgres::{PgConnectOptions, PgPool};
+use time::{Duration, OffsetDateTime};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_types::StatusExt as _;
+
+pub const ISSUER: &str = "https://ratchet.test";
+pub const AUDIENCE: &str = "default-api";
+
+/// The policy tests start from; each test adjusts what it exercises.
+pub fn test_policy() -> Policy {
+    Policy {
+        issuer: ISSUER.to_owned(),
+        default_audience: AUDIENCE.to_owned(),
+        access_ttl: Duration::minutes(15),
+        refresh_ttl: Duration::days(7),
+        family_ttl: Duration::days(30),
+        reuse_grace: Duration::ZERO,
+        leeway: Duration::seconds(5),
+    }
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: TokenServiceClient<Channel>,
+    pub clock: Arc<ManualClock>,
+    /// A second pool on the same database, for looking behind the API (what is stored).
+    pub db: PgPool,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<anyhow::Result<()>>,
+}
+
+fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            ratchet::telemetry::init(ratchet::cli::LogFormat::Text);
+        }
+    });
+}
+
+/// A server on its own database with the default test policy.
+pub async fn spawn_app(options: PgConnectOptions) -> TestApp {
+    spawn_app_with(options, test_policy()).await
+}
+
+pub async fn spawn_app_with(options: PgConnectOptions, policy: Policy) -> TestApp {
+    let settings = PoolSettings {
+        max_connections: 8,
+        timeout: std::time::Duration::from_secs(5),
+    };
+    let pool = postgres::pool(options.clone(), &settings);
+    spawn_on_pool(pool, settings, policy, options).await
+}
+
+/// A server on `pool` (which may point anywhere, even at nothing).
+pub async fn spawn_on_pool(pool: PgPool, settings: PoolSettings, policy: Policy, inspect: PgConnectOptions) -> TestApp {
+    init_logs();
+    // A fixed, whole-second start keeps expiry arithmetic in tests exact.
+    let clock = Arc::new(ManualClock::new(
+        OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap(),
+    ));
+    let app = Application::from_parts(Parts {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        pool,
+        pool_settings: settings,
+        keys: Keyring::generate().unwrap(),
+        policy,
+        clock: clock.clone(),
+    })
+    .await
+    .expect("build the application");
+    let addr = app.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let client = TokenServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect to the server");
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_lazy_with(inspect);
+    TestApp {
+        addr,
+        client,
+        clock,
+        db,
+        stop: Some(stop),
+        server,
+    }
+}
+
+impl TestApp {
+    /// Stops the server and closes every connection, so the test database can be dropped.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.server).await.expect("server task").expect("server result");
+        self.db.close().await;
+    }
+
+    pub fn now(&self) -> OffsetDateTime {
+        self.clock.now()
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+
+    pub async fn issue(&self, subject: &str) -> TokenPair {
+        self.client
+            .clone()
+            .issue(IssueRequest {
+                subject: subject.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("issue")
+            .into_inner()
+    }
+
+    pub async fn rotate(&self, refresh_token: &str) -> Result<TokenPair, Status> {
+        self.client
+            .clone()
+            .rotate(ratchet::grpc::pb::RotateRequest {
+                refresh_token: refresh_token.into(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    pub async fn introspect(&self, token: &str) -> ratchet::grpc::pb::IntrospectResponse {
+        self.client
+            .clone()
+            .introspect(ratchet::grpc::pb::IntrospectRequest {
+                token: token.into(),
+                token_type_hint: String::new(),
+            })
+            .await
+            .expect("introspect")
+            .into_inner()
+    }
+}
+
+/// Asserts `status` is UNAUTHENTICATED with ErrorInfo `reason` in domain `ratchet`.
+#[track_caller]
+pub fn assert_token_error(status: &Status, reason: &str) {
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let info = status.get_details_error_info().expect("an ErrorInfo detail");
+    assert_eq!(info.reason, reason, "{status:?}");
+    assert_eq!(info.domain, "ratchet");
+}
+
+/// Asserts `status` is INVALID_ARGUMENT and its message names `field`.
+#[track_caller]
+pub fn assert_invalid_argument(status: &Status, field: &str) {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().starts_with(&format!("{field}:")),
+        "message {:?} should name {field}",
+        status.message()
+    );
+}

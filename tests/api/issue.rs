@@ -1,0 +1,227 @@
+use ratchet::grpc::pb::IssueRequest;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::helpers::{AUDIENCE, ISSUER, assert_invalid_argument, spawn_app};
+
+fn claims(json: serde_json::Value) -> prost_types::Struct {
+    fn value(v: serde_json::Value) -> prost_types::Value {
+        use prost_types::value::Kind;
+        let kind = match v {
+            serde_json::Value::Null => Kind::NullValue(0),
+            serde_json::Value::Bool(b) => Kind::BoolValue(b),
+            serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap()),
+            serde_json::Value::String(s) => Kind::StringValue(s),
+            serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+                values: a.into_iter().map(value).collect(),
+            }),
+            serde_json::Value::Object(o) => Kind::StructValue(prost_types::Struct {
+                fields: o.into_iter().map(|(k, v)| (k, value(v))).collect(),
+            }),
+        };
+        prost_types::Value { kind: Some(kind) }
+    }
+    match value(json).kind {
+        Some(prost_types::value::Kind::StructValue(s)) => s,
+        _ => panic!("claims must be an object"),
+    }
+}
+
+/// The payload of a JWT, without verifying it (the tests below check what was signed).
+fn payload(jwt: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let part = jwt.split('.').nth(1).unwrap();
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+}
+
+fn header(jwt: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let part = jwt.split('.').next().unwrap();
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+}
+
+#[sqlx::test]
+async fn issue_returns_a_pair_and_an_rfc_9068_access_token(_pool: PgPoolOptions, options: PgConnectOptions) {
+    let app = spawn_app(options).await;
+    let pair = app
+        .client
+        .clone()
+        .issue(IssueRequest {
+            subject: "alice".into(),
+            scopes: vec!["read".into(), "write".into()],
+            audiences: vec!["orders".into(), "billing".into()],
+            client_id: "web".into(),
+            claims: Some(claims(serde_json::json!({"tenant": "acme", "level": 3}))),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert_eq!(pair.token_type, "Bearer");
+    assert_eq!(pair.expires_in, 15 * 60);
+    assert_eq!(
+        pair.refresh_expires_at,
+        (app.now() + time::Duration::days(7)).unix_timestamp()
+    );
+    assert!(pair.refresh_token.starts_with("rt_") && pair.refresh_token.len() >= 46);
+    uuid::Uuid::parse_str(&pair.family_id).unwrap();
+
+    let header = header(&pair.access_token);
+    assert_eq!(header["typ"], "at+jwt");
+    assert_eq!(header["alg"], "EdDSA");
+    assert!(header["kid"].as_str().is_some_and(|kid| !kid.is_empty()));
+    let claims = payload(&pair.access_token);
+    let now = app.now().unix_timestamp();
+    assert_eq!(claims["iss"], ISSUER);
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["aud"], serde_json::json!(["orders", "billing"]));
+    assert_eq!(claims["client_id"], "web");
+    assert_eq!(claims["scope"], "read write");
+    assert_eq!(claims["sid"], pair.family_id.as_str());
+    assert_eq!(claims["iat"], now);
+    assert_eq!(claims["nbf"], now);
+    assert_eq!(claims["exp"], now + 900);
+    assert_eq!(claims["tenant"], "acme");
+    assert_eq!(claims["level"], 3);
+    assert!(claims["jti"].as_str().is_some_and(|jti| !jti.is_empty()));
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn refresh_tokens_are_stored_only_as_hashes(_pool: PgPoolOptions, options: PgConnectOptions) {
+    let app = spawn_app(options).await;
+    let pair = app.issue("alice").await;
+    let rotated = app.rotate(&pair.refresh_token).await.unwrap();
+    let dump: Vec<(String,)> = sqlx::query_as(
+        "select coalesce(encode(hash, 'escape'), '') || coalesce(encode(successor_hash, 'escape'), '')
+              || coalesce(encode(successor_seal, 'escape'), '') from refresh_tokens",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(dump.len(), 2);
+    for token in [&pair.refresh_token, &rotated.refresh_token] {
+        let secret = &token[3..];
+        assert!(dump.iter().all(|(row,)| !row.contains(secret)));
+    }
+    let hashes: Vec<(Vec<u8>,)> = sqlx::query_as("select hash from refresh_tokens")
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+    assert!(hashes.iter().all(|(h,)| h.len() == 32));
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn empty_audiences_get_the_default_audience(_pool: PgPoolOptions, options: PgConnectOptions) {
+    let app = spawn_app(options).await;
+    let pair = app.issue("bob").await;
+    assert_eq!(payload(&pair.access_token)["aud"], serde_json::json!([AUDIENCE]));
+    assert!(payload(&pair.access_token).get("client_id").is_none());
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn malformed_issue_requests_are_invalid_argument_naming_the_field(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let app = spawn_app(options).await;
+    let ok = || IssueRequest {
+        subject: "alice".into(),
+        ..Default::default()
+    };
+    let cases: Vec<(IssueRequest, &str)> = vec![
+        (
+            IssueRequest {
+                subject: String::new(),
+                ..ok()
+            },
+            "subject",
+        ),
+        (
+            IssueRequest {
+                subject: "s".repeat(256),
+                ..ok()
+            },
+            "subject",
+        ),
+        (
+            IssueRequest {
+                client_id: "c".repeat(256),
+                ..ok()
+            },
+            "client_id",
+        ),
+        (
+            IssueRequest {
+                scopes: vec!["a".repeat(256)],
+                ..ok()
+            },
+            "scopes[0]",
+        ),
+        (
+            IssueRequest {
+                scopes: vec!["two words".into()],
+                ..ok()
+            },
+            "scopes[0]",
+        ),
+        (
+            IssueRequest {
+                scopes: (0..65).map(|i| format!("s{i}")).collect(),
+                ..ok()
+            },
+            "scopes",
+        ),
+        (
+            IssueRequest {
+                audiences: vec!["a".repeat(256)],
+                ..ok()
+            },
+            "audiences[0]",
+        ),
+        (
+            IssueRequest {
+                audiences: (0..65).map(|i| format!("a{i}")).collect(),
+                ..ok()
+            },
+            "audiences",
+        ),
+        (
+            IssueRequest {
+                claims: Some(claims(serde_json::json!({"blob": "x".repeat(9000)}))),
+                ..ok()
+            },
+            "claims",
+        ),
+    ];
+    for (request, field) in cases {
+        let status = app.client.clone().issue(request).await.unwrap_err();
+        assert_invalid_argument(&status, field);
+    }
+    for reserved in [
+        "iss",
+        "sub",
+        "aud",
+        "exp",
+        "nbf",
+        "iat",
+        "jti",
+        "client_id",
+        "scope",
+        "sid",
+    ] {
+        let request = IssueRequest {
+            claims: Some(claims(serde_json::json!({ reserved: "x" }))),
+            ..ok()
+        };
+        let status = app.client.clone().issue(request).await.unwrap_err();
+        assert_invalid_argument(&status, &format!("claims.{reserved}"));
+    }
+    let families: (i64,) = sqlx::query_as("select count(*) from families")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(families.0, 0, "a refused request must leave nothing behind");
+    app.stop().await;
+}

@@ -1,0 +1,12 @@
+//! The API test suite: one binary, every test through the public gRPC API of a real server on a
+//! real socket, each on a fresh PostgreSQL database of its own.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
+
+mod availability;
+mod helpers;
+mod introspect;
+mod issue;
+mod revoke;
+mod rotate;
+mod sessions;
