@@ -1,0 +1,27 @@
+# syntax=docker/dockerfile:1
+# Build: docker build -t ratchet .
+# Run:   docker run -e DATABASE_URL=postgres://user:pass@db:5432/ratchet -v ratchet-data:/var/lib/ratchet -p 50051:50051 ratchet
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+# Cache mounts keep the registry and build directory between builds without baking them into a
+# layer; the binary is copied out because the target directory is not part of the image.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin ratchet \
+    && cp target/release/ratchet /ratchet \
+    && mkdir -p /data
+
+# glibc and libgcc only: the binary links nothing else (TLS and crypto are aws-lc, built in).
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /ratchet /usr/local/bin/ratchet
+COPY --from=build --chown=65532:65532 /data /var/lib/ratchet
+ENV RATCHET_LISTEN=0.0.0.0:50051 \
+    RATCHET_DATA_DIR=/var/lib/ratchet \
+    RATCHET_LOG_FORMAT=json
+VOLUME /var/lib/ratchet
+EXPOSE 50051
+USER nonroot
+ENTRYPOINT ["/usr/local/bin/ratchet"]
+CMD ["serve"]
