@@ -35,6 +35,8 @@ use crate::store::postgres::{self, MIGRATOR, PgStore, PoolSettings};
 const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 /// Longest any RPC may run, whatever the client's deadline.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long shutdown waits for in-flight calls and connections before closing them anyway.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the health service re-checks the database.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -155,7 +157,8 @@ impl Application {
 
         tracing::info!(%addr, "serving gRPC");
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
-        let result = Server::builder()
+        let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
+        let serve = Server::builder()
             .timeout(REQUEST_TIMEOUT)
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -166,8 +169,23 @@ impl Application {
                 let _ = stop_health.send(true);
                 set_health(&reporter, ServingStatus::NotServing).await;
                 tracing::info!("draining in-flight calls");
-            })
-            .await;
+                let _ = draining.send(());
+            });
+        // A client that never closes its connection must not keep the process alive forever.
+        let drain_deadline = async {
+            if drain_started.await.is_ok() {
+                tokio::time::sleep(DRAIN_TIMEOUT).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let result = tokio::select! {
+            result = serve => result,
+            () = drain_deadline => {
+                tracing::warn!(timeout = ?DRAIN_TIMEOUT, "drain timed out; closing the remaining connections");
+                Ok(())
+            }
+        };
         health_task.abort();
         self.store.pool().close().await;
         tracing::info!("stopped");

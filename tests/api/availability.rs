@@ -66,12 +66,7 @@ fn fast_failing() -> PoolSettings {
 }
 
 async fn health(app: &TestApp) -> ServingStatus {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", app.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = HealthClient::new(channel);
+    let mut client = HealthClient::new(crate::helpers::channel(app.addr).await);
     let answer = client
         .check(HealthCheckRequest {
             service: "ratchet.v1.TokenService".into(),

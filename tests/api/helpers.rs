@@ -178,3 +178,12 @@ pub fn assert_invalid_argument(status: &Status, field: &str) {
         status.message()
     );
 }
+
+/// A plaintext gRPC channel to `addr`, for clients that have no `connect` of their own.
+pub async fn channel(addr: SocketAddr) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}

@@ -1,0 +1,236 @@
+//! The `ratchet` binary as an operator runs it: `migrate` creates and migrates a database,
+//! `serve` answers gRPC (with reflection for grpcurl), tokens survive a restart because the
+//! generated key is reused, SIGTERM stops it cleanly, and no token ever reaches its logs.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ratchet::grpc::pb::token_service_client::TokenServiceClient;
+use ratchet::grpc::pb::{IntrospectRequest, IssueRequest, RotateRequest};
+use sqlx::Connection as _;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ratchet");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn database_url(options: &PgConnectOptions, database: &str) -> String {
+    format!(
+        "postgres://{}@{}:{}/{database}",
+        options.get_username(),
+        options.get_host(),
+        options.get_port()
+    )
+}
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(url: &str, data_dir: &Path, log: &Path) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "--no-migrate", "--issuer", "https://bin.test"])
+            .env("DATABASE_URL", url)
+            .env("RATCHET_LISTEN", addr.to_string())
+            .env("RATCHET_DATA_DIR", data_dir)
+            // As chatty as it gets: even debug logs must not carry a token.
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
+            .spawn()
+            .unwrap();
+        Self { child, addr }
+    }
+
+    async fn client(&self) -> TokenServiceClient<tonic::transport::Channel> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match TokenServiceClient::connect(format!("http://{}", self.addr)).await {
+                Ok(client) => return client,
+                Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => panic!("server never came up: {e}"),
+            }
+        }
+    }
+
+    /// SIGTERM, then the exit status. Waits asynchronously: our own client connections must keep
+    /// being driven to answer the server's GOAWAY while it drains.
+    async fn terminate(mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_binary_migrates_serves_survives_a_restart_and_never_logs_tokens(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    // `migrate` must create the database itself, so use a name nobody has created.
+    let database = format!("ratchet_bin_{}", uuid::Uuid::new_v4().simple());
+    let url = database_url(&options, &database);
+    let scratch = std::env::temp_dir().join(&database);
+    std::fs::create_dir_all(&scratch).unwrap();
+    let log = scratch.join("server.log");
+
+    let migrate = Command::new(BIN)
+        .arg("migrate")
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
+
+    let server = Server::start(&url, &scratch.join("data"), &log);
+    let mut client = server.client().await;
+    let pair = client
+        .issue(IssueRequest {
+            subject: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let rotated = client
+        .rotate(RotateRequest {
+            refresh_token: pair.refresh_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let survivor = client
+        .issue(IssueRequest {
+            subject: "carol".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let reused = client
+        .rotate(RotateRequest {
+            refresh_token: pair.refresh_token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reused.code(), tonic::Code::Unauthenticated);
+    let services = list_services(server.addr).await;
+    assert!(
+        services.contains(&"ratchet.v1.TokenService".to_string()),
+        "{services:?}"
+    );
+    assert!(services.contains(&"grpc.health.v1.Health".to_string()), "{services:?}");
+    assert!(server.terminate().await.success(), "a clean exit on SIGTERM");
+
+    // A second start reuses the generated key.
+    let server = Server::start(&url, &scratch.join("data"), &log);
+    let mut client = server.client().await;
+    let other = client
+        .issue(IssueRequest {
+            subject: "bob".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = client
+        .introspect(IntrospectRequest {
+            token: other.access_token.clone(),
+            token_type_hint: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.active);
+    let answer = client
+        .introspect(IntrospectRequest {
+            token: rotated.access_token.clone(),
+            token_type_hint: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !answer.active,
+        "its family was revoked by the reuse above, across the restart too"
+    );
+    let from_the_first_start = client
+        .introspect(IntrospectRequest {
+            token: survivor.access_token.clone(),
+            token_type_hint: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        from_the_first_start.active,
+        "signed before the restart, still verifiable after it"
+    );
+    assert!(server.terminate().await.success());
+
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logs.contains("created a new one") && logs.contains("reusing the signing key"),
+        "{logs}"
+    );
+    for pair in [&pair, &rotated, &survivor, &other] {
+        for token in [&pair.refresh_token, &pair.access_token] {
+            assert!(!logs.contains(token.as_str()), "a token leaked into the logs");
+            assert!(!logs.contains(&token[3..20]), "part of a token leaked into the logs");
+        }
+    }
+
+    let mut admin = PgConnection::connect_with(&options).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("drop database {database} with (force)")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&scratch).unwrap();
+}
+
+async fn list_services(addr: SocketAddr) -> Vec<String> {
+    let mut client = ServerReflectionClient::new(crate::helpers::channel(addr).await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = client
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    match answers.message().await.unwrap().and_then(|a| a.message_response) {
+        Some(MessageResponse::ListServicesResponse(list)) => list.service.into_iter().map(|s| s.name).collect(),
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
