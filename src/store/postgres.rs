@@ -274,11 +274,14 @@ macro_rules! presented_token_select {
     };
 }
 
+/// Rotate's statement (public so the benchmark's pgbench ceiling runs exactly this). Parameters:
+/// $1 presented hash, $2 successor hash, $3 now, $4 successor seal, $5 successor expiry.
+///
 /// One statement, one round trip. `presented` reads the state; `spent` spends only if it is live
 /// (under SERIALIZABLE a concurrent spend of the same row makes this fail with 40001 rather than
 /// slip through); `successor` and `touched` follow only if `spent` did. The final select returns
 /// the state as read, plus the successor's expiry when the spend happened.
-const SPEND: &str = concat!(
+pub const SPEND: &str = concat!(
     "with presented as (",
     presented_token_select!(),
     "), spent as (
@@ -301,18 +304,22 @@ const SPEND: &str = concat!(
     select p.*, (select expires_at from successor) as new_expires_at from presented p"
 );
 
+/// Issue's statement (public for the benchmark's pgbench ceiling). Parameters: $1 family id,
+/// $2 subject, $3 client id, $4 scopes, $5 audiences, $6 claims, $7 now, $8 first token's expiry,
+/// $9 family expiry, $10 first token's hash.
+pub const CREATE_FAMILY: &str = "with family as (
+        insert into families (id, subject, client_id, scopes, audiences, claims, created_at,
+                              last_rotated_at, refresh_expires_at, expires_at)
+        values ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)
+        returning id
+    )
+    insert into refresh_tokens (hash, family_id, created_at, expires_at)
+    select $10, id, $7, $8 from family";
+
 impl FamilyStore for PgStore {
     async fn create_family(&self, family: &FamilyRecord, first: &NewRefreshToken) -> Result<(), StoreError> {
-        const SQL: &str = "with family as (
-                insert into families (id, subject, client_id, scopes, audiences, claims, created_at,
-                                      last_rotated_at, refresh_expires_at, expires_at)
-                values ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)
-                returning id
-            )
-            insert into refresh_tokens (hash, family_id, created_at, expires_at)
-            select $10, id, $7, $8 from family";
         self.run(|| {
-            sqlx::query(SQL)
+            sqlx::query(CREATE_FAMILY)
                 .bind(family.id.as_uuid())
                 .bind(&family.subject)
                 .bind(&family.client_id)

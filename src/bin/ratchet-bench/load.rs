@@ -1,0 +1,253 @@
+//! The workers: K concurrent clients, each looping over its scenario's operations and checking
+//! the answers as it goes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use ratchet::grpc::pb::token_service_client::TokenServiceClient;
+use ratchet::grpc::pb::{IntrospectRequest, IssueRequest, RotateRequest};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_types::StatusExt as _;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    Issue,
+    Rotate,
+    Introspect,
+    Mixed,
+}
+
+/// Percentages of the mixed scenario; issue gets the rest.
+#[derive(Debug, Clone, Copy)]
+pub struct Mix {
+    pub introspect: u32,
+    pub rotate: u32,
+}
+
+/// What every worker shares.
+pub struct Plan {
+    pub scenario: Scenario,
+    pub mix: Mix,
+    pub measure_from: Instant,
+    pub until: Instant,
+    /// Stop after this many measured operations in all (0: no limit).
+    pub count: u64,
+    pub done: AtomicU64,
+    /// Replay every n-th spent refresh token and expect TOKEN_REUSED (0: never).
+    pub replay_every: u64,
+    /// Valid access tokens for introspection.
+    pub access_tokens: Vec<String>,
+}
+
+/// One worker's results.
+pub struct Tally {
+    pub latency_us: Histogram<u64>,
+    pub ops: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub checks_passed: u64,
+    pub check_failures: Vec<String>,
+}
+
+impl Tally {
+    #[allow(clippy::expect_used)] // constant, valid bounds
+    fn new() -> Self {
+        Self {
+            // 1 µs .. 60 s at 3 significant digits.
+            latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
+            ops: 0,
+            errors: BTreeMap::new(),
+            checks_passed: 0,
+            check_failures: Vec::new(),
+        }
+    }
+
+    pub fn merge(&mut self, other: Tally) {
+        let _ = self.latency_us.add(&other.latency_us);
+        self.ops += other.ops;
+        for (code, n) in other.errors {
+            *self.errors.entry(code).or_default() += n;
+        }
+        self.checks_passed += other.checks_passed;
+        self.check_failures.extend(other.check_failures);
+    }
+
+    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
+        if ok {
+            self.checks_passed += 1;
+        } else if self.check_failures.len() < 20 {
+            self.check_failures.push(what());
+        } else {
+            // Keep counting without keeping every message.
+            self.check_failures.push(String::new());
+        }
+    }
+}
+
+pub fn issue_request(worker: usize, n: u64) -> IssueRequest {
+    IssueRequest {
+        subject: format!("bench-{worker}-{n}"),
+        scopes: vec!["read".into(), "write".into()],
+        audiences: vec![],
+        client_id: "ratchet-bench".into(),
+        claims: None,
+    }
+}
+
+struct Worker {
+    id: usize,
+    client: TokenServiceClient<Channel>,
+    plan: Arc<Plan>,
+    tally: Tally,
+    /// The refresh token this worker's chain continues from.
+    chain: Option<String>,
+    rotations: u64,
+    issued: u64,
+    rng: u64,
+}
+
+/// Runs one worker until the plan's deadline or count.
+pub async fn run(id: usize, client: TokenServiceClient<Channel>, plan: Arc<Plan>) -> Tally {
+    let mut worker = Worker {
+        id,
+        client,
+        plan: plan.clone(),
+        tally: Tally::new(),
+        chain: None,
+        rotations: 0,
+        issued: 0,
+        rng: 0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1),
+    };
+    loop {
+        if Instant::now() >= plan.until || (plan.count > 0 && plan.done.load(Ordering::Relaxed) >= plan.count) {
+            break;
+        }
+        let op = worker.next_op();
+        if op == Scenario::Rotate && worker.chain.is_none() {
+            // Starting (or restarting) a chain is set-up, not the operation measured.
+            match worker.issue().await {
+                Ok(token) => worker.chain = Some(token),
+                Err(status) => worker.record(Err(status), Duration::ZERO),
+            }
+            continue;
+        }
+        let start = Instant::now();
+        let outcome = match op {
+            Scenario::Issue => worker.issue().await.map(drop),
+            Scenario::Rotate => worker.rotate().await,
+            Scenario::Introspect | Scenario::Mixed => worker.introspect().await,
+        };
+        let end = Instant::now();
+        if start >= plan.measure_from && end <= plan.until {
+            if plan.count > 0 && plan.done.fetch_add(1, Ordering::Relaxed) >= plan.count {
+                break;
+            }
+            worker.record(outcome, end - start);
+        }
+    }
+    worker.tally
+}
+
+impl Worker {
+    /// xorshift: a cheap per-worker random stream, good enough to spread picks.
+    fn random(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    fn next_op(&mut self) -> Scenario {
+        match self.plan.scenario {
+            Scenario::Mixed => {
+                let roll = (self.random() % 100) as u32;
+                if roll < self.plan.mix.introspect {
+                    Scenario::Introspect
+                } else if roll < self.plan.mix.introspect + self.plan.mix.rotate {
+                    Scenario::Rotate
+                } else {
+                    Scenario::Issue
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn record(&mut self, outcome: Result<(), Status>, took: Duration) {
+        match outcome {
+            Ok(()) => {
+                self.tally.ops += 1;
+                let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+                let _ = self.tally.latency_us.record(micros.min(60_000_000));
+            }
+            Err(status) => *self.tally.errors.entry(format!("{:?}", status.code())).or_default() += 1,
+        }
+    }
+
+    async fn issue(&mut self) -> Result<String, Status> {
+        self.issued += 1;
+        let pair = self
+            .client
+            .issue(issue_request(self.id, self.issued))
+            .await?
+            .into_inner();
+        self.tally.check(
+            pair.refresh_token.starts_with("rt_") && !pair.access_token.is_empty(),
+            || "issue answered without tokens".into(),
+        );
+        Ok(pair.refresh_token)
+    }
+
+    async fn rotate(&mut self) -> Result<(), Status> {
+        let Some(presented) = self.chain.take() else {
+            return Err(Status::failed_precondition("no chain to rotate"));
+        };
+        let pair = self
+            .client
+            .rotate(RotateRequest {
+                refresh_token: presented.clone(),
+            })
+            .await?
+            .into_inner();
+        self.tally.check(pair.refresh_token != presented, || {
+            "rotate returned the presented token".into()
+        });
+        self.rotations += 1;
+        if self.plan.replay_every > 0 && self.rotations.is_multiple_of(self.plan.replay_every) {
+            // Replaying a spent token must be refused as reuse (and kills this chain).
+            let replay = self
+                .client
+                .rotate(RotateRequest {
+                    refresh_token: presented,
+                })
+                .await;
+            let reused = matches!(&replay, Err(status) if status.code() == Code::Unauthenticated
+                && status.get_details_error_info().is_some_and(|info| info.reason == "TOKEN_REUSED"));
+            self.tally.check(reused, || {
+                format!("replayed spent token was not refused as reuse: {replay:?}")
+            });
+            return Ok(());
+        }
+        self.chain = Some(pair.refresh_token);
+        Ok(())
+    }
+
+    async fn introspect(&mut self) -> Result<(), Status> {
+        let pick = self.random() as usize % self.plan.access_tokens.len();
+        let token = self.plan.access_tokens[pick].clone();
+        let answer = self
+            .client
+            .introspect(IntrospectRequest {
+                token,
+                token_type_hint: "access_token".into(),
+            })
+            .await?
+            .into_inner();
+        self.tally
+            .check(answer.active, || "a valid access token introspected inactive".into());
+        Ok(())
+    }
+}

@@ -1,0 +1,256 @@
+//! `ratchet-bench`: drives a running ratchet over real gRPC and reports throughput, latency,
+//! errors, and the CPU the server (and optionally the database) spent per operation.
+//!
+//! Output: a human table on stderr and one JSON line on stdout. Exits non-zero when any call
+//! failed or any correctness check did (every rotation returns a new token; a sample of spent
+//! tokens replayed is refused as reuse; pooled access tokens introspect active).
+
+mod load;
+mod pgbench;
+mod procfs;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use load::{Mix, Plan, Scenario, Tally};
+use procfs::Processes;
+use ratchet::grpc::pb::token_service_client::TokenServiceClient;
+use serde_json::json;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ratchet-bench",
+    about = "Load generator and benchmark for a running ratchet server"
+)]
+struct Args {
+    /// Server address.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    #[arg(long, value_enum, default_value_t = Scenario::Rotate)]
+    scenario: Scenario,
+    /// Concurrent clients (K).
+    #[arg(long, short = 'k', default_value_t = 16)]
+    concurrency: usize,
+    /// Measured duration, after the warm-up [default: 10s, or up to an hour with --count].
+    #[arg(long)]
+    duration: Option<humantime::Duration>,
+    /// Stop after this many measured operations (0: run for --duration).
+    #[arg(long, default_value_t = 0)]
+    count: u64,
+    /// Warm-up before measuring: connections, pools and caches settle.
+    #[arg(long, default_value = "2s")]
+    warmup: humantime::Duration,
+    /// HTTP/2 connections the clients share (default: min(K, 4)).
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Valid access tokens issued up front for introspection.
+    #[arg(long, default_value_t = 256)]
+    pool: usize,
+    /// Mixed scenario: percent introspect,rotate (issue gets the rest).
+    #[arg(long, default_value = "90,9", value_parser = parse_mix)]
+    mix: (u32, u32),
+    /// Replay every n-th spent refresh token and expect TOKEN_REUSED (0: never).
+    #[arg(long, default_value_t = 100)]
+    replay_every: u64,
+    /// Server PID: report its CPU time per operation and its memory.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Database PIDs (comma-separated), or `postgres` for every postgres process on this
+    /// machine: report their CPU time per operation.
+    #[arg(long, value_parser = Processes::parse)]
+    db_pids: Option<Processes>,
+    /// Print the pgbench script of the given statement and exit.
+    #[arg(long, value_parser = ["rotate", "issue"])]
+    print_pgbench: Option<String>,
+    /// A label for this run in the JSON line.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+fn parse_mix(spec: &str) -> Result<(u32, u32), String> {
+    let (a, b) = spec.split_once(',').ok_or("expected INTROSPECT,ROTATE")?;
+    let (a, b): (u32, u32) = (
+        a.trim().parse().map_err(|_| "bad percent")?,
+        b.trim().parse().map_err(|_| "bad percent")?,
+    );
+    if a + b > 100 {
+        return Err("percentages add up to more than 100".into());
+    }
+    Ok((a, b))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match args.print_pgbench.as_deref() {
+        Some("rotate") => return print(&pgbench::rotation()),
+        Some(_) => return print(&pgbench::issue()),
+        None => {}
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bench(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn print(text: &str) -> ExitCode {
+    print!("{text}");
+    ExitCode::SUCCESS
+}
+
+async fn connect(addr: &str, n: usize) -> anyhow::Result<Vec<TokenServiceClient<Channel>>> {
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        let channel = Endpoint::from_shared(addr.to_owned())?
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+        clients.push(TokenServiceClient::new(channel));
+    }
+    Ok(clients)
+}
+
+async fn access_token_pool(client: &mut TokenServiceClient<Channel>, size: usize) -> anyhow::Result<Vec<String>> {
+    let mut tokens = Vec::with_capacity(size);
+    for n in 0..size {
+        tokens.push(
+            client
+                .issue(load::issue_request(usize::MAX, n as u64))
+                .await?
+                .into_inner()
+                .access_token,
+        );
+    }
+    Ok(tokens)
+}
+
+/// Runs the benchmark; `Ok(false)` when calls failed or checks did.
+async fn bench(args: Args) -> anyhow::Result<bool> {
+    let k = args.concurrency.max(1);
+    let clients = connect(&args.addr, args.connections.unwrap_or(k.min(4)).max(1)).await?;
+    let needs_pool = matches!(args.scenario, Scenario::Introspect | Scenario::Mixed);
+    let access_tokens = if needs_pool {
+        access_token_pool(&mut clients[0].clone(), args.pool.max(1)).await?
+    } else {
+        vec![]
+    };
+
+    let start = Instant::now();
+    let measure_from = start + *args.warmup;
+    let default_duration = if args.count > 0 {
+        Duration::from_secs(3600)
+    } else {
+        Duration::from_secs(10)
+    };
+    let until = measure_from + args.duration.map_or(default_duration, Into::into);
+    let plan = Arc::new(Plan {
+        scenario: args.scenario,
+        mix: Mix {
+            introspect: args.mix.0,
+            rotate: args.mix.1,
+        },
+        measure_from,
+        until,
+        count: args.count,
+        done: AtomicU64::new(0),
+        replay_every: args.replay_every,
+        access_tokens,
+    });
+    let workers: Vec<_> = (0..k)
+        .map(|id| tokio::spawn(load::run(id, clients[id % clients.len()].clone(), plan.clone())))
+        .collect();
+
+    tokio::time::sleep_until(measure_from.into()).await;
+    let server = args.server_pid.map(|pid| Processes::Pids(vec![pid]));
+    let cpu_before = (
+        server.as_ref().map(Processes::cpu_micros),
+        args.db_pids.as_ref().map(Processes::cpu_micros),
+    );
+    let mut tally: Option<Tally> = None;
+    for worker in workers {
+        let result = worker.await?;
+        match &mut tally {
+            Some(total) => total.merge(result),
+            None => tally = Some(result),
+        }
+    }
+    let ended = Instant::now().min(until);
+    let cpu_after = (
+        server.as_ref().map(Processes::cpu_micros),
+        args.db_pids.as_ref().map(Processes::cpu_micros),
+    );
+    let tally = tally.ok_or_else(|| anyhow::anyhow!("no workers ran"))?;
+    let rss = args.server_pid.and_then(procfs::rss_kib);
+
+    let seconds = (ended - measure_from).as_secs_f64().max(1e-9);
+    let ops = tally.ops.max(1) as f64;
+    let per_op = |before: Option<u64>, after: Option<u64>| Some((after? - before?) as f64 / ops);
+    let h = &tally.latency_us;
+    let report = json!({
+        "label": args.label,
+        "scenario": format!("{:?}", args.scenario).to_lowercase(),
+        "concurrency": k,
+        "seconds": (seconds * 1000.0).round() / 1000.0,
+        "ops": tally.ops,
+        "ops_per_s": (tally.ops as f64 / seconds).round(),
+        "latency_us": {
+            "p50": h.value_at_quantile(0.50),
+            "p90": h.value_at_quantile(0.90),
+            "p99": h.value_at_quantile(0.99),
+            "p999": h.value_at_quantile(0.999),
+            "max": h.max(),
+        },
+        "errors": tally.errors,
+        "checks_passed": tally.checks_passed,
+        "checks_failed": tally.check_failures.len(),
+        "server_cpu_us_per_op": per_op(cpu_before.0, cpu_after.0).map(|v| (v * 10.0).round() / 10.0),
+        "db_cpu_us_per_op": per_op(cpu_before.1, cpu_after.1).map(|v| (v * 10.0).round() / 10.0),
+        "server_rss_kib": rss.map(|r| r.0),
+        "server_peak_rss_kib": rss.map(|r| r.1),
+    });
+
+    eprintln!(
+        "{:<10} K={:<3} {:>9.0} ops/s  p50 {:>7} µs  p90 {:>7} µs  p99 {:>7} µs  p99.9 {:>7} µs  max {:>7} µs  errors {}  checks {}/{}  server CPU/op {}  db CPU/op {}  RSS {}",
+        report["scenario"].as_str().unwrap_or_default(),
+        k,
+        tally.ops as f64 / seconds,
+        h.value_at_quantile(0.50),
+        h.value_at_quantile(0.90),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max(),
+        tally.errors.values().sum::<u64>(),
+        tally.checks_passed,
+        tally.checks_passed + tally.check_failures.len() as u64,
+        fmt_micros(&report["server_cpu_us_per_op"]),
+        fmt_micros(&report["db_cpu_us_per_op"]),
+        rss.map(|(now, peak)| format!("{} MiB (peak {} MiB)", now / 1024, peak / 1024))
+            .unwrap_or_else(|| "-".into()),
+    );
+    for failure in tally.check_failures.iter().filter(|f| !f.is_empty()).take(5) {
+        eprintln!("check failed: {failure}");
+    }
+    println!("{report}");
+    Ok(tally.errors.is_empty() && tally.check_failures.is_empty() && tally.ops > 0)
+}
+
+fn fmt_micros(value: &serde_json::Value) -> String {
+    value
+        .as_f64()
+        .map(|v| format!("{v:.1} µs"))
+        .unwrap_or_else(|| "-".into())
+}
