@@ -88,6 +88,11 @@ pub struct ServeArgs {
     /// Directory for state kept on disk (the generated signing key).
     #[arg(long, env = "RATCHET_DATA_DIR", default_value = "ratchet-data")]
     pub data_dir: PathBuf,
+    /// How long Introspect may answer "live" for a family from memory without asking the
+    /// database. Revocations made by this server show at once regardless; this bounds how long
+    /// one made by another replica can go unseen. `0s` asks the database every time.
+    #[arg(long, env = "RATCHET_FAMILY_CACHE_TTL", default_value = "5s")]
+    pub family_cache_ttl: humantime::Duration,
     /// Do not apply pending migrations at start.
     #[arg(long, env = "RATCHET_NO_MIGRATE")]
     pub no_migrate: bool,

@@ -30,6 +30,7 @@ pub struct Config {
     pub signing_key: Option<PathBuf>,
     pub data_dir: PathBuf,
     pub migrate: bool,
+    pub family_cache_ttl: std::time::Duration,
 }
 
 /// Collects problems instead of stopping at the first.
@@ -149,6 +150,7 @@ impl Config {
                 signing_key: args.signing_key,
                 data_dir: args.data_dir,
                 migrate: !args.no_migrate,
+                family_cache_ttl: *args.family_cache_ttl,
             }),
             _ => Err(problems.0),
         }

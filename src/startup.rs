@@ -28,6 +28,7 @@ use crate::issuer::{Issuer, Policy};
 use crate::keys::Keyring;
 use crate::keys::keyfile::{self, KeySource};
 use crate::store::FamilyStore as _;
+use crate::store::cached::CachedStore;
 use crate::store::postgres::{self, MIGRATOR, PgStore, PoolSettings};
 
 /// Largest request accepted. Far above any valid request (8 KiB of claims plus 128 names of
@@ -37,6 +38,8 @@ const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long shutdown waits for in-flight calls and connections before closing them anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Families whose liveness Introspect keeps in memory (an entry is a few dozen bytes).
+const FAMILY_CACHE_CAPACITY: usize = 100_000;
 /// How often the health service re-checks the database.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -48,12 +51,14 @@ pub struct Parts {
     pub keys: Keyring,
     pub policy: Policy,
     pub clock: Arc<dyn Clock>,
+    /// How long Introspect trusts a cached "family is live" (zero: always ask the database).
+    pub family_cache_ttl: Duration,
 }
 
 pub struct Application {
     listener: TcpListener,
     store: PgStore,
-    service: TokenServiceImpl<PgStore>,
+    service: TokenServiceImpl<CachedStore<PgStore>>,
 }
 
 /// Creates the database if it is missing, then applies pending migrations.
@@ -105,6 +110,7 @@ impl Application {
             keys: Keyring::new(key),
             policy: config.policy,
             clock: Arc::new(SystemClock),
+            family_cache_ttl: config.family_cache_ttl,
         })
         .await
     }
@@ -118,7 +124,8 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", parts.listen))?;
         let store = PgStore::new(parts.pool, &parts.pool_settings);
-        let issuer = Arc::new(Issuer::new(store.clone(), parts.keys, parts.policy));
+        let cached = CachedStore::new(store.clone(), FAMILY_CACHE_CAPACITY, parts.family_cache_ttl);
+        let issuer = Arc::new(Issuer::new(cached, parts.keys, parts.policy));
         Ok(Self {
             listener,
             store,

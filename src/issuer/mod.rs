@@ -229,7 +229,7 @@ impl<S: FamilyStore> Issuer<S> {
             RevokeTarget::Family(id) => Some(id),
             RevokeTarget::Token(token) => self.family_of(&token).await?,
             RevokeTarget::Subject(subject) => {
-                let count = self.store.revoke_subject(subject.as_str(), now).await?;
+                let count = self.store.revoke_subject(subject.as_str(), now).await?.len();
                 tracing::info!(target: "security", subject = %subject.as_str(), count, "families revoked by subject");
                 return Ok(u32::try_from(count).unwrap_or(u32::MAX));
             }
@@ -293,17 +293,17 @@ impl<S: FamilyStore> Issuer<S> {
             .is_some_and(|status| !status.revoked && now < status.expires_at);
         Ok(live.then(|| ActiveToken {
             token_type: TokenType::Access,
-            subject: claims.sub,
+            subject: claims.sub.clone(),
             scopes: claims
                 .scope
                 .split(' ')
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned)
                 .collect(),
-            audiences: claims.aud,
-            client_id: claims.client_id,
-            issuer: claims.iss,
-            jti: claims.jti,
+            audiences: claims.aud.clone(),
+            client_id: claims.client_id.clone(),
+            issuer: claims.iss.clone(),
+            jti: claims.jti.clone(),
             family_id,
             issued_at: claims.iat,
             expires_at: claims.exp,

@@ -87,17 +87,29 @@ fn thumbprint(public: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, jwk.as_bytes()))
 }
 
+/// Access tokens whose signature was checked, kept so that repeated introspection of the same
+/// token (sidecars ask per request) costs a lookup instead of an Ed25519 verification, the most
+/// expensive step of Introspect. At ~1.5 KiB an entry, this bounds the cache to ~15 MiB.
+const VERIFIED_CACHE_CAPACITY: usize = 10_000;
+
 /// The keys this server signs with and accepts.
 pub struct Keyring {
     active: SigningKey,
     /// Verification keys by `kid`; the active key is always among them.
     verifying: HashMap<String, DecodingKey>,
+    /// Exact token text -> its verified claims. Sound because a token's signature check depends
+    /// only on its text and the key set; removing a key (key rotation) must clear it.
+    verified: quick_cache::sync::Cache<String, std::sync::Arc<AccessClaims>>,
 }
 
 impl Keyring {
     pub fn new(active: SigningKey) -> Self {
         let verifying = HashMap::from([(active.kid.clone(), active.decoding.clone())]);
-        Self { active, verifying }
+        Self {
+            active,
+            verifying,
+            verified: quick_cache::sync::Cache::new(VERIFIED_CACHE_CAPACITY),
+        }
     }
 
     /// A keyring with a fresh random key; for tests and benchmarks.

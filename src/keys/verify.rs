@@ -4,6 +4,8 @@
 //! caller, which owns the clock (jsonwebtoken would read the system clock and, by default, allow
 //! 60 seconds of leeway on `exp`, which RFC 9068 does not want for our own tokens).
 
+use std::sync::Arc;
+
 use jsonwebtoken::{Algorithm, Validation, decode, decode_header};
 
 use super::{AccessClaims, Keyring, mint::ACCESS_TOKEN_TYP};
@@ -26,7 +28,19 @@ impl Keyring {
     ///
     /// # Errors
     /// See [`VerifyError`].
-    pub fn verify(&self, token: &str, issuer: &str) -> Result<AccessClaims, VerifyError> {
+    pub fn verify(&self, token: &str, issuer: &str) -> Result<Arc<AccessClaims>, VerifyError> {
+        if let Some(claims) = self.verified.get(token)
+            && claims.iss == issuer
+        {
+            return Ok(claims);
+        }
+        // Only valid tokens are remembered: garbage cannot crowd out real entries.
+        let claims = Arc::new(self.verify_signature(token, issuer)?);
+        self.verified.insert(token.to_owned(), claims.clone());
+        Ok(claims)
+    }
+
+    fn verify_signature(&self, token: &str, issuer: &str) -> Result<AccessClaims, VerifyError> {
         // `alg: none` and every algorithm but EdDSA fail here or at the check below, before any
         // key is chosen (RFC 8725 §3.1).
         let header = decode_header(token).map_err(|_| VerifyError::Malformed)?;
@@ -79,7 +93,9 @@ mod tests {
     fn a_minted_token_verifies_with_its_claims() {
         let keys = Keyring::generate().unwrap();
         let token = keys.sign(&claims()).unwrap();
-        assert_eq!(keys.verify(&token, "https://issuer.test").unwrap(), claims());
+        assert_eq!(*keys.verify(&token, "https://issuer.test").unwrap(), claims());
+        // the second time from the cache, same answer
+        assert_eq!(*keys.verify(&token, "https://issuer.test").unwrap(), claims());
         let header = decode_header(&token).unwrap();
         assert_eq!(header.typ.as_deref(), Some("at+jwt"));
         assert_eq!(header.kid.as_deref(), Some(keys.active_kid()));
@@ -89,6 +105,7 @@ mod tests {
     fn wrong_issuer_other_key_tampering_and_alg_none_are_rejected() {
         let keys = Keyring::generate().unwrap();
         let token = keys.sign(&claims()).unwrap();
+        keys.verify(&token, "https://issuer.test").unwrap(); // cached now
         assert!(keys.verify(&token, "https://other.test").is_err());
         assert!(
             Keyring::generate()

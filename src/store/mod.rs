@@ -4,7 +4,11 @@
 //! reuse, what the grace window allows) to the issuer, with one exception that atomicity forces:
 //! [`FamilyStore::spend`] is a compare-and-set that spends a token only if it is *live* at `now`
 //! (see [`SpendRequest`]), so that no token can be spent twice.
+//!
+//! [`cached::CachedStore`] wraps any store with an in-memory cache of family liveness, so that
+//! Introspect of an access token needs no database round trip for a family it has seen.
 
+pub mod cached;
 pub mod postgres;
 
 use std::future::Future;
@@ -160,12 +164,12 @@ pub trait FamilyStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Revokes every unrevoked family of `subject` that has not reached its absolute expiry;
-    /// returns how many.
+    /// returns the ones this call revoked.
     fn revoke_subject(
         &self,
         subject: &str,
         now: OffsetDateTime,
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<FamilyId>, StoreError>> + Send;
 
     /// The live families of `subject` at `now`, newest first, at most `limit`.
     fn live_families(

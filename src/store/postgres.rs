@@ -403,20 +403,21 @@ impl FamilyStore for PgStore {
         Ok(result.rows_affected() > 0)
     }
 
-    async fn revoke_subject(&self, subject: &str, now: OffsetDateTime) -> Result<u64, StoreError> {
-        let result = self
+    async fn revoke_subject(&self, subject: &str, now: OffsetDateTime) -> Result<Vec<FamilyId>, StoreError> {
+        let ids: Vec<(Uuid,)> = self
             .run(|| {
-                sqlx::query(
+                sqlx::query_as(
                     "update families set revoked_at = $2, revoked_reason = $3
-                     where subject = $1 and revoked_at is null and expires_at > $2",
+                     where subject = $1 and revoked_at is null and expires_at > $2
+                     returning id",
                 )
                 .bind(subject)
                 .bind(now)
                 .bind(RevokeReason::Revoke.as_str())
-                .execute(&self.pool)
+                .fetch_all(&self.pool)
             })
             .await?;
-        Ok(result.rows_affected())
+        Ok(ids.into_iter().map(|(id,)| FamilyId::from_uuid(id)).collect())
     }
 
     async fn live_families(

@@ -82,6 +82,7 @@ pub async fn spawn_on_pool(pool: PgPool, settings: PoolSettings, policy: Policy,
         keys: Keyring::generate().unwrap(),
         policy,
         clock: clock.clone(),
+        family_cache_ttl: std::time::Duration::from_secs(60),
     })
     .await
     .expect("build the application");
