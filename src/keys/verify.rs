@@ -40,7 +40,11 @@ impl Keyring {
         Ok(claims)
     }
 
-    fn verify_signature(&self, token: &str, issuer: &str) -> Result<AccessClaims, VerifyError> {
+    /// [`verify`](Self::verify) without the cache: always checks the signature.
+    ///
+    /// # Errors
+    /// See [`VerifyError`].
+    pub fn verify_signature(&self, token: &str, issuer: &str) -> Result<AccessClaims, VerifyError> {
         // `alg: none` and every algorithm but EdDSA fail here or at the check below, before any
         // key is chosen (RFC 8725 §3.1).
         let header = decode_header(token).map_err(|_| VerifyError::Malformed)?;
