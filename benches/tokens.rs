@@ -1,6 +1,8 @@
 //! Micro-benchmarks of the pure, CPU-bound parts of a request: minting and verifying access
 //! tokens, and generating, hashing and sealing refresh tokens. `cargo bench --bench tokens`.
 
+#![allow(clippy::unwrap_used)] // a benchmark that fails should panic
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use ratchet::issuer::refresh_token::RefreshToken;
 use ratchet::keys::{AccessClaims, Keyring};
