@@ -11,7 +11,7 @@ def main(path):
     idle = next((r["server_rss_kib"] for r in runs if r["scenario"] == "idle"), None)
     print(f"idle server RSS: {idle / 1024:.1f} MiB" if idle else "idle server RSS: -")
     head = ["scenario", "K", "ops/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "errors",
-            "srv CPU/op µs", "db CPU/op µs", "peak RSS MiB", "pgbench tps", "% of ceiling"]
+            "srv CPU/op µs", "db CPU/op µs", "client CPU/op µs", "peak RSS MiB", "pgbench tps", "% of ceiling"]
     rows = []
     for r in runs:
         if r["scenario"] == "idle" or r["scenario"].startswith("pgbench-"):
@@ -22,7 +22,7 @@ def main(path):
             r["scenario"], r["concurrency"], f'{r["ops_per_s"]:.0f}',
             *(f"{lat[q] / 1000:.2f}" for q in ("p50", "p90", "p99", "p999", "max")),
             sum(r["errors"].values()) + r.get("checks_failed", 0),
-            fmt(r.get("server_cpu_us_per_op")), fmt(r.get("db_cpu_us_per_op")),
+            fmt(r.get("server_cpu_us_per_op")), fmt(r.get("db_cpu_us_per_op")), fmt(r.get("client_cpu_us_per_op")),
             fmt(r["server_peak_rss_kib"] / 1024 if r.get("server_peak_rss_kib") else None),
             f"{top:.0f}" if top else "-",
             f"{100 * r['ops_per_s'] / top:.0f}%" if top else "-",
@@ -30,7 +30,7 @@ def main(path):
     for r in runs:
         if r["scenario"].startswith("pgbench-"):
             rows.append([r["scenario"], r["concurrency"], f'{r["ops_per_s"]:.0f}', *["-"] * 5,
-                         r["errors"].get("failed", 0), *["-"] * 5])
+                         r["errors"].get("failed", 0), "-", fmt(r.get("db_cpu_us_per_op")), *["-"] * 4])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     line = lambda cells: "| " + " | ".join(str(c).rjust(w) for c, w in zip(cells, widths)) + " |"
     print(line(head))

@@ -8,7 +8,7 @@
 #                           the whole path still works and reports no errors
 #
 # Environment: DATABASE_URL (server to create the bench database on; default the local one),
-# DURATION, WARMUP, KS, SCENARIOS, DB_CONNECTIONS.
+# DURATION, WARMUP, KS, SCENARIOS, DB_CONNECTIONS. Needs psql and pgbench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +26,8 @@ fi
 : "${SCENARIOS:=issue rotate introspect mixed}" "${DB_CONNECTIONS:=16}"
 base_url="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 database="ratchet_bench_$$"
-bench_url="${base_url%/*}/$database"
+# Over loopback TLS buys nothing and costs CPU on both ends; server and pgbench use the same URL.
+bench_url="${base_url%/*}/$database?sslmode=disable"
 server_bin="target/$profile/ratchet"
 bench_bin="target/$profile/ratchet-bench"
 scratch=$(mktemp -d /tmp/ratchet-bench.XXXXXX)
@@ -74,15 +75,19 @@ export PGOPTIONS="-c default_transaction_isolation=serializable"
 "$bench_bin" --print-pgbench rotate >"$scratch/rotate.sql"
 "$bench_bin" --print-pgbench issue >"$scratch/issue.sql"
 pgbench_run() { # scenario k script [extra args]
-    local scenario=$1 k=$2 script=$3 out
+    local scenario=$1 k=$2 script=$3 out db_before db_after
     shift 3
+    db_before=$("$bench_bin" --print-cpu postgres)
     out=$(pgbench -n -M prepared -c "$k" -j "$((k < 2 ? k : 2))" -T "${DURATION%s}" --max-tries=10 "$@" \
         -f "$script" "$bench_url" 2>&1) || { echo "$out" >&2; failed=1; return; }
     local tps processed failures
+    db_after=$("$bench_bin" --print-cpu postgres)
     tps=$(sed -nE 's/^tps = ([0-9.]+) .*/\1/p' <<<"$out")
     processed=$(sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p' <<<"$out")
     failures=$(sed -nE 's/^number of failed transactions: ([0-9]+).*/\1/p' <<<"$out")
-    echo "{\"scenario\":\"$scenario\",\"concurrency\":$k,\"ops\":${processed:-0},\"ops_per_s\":${tps:-0},\"errors\":{\"failed\":${failures:-0}}}" >>"$results"
+    local db_per_op
+    db_per_op=$(( (db_after - db_before) / (${processed:-0} > 0 ? processed : 1) ))
+    echo "{\"scenario\":\"$scenario\",\"concurrency\":$k,\"ops\":${processed:-0},\"ops_per_s\":${tps:-0},\"db_cpu_us_per_op\":$db_per_op,\"errors\":{\"failed\":${failures:-0}}}" >>"$results"
     echo "$scenario K=$k: $tps tps, $processed transactions, ${failures:-0} failed" >&2
 }
 for k in $KS; do

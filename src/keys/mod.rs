@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{DecodingKey, EncodingKey};
+use jsonwebtoken::DecodingKey;
 
 pub use mint::AccessClaims;
 pub use verify::VerifyError;
@@ -33,14 +33,18 @@ pub enum KeyError {
     Format { path: std::path::PathBuf, reason: String },
     #[error("cannot generate a key: the system random generator failed")]
     Random,
-    #[error("signing failed")]
-    Sign(#[source] jsonwebtoken::errors::Error),
+    #[error("signing failed: {0}")]
+    Sign(&'static str),
 }
 
 /// One Ed25519 key pair with its key id.
 pub struct SigningKey {
     kid: String,
-    encoding: EncodingKey,
+    /// Parsed once: parsing PKCS#8 validates the key with a scalar multiplication, which cost as
+    /// much as the signature itself when jsonwebtoken's `encode` did it for every token.
+    pair: Ed25519KeyPair,
+    /// The JOSE header, already base64url-encoded: it is the same for every token of this key.
+    encoded_header: String,
     decoding: DecodingKey,
 }
 
@@ -51,11 +55,14 @@ impl SigningKey {
     /// The bytes are not an Ed25519 PKCS#8 private key.
     pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, String> {
         let pair = Ed25519KeyPair::from_pkcs8(der).map_err(|e| e.to_string())?;
-        let public = pair.public_key().as_ref();
+        let public = pair.public_key().as_ref().to_vec();
+        let kid = thumbprint(&public);
+        let encoded_header = mint::encoded_header(&kid).map_err(|e| e.to_string())?;
         Ok(Self {
-            kid: thumbprint(public),
-            encoding: EncodingKey::from_ed_der(der),
-            decoding: DecodingKey::from_ed_der(public),
+            kid,
+            pair,
+            encoded_header,
+            decoding: DecodingKey::from_ed_der(&public),
         })
     }
 

@@ -63,6 +63,10 @@ struct Args {
     /// machine: report their CPU time per operation.
     #[arg(long, value_parser = Processes::parse)]
     db_pids: Option<Processes>,
+    /// Print the total CPU time (µs) of these processes (`postgres` or PIDs) and exit: lets a
+    /// script measure what pgbench cost the database.
+    #[arg(long, value_parser = Processes::parse)]
+    print_cpu: Option<Processes>,
     /// Print the pgbench script of the given statement and exit.
     #[arg(long, value_parser = ["rotate", "issue"])]
     print_pgbench: Option<String>,
@@ -85,6 +89,9 @@ fn parse_mix(spec: &str) -> Result<(u32, u32), String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(processes) = &args.print_cpu {
+        return print(&format!("{}\n", processes.cpu_micros()));
+    }
     match args.print_pgbench.as_deref() {
         Some("rotate") => return print(&pgbench::rotation()),
         Some(_) => return print(&pgbench::issue()),
@@ -176,6 +183,9 @@ async fn bench(args: Args) -> anyhow::Result<bool> {
 
     tokio::time::sleep_until(measure_from.into()).await;
     let server = args.server_pid.map(|pid| Processes::Pids(vec![pid]));
+    // The load generator shares the machine: what it costs is part of the picture.
+    let client = Processes::Pids(vec![std::process::id()]);
+    let client_before = client.cpu_micros();
     let cpu_before = (
         server.as_ref().map(Processes::cpu_micros),
         args.db_pids.as_ref().map(Processes::cpu_micros),
@@ -189,6 +199,7 @@ async fn bench(args: Args) -> anyhow::Result<bool> {
         }
     }
     let ended = Instant::now().min(until);
+    let client_after = client.cpu_micros();
     let cpu_after = (
         server.as_ref().map(Processes::cpu_micros),
         args.db_pids.as_ref().map(Processes::cpu_micros),
@@ -219,12 +230,13 @@ async fn bench(args: Args) -> anyhow::Result<bool> {
         "checks_failed": tally.check_failures.len(),
         "server_cpu_us_per_op": per_op(cpu_before.0, cpu_after.0).map(|v| (v * 10.0).round() / 10.0),
         "db_cpu_us_per_op": per_op(cpu_before.1, cpu_after.1).map(|v| (v * 10.0).round() / 10.0),
+        "client_cpu_us_per_op": per_op(Some(client_before), Some(client_after)).map(|v| (v * 10.0).round() / 10.0),
         "server_rss_kib": rss.map(|r| r.0),
         "server_peak_rss_kib": rss.map(|r| r.1),
     });
 
     eprintln!(
-        "{:<10} K={:<3} {:>9.0} ops/s  p50 {:>7} µs  p90 {:>7} µs  p99 {:>7} µs  p99.9 {:>7} µs  max {:>7} µs  errors {}  checks {}/{}  server CPU/op {}  db CPU/op {}  RSS {}",
+        "{:<10} K={:<3} {:>9.0} ops/s  p50 {:>7} µs  p90 {:>7} µs  p99 {:>7} µs  p99.9 {:>7} µs  max {:>7} µs  errors {}  checks {}/{}  server CPU/op {}  db CPU/op {}  client CPU/op {}  RSS {}",
         report["scenario"].as_str().unwrap_or_default(),
         k,
         tally.ops as f64 / seconds,
@@ -238,6 +250,7 @@ async fn bench(args: Args) -> anyhow::Result<bool> {
         tally.checks_passed + tally.check_failures.len() as u64,
         fmt_micros(&report["server_cpu_us_per_op"]),
         fmt_micros(&report["db_cpu_us_per_op"]),
+        fmt_micros(&report["client_cpu_us_per_op"]),
         rss.map(|(now, peak)| format!("{} MiB (peak {} MiB)", now / 1024, peak / 1024))
             .unwrap_or_else(|| "-".into()),
     );
