@@ -55,12 +55,31 @@ pub fn tune(options: PgConnectOptions, settings: &PoolSettings) -> PgConnectOpti
     ])
 }
 
+/// A connection idle for longer than this is pinged before use.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// A pool for `options`, opened lazily: the server starts (and reports NOT_SERVING) even while
 /// the database is down.
+///
+/// sqlx pings every connection before handing it out by default: a whole extra round trip per
+/// operation, which cost the database ~140 µs of CPU per Rotate (bench/run.sh, issue 3). Only
+/// connections that sat idle are pinged instead: under load none are, and after an outage the
+/// dead ones have been idle, so they are found and replaced before a request uses them. A
+/// request is never retried on a new connection after an I/O error, because a statement whose
+/// answer was lost may have committed.
 pub fn pool(options: PgConnectOptions, settings: &PoolSettings) -> PgPool {
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.timeout)
+        .test_before_acquire(false)
+        .before_acquire(|connection, meta| {
+            Box::pin(async move {
+                if meta.idle_for > PING_IF_IDLE_FOR {
+                    sqlx::Connection::ping(connection).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_lazy_with(tune(options, settings))
 }
 
