@@ -59,6 +59,18 @@ pub async fn spawn_app(options: PgConnectOptions) -> TestApp {
     spawn_app_with(options, test_policy()).await
 }
 
+/// A server whose reuse grace window is `grace`.
+pub async fn spawn_app_with_grace(options: PgConnectOptions, grace: Duration) -> TestApp {
+    spawn_app_with(
+        options,
+        Policy {
+            reuse_grace: grace,
+            ..test_policy()
+        },
+    )
+    .await
+}
+
 pub async fn spawn_app_with(options: PgConnectOptions, policy: Policy) -> TestApp {
     let settings = PoolSettings {
         max_connections: 8,

@@ -5,7 +5,9 @@ use ratchet::grpc::status::reason;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use time::Duration;
 
-use crate::helpers::{assert_invalid_argument, assert_token_error, spawn_app, spawn_app_with, test_policy};
+use crate::helpers::{
+    assert_invalid_argument, assert_token_error, spawn_app, spawn_app_with, spawn_app_with_grace, test_policy,
+};
 
 #[sqlx::test]
 async fn rotation_spends_the_old_token_and_the_new_pair_works(_pool: PgPoolOptions, options: PgConnectOptions) {
@@ -99,14 +101,7 @@ async fn within_the_grace_window_concurrent_retries_all_get_the_same_refresh_tok
     _pool: PgPoolOptions,
     options: PgConnectOptions,
 ) {
-    let app = spawn_app_with(
-        options,
-        ratchet::issuer::Policy {
-            reuse_grace: Duration::seconds(30),
-            ..test_policy()
-        },
-    )
-    .await;
+    let app = spawn_app_with_grace(options, Duration::seconds(30)).await;
     let pair = app.issue("alice").await;
     let attempts = (0..64).map(|_| {
         let app = &app;
@@ -139,14 +134,7 @@ async fn within_the_grace_window_concurrent_retries_all_get_the_same_refresh_tok
 
 #[sqlx::test]
 async fn a_retry_after_the_grace_window_is_reuse(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app_with(
-        options,
-        ratchet::issuer::Policy {
-            reuse_grace: Duration::seconds(10),
-            ..test_policy()
-        },
-    )
-    .await;
+    let app = spawn_app_with_grace(options, Duration::seconds(10)).await;
     let first = app.issue("alice").await;
     let second = app.rotate(&first.refresh_token).await.unwrap();
     app.advance(Duration::seconds(9));
@@ -170,14 +158,7 @@ async fn a_retry_after_the_successor_was_used_is_reuse_even_within_the_grace_win
     _pool: PgPoolOptions,
     options: PgConnectOptions,
 ) {
-    let app = spawn_app_with(
-        options,
-        ratchet::issuer::Policy {
-            reuse_grace: Duration::seconds(60),
-            ..test_policy()
-        },
-    )
-    .await;
+    let app = spawn_app_with_grace(options, Duration::seconds(60)).await;
     let first = app.issue("alice").await;
     let second = app.rotate(&first.refresh_token).await.unwrap();
     let third = app.rotate(&second.refresh_token).await.unwrap();
