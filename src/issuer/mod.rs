@@ -112,10 +112,6 @@ impl<S: FamilyStore> Issuer<S> {
         Self { store, keys, policy }
     }
 
-    pub fn store(&self) -> &S {
-        &self.store
-    }
-
     pub fn policy(&self) -> &Policy {
         &self.policy
     }

@@ -95,12 +95,6 @@ pub struct Successor {
     pub spent: bool,
 }
 
-impl std::fmt::Debug for Seal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Seal(..)")
-    }
-}
-
 /// Spend `presented` and store `successor` in its place, atomically, if and only if at `now`:
 /// the presented token exists and is unspent, `now < expires_at` for it and for its family, and
 /// the family is not revoked. The successor's expiry is capped at the family's.
