@@ -7,11 +7,13 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ratchet::grpc::pb::RotateRequest;
 use ratchet::grpc::pb::token_service_client::TokenServiceClient;
-use ratchet::grpc::pb::{IntrospectRequest, IssueRequest, RotateRequest};
 use sqlx::Connection as _;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+use crate::helpers::{introspect, issue};
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
@@ -114,14 +116,7 @@ async fn the_binary_migrates_serves_survives_a_restart_and_never_logs_tokens(
 
     let server = Server::start(&url, &scratch.join("data"), &log);
     let mut client = server.client().await;
-    let pair = client
-        .issue(IssueRequest {
-            subject: "alice".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let pair = issue(&client, "alice").await;
     let rotated = client
         .rotate(RotateRequest {
             refresh_token: pair.refresh_token.clone(),
@@ -129,14 +124,7 @@ async fn the_binary_migrates_serves_survives_a_restart_and_never_logs_tokens(
         .await
         .unwrap()
         .into_inner();
-    let survivor = client
-        .issue(IssueRequest {
-            subject: "carol".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let survivor = issue(&client, "carol").await;
     let reused = client
         .rotate(RotateRequest {
             refresh_token: pair.refresh_token.clone(),
@@ -154,44 +142,16 @@ async fn the_binary_migrates_serves_survives_a_restart_and_never_logs_tokens(
 
     // A second start reuses the generated key.
     let server = Server::start(&url, &scratch.join("data"), &log);
-    let mut client = server.client().await;
-    let other = client
-        .issue(IssueRequest {
-            subject: "bob".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let answer = client
-        .introspect(IntrospectRequest {
-            token: other.access_token.clone(),
-            token_type_hint: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let client = server.client().await;
+    let other = issue(&client, "bob").await;
+    let answer = introspect(&client, &other.access_token).await;
     assert!(answer.active);
-    let answer = client
-        .introspect(IntrospectRequest {
-            token: rotated.access_token.clone(),
-            token_type_hint: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let answer = introspect(&client, &rotated.access_token).await;
     assert!(
         !answer.active,
         "its family was revoked by the reuse above, across the restart too"
     );
-    let from_the_first_start = client
-        .introspect(IntrospectRequest {
-            token: survivor.access_token.clone(),
-            token_type_hint: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let from_the_first_start = introspect(&client, &survivor.access_token).await;
     assert!(
         from_the_first_start.active,
         "signed before the restart, still verifiable after it"

@@ -138,15 +138,7 @@ impl TestApp {
     }
 
     pub async fn issue(&self, subject: &str) -> TokenPair {
-        self.client
-            .clone()
-            .issue(IssueRequest {
-                subject: subject.into(),
-                ..Default::default()
-            })
-            .await
-            .expect("issue")
-            .into_inner()
+        issue(&self.client, subject).await
     }
 
     pub async fn rotate(&self, refresh_token: &str) -> Result<TokenPair, Status> {
@@ -160,16 +152,44 @@ impl TestApp {
     }
 
     pub async fn introspect(&self, token: &str) -> ratchet::grpc::pb::IntrospectResponse {
-        self.client
-            .clone()
-            .introspect(ratchet::grpc::pb::IntrospectRequest {
-                token: token.into(),
-                token_type_hint: String::new(),
-            })
-            .await
-            .expect("introspect")
-            .into_inner()
+        introspect(&self.client, token).await
     }
+}
+
+/// Issues a pair for `subject` with nothing else set.
+pub async fn issue(client: &TokenServiceClient<Channel>, subject: &str) -> TokenPair {
+    client
+        .clone()
+        .issue(IssueRequest {
+            subject: subject.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("issue")
+        .into_inner()
+}
+
+/// Introspects `token` without a hint.
+pub async fn introspect(client: &TokenServiceClient<Channel>, token: &str) -> ratchet::grpc::pb::IntrospectResponse {
+    client
+        .clone()
+        .introspect(ratchet::grpc::pb::IntrospectRequest {
+            token: token.into(),
+            token_type_hint: String::new(),
+        })
+        .await
+        .expect("introspect")
+        .into_inner()
+}
+
+/// Part `index` of a JWT (0 header, 1 payload) as JSON, without verifying anything.
+pub fn jwt_part(jwt: &str, index: usize) -> serde_json::Value {
+    use base64::Engine as _;
+    let part = jwt.split('.').nth(index).expect("a JWT part");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .expect("base64url");
+    serde_json::from_slice(&bytes).expect("JSON")
 }
 
 /// Asserts `status` is UNAUTHENTICATED with ErrorInfo `reason` in domain `ratchet`.

@@ -1,7 +1,7 @@
 use ratchet::grpc::pb::IssueRequest;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::helpers::{AUDIENCE, ISSUER, assert_invalid_argument, spawn_app};
+use crate::helpers::{AUDIENCE, ISSUER, assert_invalid_argument, jwt_part, spawn_app};
 
 fn claims(json: serde_json::Value) -> prost_types::Struct {
     fn value(v: serde_json::Value) -> prost_types::Value {
@@ -26,17 +26,13 @@ fn claims(json: serde_json::Value) -> prost_types::Struct {
     }
 }
 
-/// The payload of a JWT, without verifying it (the tests below check what was signed).
+/// The payload and header of a JWT, without verifying it (the tests below check what was signed).
 fn payload(jwt: &str) -> serde_json::Value {
-    use base64::Engine as _;
-    let part = jwt.split('.').nth(1).unwrap();
-    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+    jwt_part(jwt, 1)
 }
 
 fn header(jwt: &str) -> serde_json::Value {
-    use base64::Engine as _;
-    let part = jwt.split('.').next().unwrap();
-    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+    jwt_part(jwt, 0)
 }
 
 #[sqlx::test]
