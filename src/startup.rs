@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use sqlx::Connection as _;
 use sqlx::migrate::MigrateDatabase as _;
-use sqlx::postgres::{PgPool, Postgres};
+use sqlx::postgres::{PgConnection, Postgres};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
@@ -29,6 +30,7 @@ use crate::keys::Keyring;
 use crate::keys::keyfile::{self, KeySource};
 use crate::store::FamilyStore as _;
 use crate::store::cached::CachedStore;
+use crate::store::pool::ConnectionPool;
 use crate::store::postgres::{self, MIGRATOR, PgStore, PoolSettings};
 
 /// Largest request accepted. Far above any valid request (8 KiB of claims plus 128 names of
@@ -46,7 +48,7 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// Everything a server is made of.
 pub struct Parts {
     pub listen: SocketAddr,
-    pub pool: PgPool,
+    pub pool: ConnectionPool,
     pub pool_settings: PoolSettings,
     pub keys: Keyring,
     pub policy: Policy,
@@ -75,9 +77,12 @@ pub async fn migrate(database: &DatabaseConfig) -> anyhow::Result<()> {
             .context("cannot create the database")?;
         tracing::info!("created the database");
     }
-    let pool = postgres::pool(database.options.clone(), &database.pool);
-    MIGRATOR.run(&pool).await.context("cannot apply migrations")?;
-    pool.close().await;
+    let options = postgres::tune(database.options.clone(), &database.pool);
+    let mut connection = PgConnection::connect_with(&options)
+        .await
+        .context("cannot reach the database")?;
+    MIGRATOR.run(&mut connection).await.context("cannot apply migrations")?;
+    connection.close().await.context("cannot close the connection")?;
     tracing::info!("database schema is up to date");
     Ok(())
 }

@@ -9,6 +9,7 @@
 //! Introspect of an access token needs no database round trip for a family it has seen.
 
 pub mod cached;
+pub mod pool;
 pub mod postgres;
 
 use std::future::Future;

@@ -10,12 +10,14 @@
 use std::future::Future;
 use std::time::Duration;
 
+use deadpool::managed::PoolError;
 use serde_json::{Map, Value};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::types::Json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::pool::{ConnectionPool, PooledConnection};
 use super::{
     FamilyRecord, FamilyStatus, FamilyStore, NewRefreshToken, RefreshTokenRecord, RevokeReason, SpendOutcome,
     SpendRequest, StoreError, Successor,
@@ -55,35 +57,14 @@ pub fn tune(options: PgConnectOptions, settings: &PoolSettings) -> PgConnectOpti
     ])
 }
 
-/// A connection idle for longer than this is pinged before use.
-const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
-
-/// A pool for `options`, opened lazily: the server starts (and reports NOT_SERVING) even while
-/// the database is down.
-///
-/// sqlx pings every connection before handing it out by default: a whole extra round trip per
-/// operation, which cost the database ~140 µs of CPU per Rotate (bench/run.sh, issue 3). Only
-/// connections that sat idle are pinged instead: under load none are, and after an outage the
-/// dead ones have been idle, so they are found and replaced before a request uses them. A
-/// request is never retried on a new connection after an I/O error, because a statement whose
-/// answer was lost may have committed.
-pub fn pool(options: PgConnectOptions, settings: &PoolSettings) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(settings.max_connections)
-        .acquire_timeout(settings.timeout)
-        .test_before_acquire(false)
-        .before_acquire(|connection, meta| {
-            Box::pin(async move {
-                if meta.idle_for > PING_IF_IDLE_FOR {
-                    sqlx::Connection::ping(connection).await?;
-                }
-                Ok(true)
-            })
-        })
-        .connect_lazy_with(tune(options, settings))
+/// A pool for `options` with our session settings; see [`ConnectionPool`] for how connections
+/// are checked, and why not sqlx's pool.
+pub fn pool(options: PgConnectOptions, settings: &PoolSettings) -> ConnectionPool {
+    ConnectionPool::new(tune(options, settings), settings.max_connections)
 }
 
-/// Bounded retries of serialization failures.
+/// Bounded retries of serialization failures; all attempts together are also bounded by the
+/// store's timeout.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
     pub max_attempts: u32,
@@ -92,11 +73,15 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
-    /// Enough that 64 clients racing for one token settle (each needs at most three attempts:
-    /// lose the spend, lose the family revocation, then see it revoked), with room to spare.
+    /// 64 clients racing for one token settle in three attempts each (lose the spend, lose the
+    /// family revocation, then see it revoked). Unrelated rotations conflict too: SERIALIZABLE
+    /// tracks B-tree reads per index *page*, and while the tables are small every row shares a
+    /// few pages. On a fresh database at K=64 about 4% of rotations conflicted and a few lost 12
+    /// times in a row (bench, issue 3); 40 attempts with backoff capped at 50 ms wait at most
+    /// about a second.
     fn default() -> Self {
         Self {
-            max_attempts: 12,
+            max_attempts: 40,
             base_delay: Duration::from_millis(1),
             max_delay: Duration::from_millis(50),
         }
@@ -106,13 +91,13 @@ impl Default for RetryPolicy {
 /// PostgreSQL-backed [`FamilyStore`].
 #[derive(Debug, Clone)]
 pub struct PgStore {
-    pool: PgPool,
+    pool: ConnectionPool,
     timeout: Duration,
     retry: RetryPolicy,
 }
 
 impl PgStore {
-    pub fn new(pool: PgPool, settings: &PoolSettings) -> Self {
+    pub fn new(pool: ConnectionPool, settings: &PoolSettings) -> Self {
         Self {
             pool,
             timeout: settings.timeout,
@@ -120,38 +105,65 @@ impl PgStore {
         }
     }
 
-    pub fn pool(&self) -> &PgPool {
+    pub fn pool(&self) -> &ConnectionPool {
         &self.pool
     }
 
-    /// Runs `op` until it succeeds, fails for a reason other than a serialization conflict, or
-    /// runs out of attempts. Each attempt is bounded by the store's timeout.
+    /// Runs `op` on a pooled connection until it succeeds, fails for a reason other than a
+    /// serialization conflict, or runs out of attempts or time. All attempts together, waiting
+    /// for connections included, are bounded by the store's timeout.
+    ///
+    /// `op` takes the connection and gives it back with the outcome (rather than borrowing it,
+    /// which would need a higher-ranked closure that cannot capture the caller's references).
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
-        F: Fn() -> Fut,
-        Fut: Future<Output = Result<T, sqlx::Error>>,
+        F: Fn(PooledConnection) -> Fut,
+        Fut: Future<Output = (PooledConnection, Result<T, sqlx::Error>)>,
     {
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let mut delay = self.retry.base_delay;
-        for attempt in 1..=self.retry.max_attempts {
-            let outcome = tokio::time::timeout(self.timeout, op())
+        let mut attempt = 0;
+        while attempt < self.retry.max_attempts {
+            attempt += 1;
+            let outcome = tokio::time::timeout_at(deadline, self.attempt(&op))
                 .await
-                .map_err(|elapsed| StoreError::Unavailable(Box::new(elapsed)))?;
+                .map_err(|elapsed| StoreError::Unavailable(Box::new(elapsed)))??;
             match outcome {
                 Ok(value) => return Ok(value),
                 Err(error) if is_serialization_conflict(&error) => {
                     tracing::debug!(attempt, "serialization conflict, retrying");
-                    if attempt < self.retry.max_attempts {
-                        // Full jitter: racing clients spread out instead of colliding again.
-                        tokio::time::sleep(delay.mul_f64(rand::random::<f64>())).await;
-                        delay = (delay * 2).min(self.retry.max_delay);
+                    // Full jitter: racing clients spread out instead of colliding again.
+                    let pause = delay.mul_f64(rand::random::<f64>());
+                    if attempt == self.retry.max_attempts || tokio::time::Instant::now() + pause >= deadline {
+                        break;
                     }
+                    tokio::time::sleep(pause).await;
+                    delay = (delay * 2).min(self.retry.max_delay);
                 }
                 Err(error) => return Err(classify(error)),
             }
         }
-        Err(StoreError::Contention {
-            attempts: self.retry.max_attempts,
-        })
+        Err(StoreError::Contention { attempts: attempt })
+    }
+
+    /// One attempt of `op`. The outer error is the pool's (no connection), the inner one the
+    /// statement's.
+    async fn attempt<T, F, Fut>(&self, op: &F) -> Result<Result<T, sqlx::Error>, StoreError>
+    where
+        F: Fn(PooledConnection) -> Fut,
+        Fut: Future<Output = (PooledConnection, Result<T, sqlx::Error>)>,
+    {
+        let connection = self.pool.get().await.map_err(|error| match error {
+            PoolError::Backend(error) => classify(error),
+            other => StoreError::Unavailable(Box::new(other)),
+        })?;
+        let (mut connection, outcome) = op(connection).await;
+        // A result or a database error means PostgreSQL answered and the protocol is in step.
+        // After anything else (I/O, protocol) the connection is not trusted again.
+        if matches!(outcome, Ok(_) | Err(sqlx::Error::Database(_))) {
+            connection.finished();
+        }
+        Ok(outcome)
     }
 }
 
@@ -337,8 +349,8 @@ pub const CREATE_FAMILY: &str = "with family as (
 
 impl FamilyStore for PgStore {
     async fn create_family(&self, family: &FamilyRecord, first: &NewRefreshToken) -> Result<(), StoreError> {
-        self.run(|| {
-            sqlx::query(CREATE_FAMILY)
+        self.run(|mut connection| async move {
+            let outcome = sqlx::query(CREATE_FAMILY)
                 .bind(family.id.as_uuid())
                 .bind(&family.subject)
                 .bind(&family.client_id)
@@ -349,7 +361,9 @@ impl FamilyStore for PgStore {
                 .bind(first.expires_at)
                 .bind(family.expires_at)
                 .bind(&first.hash.0[..])
-                .execute(&self.pool)
+                .execute(connection.begin())
+                .await;
+            (connection, outcome)
         })
         .await
         .map(drop)
@@ -357,14 +371,16 @@ impl FamilyStore for PgStore {
 
     async fn spend(&self, request: &SpendRequest) -> Result<SpendOutcome, StoreError> {
         let row = self
-            .run(|| {
-                sqlx::query_as::<_, TokenRow>(SPEND)
+            .run(|mut connection| async move {
+                let outcome = sqlx::query_as::<_, TokenRow>(SPEND)
                     .bind(&request.presented.0[..])
                     .bind(&request.successor.hash.0[..])
                     .bind(request.now)
                     .bind(&request.successor_seal.0[..])
                     .bind(request.successor.expires_at)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(connection.begin())
+                    .await;
+                (connection, outcome)
             })
             .await?;
         Ok(match row {
@@ -386,10 +402,12 @@ impl FamilyStore for PgStore {
 
     async fn refresh_token(&self, hash: &TokenHash) -> Result<Option<RefreshTokenRecord>, StoreError> {
         let row = self
-            .run(|| {
-                sqlx::query_as::<_, TokenRow>(presented_token_select!())
+            .run(|mut connection| async move {
+                let outcome = sqlx::query_as::<_, TokenRow>(presented_token_select!())
                     .bind(&hash.0[..])
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(connection.begin())
+                    .await;
+                (connection, outcome)
             })
             .await?;
         Ok(row.map(TokenRow::into_record))
@@ -397,10 +415,12 @@ impl FamilyStore for PgStore {
 
     async fn family_status(&self, id: FamilyId) -> Result<Option<FamilyStatus>, StoreError> {
         let row: Option<(bool, OffsetDateTime)> = self
-            .run(|| {
-                sqlx::query_as("select revoked_at is not null, expires_at from families where id = $1")
+            .run(|mut connection| async move {
+                let outcome = sqlx::query_as("select revoked_at is not null, expires_at from families where id = $1")
                     .bind(id.as_uuid())
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(connection.begin())
+                    .await;
+                (connection, outcome)
             })
             .await?;
         Ok(row.map(|(revoked, expires_at)| FamilyStatus { revoked, expires_at }))
@@ -408,15 +428,17 @@ impl FamilyStore for PgStore {
 
     async fn revoke_family(&self, id: FamilyId, now: OffsetDateTime, reason: RevokeReason) -> Result<bool, StoreError> {
         let result = self
-            .run(|| {
-                sqlx::query(
+            .run(|mut connection| async move {
+                let outcome = sqlx::query(
                     "update families set revoked_at = $2, revoked_reason = $3
                      where id = $1 and revoked_at is null",
                 )
                 .bind(id.as_uuid())
                 .bind(now)
                 .bind(reason.as_str())
-                .execute(&self.pool)
+                .execute(connection.begin())
+                .await;
+                (connection, outcome)
             })
             .await?;
         Ok(result.rows_affected() > 0)
@@ -424,8 +446,8 @@ impl FamilyStore for PgStore {
 
     async fn revoke_subject(&self, subject: &str, now: OffsetDateTime) -> Result<Vec<FamilyId>, StoreError> {
         let ids: Vec<(Uuid,)> = self
-            .run(|| {
-                sqlx::query_as(
+            .run(|mut connection| async move {
+                let outcome = sqlx::query_as(
                     "update families set revoked_at = $2, revoked_reason = $3
                      where subject = $1 and revoked_at is null and expires_at > $2
                      returning id",
@@ -433,7 +455,9 @@ impl FamilyStore for PgStore {
                 .bind(subject)
                 .bind(now)
                 .bind(RevokeReason::Revoke.as_str())
-                .fetch_all(&self.pool)
+                .fetch_all(connection.begin())
+                .await;
+                (connection, outcome)
             })
             .await?;
         Ok(ids.into_iter().map(|(id,)| FamilyId::from_uuid(id)).collect())
@@ -454,18 +478,25 @@ impl FamilyStore for PgStore {
              limit $3"
         );
         let rows = self
-            .run(|| {
-                sqlx::query_as::<_, FamilyRow>(SQL)
+            .run(|mut connection| async move {
+                let outcome = sqlx::query_as::<_, FamilyRow>(SQL)
                     .bind(subject)
                     .bind(now)
                     .bind(i64::from(limit))
-                    .fetch_all(&self.pool)
+                    .fetch_all(connection.begin())
+                    .await;
+                (connection, outcome)
             })
             .await?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.run(|| sqlx::query("select 1").execute(&self.pool)).await.map(drop)
+        self.run(|mut connection| async move {
+            let outcome = sqlx::query("select 1").execute(connection.begin()).await;
+            (connection, outcome)
+        })
+        .await
+        .map(drop)
     }
 }

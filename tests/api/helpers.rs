@@ -10,6 +10,7 @@ use ratchet::grpc::pb::{IssueRequest, TokenPair};
 use ratchet::issuer::Policy;
 use ratchet::keys::Keyring;
 use ratchet::startup::{Application, Parts};
+use ratchet::store::pool::ConnectionPool;
 use ratchet::store::postgres::{self, PoolSettings};
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use time::{Duration, OffsetDateTime};
@@ -81,7 +82,12 @@ pub async fn spawn_app_with(options: PgConnectOptions, policy: Policy) -> TestAp
 }
 
 /// A server on `pool` (which may point anywhere, even at nothing).
-pub async fn spawn_on_pool(pool: PgPool, settings: PoolSettings, policy: Policy, inspect: PgConnectOptions) -> TestApp {
+pub async fn spawn_on_pool(
+    pool: ConnectionPool,
+    settings: PoolSettings,
+    policy: Policy,
+    inspect: PgConnectOptions,
+) -> TestApp {
     init_logs();
     // A fixed, whole-second start keeps expiry arithmetic in tests exact.
     let clock = Arc::new(ManualClock::new(

@@ -1,0 +1,195 @@
+//! The PostgreSQL connection pool: deadpool managing sqlx [`PgConnection`]s.
+//!
+//! Why not sqlx's own pool: it pings every connection when it goes back to the pool (a `Sync`
+//! and a wait for `ReadyForQuery`), and that cannot be turned off. For ratchet, whose operations
+//! are one statement each, that doubles the round trips: per Rotate, a second wake-up of the
+//! database backend and of the server, the ~80 µs of database CPU per rotation that pgbench
+//! running the same statement did not spend (issue 3, BENCHMARKS.md).
+//!
+//! What the ping protected against is an operation abandoned half-way (a timeout, a cancelled
+//! request) leaving the connection mid-protocol. Here a connection is trusted again only if the
+//! operation that used it came to an end with PostgreSQL's answer ([`Connection::finished`]);
+//! otherwise the pool drops it instead of handing it out. A connection that sat idle for a while
+//! is pinged before use, so that after a database restart the dead ones are found and replaced
+//! before a request uses them (a request is never retried on a new connection after an I/O
+//! error, because a statement whose answer was lost may have committed).
+//!
+//! deadpool (rather than a hand-written pool): small, widely used (deadpool-postgres, -redis),
+//! fair FIFO/LIFO waiting, cancellation-safe, and its recycle hook is exactly the place for the
+//! checks above.
+
+use std::time::{Duration, Instant};
+
+use deadpool::managed::{self, Metrics, Object, QueueMode, RecycleError, RecycleResult};
+use sqlx::Connection as _;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+
+/// A connection idle for longer than this is pinged before use.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+/// Connections are replaced after this long, so that PostgreSQL backends do not grow forever
+/// and a moved database (DNS, failover) is picked up.
+const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
+
+/// A pool of at most `max_connections`, opened lazily: the server starts (and reports
+/// NOT_SERVING) even while the database is down. Cheap to clone.
+#[derive(Clone)]
+pub struct ConnectionPool {
+    inner: managed::Pool<Manager>,
+}
+
+impl std::fmt::Debug for ConnectionPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let status = self.inner.status();
+        f.debug_struct("ConnectionPool")
+            .field("max_size", &status.max_size)
+            .field("size", &status.size)
+            .field("available", &status.available)
+            .finish()
+    }
+}
+
+/// A pooled connection, checked out.
+pub type PooledConnection = Object<Manager>;
+
+/// A connection and whether it can be trusted.
+pub struct Connection {
+    raw: PgConnection,
+    /// When the last operation on it finished with the database's answer; `None` while an
+    /// operation is running, and forever if one was abandoned.
+    idle_since: Option<Instant>,
+}
+
+impl Connection {
+    /// The connection, for one operation. Marks it in use until [`Self::finished`].
+    pub fn begin(&mut self) -> &mut PgConnection {
+        self.idle_since = None;
+        &mut self.raw
+    }
+
+    /// The operation ended with the database's answer (a result or a database error): the
+    /// protocol is in step and the connection can be used again.
+    pub fn finished(&mut self) {
+        self.idle_since = Some(Instant::now());
+    }
+}
+
+pub struct Manager {
+    options: PgConnectOptions,
+}
+
+impl managed::Manager for Manager {
+    type Type = Connection;
+    type Error = sqlx::Error;
+
+    async fn create(&self) -> Result<Connection, sqlx::Error> {
+        let raw = PgConnection::connect_with(&self.options).await?;
+        Ok(Connection {
+            raw,
+            idle_since: Some(Instant::now()),
+        })
+    }
+
+    async fn recycle(&self, connection: &mut Connection, metrics: &Metrics) -> RecycleResult<sqlx::Error> {
+        let Some(idle_since) = connection.idle_since else {
+            return Err(RecycleError::message("an operation on it was abandoned"));
+        };
+        if metrics.age() > MAX_LIFETIME {
+            return Err(RecycleError::message("reached its maximum lifetime"));
+        }
+        if idle_since.elapsed() > PING_IF_IDLE_FOR {
+            connection.raw.ping().await?;
+        }
+        Ok(())
+    }
+}
+
+impl ConnectionPool {
+    pub fn new(options: PgConnectOptions, max_connections: u32) -> Self {
+        let inner = managed::Pool::builder(Manager { options })
+            .max_size(usize::try_from(max_connections).unwrap_or(usize::MAX).max(1))
+            // The most recently used connection first: under light load a few backends stay warm
+            // and the rest go idle (and get pinged before their next use) instead of all being
+            // cycled through.
+            .queue_mode(QueueMode::Lifo)
+            .build();
+        match inner {
+            Ok(inner) => Self { inner },
+            // Only fails for timeouts without a runtime, and none are set: the caller bounds
+            // every operation, waiting included (`PgStore::run`).
+            Err(error) => unreachable!("deadpool pool without timeouts: {error}"),
+        }
+    }
+
+    /// A connection: an idle one (checked as described in the module docs) or a new one.
+    /// Unbounded in time; the caller bounds it.
+    ///
+    /// # Errors
+    /// A new connection cannot be opened, or the pool is closed.
+    pub async fn get(&self) -> Result<PooledConnection, managed::PoolError<sqlx::Error>> {
+        self.inner.get().await
+    }
+
+    /// Refuses new checkouts and closes the idle connections politely (a `Terminate` message,
+    /// so PostgreSQL does not log an unexpected EOF). Call once in-flight work has drained.
+    pub async fn close(&self) {
+        let idle = self.inner.retain(|_, _| false).removed;
+        self.inner.close();
+        for connection in idle {
+            let _ = connection.raw.close().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+    use super::*;
+
+    async fn backend_pid(pool: &ConnectionPool) -> Result<i32, sqlx::Error> {
+        let mut connection = pool.get().await.unwrap();
+        let (pid,): (i32,) = sqlx::query_as("select pg_backend_pid()")
+            .fetch_one(connection.begin())
+            .await?;
+        connection.finished();
+        Ok(pid)
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn a_connection_whose_operation_finished_is_reused(_pool: PgPoolOptions, options: PgConnectOptions) {
+        let pool = ConnectionPool::new(options, 4);
+        let first = backend_pid(&pool).await.unwrap();
+        assert_eq!(backend_pid(&pool).await.unwrap(), first);
+        pool.close().await;
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn a_connection_whose_operation_was_abandoned_is_never_handed_out_again(
+        _pool: PgPoolOptions,
+        options: PgConnectOptions,
+    ) {
+        let pool = ConnectionPool::new(options, 1);
+        let first = backend_pid(&pool).await.unwrap();
+        {
+            let mut connection = pool.get().await.unwrap();
+            // Cancelled while PostgreSQL is still working on it: the answer is still on its way.
+            let abandoned = tokio::time::timeout(
+                Duration::from_millis(50),
+                sqlx::query("select pg_sleep(1)").execute(connection.begin()),
+            )
+            .await;
+            assert!(abandoned.is_err(), "the statement should have been cut off");
+        }
+        let second = backend_pid(&pool).await.unwrap();
+        assert_ne!(second, first, "the abandoned connection was reused");
+        pool.close().await;
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn closing_refuses_new_checkouts(_pool: PgPoolOptions, options: PgConnectOptions) {
+        let pool = ConnectionPool::new(options, 2);
+        backend_pid(&pool).await.unwrap();
+        pool.close().await;
+        assert!(matches!(pool.get().await, Err(managed::PoolError::Closed)));
+    }
+}
