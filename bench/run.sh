@@ -79,9 +79,15 @@ pgbench_run() { # scenario k script [extra args]
     local scenario=$1 k=$2 script=$3 out db_before db_after
     shift 3
     db_before=$("$bench_bin" --print-cpu postgres)
-    out=$(pgbench -n -M prepared -c "$k" -j "$((k < 2 ? k : 2))" -T "${DURATION%s}" --max-tries=10 "$@" \
+    out=$(pgbench -n -M prepared -c "$k" -j "$((k < 2 ? k : 2))" -T "${DURATION%s}" --max-tries=40 "$@" \
         -f "$script" "$bench_url" 2>&1) || { echo "$out" >&2; failed=1; return; }
     local tps processed failures
+    # pgbench's backends exit as it ends. One reaped between the reading of the postmaster's
+    # children times and its own /proc entry would be counted nowhere: wait until all are gone.
+    for _ in $(seq 50); do
+        [ "$(psql -Atq "$base_url" -c "select count(*) from pg_stat_activity where datname = '$database'")" = 0 ] && break
+        sleep 0.1
+    done
     db_after=$("$bench_bin" --print-cpu postgres)
     tps=$(sed -nE 's/^tps = ([0-9.]+) .*/\1/p' <<<"$out")
     processed=$(sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p' <<<"$out")
