@@ -1,47 +1,89 @@
 #!/usr/bin/env python3
-"""Turns one bench/run.sh results file (JSON lines) into the table BENCHMARKS.md quotes."""
+"""Turns bench/run.sh results files (JSON lines, one file per run) into the table BENCHMARKS.md
+quotes.
+
+With several files, every cell is the median over the runs, except errors (summed: any error in
+any run shows) and peak RSS (the highest). "% of ceiling" is computed within each run, against
+that run's own pgbench, and only then the median is taken: the machine is noisy, and a ratio
+within one run is what is comparable. The per-run percentages are listed under the table.
+
+    bench/report.py RESULTS.jsonl [MORE.jsonl ...]
+"""
 import json
+import statistics
 import sys
 
+HEAD = ["scenario", "K", "ops/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "errors",
+        "srv CPU/op µs", "db CPU/op µs", "client CPU/op µs", "peak RSS MiB", "pgbench tps", "% of ceiling"]
 
-def main(path):
-    runs = [json.loads(line) for line in open(path) if line.strip()]
+
+def load(path):
+    return [json.loads(line) for line in open(path) if line.strip()]
+
+
+def ratios(runs):
+    """(scenario, K) -> this run's ops/s as a percentage of this run's pgbench at the same K."""
     ceiling = {(r["scenario"].removeprefix("pgbench-"), r["concurrency"]): r["ops_per_s"]
                for r in runs if r["scenario"].startswith("pgbench-")}
-    idle = next((r["server_rss_kib"] for r in runs if r["scenario"] == "idle"), None)
-    print(f"idle server RSS: {idle / 1024:.1f} MiB" if idle else "idle server RSS: -")
-    head = ["scenario", "K", "ops/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "errors",
-            "srv CPU/op µs", "db CPU/op µs", "client CPU/op µs", "peak RSS MiB", "pgbench tps", "% of ceiling"]
+    return {(r["scenario"], r["concurrency"]): 100 * r["ops_per_s"] / ceiling[(r["scenario"], r["concurrency"])]
+            for r in runs if (r["scenario"], r["concurrency"]) in ceiling and not r["scenario"].startswith("pgbench-")}
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt(value, digits=1):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def main(paths):
+    files = [load(path) for path in paths]
+    per_run_ratio = [ratios(runs) for runs in files]
+    keys = []  # (scenario, K) in the order of the first run, pgbench rows last
+    for runs in files:
+        for r in runs:
+            key = (r["scenario"], r["concurrency"])
+            if r["scenario"] != "idle" and key not in keys:
+                keys.append(key)
+    keys.sort(key=lambda k: k[0].startswith("pgbench-"))
     rows = []
-    for r in runs:
-        if r["scenario"] == "idle" or r["scenario"].startswith("pgbench-"):
+    for key in keys:
+        same = [r for runs in files for r in runs if (r["scenario"], r["concurrency"]) == key]
+        get = lambda field: median([r.get(field) for r in same])
+        if key[0].startswith("pgbench-"):
+            rows.append([key[0], key[1], fmt(get("ops_per_s"), 0), *["-"] * 5,
+                         sum(r["errors"].get("failed", 0) for r in same), "-", fmt(get("db_cpu_us_per_op")),
+                         *["-"] * 4])
             continue
-        lat = r["latency_us"]
-        top = ceiling.get((r["scenario"], r["concurrency"]))
+        lat = lambda q: fmt(median([r["latency_us"][q] / 1000 for r in same]), 2)
+        pgbench = median([r["ops_per_s"] for runs in files for r in runs
+                          if (r["scenario"], r["concurrency"]) == ("pgbench-" + key[0], key[1])])
+        ratio = median([run.get(key) for run in per_run_ratio])
+        peaks = [r["server_peak_rss_kib"] for r in same if r.get("server_peak_rss_kib")]
         rows.append([
-            r["scenario"], r["concurrency"], f'{r["ops_per_s"]:.0f}',
-            *(f"{lat[q] / 1000:.2f}" for q in ("p50", "p90", "p99", "p999", "max")),
-            sum(r["errors"].values()) + r.get("checks_failed", 0),
-            fmt(r.get("server_cpu_us_per_op")), fmt(r.get("db_cpu_us_per_op")), fmt(r.get("client_cpu_us_per_op")),
-            fmt(r["server_peak_rss_kib"] / 1024 if r.get("server_peak_rss_kib") else None),
-            f"{top:.0f}" if top else "-",
-            f"{100 * r['ops_per_s'] / top:.0f}%" if top else "-",
+            key[0], key[1], fmt(get("ops_per_s"), 0), *(lat(q) for q in ("p50", "p90", "p99", "p999", "max")),
+            sum(sum(r["errors"].values()) + r.get("checks_failed", 0) for r in same),
+            fmt(get("server_cpu_us_per_op")), fmt(get("db_cpu_us_per_op")), fmt(get("client_cpu_us_per_op")),
+            fmt(max(peaks) / 1024 if peaks else None), fmt(pgbench, 0), f"{ratio:.0f}%" if ratio else "-",
         ])
-    for r in runs:
-        if r["scenario"].startswith("pgbench-"):
-            rows.append([r["scenario"], r["concurrency"], f'{r["ops_per_s"]:.0f}', *["-"] * 5,
-                         r["errors"].get("failed", 0), "-", fmt(r.get("db_cpu_us_per_op")), *["-"] * 4])
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    idle = median([r["server_rss_kib"] for runs in files for r in runs if r["scenario"] == "idle"])
+    print(f"runs: {len(files)}" + (" (medians)" if len(files) > 1 else ""))
+    print(f"idle server RSS: {idle / 1024:.1f} MiB" if idle else "idle server RSS: -")
+    widths = [max(len(str(x)) for x in col) for col in zip(HEAD, *rows)]
     line = lambda cells: "| " + " | ".join(str(c).rjust(w) for c, w in zip(cells, widths)) + " |"
-    print(line(head))
+    print(line(HEAD))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
         print(line(row))
-
-
-def fmt(value):
-    return "-" if value is None else f"{value:.1f}"
+    if len(files) > 1:
+        for key in sorted({k for run in per_run_ratio for k in run}):
+            print(f"% of ceiling, {key[0]} K={key[1]}, per run: "
+                  + ", ".join(f"{run[key]:.0f}%" for run in per_run_ratio if key in run))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    main(sys.argv[1:])

@@ -3,12 +3,14 @@
 # K = 1, 16 and 64 with ratchet-bench, and the pgbench ceiling for Rotate's and Issue's own SQL at
 # the same K; then one table. Raw results: one JSON line per run in bench/results/.
 #
-#   bench/run.sh            full run (about 6 minutes)
+#   bench/run.sh            full run (about 4 minutes)
+#   RUNS=3 bench/run.sh     three runs, each with a fresh database and server; the table gives
+#                           medians (the machine is noisy; ratios are taken within each run)
 #   bench/run.sh --smoke    seconds per scenario at small K on the debug build: CI's check that
 #                           the whole path still works and reports no errors
 #
 # Environment: DATABASE_URL (server to create the bench database on; default the local one),
-# DURATION, WARMUP, KS, SCENARIOS, DB_CONNECTIONS. Needs psql and pgbench.
+# RUNS, DURATION, WARMUP, KS, SCENARIOS, DB_CONNECTIONS. Needs psql and pgbench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +26,7 @@ else
     profile=release
     cargo build --locked --release --bins
 fi
-: "${SCENARIOS:=issue rotate introspect mixed}" "${DB_CONNECTIONS:=16}"
+: "${SCENARIOS:=issue rotate introspect mixed}" "${DB_CONNECTIONS:=16}" "${RUNS:=1}"
 base_url="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 database="ratchet_bench_$$"
 # Over loopback TLS buys nothing and costs CPU on both ends; server and pgbench use the same URL.
@@ -33,7 +35,6 @@ server_bin="target/$profile/ratchet"
 bench_bin="target/$profile/ratchet-bench"
 scratch=$(mktemp -d /tmp/ratchet-bench.XXXXXX)
 mkdir -p bench/results
-results="bench/results/$(date -u +%Y%m%dT%H%M%SZ)-$profile.jsonl"
 server_pid=""
 
 cleanup() {
@@ -43,63 +44,66 @@ cleanup() {
 }
 trap cleanup EXIT
 
-psql -q "$base_url" -c "create database $database" >/dev/null
-DATABASE_URL="$bench_url" "$server_bin" migrate 2>/dev/null
+# One run: a fresh database and server, every scenario, then the pgbench ceiling; appends JSON
+# lines to $results.
+one_run() {
+    psql -q "$base_url" -c "drop database if exists $database with (force)" >/dev/null
+    psql -q "$base_url" -c "create database $database" >/dev/null
+    DATABASE_URL="$bench_url" "$server_bin" migrate 2>/dev/null
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-DATABASE_URL="$bench_url" RATCHET_LISTEN="127.0.0.1:$port" RATCHET_DATA_DIR="$scratch" RUST_LOG=warn \
-    "$server_bin" serve --no-migrate --db-max-connections "$DB_CONNECTIONS" 2>"$scratch/server.log" &
-server_pid=$!
-for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-    sleep 0.1
-done
-sleep 1
-idle_rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$server_pid/status")
-echo "{\"scenario\":\"idle\",\"concurrency\":0,\"server_rss_kib\":$idle_rss}" >>"$results"
-
-failed=0
-for scenario in $SCENARIOS; do
-    for k in $KS; do
-        "$bench_bin" --addr "http://127.0.0.1:$port" --scenario "$scenario" -k "$k" \
-            --duration "$DURATION" --warmup "$WARMUP" --server-pid "$server_pid" --db-pids postgres \
-            --label "$profile" >>"$results" || failed=1
-    done
-done
-kill "$server_pid"
-wait "$server_pid" || true
-server_pid=""
-
-# The ceiling: PostgreSQL running Rotate's and Issue's exact statements, SERIALIZABLE like the
-# server, at the same concurrency, from pgbench on this same machine.
-export PGOPTIONS="-c default_transaction_isolation=serializable"
-"$bench_bin" --print-pgbench rotate >"$scratch/rotate.sql"
-"$bench_bin" --print-pgbench issue >"$scratch/issue.sql"
-pgbench_run() { # scenario k script [extra args]
-    local scenario=$1 k=$2 script=$3 out db_before db_after
-    shift 3
-    db_before=$("$bench_bin" --print-cpu postgres)
-    out=$(pgbench -n -M prepared -c "$k" -j "$((k < 2 ? k : 2))" -T "${DURATION%s}" --max-tries=40 "$@" \
-        -f "$script" "$bench_url" 2>&1) || { echo "$out" >&2; failed=1; return; }
-    local tps processed failures
-    # pgbench's backends exit as it ends. One reaped between the reading of the postmaster's
-    # children times and its own /proc entry would be counted nowhere: wait until all are gone.
-    for _ in $(seq 50); do
-        [ "$(psql -Atq "$base_url" -c "select count(*) from pg_stat_activity where datname = '$database'")" = 0 ] && break
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    DATABASE_URL="$bench_url" RATCHET_LISTEN="127.0.0.1:$port" RATCHET_DATA_DIR="$scratch" RUST_LOG=warn \
+        "$server_bin" serve --no-migrate --db-max-connections "$DB_CONNECTIONS" 2>"$scratch/server.log" &
+    server_pid=$!
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
         sleep 0.1
     done
-    db_after=$("$bench_bin" --print-cpu postgres)
-    tps=$(sed -nE 's/^tps = ([0-9.]+) .*/\1/p' <<<"$out")
-    processed=$(sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p' <<<"$out")
-    failures=$(sed -nE 's/^number of failed transactions: ([0-9]+).*/\1/p' <<<"$out")
-    local db_per_op
-    db_per_op=$(( (db_after - db_before) / (${processed:-0} > 0 ? processed : 1) ))
-    echo "{\"scenario\":\"$scenario\",\"concurrency\":$k,\"ops\":${processed:-0},\"ops_per_s\":${tps:-0},\"db_cpu_us_per_op\":$db_per_op,\"errors\":{\"failed\":${failures:-0}}}" >>"$results"
-    echo "$scenario K=$k: $tps tps, $processed transactions, ${failures:-0} failed" >&2
-}
-for k in $KS; do
-    # One seed family per pgbench client; each client then rotates its own chain.
-    psql -q "$bench_url" -v ON_ERROR_STOP=1 >/dev/null <<SQL
+    sleep 1
+    idle_rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$server_pid/status")
+    echo "{\"scenario\":\"idle\",\"concurrency\":0,\"server_rss_kib\":$idle_rss}" >>"$results"
+
+    for scenario in $SCENARIOS; do
+        for k in $KS; do
+            "$bench_bin" --addr "http://127.0.0.1:$port" --scenario "$scenario" -k "$k" \
+                --duration "$DURATION" --warmup "$WARMUP" --server-pid "$server_pid" --db-pids postgres \
+                --label "$profile" >>"$results" || failed=1
+        done
+    done
+    kill "$server_pid"
+    wait "$server_pid" || true
+    server_pid=""
+
+    # The ceiling: PostgreSQL running Rotate's and Issue's exact statements, SERIALIZABLE like the
+    # server, at the same concurrency, from pgbench on this same machine.
+    export PGOPTIONS="-c default_transaction_isolation=serializable"
+    "$bench_bin" --print-pgbench rotate >"$scratch/rotate.sql"
+    "$bench_bin" --print-pgbench issue >"$scratch/issue.sql"
+    pgbench_run() { # scenario k script [extra args]
+        local scenario=$1 k=$2 script=$3 out db_before db_after
+        shift 3
+        db_before=$("$bench_bin" --print-cpu postgres)
+        out=$(pgbench -n -M prepared -c "$k" -j "$((k < 2 ? k : 2))" -T "${DURATION%s}" --max-tries=40 "$@" \
+            -f "$script" "$bench_url" 2>&1) || { echo "$out" >&2; failed=1; return; }
+        local tps processed failures
+        # pgbench's backends exit as it ends. One reaped between the reading of the postmaster's
+        # children times and its own /proc entry would be counted nowhere: wait until all are gone.
+        for _ in $(seq 50); do
+            [ "$(psql -Atq "$base_url" -c "select count(*) from pg_stat_activity where datname = '$database'")" = 0 ] && break
+            sleep 0.1
+        done
+        db_after=$("$bench_bin" --print-cpu postgres)
+        tps=$(sed -nE 's/^tps = ([0-9.]+) .*/\1/p' <<<"$out")
+        processed=$(sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p' <<<"$out")
+        failures=$(sed -nE 's/^number of failed transactions: ([0-9]+).*/\1/p' <<<"$out")
+        local db_per_op
+        db_per_op=$(( (db_after - db_before) / (${processed:-0} > 0 ? processed : 1) ))
+        echo "{\"scenario\":\"$scenario\",\"concurrency\":$k,\"ops\":${processed:-0},\"ops_per_s\":${tps:-0},\"db_cpu_us_per_op\":$db_per_op,\"errors\":{\"failed\":${failures:-0}}}" >>"$results"
+        echo "$scenario K=$k: $tps tps, $processed transactions, ${failures:-0} failed" >&2
+    }
+    for k in $KS; do
+        # One seed family per pgbench client; each client then rotates its own chain.
+        psql -q "$bench_url" -v ON_ERROR_STOP=1 >/dev/null <<SQL
 delete from families where subject like 'pgbench-%';
 insert into families (id, subject, client_id, scopes, audiences, claims, created_at, last_rotated_at,
                       refresh_expires_at, expires_at)
@@ -109,18 +113,29 @@ insert into refresh_tokens (hash, family_id, created_at, expires_at)
 select sha256((-1 - substr(subject, 9)::int)::text::bytea), id, now(), now() + interval '7 days'
 from families where subject like 'pgbench-%';
 SQL
-    pgbench_run pgbench-rotate "$k" "$scratch/rotate.sql" -D prev=0
-    # Every counted transaction must have spent a token: a broken chain would count empty work.
-    spent=$(psql -Atq "$bench_url" -c "select count(*) from refresh_tokens t join families f on f.id = t.family_id
-                                        where f.subject like 'pgbench-%' and t.spent_at is not null")
-    processed=$(tail -n 1 "$results" | sed -nE 's/.*"ops":([0-9]+).*/\1/p')
-    if [ "$spent" -lt "$processed" ]; then
-        echo "pgbench rotation K=$k: $processed transactions but only $spent spends" >&2
-        failed=1
-    fi
-    pgbench_run pgbench-issue "$k" "$scratch/issue.sql"
+        pgbench_run pgbench-rotate "$k" "$scratch/rotate.sql" -D prev=0
+        # Every counted transaction must have spent a token: a broken chain would count empty work.
+        spent=$(psql -Atq "$bench_url" -c "select count(*) from refresh_tokens t join families f on f.id = t.family_id
+                                            where f.subject like 'pgbench-%' and t.spent_at is not null")
+        processed=$(tail -n 1 "$results" | sed -nE 's/.*"ops":([0-9]+).*/\1/p')
+        if [ "$spent" -lt "$processed" ]; then
+            echo "pgbench rotation K=$k: $processed transactions but only $spent spends" >&2
+            failed=1
+        fi
+        pgbench_run pgbench-issue "$k" "$scratch/issue.sql"
+    done
+    psql -q "$base_url" -c "drop database $database with (force)" >/dev/null
+}
+
+failed=0
+all_results=()
+for run in $(seq "$RUNS"); do
+    results="bench/results/$(date -u +%Y%m%dT%H%M%SZ)-$profile.jsonl"
+    all_results+=("$results")
+    [ "$RUNS" -gt 1 ] && echo "run $run of $RUNS: $results" >&2
+    one_run
 done
 
-python3 bench/report.py "$results"
-echo "raw results: $results" >&2
+python3 bench/report.py "${all_results[@]}"
+echo "raw results: ${all_results[*]}" >&2
 exit $failed
