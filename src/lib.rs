@@ -6,7 +6,8 @@
 //!   answer; the only place that knows `tonic::Status` (`grpc/status.rs`).
 //! - [`issuer`]: the use cases (issue, rotate, revoke, introspect, list sessions) and the rotation
 //!   rules. Knows neither tonic nor sqlx; takes `now` as a parameter.
-//! - [`store`]: the [`store::FamilyStore`] trait and its PostgreSQL implementation.
+//! - [`store`]: the [`store::FamilyStore`] trait, its PostgreSQL implementation and the
+//!   connection pool.
 //! - [`keys`]: signing and verifying access tokens, key files.
 //!
 //! Around them: [`cli`] and [`config`] (flags, environment, validation), [`startup`] (building and

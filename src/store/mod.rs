@@ -5,6 +5,7 @@
 //! [`FamilyStore::spend`] is a compare-and-set that spends a token only if it is *live* at `now`
 //! (see [`SpendRequest`]), so that no token can be spent twice.
 //!
+//! [`pool::ConnectionPool`] holds the PostgreSQL connections (and explains why it is not sqlx's).
 //! [`cached::CachedStore`] wraps any store with an in-memory cache of family liveness, so that
 //! Introspect of an access token needs no database round trip for a family it has seen.
 

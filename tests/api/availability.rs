@@ -160,3 +160,50 @@ async fn losing_the_database_mid_flight_is_unavailable_and_recoverable(
     app.stop().await;
     proxy.cut().await;
 }
+
+#[sqlx::test]
+async fn endless_serialization_conflicts_end_in_unavailable_within_the_timeout_and_spend_nothing(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let app = spawn_on_pool(
+        postgres::pool(options.clone(), &fast_failing()),
+        fast_failing(),
+        test_policy(),
+        options,
+    )
+    .await;
+    let pair = app.issue("alice").await;
+    // Every spend now fails the way a lost SERIALIZABLE race does.
+    sqlx::raw_sql(
+        "create function always_conflict() returns trigger language plpgsql as $$
+         begin raise exception 'simulated conflict' using errcode = 'serialization_failure'; end $$;
+         create trigger always_conflict before update on refresh_tokens
+         for each row execute function always_conflict();",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+
+    let started = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(10), app.rotate(&pair.refresh_token))
+        .await
+        .expect("no hang")
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // All attempts together stay within the store's timeout (1 s here), plus slack for the call.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    sqlx::raw_sql("drop trigger always_conflict on refresh_tokens")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    // Nothing was spent by the failed attempts: the token rotates, exactly once.
+    let next = app.rotate(&pair.refresh_token).await.unwrap();
+    assert!(app.introspect(&next.access_token).await.active);
+    app.stop().await;
+}
