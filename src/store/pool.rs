@@ -6,13 +6,18 @@
 //! database backend and of the server, the ~80 µs of database CPU per rotation that pgbench
 //! running the same statement did not spend (issue 3, BENCHMARKS.md).
 //!
-//! What the ping protected against is an operation abandoned half-way (a timeout, a cancelled
-//! request) leaving the connection mid-protocol. Here a connection is trusted again only if the
-//! operation that used it came to an end with PostgreSQL's answer ([`Connection::finished`]);
-//! otherwise the pool drops it instead of handing it out. A connection that sat idle for a while
-//! is pinged before use, so that after a database restart the dead ones are found and replaced
-//! before a request uses them (a request is never retried on a new connection after an I/O
-//! error, because a statement whose answer was lost may have committed).
+//! What the ping protected against is an operation abandoned half-way (a timeout, a caller that
+//! hung up) leaving the connection mid-protocol. Here a connection goes straight back into use
+//! only if the operation that used it came to an end with PostgreSQL's answer
+//! ([`PooledConnection::finished`]). One abandoned mid-operation is recovered in the background
+//! instead: it waits for PostgreSQL to finish the abandoned statement and answer a `Sync`, then
+//! rejoins the pool; if that fails or takes too long it is closed. (Closing every abandoned
+//! connection would be simpler, but callers give up most when the database is slow, and a new
+//! connection costs PostgreSQL a process: the pool would churn exactly when it can least afford
+//! it.) A connection that sat idle for a while is pinged before use, so that after a database
+//! restart the dead ones are found and replaced before a request uses them (a request is never
+//! retried on a new connection after an I/O error, because a statement whose answer was lost
+//! may have committed).
 //!
 //! deadpool (rather than a hand-written pool): small, widely used (deadpool-postgres, -redis),
 //! fair FIFO/LIFO waiting, cancellation-safe, and its recycle hook is exactly the place for the
@@ -35,6 +40,8 @@ const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
 #[derive(Clone)]
 pub struct ConnectionPool {
     inner: managed::Pool<Manager>,
+    /// How long an abandoned connection may take to come back in step.
+    recovery: Duration,
 }
 
 impl std::fmt::Debug for ConnectionPool {
@@ -48,28 +55,77 @@ impl std::fmt::Debug for ConnectionPool {
     }
 }
 
-/// A pooled connection, checked out.
-pub type PooledConnection = Object<Manager>;
-
 /// A connection and whether it can be trusted.
 pub struct Connection {
     raw: PgConnection,
     /// When the last operation on it finished with the database's answer; `None` while an
-    /// operation is running, and forever if one was abandoned.
+    /// operation is running, and after one was abandoned until it is recovered.
     idle_since: Option<Instant>,
 }
 
-impl Connection {
+/// A checked-out connection. Dropping it returns it to the pool, after recovering it in the
+/// background if its operation was abandoned (see the module docs).
+pub struct PooledConnection {
+    object: Option<Object<Manager>>,
+    recovery: Duration,
+}
+
+impl PooledConnection {
     /// The connection, for one operation. Marks it in use until [`Self::finished`].
     pub fn begin(&mut self) -> &mut PgConnection {
-        self.idle_since = None;
-        &mut self.raw
+        let connection = self.connection();
+        connection.idle_since = None;
+        &mut connection.raw
     }
 
     /// The operation ended with the database's answer (a result or a database error): the
     /// protocol is in step and the connection can be used again.
     pub fn finished(&mut self) {
-        self.idle_since = Some(Instant::now());
+        self.connection().idle_since = Some(Instant::now());
+    }
+
+    fn connection(&mut self) -> &mut Connection {
+        match &mut self.object {
+            Some(object) => object,
+            None => unreachable!("the object is only taken on drop"),
+        }
+    }
+}
+
+impl Drop for PooledConnection {
+    fn drop(&mut self) {
+        let Some(object) = self.object.take() else {
+            return;
+        };
+        if object.idle_since.is_some() {
+            return; // in step: back to the pool as it is dropped
+        }
+        // Without a runtime (shutting down) it goes back untrusted, and `recycle` refuses it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(recover(object, self.recovery));
+        }
+    }
+}
+
+/// Brings an abandoned connection back in step, or removes it from the pool.
+async fn recover(mut object: Object<Manager>, within: Duration) {
+    let resync = async {
+        // `ping` sends a Sync and reads up to its ReadyForQuery, flushing whatever the abandoned
+        // operation left unsent. The abandoned statement's own error, if it failed, comes first.
+        for _ in 0..3 {
+            match object.raw.ping().await {
+                Ok(()) => return true,
+                Err(sqlx::Error::Database(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+        false
+    };
+    if tokio::time::timeout(within, resync).await == Ok(true) {
+        object.idle_since = Some(Instant::now());
+    } else {
+        tracing::debug!("closing a database connection left out of step by an abandoned operation");
+        drop(Object::take(object));
     }
 }
 
@@ -104,7 +160,9 @@ impl managed::Manager for Manager {
 }
 
 impl ConnectionPool {
-    pub fn new(options: PgConnectOptions, max_connections: u32) -> Self {
+    /// `recovery`: how long a connection whose operation was abandoned may take to finish the
+    /// abandoned statement before it is closed (the statement timeout is a good choice).
+    pub fn new(options: PgConnectOptions, max_connections: u32, recovery: Duration) -> Self {
         let inner = managed::Pool::builder(Manager { options })
             .max_size(usize::try_from(max_connections).unwrap_or(usize::MAX).max(1))
             // The most recently used connection first: under light load a few backends stay warm
@@ -113,7 +171,7 @@ impl ConnectionPool {
             .queue_mode(QueueMode::Lifo)
             .build();
         match inner {
-            Ok(inner) => Self { inner },
+            Ok(inner) => Self { inner, recovery },
             // Only fails for timeouts without a runtime, and none are set: the caller bounds
             // every operation, waiting included (`PgStore::run`).
             Err(error) => unreachable!("deadpool pool without timeouts: {error}"),
@@ -126,7 +184,10 @@ impl ConnectionPool {
     /// # Errors
     /// A new connection cannot be opened, or the pool is closed.
     pub async fn get(&self) -> Result<PooledConnection, managed::PoolError<sqlx::Error>> {
-        self.inner.get().await
+        Ok(PooledConnection {
+            object: Some(self.inner.get().await?),
+            recovery: self.recovery,
+        })
     }
 
     /// Refuses new checkouts and closes the idle connections politely (a `Terminate` message,
@@ -157,37 +218,58 @@ mod tests {
 
     #[sqlx::test(migrations = false)]
     async fn a_connection_whose_operation_finished_is_reused(_pool: PgPoolOptions, options: PgConnectOptions) {
-        let pool = ConnectionPool::new(options, 4);
+        let pool = ConnectionPool::new(options, 4, Duration::from_secs(5));
         let first = backend_pid(&pool).await.unwrap();
         assert_eq!(backend_pid(&pool).await.unwrap(), first);
         pool.close().await;
     }
 
+    /// Starts `sql` on the pool's connection and gives up on it after 50 ms.
+    async fn abandon(pool: &ConnectionPool, sql: &'static str) {
+        let mut connection = pool.get().await.unwrap();
+        let abandoned =
+            tokio::time::timeout(Duration::from_millis(50), sqlx::query(sql).execute(connection.begin())).await;
+        assert!(abandoned.is_err(), "the statement should have been cut off");
+    }
+
     #[sqlx::test(migrations = false)]
-    async fn a_connection_whose_operation_was_abandoned_is_never_handed_out_again(
+    async fn a_connection_abandoned_mid_statement_is_brought_back_in_step_and_reused(
         _pool: PgPoolOptions,
         options: PgConnectOptions,
     ) {
-        let pool = ConnectionPool::new(options, 1);
+        let pool = ConnectionPool::new(options, 1, Duration::from_secs(5));
         let first = backend_pid(&pool).await.unwrap();
-        {
+        // Cancelled while PostgreSQL is still working on it: its answer is still on the way.
+        abandon(&pool, "select pg_sleep(0.5)").await;
+        // The only connection comes back once the statement is done, in step: the next statement
+        // gets its own answer, not the abandoned one's.
+        let (answer,): (String,) = {
             let mut connection = pool.get().await.unwrap();
-            // Cancelled while PostgreSQL is still working on it: the answer is still on its way.
-            let abandoned = tokio::time::timeout(
-                Duration::from_millis(50),
-                sqlx::query("select pg_sleep(1)").execute(connection.begin()),
-            )
-            .await;
-            assert!(abandoned.is_err(), "the statement should have been cut off");
-        }
+            let row = sqlx::query_as("select 'mine'")
+                .fetch_one(connection.begin())
+                .await
+                .unwrap();
+            connection.finished();
+            row
+        };
+        assert_eq!(answer, "mine");
+        assert_eq!(backend_pid(&pool).await.unwrap(), first, "the connection was replaced");
+        pool.close().await;
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn a_connection_that_cannot_be_recovered_in_time_is_closed(_pool: PgPoolOptions, options: PgConnectOptions) {
+        let pool = ConnectionPool::new(options, 1, Duration::from_millis(200));
+        let first = backend_pid(&pool).await.unwrap();
+        abandon(&pool, "select pg_sleep(1)").await;
         let second = backend_pid(&pool).await.unwrap();
-        assert_ne!(second, first, "the abandoned connection was reused");
+        assert_ne!(second, first, "an out-of-step connection was handed out again");
         pool.close().await;
     }
 
     #[sqlx::test(migrations = false)]
     async fn closing_refuses_new_checkouts(_pool: PgPoolOptions, options: PgConnectOptions) {
-        let pool = ConnectionPool::new(options, 2);
+        let pool = ConnectionPool::new(options, 2, Duration::from_secs(5));
         backend_pid(&pool).await.unwrap();
         pool.close().await;
         assert!(matches!(pool.get().await, Err(managed::PoolError::Closed)));

@@ -60,7 +60,7 @@ pub fn tune(options: PgConnectOptions, settings: &PoolSettings) -> PgConnectOpti
 /// A pool for `options` with our session settings; see [`ConnectionPool`] for how connections
 /// are checked, and why not sqlx's pool.
 pub fn pool(options: PgConnectOptions, settings: &PoolSettings) -> ConnectionPool {
-    ConnectionPool::new(tune(options, settings), settings.max_connections)
+    ConnectionPool::new(tune(options, settings), settings.max_connections, settings.timeout)
 }
 
 /// Bounded retries of serialization failures; all attempts together are also bounded by the
