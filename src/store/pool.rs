@@ -122,6 +122,7 @@ async fn recover(mut object: Object<Manager>, within: Duration) {
         false
     };
     if tokio::time::timeout(within, resync).await == Ok(true) {
+        tracing::debug!("database connection back in step after an abandoned operation");
         object.idle_since = Some(Instant::now());
     } else {
         tracing::debug!("closing a database connection left out of step by an abandoned operation");

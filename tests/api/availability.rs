@@ -207,3 +207,55 @@ async fn endless_serialization_conflicts_end_in_unavailable_within_the_timeout_a
     assert!(app.introspect(&next.access_token).await.active);
     app.stop().await;
 }
+
+#[sqlx::test]
+async fn a_caller_that_gives_up_mid_rotation_gets_the_missed_pair_on_retry_within_the_grace_window(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    // One connection: the retry can only run once the abandoned call's connection is back.
+    let settings = PoolSettings {
+        max_connections: 1,
+        timeout: Duration::from_secs(5),
+    };
+    let policy = ratchet::issuer::Policy {
+        reuse_grace: time::Duration::seconds(30),
+        ..test_policy()
+    };
+    let app = spawn_on_pool(postgres::pool(options.clone(), &settings), settings, policy, options).await;
+    let pair = app.issue("alice").await;
+    sqlx::raw_sql(
+        "create function slow_spend() returns trigger language plpgsql as $$
+         begin perform pg_sleep(0.5); return new; end $$;
+         create trigger slow_spend before update on refresh_tokens
+         for each row execute function slow_spend();",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+
+    let mut request = tonic::Request::new(ratchet::grpc::pb::RotateRequest {
+        refresh_token: pair.refresh_token.clone(),
+    });
+    request.set_timeout(Duration::from_millis(100));
+    let status = app.client.clone().rotate(request).await.unwrap_err();
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    sqlx::raw_sql("drop trigger slow_spend on refresh_tokens")
+        .execute(&app.db)
+        .await
+        .unwrap();
+
+    // The abandoned rotation committed in the database; the retry gets its result, every time.
+    let retry = tokio::time::timeout(Duration::from_secs(10), app.rotate(&pair.refresh_token))
+        .await
+        .expect("no hang")
+        .unwrap();
+    let again = app.rotate(&pair.refresh_token).await.unwrap();
+    assert_eq!(retry.refresh_token, again.refresh_token);
+    let next = app.rotate(&retry.refresh_token).await.unwrap();
+    assert!(app.introspect(&next.access_token).await.active);
+    app.stop().await;
+}
