@@ -77,6 +77,20 @@ async fn health(app: &TestApp) -> ServingStatus {
     ServingStatus::try_from(answer.status).unwrap()
 }
 
+/// Awaits a call that must fail with UNAVAILABLE, and within `within`.
+async fn assert_unavailable_within<T: std::fmt::Debug>(
+    within: Duration,
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) {
+    let started = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .expect("no hang")
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(started.elapsed() < within, "took {:?}", started.elapsed());
+}
+
 async fn wait_for_health(app: &TestApp, want: ServingStatus) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while health(app).await != want {
@@ -96,22 +110,12 @@ async fn with_no_database_calls_fail_fast_with_unavailable() {
     let pool = postgres::pool(options.clone(), &fast_failing());
     let app = spawn_on_pool(pool, fast_failing(), test_policy(), options).await;
 
-    let started = Instant::now();
     let mut client = app.client.clone();
-    let status = client.issue(ratchet::grpc::pb::IssueRequest {
+    let call = client.issue(ratchet::grpc::pb::IssueRequest {
         subject: "alice".into(),
         ..Default::default()
     });
-    let status = tokio::time::timeout(Duration::from_secs(10), status)
-        .await
-        .expect("no hang")
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert_unavailable_within(Duration::from_secs(5), call).await;
     assert_eq!(health(&app).await, ServingStatus::NotServing);
     app.stop().await;
 }
@@ -185,18 +189,8 @@ async fn endless_serialization_conflicts_end_in_unavailable_within_the_timeout_a
     .await
     .unwrap();
 
-    let started = Instant::now();
-    let status = tokio::time::timeout(Duration::from_secs(10), app.rotate(&pair.refresh_token))
-        .await
-        .expect("no hang")
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     // All attempts together stay within the store's timeout (1 s here), plus slack for the call.
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert_unavailable_within(Duration::from_secs(3), app.rotate(&pair.refresh_token)).await;
 
     sqlx::raw_sql("drop trigger always_conflict on refresh_tokens")
         .execute(&app.db)
