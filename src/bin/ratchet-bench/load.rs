@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::h2::Client;
 use hdrhistogram::Histogram;
-use ratchet::grpc::pb::token_service_client::TokenServiceClient;
 use ratchet::grpc::pb::{IntrospectRequest, IssueRequest, RotateRequest};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
 
@@ -99,7 +98,7 @@ pub fn issue_request(worker: usize, n: u64) -> IssueRequest {
 
 struct Worker {
     id: usize,
-    client: TokenServiceClient<Channel>,
+    client: Client,
     plan: Arc<Plan>,
     tally: Tally,
     /// The refresh token this worker's chain continues from.
@@ -110,7 +109,7 @@ struct Worker {
 }
 
 /// Runs one worker until the plan's deadline or count.
-pub async fn run(id: usize, client: TokenServiceClient<Channel>, plan: Arc<Plan>) -> Tally {
+pub async fn run(id: usize, client: Client, plan: Arc<Plan>) -> Tally {
     let mut worker = Worker {
         id,
         client,

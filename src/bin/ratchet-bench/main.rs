@@ -5,6 +5,7 @@
 //! failed or any correctness check did (every rotation returns a new token; a sample of spent
 //! tokens replayed is refused as reuse; pooled access tokens introspect active).
 
+mod h2;
 mod load;
 mod pgbench;
 mod procfs;
@@ -15,11 +16,10 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use h2::Client;
 use load::{Mix, Plan, Scenario, Tally};
 use procfs::Processes;
-use ratchet::grpc::pb::token_service_client::TokenServiceClient;
 use serde_json::json;
-use tonic::transport::{Channel, Endpoint};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -119,19 +119,15 @@ fn print(text: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn connect(addr: &str, n: usize) -> anyhow::Result<Vec<TokenServiceClient<Channel>>> {
+async fn connect(addr: &str, n: usize) -> anyhow::Result<Vec<Client>> {
     let mut clients = Vec::with_capacity(n);
     for _ in 0..n {
-        let channel = Endpoint::from_shared(addr.to_owned())?
-            .tcp_nodelay(true)
-            .connect()
-            .await?;
-        clients.push(TokenServiceClient::new(channel));
+        clients.push(h2::connect(addr).await?);
     }
     Ok(clients)
 }
 
-async fn access_token_pool(client: &mut TokenServiceClient<Channel>, size: usize) -> anyhow::Result<Vec<String>> {
+async fn access_token_pool(client: &mut Client, size: usize) -> anyhow::Result<Vec<String>> {
     let mut tokens = Vec::with_capacity(size);
     for n in 0..size {
         tokens.push(
