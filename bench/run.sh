@@ -44,8 +44,68 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# One run: a fresh database and server, every scenario, then the pgbench ceiling; appends JSON
-# lines to $results.
+# The ceiling: PostgreSQL running Rotate's and Issue's exact statements, SERIALIZABLE like the
+# server, at the same concurrency, from pgbench on this same machine.
+export PGOPTIONS="-c default_transaction_isolation=serializable"
+"$bench_bin" --print-pgbench rotate >"$scratch/rotate.sql"
+"$bench_bin" --print-pgbench issue >"$scratch/issue.sql"
+
+pgbench_run() { # scenario k script [extra args]
+    local scenario=$1 k=$2 script=$3 out db_before db_after
+    shift 3
+    db_before=$("$bench_bin" --print-cpu postgres)
+    out=$(pgbench -n -M prepared -c "$k" -j "$((k < 2 ? k : 2))" -T "${DURATION%s}" --max-tries=40 "$@" \
+        -f "$script" "$bench_url" 2>&1) || { echo "$out" >&2; failed=1; return; }
+    local tps processed failures
+    # pgbench's backends exit as it ends. One reaped between the reading of the postmaster's
+    # children times and its own /proc entry would be counted nowhere: wait until all are gone.
+    for _ in $(seq 50); do
+        [ "$(psql -Atq "$base_url" -c "select count(*) from pg_stat_activity
+                                        where datname = '$database' and application_name = 'pgbench'")" = 0 ] && break
+        sleep 0.1
+    done
+    db_after=$("$bench_bin" --print-cpu postgres)
+    tps=$(sed -nE 's/^tps = ([0-9.]+) .*/\1/p' <<<"$out")
+    processed=$(sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p' <<<"$out")
+    failures=$(sed -nE 's/^number of failed transactions: ([0-9]+).*/\1/p' <<<"$out")
+    local db_per_op
+    db_per_op=$(( (db_after - db_before) / (${processed:-0} > 0 ? processed : 1) ))
+    echo "{\"scenario\":\"$scenario\",\"concurrency\":$k,\"ops\":${processed:-0},\"ops_per_s\":${tps:-0},\"db_cpu_us_per_op\":$db_per_op,\"errors\":{\"failed\":${failures:-0}}}" >>"$results"
+    echo "$scenario K=$k: $tps tps, $processed transactions, ${failures:-0} failed" >&2
+}
+
+ceiling() { # scenario k
+    local scenario=$1 k=$2
+    if [ "$scenario" = issue ]; then
+        pgbench_run pgbench-issue "$k" "$scratch/issue.sql"
+        return
+    fi
+    # One seed family per pgbench client; each client then rotates its own chain.
+    psql -q "$bench_url" -v ON_ERROR_STOP=1 >/dev/null <<SQL
+delete from families where subject like 'pgbench-%';
+insert into families (id, subject, client_id, scopes, audiences, claims, created_at, last_rotated_at,
+                      refresh_expires_at, expires_at)
+select gen_random_uuid(), 'pgbench-' || c, 'pgbench', '{read,write}', '{ratchet}', '{}', now(), now(),
+       now() + interval '7 days', now() + interval '30 days' from generate_series(0, $k - 1) c;
+insert into refresh_tokens (hash, family_id, created_at, expires_at)
+select sha256((-1 - substr(subject, 9)::int)::text::bytea), id, now(), now() + interval '7 days'
+from families where subject like 'pgbench-%';
+SQL
+    pgbench_run pgbench-rotate "$k" "$scratch/rotate.sql" -D prev=0
+    # Every counted transaction must have spent a token: a broken chain would count empty work.
+    local spent processed
+    spent=$(psql -Atq "$bench_url" -c "select count(*) from refresh_tokens t join families f on f.id = t.family_id
+                                        where f.subject like 'pgbench-%' and t.spent_at is not null")
+    processed=$(tail -n 1 "$results" | sed -nE 's/.*"ops":([0-9]+).*/\1/p')
+    if [ "$spent" -lt "$processed" ]; then
+        echo "pgbench rotation K=$k: $processed transactions but only $spent spends" >&2
+        failed=1
+    fi
+}
+
+# One run: a fresh database and server, every scenario at every K, each of Issue and Rotate
+# followed at once by its pgbench ceiling at the same K (so that the ratio compares two
+# measurements seconds apart on a machine whose speed drifts); appends JSON lines to $results.
 one_run() {
     psql -q "$base_url" -c "drop database if exists $database with (force)" >/dev/null
     psql -q "$base_url" -c "create database $database" >/dev/null
@@ -68,62 +128,13 @@ one_run() {
             "$bench_bin" --addr "http://127.0.0.1:$port" --scenario "$scenario" -k "$k" \
                 --duration "$DURATION" --warmup "$WARMUP" --server-pid "$server_pid" --db-pids postgres \
                 --label "$profile" >>"$results" || failed=1
+            # The server stays up, idle (a health check a second), while pgbench runs.
+            case $scenario in issue | rotate) ceiling "$scenario" "$k" ;; esac
         done
     done
     kill "$server_pid"
     wait "$server_pid" || true
     server_pid=""
-
-    # The ceiling: PostgreSQL running Rotate's and Issue's exact statements, SERIALIZABLE like the
-    # server, at the same concurrency, from pgbench on this same machine.
-    export PGOPTIONS="-c default_transaction_isolation=serializable"
-    "$bench_bin" --print-pgbench rotate >"$scratch/rotate.sql"
-    "$bench_bin" --print-pgbench issue >"$scratch/issue.sql"
-    pgbench_run() { # scenario k script [extra args]
-        local scenario=$1 k=$2 script=$3 out db_before db_after
-        shift 3
-        db_before=$("$bench_bin" --print-cpu postgres)
-        out=$(pgbench -n -M prepared -c "$k" -j "$((k < 2 ? k : 2))" -T "${DURATION%s}" --max-tries=40 "$@" \
-            -f "$script" "$bench_url" 2>&1) || { echo "$out" >&2; failed=1; return; }
-        local tps processed failures
-        # pgbench's backends exit as it ends. One reaped between the reading of the postmaster's
-        # children times and its own /proc entry would be counted nowhere: wait until all are gone.
-        for _ in $(seq 50); do
-            [ "$(psql -Atq "$base_url" -c "select count(*) from pg_stat_activity where datname = '$database'")" = 0 ] && break
-            sleep 0.1
-        done
-        db_after=$("$bench_bin" --print-cpu postgres)
-        tps=$(sed -nE 's/^tps = ([0-9.]+) .*/\1/p' <<<"$out")
-        processed=$(sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p' <<<"$out")
-        failures=$(sed -nE 's/^number of failed transactions: ([0-9]+).*/\1/p' <<<"$out")
-        local db_per_op
-        db_per_op=$(( (db_after - db_before) / (${processed:-0} > 0 ? processed : 1) ))
-        echo "{\"scenario\":\"$scenario\",\"concurrency\":$k,\"ops\":${processed:-0},\"ops_per_s\":${tps:-0},\"db_cpu_us_per_op\":$db_per_op,\"errors\":{\"failed\":${failures:-0}}}" >>"$results"
-        echo "$scenario K=$k: $tps tps, $processed transactions, ${failures:-0} failed" >&2
-    }
-    for k in $KS; do
-        # One seed family per pgbench client; each client then rotates its own chain.
-        psql -q "$bench_url" -v ON_ERROR_STOP=1 >/dev/null <<SQL
-delete from families where subject like 'pgbench-%';
-insert into families (id, subject, client_id, scopes, audiences, claims, created_at, last_rotated_at,
-                      refresh_expires_at, expires_at)
-select gen_random_uuid(), 'pgbench-' || c, 'pgbench', '{read,write}', '{ratchet}', '{}', now(), now(),
-       now() + interval '7 days', now() + interval '30 days' from generate_series(0, $k - 1) c;
-insert into refresh_tokens (hash, family_id, created_at, expires_at)
-select sha256((-1 - substr(subject, 9)::int)::text::bytea), id, now(), now() + interval '7 days'
-from families where subject like 'pgbench-%';
-SQL
-        pgbench_run pgbench-rotate "$k" "$scratch/rotate.sql" -D prev=0
-        # Every counted transaction must have spent a token: a broken chain would count empty work.
-        spent=$(psql -Atq "$bench_url" -c "select count(*) from refresh_tokens t join families f on f.id = t.family_id
-                                            where f.subject like 'pgbench-%' and t.spent_at is not null")
-        processed=$(tail -n 1 "$results" | sed -nE 's/.*"ops":([0-9]+).*/\1/p')
-        if [ "$spent" -lt "$processed" ]; then
-            echo "pgbench rotation K=$k: $processed transactions but only $spent spends" >&2
-            failed=1
-        fi
-        pgbench_run pgbench-issue "$k" "$scratch/issue.sql"
-    done
     psql -q "$base_url" -c "drop database $database with (force)" >/dev/null
 }
 
