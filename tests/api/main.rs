@@ -5,6 +5,7 @@
 
 mod availability;
 mod binary;
+mod cluster;
 mod helpers;
 mod introspect;
 mod issue;
