@@ -1,62 +1,17 @@
 //! The database going away: callers get UNAVAILABLE quickly, health says NOT_SERVING, nothing
 //! hangs, and nothing stored is lost or corrupted when it comes back.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use ratchet::store::postgres::{self, PoolSettings};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
+use tokio::net::TcpListener;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::helpers::{TestApp, spawn_on_pool, test_policy};
-
-/// A TCP proxy in front of PostgreSQL that the test can cut and restore.
-struct Proxy {
-    addr: SocketAddr,
-    upstream: SocketAddr,
-    tasks: Option<JoinSet<()>>,
-}
-
-impl Proxy {
-    async fn start(upstream: SocketAddr, addr: SocketAddr) -> Self {
-        let listener = TcpListener::bind(addr).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut tasks = JoinSet::new();
-        tasks.spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                connections.spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-            }
-        });
-        Self {
-            addr,
-            upstream,
-            tasks: Some(tasks),
-        }
-    }
-
-    /// Closes the listener and every proxied connection.
-    async fn cut(&mut self) {
-        if let Some(mut tasks) = self.tasks.take() {
-            tasks.shutdown().await;
-        }
-    }
-
-    async fn restore(&mut self) {
-        *self = Self::start(self.upstream, self.addr).await;
-    }
-}
+use crate::proxy::Proxy;
 
 fn fast_failing() -> PoolSettings {
     PoolSettings {
@@ -125,12 +80,8 @@ async fn losing_the_database_mid_flight_is_unavailable_and_recoverable(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
 ) {
-    let upstream: SocketAddr = format!("{}:{}", options.get_host(), options.get_port())
-        .parse()
-        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], options.get_port())));
-    let mut proxy = Proxy::start(upstream, "127.0.0.1:0".parse().unwrap()).await;
-    let via_proxy = options.clone().host("127.0.0.1").port(proxy.addr.port());
-    let pool = postgres::pool(via_proxy, &fast_failing());
+    let proxy = Proxy::in_front_of(&options).await;
+    let pool = postgres::pool(proxy.route(options.clone()), &fast_failing());
     let app = spawn_on_pool(pool, fast_failing(), test_policy(), options).await;
 
     let pair = app.issue("alice").await;

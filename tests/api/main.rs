@@ -9,6 +9,7 @@ mod cluster;
 mod helpers;
 mod introspect;
 mod issue;
+mod proxy;
 mod revoke;
 mod rotate;
 mod sessions;
