@@ -171,7 +171,7 @@ impl Control {
         std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         // What we just created belongs to our effective user: uid 0 means we are root.
         let as_postgres = std::fs::metadata(&dir).map(|m| m.uid() == 0).unwrap_or(false);
-        let cluster = PrivateCluster {
+        let mut cluster = PrivateCluster {
             control: Control {
                 bindir,
                 dir,
@@ -189,19 +189,15 @@ impl Control {
                 );
             }
         }
-        let data = control.data();
-        control.run(control.server_command("initdb").args([
-            OsStr::new("-D"),
-            data.as_os_str(),
-            OsStr::new("-U"),
-            OsStr::new("postgres"),
-            OsStr::new("-A"),
-            OsStr::new("trust"),
-            OsStr::new("--no-sync"),
+        control.run(control.server_command("initdb").arg("-D").arg(control.data()).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
         ]));
 
         // The free port may be taken by someone else before the server binds it: try others.
-        let mut cluster = cluster;
         let mut attempts = 0;
         loop {
             match cluster.control.start_server() {
@@ -264,31 +260,25 @@ impl Control {
             self.port,
             self.dir.display()
         );
-        let data = self.data();
-        let log = self.dir.join("log");
-        self.try_run(self.server_command("pg_ctl").args([
-            OsStr::new("-D"),
-            data.as_os_str(),
-            OsStr::new("-l"),
-            log.as_os_str(),
-            OsStr::new("-w"),
-            OsStr::new("start"),
-            OsStr::new("-o"),
-            OsStr::new(&server_options),
-        ]))
+        self.try_run(
+            self.pg_ctl()
+                .arg("-l")
+                .arg(self.dir.join("log"))
+                .args(["-w", "start", "-o"])
+                .arg(server_options),
+        )
         .map(drop)
     }
 
     fn stop(&self, mode: &str) {
-        let data = self.data();
-        self.run(self.server_command("pg_ctl").args([
-            OsStr::new("-D"),
-            data.as_os_str(),
-            OsStr::new("-m"),
-            OsStr::new(mode),
-            OsStr::new("-w"),
-            OsStr::new("stop"),
-        ]));
+        self.run(self.pg_ctl().args(["-m", mode, "-w", "stop"]));
+    }
+
+    /// `pg_ctl -D <data>`, for the arguments to follow.
+    fn pg_ctl(&self) -> Command {
+        let mut command = self.server_command("pg_ctl");
+        command.arg("-D").arg(self.data());
+        command
     }
 
     /// The postmaster's pid, while `postmaster.pid` exists.
@@ -324,17 +314,7 @@ impl Control {
         if !is_alive(postmaster) {
             return;
         }
-        let data = self.data();
-        let stopped = self.try_run(self.server_command("pg_ctl").args([
-            OsStr::new("-D"),
-            data.as_os_str(),
-            OsStr::new("-m"),
-            OsStr::new("immediate"),
-            OsStr::new("-t"),
-            OsStr::new("10"),
-            OsStr::new("-w"),
-            OsStr::new("stop"),
-        ]));
+        let stopped = self.try_run(self.pg_ctl().args(["-m", "immediate", "-t", "10", "-w", "stop"]));
         if let Err(e) = stopped {
             eprintln!("{e}");
             let _ = Command::new("kill").args(["-KILL", &postmaster.to_string()]).status();
