@@ -5,7 +5,7 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ratchet::issuer::refresh_token::RefreshToken;
-use ratchet::keys::{AccessClaims, Keyring};
+use ratchet::keys::{AccessClaims, Keyring, ServerSecret};
 use serde_json::Map;
 
 fn claims() -> AccessClaims {
@@ -48,7 +48,8 @@ fn refresh_tokens(c: &mut Criterion) {
     });
     c.bench_function("refresh_token/seal", |b| {
         let child = RefreshToken::generate().unwrap();
-        b.iter(|| parent.seal(&child))
+        let secret = ServerSecret::generate().unwrap();
+        b.iter(|| parent.seal(&child, &secret))
     });
 }
 

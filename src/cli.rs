@@ -35,6 +35,28 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Apply pending database migrations, then exit.
     Migrate(DatabaseArgs),
+    /// Run one cleanup pass (what `serve` does every --gc-interval), print what it removed, exit.
+    Gc(GcArgs),
+}
+
+/// How ended families are cleaned up.
+#[derive(Debug, Clone, Args)]
+pub struct CleanupArgs {
+    /// How long a family is kept after it ended (expired or was revoked), so that its tokens are
+    /// still answered with the right reason (TOKEN_REUSED, TOKEN_REVOKED, TOKEN_EXPIRED).
+    #[arg(long, env = "RATCHET_GC_RETENTION", default_value = "1d")]
+    pub gc_retention: humantime::Duration,
+    /// Rows deleted per statement.
+    #[arg(long, env = "RATCHET_GC_BATCH", default_value_t = 1000)]
+    pub gc_batch: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub cleanup: CleanupArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -93,6 +115,20 @@ pub struct ServeArgs {
     /// one made by another replica can go unseen. `0s` asks the database every time.
     #[arg(long, env = "RATCHET_FAMILY_CACHE_TTL", default_value = "5s")]
     pub family_cache_ttl: humantime::Duration,
+    /// File holding the server secret that keys refresh-token seals (reuse grace window) and
+    /// ListSessions page tokens; created (mode 0600) if missing. Without it, the secret is
+    /// derived from the signing key. Every replica must use the same one.
+    #[arg(long, env = "RATCHET_SEAL_KEY")]
+    pub seal_key: Option<PathBuf>,
+    /// Most live sessions (families) per subject and client_id; Issue beyond it revokes the
+    /// oldest.
+    #[arg(long, env = "RATCHET_MAX_SESSIONS", default_value_t = 100)]
+    pub max_sessions: u32,
+    /// How often the background cleanup runs; `0s` turns it off (run `ratchet gc` instead).
+    #[arg(long, env = "RATCHET_GC_INTERVAL", default_value = "1m")]
+    pub gc_interval: humantime::Duration,
+    #[command(flatten)]
+    pub cleanup: CleanupArgs,
     /// Do not apply pending migrations at start.
     #[arg(long, env = "RATCHET_NO_MIGRATE")]
     pub no_migrate: bool,

@@ -18,8 +18,12 @@ pub trait Clock: Send + Sync + 'static {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
+    /// Truncated to microseconds, PostgreSQL's precision: a time the issuer decides with is then
+    /// exactly the time the database stores and compares (the grace window is judged on both
+    /// sides, see `store::postgres::sql::SPEND`).
     fn now(&self) -> OffsetDateTime {
-        OffsetDateTime::now_utc()
+        let now = OffsetDateTime::now_utc();
+        now.replace_nanosecond(now.nanosecond() / 1_000 * 1_000).unwrap_or(now)
     }
 }
 

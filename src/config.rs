@@ -7,8 +7,9 @@ use std::str::FromStr as _;
 
 use sqlx::postgres::PgConnectOptions;
 
-use crate::cli::{DatabaseArgs, ServeArgs};
+use crate::cli::{CleanupArgs, DatabaseArgs, GcArgs, ServeArgs};
 use crate::issuer::Policy;
+use crate::issuer::cleanup::CleanupSettings;
 use crate::issuer::types::MAX_NAME_BYTES;
 use crate::store::postgres::PoolSettings;
 
@@ -31,6 +32,54 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub migrate: bool,
     pub family_cache_ttl: std::time::Duration,
+    /// The server secret's file, if configured (else derived from the signing key).
+    pub seal_key: Option<PathBuf>,
+    pub cleanup: CleanupSettings,
+    /// Zero: no background cleanup.
+    pub cleanup_interval: std::time::Duration,
+}
+
+/// What `ratchet gc` needs.
+#[derive(Debug, Clone)]
+pub struct GcConfig {
+    pub database: DatabaseConfig,
+    pub cleanup: CleanupSettings,
+}
+
+/// Pause between cleanup batches: leaves the database to the requests.
+const CLEANUP_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+/// Longest retention of ended families (as long as the longest family lifetime).
+const MAX_GC_RETENTION: time::Duration = time::Duration::days(400);
+
+impl CleanupSettings {
+    fn collect(args: &CleanupArgs, problems: &mut Problems) -> Self {
+        let retention = problems.duration("gc-retention", args.gc_retention);
+        problems.check(retention <= MAX_GC_RETENTION, || {
+            "gc-retention: must be at most 400d".into()
+        });
+        problems.check((1..=100_000).contains(&args.gc_batch), || {
+            "gc-batch: must be 1 to 100000".into()
+        });
+        Self {
+            retention,
+            batch: args.gc_batch,
+            pause: CLEANUP_PAUSE,
+        }
+    }
+}
+
+impl GcConfig {
+    /// # Errors
+    /// Every problem found, one message each.
+    pub fn from_args(args: &GcArgs) -> Result<Self, Vec<String>> {
+        let mut problems = Problems::default();
+        let database = DatabaseConfig::collect(&args.database, &mut problems);
+        let cleanup = CleanupSettings::collect(&args.cleanup, &mut problems);
+        match database {
+            Some(database) if problems.0.is_empty() => Ok(Self { database, cleanup }),
+            _ => Err(problems.0),
+        }
+    }
 }
 
 /// Collects problems instead of stopping at the first.
@@ -129,6 +178,13 @@ impl Config {
         problems.check(leeway <= time::Duration::minutes(5), || {
             "leeway: must be at most 5m".into()
         });
+        problems.check((1..=10_000).contains(&args.max_sessions), || {
+            "max-sessions: must be 1 to 10000".into()
+        });
+        let cleanup = CleanupSettings::collect(&args.cleanup, &mut problems);
+        problems.check(*args.gc_interval <= std::time::Duration::from_secs(86_400), || {
+            "gc-interval: must be at most 1d".into()
+        });
         for (name, value) in [("issuer", &args.issuer), ("audience", &args.audience)] {
             problems.check(!value.is_empty() && value.len() <= MAX_NAME_BYTES, || {
                 format!("{name}: must be 1 to {MAX_NAME_BYTES} bytes")
@@ -146,11 +202,15 @@ impl Config {
                     family_ttl,
                     reuse_grace,
                     leeway,
+                    max_sessions: args.max_sessions,
                 },
                 signing_key: args.signing_key,
                 data_dir: args.data_dir,
                 migrate: !args.no_migrate,
                 family_cache_ttl: *args.family_cache_ttl,
+                seal_key: args.seal_key,
+                cleanup,
+                cleanup_interval: *args.gc_interval,
             }),
             _ => Err(problems.0),
         }
@@ -169,7 +229,7 @@ mod tests {
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Serve(args) => *args,
-            Command::Migrate(_) => unreachable!(),
+            _ => unreachable!(),
         }
     }
 

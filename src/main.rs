@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use ratchet::cli::{Cli, Command};
-use ratchet::config::{Config, DatabaseConfig};
+use ratchet::config::{Config, DatabaseConfig, GcConfig};
 use ratchet::startup::{self, Application};
 use ratchet::{shutdown, telemetry};
 
@@ -30,6 +30,10 @@ fn main() -> ExitCode {
             Ok(database) => runtime.block_on(startup::migrate(&database)),
             Err(problems) => return usage(&problems),
         },
+        Command::Gc(args) => match GcConfig::from_args(&args) {
+            Ok(config) => runtime.block_on(gc(config)),
+            Err(problems) => return usage(&problems),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -46,6 +50,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await?
         .run_until_stopped(shutdown::signal())
         .await
+}
+
+async fn gc(config: GcConfig) -> anyhow::Result<()> {
+    let report = startup::collect_garbage(&config).await?;
+    println!(
+        "removed {} families and {} refresh tokens; cleared {} expired seals",
+        report.families, report.tokens, report.seals
+    );
+    Ok(())
 }
 
 fn usage(problems: &[String]) -> ExitCode {

@@ -22,12 +22,14 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, DatabaseConfig};
+use crate::config::{Config, DatabaseConfig, GcConfig};
 use crate::grpc::TokenServiceImpl;
 use crate::grpc::pb::{self, token_service_server::TokenServiceServer};
+use crate::issuer::cleanup::{self, CleanupReport, CleanupSettings};
 use crate::issuer::{Issuer, Policy};
-use crate::keys::Keyring;
 use crate::keys::keyfile::{self, KeySource};
+use crate::keys::secret::SecretSource;
+use crate::keys::{Keyring, ServerSecret};
 use crate::store::FamilyStore as _;
 use crate::store::cached::CachedStore;
 use crate::store::pool::ConnectionPool;
@@ -36,8 +38,8 @@ use crate::store::postgres::{self, MIGRATOR, PgStore, PoolSettings};
 /// Largest request accepted. Far above any valid request (8 KiB of claims plus 128 names of
 /// 255 bytes), so that oversized *fields* reach validation and get a named INVALID_ARGUMENT.
 const MAX_REQUEST_BYTES: usize = 1024 * 1024;
-/// Longest any RPC may run, whatever the client's deadline.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest any RPC may run, whatever the client's deadline; see [`request_timeout`].
+const MIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long shutdown waits for in-flight calls and connections before closing them anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Families whose liveness Introspect keeps in memory (an entry is a few dozen bytes).
@@ -51,16 +53,32 @@ pub struct Parts {
     pub pool: ConnectionPool,
     pub pool_settings: PoolSettings,
     pub keys: Keyring,
+    /// Keys refresh-token seals and page tokens (see [`crate::keys::secret`]).
+    pub secret: ServerSecret,
     pub policy: Policy,
     pub clock: Arc<dyn Clock>,
     /// How long Introspect trusts a cached "family is live" (zero: always ask the database).
     pub family_cache_ttl: Duration,
+    pub cleanup: CleanupSettings,
+    /// How often the background cleanup runs (zero: never; `ratchet gc` by hand instead).
+    pub cleanup_interval: Duration,
 }
 
 pub struct Application {
     listener: TcpListener,
     store: PgStore,
     service: TokenServiceImpl<CachedStore<PgStore>>,
+    clock: Arc<dyn Clock>,
+    cleanup: CleanupSettings,
+    cleanup_interval: Duration,
+    request_timeout: Duration,
+}
+
+/// Longest any RPC may run: enough for a write to wait for a connection, run, and have a lost
+/// answer resolved (each bounded by the database timeout; see `store::postgres::run`), so that
+/// the server's own limit never cuts a write short of its outcome.
+fn request_timeout(db_timeout: Duration) -> Duration {
+    (db_timeout * 4 + Duration::from_secs(5)).max(MIN_REQUEST_TIMEOUT)
 }
 
 /// Creates the database if it is missing, then applies pending migrations.
@@ -87,6 +105,18 @@ pub async fn migrate(database: &DatabaseConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One cleanup pass on the configured database, with the system clock (`ratchet gc`).
+///
+/// # Errors
+/// The database cannot be reached or the pass fails.
+pub async fn collect_garbage(config: &GcConfig) -> anyhow::Result<CleanupReport> {
+    let pool = postgres::pool(config.database.options.clone(), &config.database.pool);
+    let store = PgStore::new(pool.clone(), &config.database.pool);
+    let report = cleanup::collect_garbage(&store, SystemClock.now(), &config.cleanup).await;
+    pool.close().await;
+    report.context("cleanup failed")
+}
+
 impl Application {
     /// What `ratchet serve` runs: migrations (unless disabled), the signing key, the pool.
     ///
@@ -107,15 +137,39 @@ impl Application {
             KeySource::Created(path) => tracing::warn!(kid = key.kid(), path = %path.display(),
                 "no signing key configured: created a new one; keep this file (or set RATCHET_SIGNING_KEY) so tokens survive restarts"),
         }
+        let secret = match &config.seal_key {
+            Some(path) => {
+                let (secret, source) = ServerSecret::load_or_create(path)?;
+                match source {
+                    SecretSource::Created => {
+                        tracing::warn!(path = %path.display(), "created a new server secret (RATCHET_SEAL_KEY); give every replica this file")
+                    }
+                    _ => tracing::info!(path = %path.display(), "loaded the server secret (RATCHET_SEAL_KEY)"),
+                }
+                secret
+            }
+            None => key.derived_secret(),
+        };
         let pool = postgres::pool(config.database.options, &config.database.pool);
+        let store = PgStore::new(pool.clone(), &config.database.pool);
+        // Refuse to serve on a database session that is not SERIALIZABLE; any other failure
+        // (the database is down) only means NOT_SERVING until it is back.
+        if let Err(error) = store.ping().await
+            && postgres::is_misconfigured(&error)
+        {
+            return Err(anyhow::Error::new(error).context("refusing to serve"));
+        }
         Self::from_parts(Parts {
             listen: config.listen,
             pool,
             pool_settings: config.database.pool,
             keys: Keyring::new(key),
+            secret,
             policy: config.policy,
             clock: Arc::new(SystemClock),
             family_cache_ttl: config.family_cache_ttl,
+            cleanup: config.cleanup,
+            cleanup_interval: config.cleanup_interval,
         })
         .await
     }
@@ -130,12 +184,21 @@ impl Application {
             .with_context(|| format!("cannot listen on {}", parts.listen))?;
         let store = PgStore::new(parts.pool, &parts.pool_settings);
         let cached = CachedStore::new(store.clone(), FAMILY_CACHE_CAPACITY, parts.family_cache_ttl);
-        let issuer = Arc::new(Issuer::new(cached, parts.keys, parts.policy));
+        let issuer = Arc::new(Issuer::new(cached, parts.keys, parts.secret, parts.policy));
         Ok(Self {
             listener,
             store,
-            service: TokenServiceImpl::new(issuer, parts.clock),
+            service: TokenServiceImpl::new(issuer, parts.clock.clone()),
+            clock: parts.clock,
+            cleanup: parts.cleanup,
+            cleanup_interval: parts.cleanup_interval,
+            request_timeout: request_timeout(parts.pool_settings.timeout),
         })
+    }
+
+    /// The store the server runs on (for maintenance such as [`cleanup::collect_garbage`]).
+    pub fn store(&self) -> PgStore {
+        self.store.clone()
     }
 
     /// # Errors
@@ -154,7 +217,16 @@ impl Application {
         let (reporter, health_service) = tonic_health::server::health_reporter();
         set_health(&reporter, ServingStatus::NotServing).await;
         let (stop_health, stopped) = watch::channel(false);
-        let health_task = tokio::spawn(watch_health(self.store.clone(), reporter.clone(), stopped));
+        let health_task = tokio::spawn(watch_health(self.store.clone(), reporter.clone(), stopped.clone()));
+        let cleanup_task = (!self.cleanup_interval.is_zero()).then(|| {
+            tokio::spawn(clean_periodically(
+                self.store.clone(),
+                self.clock.clone(),
+                self.cleanup,
+                self.cleanup_interval,
+                stopped,
+            ))
+        });
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -171,7 +243,7 @@ impl Application {
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
         let serve = Server::builder()
-            .timeout(REQUEST_TIMEOUT)
+            .timeout(self.request_timeout)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -199,6 +271,9 @@ impl Application {
             }
         };
         health_task.abort();
+        if let Some(task) = cleanup_task {
+            task.abort();
+        }
         self.store.pool().close().await;
         tracing::info!("stopped");
         result.context("gRPC transport failed")
@@ -236,6 +311,26 @@ async fn watch_health(store: PgStore, reporter: HealthReporter, mut stopped: wat
         tokio::select! {
             () = tokio::time::sleep(HEALTH_INTERVAL) => {}
             _ = stopped.changed() => return,
+        }
+    }
+}
+
+/// Runs a cleanup pass every `interval` until stopped. A failed pass is logged and retried at the
+/// next interval; replicas each run their own (the batches are idempotent).
+async fn clean_periodically(
+    store: PgStore,
+    clock: Arc<dyn Clock>,
+    settings: CleanupSettings,
+    interval: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = stopped.changed() => return,
+        }
+        if let Err(error) = cleanup::collect_garbage(&store, clock.now(), &settings).await {
+            tracing::warn!(%error, "cleanup pass failed; trying again at the next interval");
         }
     }
 }

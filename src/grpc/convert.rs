@@ -6,10 +6,11 @@ use serde_json::{Map, Number, Value};
 use time::OffsetDateTime;
 
 use super::pb;
+use crate::issuer::sessions::PageRequest;
 use crate::issuer::types::{
     Audiences, ClientId, ExtraClaims, FamilyId, FieldError, IssueParams, PresentedToken, RevokeTarget, Scopes, Subject,
 };
-use crate::issuer::{ActiveToken, Session, TokenPair};
+use crate::issuer::{ActiveToken, Session, SessionsPage, TokenPair};
 
 /// Parses an IssueRequest; `default_audience` stands in for an empty `audiences`.
 ///
@@ -60,12 +61,15 @@ impl TryFrom<pb::RevokeRequest> for RevokeTarget {
     }
 }
 
-impl TryFrom<pb::ListSessionsRequest> for Subject {
-    type Error = FieldError;
-
-    fn try_from(request: pb::ListSessionsRequest) -> Result<Self, FieldError> {
-        Subject::parse(request.subject)
-    }
+/// Parses a ListSessionsRequest: whose sessions, and which page.
+///
+/// # Errors
+/// The first field that breaks a rule.
+pub fn sessions_request(request: pb::ListSessionsRequest) -> Result<(Subject, PageRequest), FieldError> {
+    Ok((
+        Subject::parse(request.subject)?,
+        PageRequest::parse(request.page_size, request.page_token)?,
+    ))
 }
 
 impl From<TokenPair> for pb::TokenPair {
@@ -98,6 +102,15 @@ pub fn introspection(active: Option<ActiveToken>) -> pb::IntrospectResponse {
         family_id: token.family_id.to_string(),
         issued_at: token.issued_at,
         expires_at: token.expires_at,
+    }
+}
+
+impl From<SessionsPage> for pb::ListSessionsResponse {
+    fn from(page: SessionsPage) -> Self {
+        Self {
+            sessions: page.sessions.into_iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token,
+        }
     }
 }
 

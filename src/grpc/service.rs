@@ -1,5 +1,6 @@
 //! `ratchet.v1.TokenService`: decode, call the issuer, encode. Nothing else belongs here.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -7,9 +8,22 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::pb::{self, token_service_server::TokenService};
 use crate::clock::Clock;
-use crate::issuer::Issuer;
-use crate::issuer::types::{PresentedToken, RevokeTarget, Subject};
+use crate::issuer::types::{PresentedToken, RevokeTarget};
+use crate::issuer::{Error, Issuer};
 use crate::store::FamilyStore;
+
+/// Runs a use case that writes on a task of its own and awaits it. A caller that goes away (its
+/// deadline, a reset stream) drops this future, not the work: a write that reached the database
+/// is carried through, its outcome resolved and logged, and its connection left in step.
+async fn detached<T: Send + 'static>(
+    work: impl Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Status> {
+    match tokio::spawn(work).await {
+        Ok(result) => result.map_err(Status::from),
+        // A panic in the use case: INTERNAL with an error id, like any other bug.
+        Err(join) => Err(Error::Internal(Box::new(join)).into()),
+    }
+}
 
 pub struct TokenServiceImpl<S> {
     issuer: Arc<Issuer<S>>,
@@ -26,19 +40,22 @@ impl<S> TokenServiceImpl<S> {
 impl<S: FamilyStore> TokenService for TokenServiceImpl<S> {
     async fn issue(&self, request: Request<pb::IssueRequest>) -> Result<Response<pb::TokenPair>, Status> {
         let params = convert::issue_params(request.into_inner(), &self.issuer.policy().default_audience)?;
-        let pair = self.issuer.issue(params, self.clock.now()).await?;
+        let (issuer, now) = (self.issuer.clone(), self.clock.now());
+        let pair = detached(async move { issuer.issue(params, now).await }).await?;
         Ok(Response::new(pair.into()))
     }
 
     async fn rotate(&self, request: Request<pb::RotateRequest>) -> Result<Response<pb::TokenPair>, Status> {
         let token = PresentedToken::try_from(request.into_inner())?;
-        let pair = self.issuer.rotate(token, self.clock.now()).await?;
+        let (issuer, now) = (self.issuer.clone(), self.clock.now());
+        let pair = detached(async move { issuer.rotate(token, now).await }).await?;
         Ok(Response::new(pair.into()))
     }
 
     async fn revoke(&self, request: Request<pb::RevokeRequest>) -> Result<Response<pb::RevokeResponse>, Status> {
         let target = RevokeTarget::try_from(request.into_inner())?;
-        let families_revoked = self.issuer.revoke(target, self.clock.now()).await?;
+        let (issuer, now) = (self.issuer.clone(), self.clock.now());
+        let families_revoked = detached(async move { issuer.revoke(target, now).await }).await?;
         Ok(Response::new(pb::RevokeResponse { families_revoked }))
     }
 
@@ -55,10 +72,8 @@ impl<S: FamilyStore> TokenService for TokenServiceImpl<S> {
         &self,
         request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
-        let subject = Subject::try_from(request.into_inner())?;
-        let sessions = self.issuer.list_sessions(subject, self.clock.now()).await?;
-        Ok(Response::new(pb::ListSessionsResponse {
-            sessions: sessions.into_iter().map(Into::into).collect(),
-        }))
+        let (subject, page) = convert::sessions_request(request.into_inner())?;
+        let page = self.issuer.list_sessions(subject, page, self.clock.now()).await?;
+        Ok(Response::new(page.into()))
     }
 }

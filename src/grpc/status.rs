@@ -19,6 +19,8 @@ pub mod reason {
     pub const TOKEN_EXPIRED: &str = "TOKEN_EXPIRED";
     pub const TOKEN_REVOKED: &str = "TOKEN_REVOKED";
     pub const TOKEN_REUSED: &str = "TOKEN_REUSED";
+    /// Not a token failure: storage stopped answering after a write was sent (DEADLINE_EXCEEDED).
+    pub const OUTCOME_UNKNOWN: &str = "OUTCOME_UNKNOWN";
 }
 
 fn token_failure(reason: &str, message: &str) -> Status {
@@ -50,7 +52,21 @@ impl From<Error> for Status {
             ),
             Error::Unavailable(source) => {
                 tracing::warn!(error = %source, cause = ?std::error::Error::source(&source), "storage unavailable");
-                Status::unavailable("storage temporarily unavailable, retry with backoff")
+                Status::unavailable("storage temporarily unavailable, nothing was done: retry with backoff")
+            }
+            // gRPC's DEADLINE_EXCEEDED: "for operations that change the state of the system, this
+            // error may be returned even if the operation has completed successfully".
+            Error::OutcomeUnknown(source) => {
+                tracing::error!(error = %source, cause = ?std::error::Error::source(&source), "storage stopped answering mid-write: outcome unknown");
+                Status::with_error_details(
+                    Code::DeadlineExceeded,
+                    "storage stopped answering: the request may or may not have taken effect",
+                    ErrorDetails::with_error_info(
+                        reason::OUTCOME_UNKNOWN,
+                        ERROR_DOMAIN,
+                        std::collections::HashMap::<String, String>::new(),
+                    ),
+                )
             }
             Error::Internal(source) => {
                 let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();

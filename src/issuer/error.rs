@@ -22,9 +22,12 @@ pub enum Error {
     /// committed) before this error is returned.
     #[error("refresh token was already used; its session has been revoked")]
     TokenReused { family: FamilyId },
-    /// Storage is down or overloaded: retry later.
+    /// Storage is down or overloaded and nothing was done: retry later.
     #[error("service temporarily unavailable")]
     Unavailable(#[source] StoreError),
+    /// Storage stopped answering after a write was sent: it may or may not have happened.
+    #[error("outcome unknown: storage stopped answering")]
+    OutcomeUnknown(#[source] StoreError),
     /// Anything else: a bug or a broken invariant.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -34,6 +37,15 @@ impl From<StoreError> for Error {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Unavailable(_) | StoreError::Contention { .. } => Self::Unavailable(error),
+            StoreError::OutcomeUnknown(_) => Self::OutcomeUnknown(error),
+            // Validation should have refused it; the database is the second line of defence.
+            StoreError::InvalidData(source) => {
+                tracing::warn!(error = %source, "the database refused a value that validation let through");
+                Self::InvalidArgument(FieldError::new(
+                    "request",
+                    "holds a value the database refuses as invalid",
+                ))
+            }
             StoreError::Internal(_) => Self::Internal(Box::new(error)),
         }
     }

@@ -1,28 +1,33 @@
-//! The use cases: issue, rotate, revoke, introspect, list sessions.
+//! The use cases: issue ([`Issuer::issue`]), rotate ([`rotate`]), revoke ([`revoke`]),
+//! introspect ([`introspect`]), list sessions ([`sessions`]) and the storage cleanup
+//! ([`cleanup`]).
 //!
 //! Knows neither tonic nor sqlx: it takes validated inputs ([`types`]) and `now`, talks to a
 //! [`FamilyStore`] and a [`Keyring`], and returns domain results or an [`Error`]. CPU work
-//! (generating and hashing refresh tokens, signing) happens before or after the store call,
-//! never inside a database transaction.
+//! (generating and hashing refresh tokens, sealing, signing) happens before or after the store
+//! call, never inside a database transaction.
 
+pub mod cleanup;
 pub mod error;
+pub mod introspect;
 pub mod refresh_token;
+pub mod revoke;
+pub mod rotate;
 pub mod rotation;
+pub mod sessions;
 pub mod types;
 
 use time::{Duration, OffsetDateTime};
 use tracing::{Span, field};
 
 pub use error::Error;
+pub use introspect::{ActiveToken, TokenType};
 use refresh_token::RefreshToken;
-use rotation::Verdict;
-use types::{FamilyId, IssueParams, PresentedToken, RevokeTarget, Subject};
+pub use sessions::{Session, SessionsPage};
+use types::{FamilyId, IssueParams};
 
-use crate::keys::{AccessClaims, Keyring};
-use crate::store::{FamilyRecord, FamilyStore, NewRefreshToken, RevokeReason, SpendOutcome, SpendRequest};
-
-/// Most sessions ListSessions returns.
-pub const MAX_SESSIONS_LISTED: u32 = 1000;
+use crate::keys::{AccessClaims, Keyring, ServerSecret};
+use crate::store::{FamilyRecord, FamilyStore, NewFamily, NewRefreshToken};
 
 /// The server's token policy: who it is and how long things live.
 #[derive(Debug, Clone)]
@@ -41,6 +46,8 @@ pub struct Policy {
     pub reuse_grace: Duration,
     /// Tolerated clock skew for `nbf` and `iat` in the future (never applied to `exp`).
     pub leeway: Duration,
+    /// Most live families per (subject, client_id); Issue beyond it revokes the oldest.
+    pub max_sessions: u32,
 }
 
 /// A fresh access token and refresh token.
@@ -54,75 +61,45 @@ pub struct TokenPair {
     pub family_id: FamilyId,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenType {
-    Access,
-    Refresh,
-}
-
-impl TokenType {
-    /// RFC 7662 / RFC 8693 token type names.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Access => "access_token",
-            Self::Refresh => "refresh_token",
-        }
-    }
-}
-
-/// What Introspect says about a live token.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ActiveToken {
-    pub token_type: TokenType,
-    pub subject: String,
-    pub scopes: Vec<String>,
-    pub audiences: Vec<String>,
-    pub client_id: String,
-    pub issuer: String,
-    /// Empty for refresh tokens.
-    pub jti: String,
-    pub family_id: FamilyId,
-    /// Unix seconds.
-    pub issued_at: i64,
-    /// Unix seconds.
-    pub expires_at: i64,
-}
-
-/// One live family, for ListSessions.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Session {
-    pub family_id: FamilyId,
-    pub client_id: String,
-    pub scopes: Vec<String>,
-    pub created_at: OffsetDateTime,
-    pub last_rotated_at: OffsetDateTime,
-    pub expires_at: OffsetDateTime,
-    pub idle_expires_at: OffsetDateTime,
-}
-
 /// The token service's use cases over a store and a keyring.
 pub struct Issuer<S> {
     store: S,
     keys: Keyring,
+    /// Keys seals and page tokens; never stored.
+    secret: ServerSecret,
     policy: Policy,
 }
 
+/// `now + ttl`, or an internal error for a time that cannot be represented (configuration bounds
+/// make that impossible with a sane clock; the arithmetic stays checked regardless).
+fn later(now: OffsetDateTime, ttl: Duration) -> Result<OffsetDateTime, Error> {
+    now.checked_add(ttl)
+        .ok_or_else(|| Error::Internal("time arithmetic out of range".into()))
+}
+
 impl<S: FamilyStore> Issuer<S> {
-    pub fn new(store: S, keys: Keyring, policy: Policy) -> Self {
-        Self { store, keys, policy }
+    pub fn new(store: S, keys: Keyring, secret: ServerSecret, policy: Policy) -> Self {
+        Self {
+            store,
+            keys,
+            secret,
+            policy,
+        }
     }
 
     pub fn policy(&self) -> &Policy {
         &self.policy
     }
 
-    /// Starts a family and returns its first pair.
+    /// Starts a family and returns its first pair. Beyond [`Policy::max_sessions`] live families
+    /// of the subject for this client, the oldest are revoked.
     ///
     /// # Errors
-    /// [`Error::Unavailable`] when storage is down; [`Error::Internal`] otherwise.
+    /// [`Error::Unavailable`] when storage is down, [`Error::OutcomeUnknown`] when it stopped
+    /// answering mid-way; [`Error::Internal`] otherwise.
     #[tracing::instrument(name = "issue", skip_all, fields(family_id = field::Empty))]
     pub async fn issue(&self, params: IssueParams, now: OffsetDateTime) -> Result<TokenPair, Error> {
-        let expires_at = now + self.policy.family_ttl;
+        let expires_at = later(now, self.policy.family_ttl)?;
         let family = FamilyRecord {
             id: FamilyId::new_random(),
             subject: params.subject.as_str().to_owned(),
@@ -132,7 +109,7 @@ impl<S: FamilyStore> Issuer<S> {
             claims: params.claims.as_map().clone(),
             created_at: now,
             last_rotated_at: now,
-            refresh_expires_at: (now + self.policy.refresh_ttl).min(expires_at),
+            refresh_expires_at: later(now, self.policy.refresh_ttl)?.min(expires_at),
             expires_at,
             revoked_at: None,
         };
@@ -143,217 +120,18 @@ impl<S: FamilyStore> Issuer<S> {
             expires_at: family.refresh_expires_at,
         };
         let access_token = self.mint(&family, now)?;
-        self.store.create_family(&family, &first).await?;
-        Ok(self.pair(&family, access_token, refresh_token, first.expires_at, now))
-    }
-
-    /// Spends a refresh token and returns the next pair of its family.
-    ///
-    /// # Errors
-    /// [`Error::TokenInvalid`], [`Error::TokenExpired`], [`Error::TokenRevoked`],
-    /// [`Error::TokenReused`] (after revoking the family), [`Error::Unavailable`].
-    #[tracing::instrument(name = "rotate", skip_all, fields(family_id = field::Empty))]
-    pub async fn rotate(&self, token: PresentedToken, now: OffsetDateTime) -> Result<TokenPair, Error> {
-        let presented = RefreshToken::parse(token.expose()).ok_or(Error::TokenInvalid)?;
-        let successor = RefreshToken::generate()?;
-        let request = SpendRequest {
-            presented: presented.hash(),
-            successor: NewRefreshToken {
-                hash: successor.hash(),
-                expires_at: now + self.policy.refresh_ttl,
-            },
-            successor_seal: presented.seal(&successor),
-            now,
+        let new = NewFamily {
+            family,
+            first,
+            max_live: self.policy.max_sessions,
         };
-        let record = match self.store.spend(&request).await? {
-            SpendOutcome::Spent {
-                family,
-                successor_expires_at,
-            } => {
-                Span::current().record("family_id", field::display(family.id));
-                let access_token = self.mint(&family, now)?;
-                return Ok(self.pair(&family, access_token, successor, successor_expires_at, now));
-            }
-            SpendOutcome::Refused(record) => record,
-        };
-        if let Some(record) = &record {
-            Span::current().record("family_id", field::display(record.family.id));
+        let evicted = self.store.create_family(&new).await?;
+        for family in evicted {
+            tracing::info!(target: "security", %family, subject = %new.family.subject, client_id = %new.family.client_id,
+                reason = "evicted", max_sessions = self.policy.max_sessions,
+                "oldest session revoked: too many live sessions for this subject and client");
         }
-        match (rotation::judge(record.as_ref(), now, self.policy.reuse_grace), record) {
-            (Verdict::Retry, Some(record)) => {
-                let stored = record.successor.as_ref().and_then(|s| s.seal.map(|seal| (s, seal)));
-                let Some((stored, seal)) = stored else {
-                    return Err(Error::Internal("retry verdict without a sealed successor".into()));
-                };
-                let again = presented.unseal(&seal);
-                if again.hash() != stored.hash {
-                    return Err(Error::Internal("sealed successor does not match its hash".into()));
-                }
-                tracing::info!("refresh token presented again within the grace window; answering with its successor");
-                let access_token = self.mint(&record.family, now)?;
-                Ok(self.pair(&record.family, access_token, again, stored.expires_at, now))
-            }
-            (Verdict::Reuse { already_revoked }, Some(record)) => {
-                let family = record.family.id;
-                // Commit the revocation before answering: an error path must never lose it.
-                if !already_revoked && self.store.revoke_family(family, now, RevokeReason::Reuse).await? {
-                    tracing::warn!(target: "security", %family, subject = %record.family.subject,
-                        "spent refresh token presented again: family revoked");
-                } else {
-                    tracing::warn!(target: "security", %family, subject = %record.family.subject,
-                        "spent refresh token presented again: family was already revoked");
-                }
-                Err(Error::TokenReused { family })
-            }
-            (Verdict::Invalid, _) => Err(Error::TokenInvalid),
-            (Verdict::Expired, _) => Err(Error::TokenExpired),
-            (Verdict::Revoked, _) => Err(Error::TokenRevoked),
-            (Verdict::Retry | Verdict::Reuse { .. } | Verdict::Inconsistent, _) => {
-                Err(Error::Internal("a live refresh token could not be spent".into()))
-            }
-        }
-    }
-
-    /// Revokes the families `target` names; returns how many this call revoked. Unknown,
-    /// invalid or already revoked targets count zero (RFC 7009 §2.2).
-    ///
-    /// # Errors
-    /// [`Error::Unavailable`].
-    #[tracing::instrument(name = "revoke", skip_all)]
-    pub async fn revoke(&self, target: RevokeTarget, now: OffsetDateTime) -> Result<u32, Error> {
-        let family = match target {
-            RevokeTarget::Family(id) => Some(id),
-            RevokeTarget::Token(token) => self.family_of(&token).await?,
-            RevokeTarget::Subject(subject) => {
-                let count = self.store.revoke_subject(subject.as_str(), now).await?.len();
-                tracing::info!(target: "security", subject = %subject.as_str(), count, "families revoked by subject");
-                return Ok(u32::try_from(count).unwrap_or(u32::MAX));
-            }
-        };
-        let Some(family) = family else { return Ok(0) };
-        let revoked = self.store.revoke_family(family, now, RevokeReason::Revoke).await?;
-        if revoked {
-            tracing::info!(target: "security", %family, "family revoked");
-        }
-        Ok(u32::from(revoked))
-    }
-
-    /// The family a token belongs to, if it is one of ours. Access tokens count even after their
-    /// `exp`: revoking a session with a stale token in hand must still work.
-    async fn family_of(&self, token: &PresentedToken) -> Result<Option<FamilyId>, Error> {
-        let text = token.expose();
-        if RefreshToken::has_prefix(text) {
-            let Some(refresh) = RefreshToken::parse(text) else {
-                return Ok(None);
-            };
-            return Ok(self.store.refresh_token(&refresh.hash()).await?.map(|r| r.family.id));
-        }
-        Ok(self
-            .keys
-            .verify(text, &self.policy.issuer)
-            .ok()
-            .and_then(|claims| FamilyId::parse("sid", &claims.sid).ok()))
-    }
-
-    /// Whether `token` is live at `now` (RFC 7662): `None` for inactive, whatever the reason.
-    ///
-    /// # Errors
-    /// [`Error::Unavailable`] only; a bad token is an answer, not an error.
-    #[tracing::instrument(name = "introspect", skip_all)]
-    pub async fn introspect(&self, token: PresentedToken, now: OffsetDateTime) -> Result<Option<ActiveToken>, Error> {
-        let text = token.expose();
-        if RefreshToken::has_prefix(text) {
-            self.introspect_refresh(text, now).await
-        } else {
-            self.introspect_access(text, now).await
-        }
-    }
-
-    async fn introspect_access(&self, text: &str, now: OffsetDateTime) -> Result<Option<ActiveToken>, Error> {
-        let Ok(claims) = self.keys.verify(text, &self.policy.issuer) else {
-            return Ok(None);
-        };
-        let now_secs = now.unix_timestamp();
-        let skew = self.policy.leeway.whole_seconds();
-        // exp is exact (inactive from its second on); only future nbf/iat get leeway.
-        if now_secs >= claims.exp || claims.nbf > now_secs + skew || claims.iat > now_secs + skew {
-            return Ok(None);
-        }
-        let Ok(family_id) = FamilyId::parse("sid", &claims.sid) else {
-            return Ok(None);
-        };
-        let live = self
-            .store
-            .family_status(family_id)
-            .await?
-            .is_some_and(|status| !status.revoked && now < status.expires_at);
-        Ok(live.then(|| ActiveToken {
-            token_type: TokenType::Access,
-            subject: claims.sub.clone(),
-            scopes: claims
-                .scope
-                .split(' ')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect(),
-            audiences: claims.aud.clone(),
-            client_id: claims.client_id.clone(),
-            issuer: claims.iss.clone(),
-            jti: claims.jti.clone(),
-            family_id,
-            issued_at: claims.iat,
-            expires_at: claims.exp,
-        }))
-    }
-
-    async fn introspect_refresh(&self, text: &str, now: OffsetDateTime) -> Result<Option<ActiveToken>, Error> {
-        let Some(refresh) = RefreshToken::parse(text) else {
-            return Ok(None);
-        };
-        let Some(record) = self.store.refresh_token(&refresh.hash()).await? else {
-            return Ok(None);
-        };
-        let family = record.family;
-        let live = family.revoked_at.is_none()
-            && record.spent_at.is_none()
-            && now < record.expires_at
-            && now < family.expires_at;
-        Ok(live.then(|| ActiveToken {
-            token_type: TokenType::Refresh,
-            subject: family.subject,
-            scopes: family.scopes,
-            audiences: family.audiences,
-            client_id: family.client_id,
-            issuer: self.policy.issuer.clone(),
-            jti: String::new(),
-            family_id: family.id,
-            issued_at: record.created_at.unix_timestamp(),
-            expires_at: record.expires_at.unix_timestamp(),
-        }))
-    }
-
-    /// The live sessions of `subject`, newest first.
-    ///
-    /// # Errors
-    /// [`Error::Unavailable`].
-    #[tracing::instrument(name = "list_sessions", skip_all)]
-    pub async fn list_sessions(&self, subject: Subject, now: OffsetDateTime) -> Result<Vec<Session>, Error> {
-        let families = self
-            .store
-            .live_families(subject.as_str(), now, MAX_SESSIONS_LISTED)
-            .await?;
-        Ok(families
-            .into_iter()
-            .map(|f| Session {
-                family_id: f.id,
-                client_id: f.client_id,
-                scopes: f.scopes,
-                created_at: f.created_at,
-                last_rotated_at: f.last_rotated_at,
-                expires_at: f.expires_at,
-                idle_expires_at: f.refresh_expires_at,
-            })
-            .collect())
+        Ok(self.pair(&new.family, access_token, refresh_token, first.expires_at, now))
     }
 
     /// Signs an access token for `family`, never outliving the family.
@@ -376,7 +154,9 @@ impl<S: FamilyStore> Issuer<S> {
     }
 
     fn access_expiry(&self, family: &FamilyRecord, now: OffsetDateTime) -> i64 {
-        (now + self.policy.access_ttl).min(family.expires_at).unix_timestamp()
+        now.checked_add(self.policy.access_ttl)
+            .map_or(family.expires_at, |exp| exp.min(family.expires_at))
+            .unix_timestamp()
     }
 
     fn pair(

@@ -4,15 +4,19 @@
 //! here, unlike for passwords: the input is 256 uniformly random bits, so there is nothing to
 //! guess, and lookups by hash must be one index probe.
 //!
-//! The reuse grace window needs to hand out the same successor twice without storing it. A
-//! spent token's row keeps its successor's secret XOR-ed with a pad derived from the spent
-//! token's own secret ([`RefreshToken::seal`]): only someone holding the spent token can open it,
-//! and each pad is used once, because a token is spent once. A database dump alone reveals no
-//! usable token.
+//! The reuse grace window needs to hand out the same successor twice without storing it. While
+//! the window may need it, the successor's row keeps its secret XOR-ed with a pad
+//! ([`RefreshToken::seal`]) derived with HKDF from the server secret *and* the spent token's
+//! secret: opening it takes the spent token in hand plus a key that is not in the database, so a
+//! database dump, even together with old refresh tokens, opens nothing. Each pad is used once,
+//! because a token is spent once. No seal is made without a grace window, and a seal is cleared
+//! when the token it seals is spent (and by the cleanup once the window is over).
 
 use std::fmt;
 
 use aws_lc_rs::digest::{SHA256, digest};
+
+use crate::keys::ServerSecret;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
@@ -20,7 +24,8 @@ const PREFIX: &str = "rt_";
 const SECRET_BYTES: usize = 32;
 /// `rt_` + 43 characters of unpadded base64url.
 const ENCODED_LEN: usize = PREFIX.len() + 43;
-const SEAL_CONTEXT: &[u8] = b"ratchet/v1/refresh-successor-seal";
+/// HKDF label of seal pads.
+const SEAL_LABEL: &[u8] = b"ratchet/v1/refresh-successor-seal";
 
 /// A refresh token's secret. Deliberately neither `Debug`-printable nor `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -32,7 +37,7 @@ pub struct RefreshToken {
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TokenHash(pub [u8; 32]);
 
-/// A successor's secret sealed under its parent's secret.
+/// A successor's secret sealed under its parent's secret and the server secret.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Seal(pub [u8; SECRET_BYTES]);
 
@@ -78,27 +83,23 @@ impl RefreshToken {
         TokenHash(out)
     }
 
-    /// Seals `successor` so that only a holder of `self` can open it.
-    pub fn seal(&self, successor: &RefreshToken) -> Seal {
-        let pad = self.pad();
+    /// Seals `successor` so that only a holder of `self` *and* of `secret` can open it.
+    pub fn seal(&self, successor: &RefreshToken, secret: &ServerSecret) -> Seal {
+        let pad = self.pad(secret);
         Seal(std::array::from_fn(|i| successor.secret[i] ^ pad[i]))
     }
 
-    /// Opens a seal made by [`seal`](Self::seal) on this token.
-    pub fn unseal(&self, seal: &Seal) -> RefreshToken {
-        let pad = self.pad();
+    /// Opens a seal made by [`seal`](Self::seal) on this token with the same secret. (With any
+    /// other token or secret it yields garbage: check the result's hash.)
+    pub fn unseal(&self, seal: &Seal, secret: &ServerSecret) -> RefreshToken {
+        let pad = self.pad(secret);
         RefreshToken {
             secret: std::array::from_fn(|i| seal.0[i] ^ pad[i]),
         }
     }
 
-    fn pad(&self) -> [u8; SECRET_BYTES] {
-        let mut input = Vec::with_capacity(SEAL_CONTEXT.len() + SECRET_BYTES);
-        input.extend_from_slice(SEAL_CONTEXT);
-        input.extend_from_slice(&self.secret);
-        let mut pad = [0u8; SECRET_BYTES];
-        pad.copy_from_slice(digest(&SHA256, &input).as_ref());
-        pad
+    fn pad(&self, secret: &ServerSecret) -> [u8; SECRET_BYTES] {
+        secret.derive(SEAL_LABEL, &self.secret)
     }
 }
 
@@ -137,12 +138,14 @@ mod tests {
     }
 
     #[test]
-    fn a_seal_opens_only_with_the_parent() {
+    fn a_seal_opens_only_with_the_parent_and_the_same_server_secret() {
+        let secret = ServerSecret::generate().unwrap();
         let parent = RefreshToken::generate().unwrap();
         let child = RefreshToken::generate().unwrap();
-        let seal = parent.seal(&child);
-        assert_eq!(parent.unseal(&seal), child);
-        assert_ne!(RefreshToken::generate().unwrap().unseal(&seal), child);
+        let seal = parent.seal(&child, &secret);
+        assert_eq!(parent.unseal(&seal, &secret), child);
+        assert_ne!(RefreshToken::generate().unwrap().unseal(&seal, &secret), child);
+        assert_ne!(parent.unseal(&seal, &ServerSecret::generate().unwrap()), child);
         assert_ne!(seal.0, child.secret);
     }
 

@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use super::{KeyError, SigningKey};
@@ -60,11 +60,7 @@ pub fn load_or_create(configured: Option<&Path>, data_dir: &Path) -> Result<(Sig
         path: path.clone(),
         source,
     };
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(data_dir)
-        .map_err(|e| io("create the directory of", e))?;
+    create_private_dir(data_dir).map_err(|e| io("create the directory of", e))?;
     let (key, der) = SigningKey::generate()?;
     let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", der));
     // create_new: if another process raced us to it, fail rather than overwrite its key.
@@ -78,6 +74,31 @@ pub fn load_or_create(configured: Option<&Path>, data_dir: &Path) -> Result<(Sig
         .and_then(|()| file.sync_all())
         .map_err(|e| io("write", e))?;
     Ok((key, KeySource::Created(path)))
+}
+
+/// Creates `dir` (and its parents) readable by the owner only, if it does not exist.
+pub(super) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Refuses a secret file that group or others may read: whoever can read it can forge or open
+/// what it protects.
+pub(super) fn refuse_if_shared(path: &Path) -> Result<(), KeyError> {
+    let mode = fs::metadata(path)
+        .map_err(|source| KeyError::Io {
+            action: "inspect",
+            path: path.into(),
+            source,
+        })?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(KeyError::Exposed {
+            path: path.into(),
+            mode: mode & 0o777,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 
 pub mod keyfile;
 pub mod mint;
+pub mod secret;
 pub mod verify;
 
 use std::collections::HashMap;
@@ -17,6 +18,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::DecodingKey;
 
 pub use mint::AccessClaims;
+pub use secret::ServerSecret;
 pub use verify::VerifyError;
 
 /// Failures loading, creating or using keys.
@@ -31,6 +33,13 @@ pub enum KeyError {
     },
     #[error("key file {path} is not a PEM-encoded PKCS#8 Ed25519 private key: {reason}")]
     Format { path: std::path::PathBuf, reason: String },
+    #[error("secret file {path} is not usable: {reason}")]
+    SecretFormat { path: std::path::PathBuf, reason: String },
+    #[error(
+        "key file {path} may be read by group or others (mode {mode:o}): run `chmod 600 {path}` \
+         (or mount it with mode 0400/0600)"
+    )]
+    Exposed { path: std::path::PathBuf, mode: u32 },
     #[error("cannot generate a key: the system random generator failed")]
     Random,
     #[error("signing failed: {0}")]
@@ -46,6 +55,9 @@ pub struct SigningKey {
     /// The JOSE header, already base64url-encoded: it is the same for every token of this key.
     encoded_header: String,
     decoding: DecodingKey,
+    /// The server secret derived from this key's private material, for deployments that do not
+    /// configure one of their own (see [`secret`]).
+    derived_secret: ServerSecret,
 }
 
 impl SigningKey {
@@ -63,6 +75,7 @@ impl SigningKey {
             pair,
             encoded_header,
             decoding: DecodingKey::from_ed_der(&public),
+            derived_secret: ServerSecret::from_key_material(der),
         })
     }
 
@@ -81,6 +94,12 @@ impl SigningKey {
     /// The RFC 7638 JWK thumbprint, used as `kid`.
     pub fn kid(&self) -> &str {
         &self.kid
+    }
+
+    /// A server secret derived from this key's private material: as secret as the key, and the
+    /// same on every replica that shares it.
+    pub fn derived_secret(&self) -> ServerSecret {
+        self.derived_secret.clone()
     }
 }
 

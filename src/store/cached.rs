@@ -26,8 +26,8 @@ use quick_cache::sync::Cache;
 use time::OffsetDateTime;
 
 use super::{
-    FamilyRecord, FamilyStatus, FamilyStore, NewRefreshToken, RefreshTokenRecord, RevokeReason, SpendOutcome,
-    SpendRequest, StoreError,
+    FamilyStatus, FamilyStore, NewFamily, Purged, RefreshTokenRecord, Revocation, RevokeReason, SessionCursor,
+    SessionRecord, SpendOutcome, SpendRequest, StoreError,
 };
 use crate::issuer::refresh_token::TokenHash;
 use crate::issuer::types::FamilyId;
@@ -99,12 +99,24 @@ impl<S> CachedStore<S> {
 }
 
 impl<S: FamilyStore> FamilyStore for CachedStore<S> {
-    async fn create_family(&self, family: &FamilyRecord, first: &NewRefreshToken) -> Result<(), StoreError> {
-        self.inner.create_family(family, first).await
+    async fn create_family(&self, new: &NewFamily) -> Result<Vec<FamilyId>, StoreError> {
+        let evicted = self.inner.create_family(new).await?;
+        for id in &evicted {
+            self.mark_revoked(*id, None);
+        }
+        Ok(evicted)
     }
 
     async fn spend(&self, request: &SpendRequest) -> Result<SpendOutcome, StoreError> {
-        self.inner.spend(request).await
+        let outcome = self.inner.spend(request).await?;
+        if let SpendOutcome::Refused {
+            token: Some(token),
+            revoked_for_reuse: true,
+        } = &outcome
+        {
+            self.mark_revoked(token.family.id, Some(token.family.expires_at));
+        }
+        Ok(outcome)
     }
 
     async fn refresh_token(&self, hash: &TokenHash) -> Result<Option<RefreshTokenRecord>, StoreError> {
@@ -143,15 +155,28 @@ impl<S: FamilyStore> FamilyStore for CachedStore<S> {
         Ok(status)
     }
 
-    async fn revoke_family(&self, id: FamilyId, now: OffsetDateTime, reason: RevokeReason) -> Result<bool, StoreError> {
-        let revoked = self.inner.revoke_family(id, now, reason).await?;
-        // Also when this call found it already revoked: the cache may not know yet.
-        self.mark_revoked(id, None);
-        Ok(revoked)
+    async fn revoke_family(
+        &self,
+        id: FamilyId,
+        now: OffsetDateTime,
+        reason: RevokeReason,
+    ) -> Result<Revocation, StoreError> {
+        let revocation = self.inner.revoke_family(id, now, reason).await?;
+        // Also when this call found it already revoked: the cache may not know yet. Not for an
+        // unknown id: anyone may send those, and each would evict a real entry and bump the epoch.
+        if revocation != Revocation::Unknown {
+            self.mark_revoked(id, None);
+        }
+        Ok(revocation)
     }
 
-    async fn revoke_subject(&self, subject: &str, now: OffsetDateTime) -> Result<Vec<FamilyId>, StoreError> {
-        let revoked = self.inner.revoke_subject(subject, now).await?;
+    async fn revoke_subject(
+        &self,
+        subject: &str,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<FamilyId>, StoreError> {
+        let revoked = self.inner.revoke_subject(subject, now, limit).await?;
         for id in &revoked {
             self.mark_revoked(*id, None);
         }
@@ -162,9 +187,20 @@ impl<S: FamilyStore> FamilyStore for CachedStore<S> {
         &self,
         subject: &str,
         now: OffsetDateTime,
+        after: Option<SessionCursor>,
         limit: u32,
-    ) -> Result<Vec<FamilyRecord>, StoreError> {
-        self.inner.live_families(subject, now, limit).await
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        self.inner.live_families(subject, now, after, limit).await
+    }
+
+    async fn purge_ended(&self, ended_before: OffsetDateTime, limit: u32) -> Result<Purged, StoreError> {
+        // Nothing to forget: a purged family had ended, which cached entries already say (a
+        // "live" entry is checked against its expiry, and "revoked" stays true).
+        self.inner.purge_ended(ended_before, limit).await
+    }
+
+    async fn clear_seals(&self, sealed_before: OffsetDateTime, limit: u32) -> Result<u64, StoreError> {
+        self.inner.clear_seals(sealed_before, limit).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -190,7 +226,7 @@ mod tests {
     }
 
     impl FamilyStore for Statuses {
-        async fn create_family(&self, _: &FamilyRecord, _: &NewRefreshToken) -> Result<(), StoreError> {
+        async fn create_family(&self, _: &NewFamily) -> Result<Vec<FamilyId>, StoreError> {
             never()
         }
         async fn spend(&self, _: &SpendRequest) -> Result<SpendOutcome, StoreError> {
@@ -207,19 +243,72 @@ mod tests {
                 expires_at: OffsetDateTime::UNIX_EPOCH,
             }))
         }
-        async fn revoke_family(&self, _: FamilyId, _: OffsetDateTime, _: RevokeReason) -> Result<bool, StoreError> {
+        async fn revoke_family(
+            &self,
+            id: FamilyId,
+            _: OffsetDateTime,
+            _: RevokeReason,
+        ) -> Result<Revocation, StoreError> {
+            if id == unknown() {
+                return Ok(Revocation::Unknown);
+            }
             *self.revoked.lock().unwrap() = true;
-            Ok(true)
+            Ok(Revocation::Revoked)
         }
-        async fn revoke_subject(&self, _: &str, _: OffsetDateTime) -> Result<Vec<FamilyId>, StoreError> {
+        async fn revoke_subject(&self, _: &str, _: OffsetDateTime, _: u32) -> Result<Vec<FamilyId>, StoreError> {
             never()
         }
-        async fn live_families(&self, _: &str, _: OffsetDateTime, _: u32) -> Result<Vec<FamilyRecord>, StoreError> {
+        async fn live_families(
+            &self,
+            _: &str,
+            _: OffsetDateTime,
+            _: Option<SessionCursor>,
+            _: u32,
+        ) -> Result<Vec<SessionRecord>, StoreError> {
+            never()
+        }
+        async fn purge_ended(&self, _: OffsetDateTime, _: u32) -> Result<Purged, StoreError> {
+            never()
+        }
+        async fn clear_seals(&self, _: OffsetDateTime, _: u32) -> Result<u64, StoreError> {
             never()
         }
         async fn ping(&self) -> Result<(), StoreError> {
             Ok(())
         }
+    }
+
+    /// A family id the stub store does not know.
+    fn unknown() -> FamilyId {
+        FamilyId::from_uuid(uuid::Uuid::nil())
+    }
+
+    #[tokio::test]
+    async fn revoking_an_unknown_family_leaves_the_cache_alone() {
+        let store = CachedStore::new(Statuses::default(), 16, Duration::from_secs(60));
+        let known = FamilyId::new_random();
+        assert!(!store.family_status(known).await.unwrap().unwrap().revoked);
+        let epoch = store.epoch.load(Ordering::SeqCst);
+        let revocation = store
+            .revoke_family(unknown(), OffsetDateTime::UNIX_EPOCH, RevokeReason::Revoke)
+            .await
+            .unwrap();
+        assert_eq!(revocation, Revocation::Unknown);
+        assert_eq!(
+            store.epoch.load(Ordering::SeqCst),
+            epoch,
+            "a revocation of nothing bumped the epoch"
+        );
+        assert!(
+            store.entries.get(&unknown()).is_none(),
+            "an unknown family took a cache entry"
+        );
+        assert!(!store.family_status(known).await.unwrap().unwrap().revoked);
+        assert_eq!(
+            store.inner().reads.load(Ordering::SeqCst),
+            1,
+            "the live entry was disturbed"
+        );
     }
 
     #[tokio::test]

@@ -1,9 +1,18 @@
 //! Where families and refresh tokens live: the [`FamilyStore`] trait, and [`postgres`].
 //!
-//! The trait speaks in domain records and leaves every policy decision (what is expired, what is
-//! reuse, what the grace window allows) to the issuer, with one exception that atomicity forces:
-//! [`FamilyStore::spend`] is a compare-and-set that spends a token only if it is *live* at `now`
-//! (see [`SpendRequest`]), so that no token can be spent twice.
+//! The trait speaks in domain records and leaves the policy (what is expired, what the grace
+//! window allows) to the issuer, with the exceptions that atomicity forces, all in
+//! [`FamilyStore::spend`]: it spends a token only if it is *live* at `now`, and it revokes the
+//! family in the same atomic step when the token presented is already spent and the request is
+//! neither a retry within the grace window nor a second delivery of itself (see
+//! [`SpendRequest`]). Once the database has seen a replay, the family is revoked, whatever
+//! happens to the caller afterwards.
+//!
+//! Every write is *idempotent*: running it twice has the effect of running it once, and the
+//! second run reports what the first did. That is what lets a store resolve a write whose answer
+//! was lost (the connection dropped after the statement was sent) by running it again on a new
+//! connection, instead of answering "unavailable" for something that may have happened; see
+//! [`StoreError`].
 //!
 //! [`pool::ConnectionPool`] holds the PostgreSQL connections (and explains why it is not sqlx's).
 //! [`cached::CachedStore`] wraps any store with an in-memory cache of family liveness, so that
@@ -21,18 +30,29 @@ use time::OffsetDateTime;
 use crate::issuer::refresh_token::{Seal, TokenHash};
 use crate::issuer::types::FamilyId;
 
-/// Storage failures, named for what the caller must do.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Storage failures, named for what the caller may conclude and do.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database cannot be reached or did not answer in time: retry later.
+    /// Nothing happened: the database could not be reached, refused the work, or timed out
+    /// before committing. Retrying is safe.
     #[error("database unavailable")]
-    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// Serialization failures persisted through every retry.
+    Unavailable(#[source] BoxError),
+    /// Nothing happened: serialization failures persisted through every retry.
     #[error("too much contention: gave up after {attempts} attempts")]
     Contention { attempts: u32 },
+    /// A write was sent and its answer lost, and the database could not be asked again in time:
+    /// it may or may not have happened.
+    #[error("the outcome of a write is unknown: the database stopped answering")]
+    OutcomeUnknown(#[source] BoxError),
+    /// The database refused a value as invalid data (SQLSTATE class 22): input that validation
+    /// should have caught. Nothing happened.
+    #[error("the database refused a value as invalid")]
+    InvalidData(#[source] BoxError),
     /// A bug or a broken invariant; not the caller's fault and not worth retrying.
     #[error("storage failure")]
-    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Internal(#[source] BoxError),
 }
 
 /// Why a family was revoked.
@@ -42,6 +62,8 @@ pub enum RevokeReason {
     Revoke,
     /// A spent refresh token was presented again.
     Reuse,
+    /// Its subject and client started more live sessions than allowed; it was the oldest.
+    Evicted,
 }
 
 impl RevokeReason {
@@ -49,6 +71,7 @@ impl RevokeReason {
         match self {
             Self::Revoke => "revoke",
             Self::Reuse => "reuse",
+            Self::Evicted => "evicted",
         }
     }
 }
@@ -78,6 +101,17 @@ pub struct NewRefreshToken {
     pub expires_at: OffsetDateTime,
 }
 
+/// A new family with its first refresh token, and how many live families its subject may keep
+/// for its client.
+#[derive(Debug, Clone)]
+pub struct NewFamily {
+    pub family: FamilyRecord,
+    pub first: NewRefreshToken,
+    /// At most this many live families per (subject, client_id), the new one included: the
+    /// oldest beyond it are revoked ([`RevokeReason::Evicted`]) by the same atomic step.
+    pub max_live: u32,
+}
+
 /// A refresh token as stored, with its family and, once spent, its successor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RefreshTokenRecord {
@@ -92,6 +126,9 @@ pub struct RefreshTokenRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Successor {
     pub hash: TokenHash,
+    /// The successor's secret sealed under the spent token's (see
+    /// [`crate::issuer::refresh_token`]); kept only while the reuse grace window may need it and
+    /// cleared when the successor is spent.
     pub seal: Option<Seal>,
     pub expires_at: OffsetDateTime,
     pub spent: bool,
@@ -100,24 +137,49 @@ pub struct Successor {
 /// Spend `presented` and store `successor` in its place, atomically, if and only if at `now`:
 /// the presented token exists and is unspent, `now < expires_at` for it and for its family, and
 /// the family is not revoked. The successor's expiry is capped at the family's.
+///
+/// If instead the presented token is already spent, its family is live, and the request is not a
+/// *retry* (the spend was after `retry_after`, its successor is unspent, unexpired and sealed)
+/// nor this very request delivered again (the token was spent into `successor`), the family is
+/// revoked for reuse in the same atomic step.
 #[derive(Debug, Clone, Copy)]
 pub struct SpendRequest {
     pub presented: TokenHash,
     pub successor: NewRefreshToken,
-    pub successor_seal: Seal,
+    /// Stored with the successor when the server has a reuse grace window; `None` without one.
+    pub successor_seal: Option<Seal>,
     pub now: OffsetDateTime,
+    /// `now` minus the reuse grace window.
+    pub retry_after: OffsetDateTime,
 }
 
 /// The result of [`FamilyStore::spend`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum SpendOutcome {
-    /// The token was live and is now spent; the successor is stored, expiring at `successor_expires_at`.
+    /// The token is spent into the requested successor (by this call, or by an earlier delivery
+    /// of the same request), which expires at `successor_expires_at`.
     Spent {
         family: FamilyRecord,
         successor_expires_at: OffsetDateTime,
     },
-    /// Nothing changed. The presented token as it stands, for the issuer to say why (`None`: unknown).
-    Refused(Option<RefreshTokenRecord>),
+    /// Not spent by this request. `token` is the presented token as it stood before (`None`:
+    /// unknown), for the issuer to say why; `revoked_for_reuse` says whether this call revoked
+    /// its family because the token was already spent.
+    Refused {
+        token: Option<RefreshTokenRecord>,
+        revoked_for_reuse: bool,
+    },
+}
+
+/// What [`FamilyStore::revoke_family`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    /// This call revoked it.
+    Revoked,
+    /// It was revoked before.
+    AlreadyRevoked,
+    /// No such family.
+    Unknown,
 }
 
 /// Liveness of a family, as Introspect needs it for access tokens.
@@ -127,17 +189,42 @@ pub struct FamilyStatus {
     pub expires_at: OffsetDateTime,
 }
 
-/// Persistent state of families and refresh tokens. Every method is atomic.
+/// A live family as ListSessions shows it; only these columns are read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRecord {
+    pub id: FamilyId,
+    pub client_id: String,
+    pub scopes: Vec<String>,
+    pub created_at: OffsetDateTime,
+    pub last_rotated_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+    pub refresh_expires_at: OffsetDateTime,
+}
+
+/// Where a page of sessions starts: strictly after this one in the listing order (newest
+/// first: `created_at` descending, then `id` descending).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionCursor {
+    pub created_at: OffsetDateTime,
+    pub id: FamilyId,
+}
+
+/// What one [`FamilyStore::purge_ended`] batch removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub families: u64,
+    pub tokens: u64,
+}
+
+/// Persistent state of families and refresh tokens. Every method is atomic, and every write is
+/// idempotent (see the module docs).
 ///
 /// Implementations retry serialization failures themselves and report
 /// [`StoreError::Contention`] only when retries are exhausted.
 pub trait FamilyStore: Send + Sync + 'static {
-    /// Stores a new family and its first refresh token.
-    fn create_family(
-        &self,
-        family: &FamilyRecord,
-        first: &NewRefreshToken,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Stores a new family and its first refresh token, and revokes the oldest live families of
+    /// the same subject and client beyond [`NewFamily::max_live`]; returns those it revoked.
+    fn create_family(&self, new: &NewFamily) -> impl Future<Output = Result<Vec<FamilyId>, StoreError>> + Send;
 
     /// The rotation compare-and-set; see [`SpendRequest`].
     fn spend(&self, request: &SpendRequest) -> impl Future<Output = Result<SpendOutcome, StoreError>> + Send;
@@ -151,29 +238,48 @@ pub trait FamilyStore: Send + Sync + 'static {
     /// Whether a family exists and is revoked.
     fn family_status(&self, id: FamilyId) -> impl Future<Output = Result<Option<FamilyStatus>, StoreError>> + Send;
 
-    /// Revokes one family; `true` if this call revoked it (it existed and was not revoked).
+    /// Revokes one family.
     fn revoke_family(
         &self,
         id: FamilyId,
         now: OffsetDateTime,
         reason: RevokeReason,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Revocation, StoreError>> + Send;
 
-    /// Revokes every unrevoked family of `subject` that has not reached its absolute expiry;
-    /// returns the ones this call revoked.
+    /// Revokes at most `limit` unrevoked families of `subject` that have not reached their
+    /// absolute expiry, and returns them; fewer than `limit` means there are no more.
     fn revoke_subject(
         &self,
         subject: &str,
         now: OffsetDateTime,
+        limit: u32,
     ) -> impl Future<Output = Result<Vec<FamilyId>, StoreError>> + Send;
 
-    /// The live families of `subject` at `now`, newest first, at most `limit`.
+    /// The live families of `subject` at `now`, newest first, starting after `after`, at most
+    /// `limit`.
     fn live_families(
         &self,
         subject: &str,
         now: OffsetDateTime,
+        after: Option<SessionCursor>,
         limit: u32,
-    ) -> impl Future<Output = Result<Vec<FamilyRecord>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<SessionRecord>, StoreError>> + Send;
+
+    /// Deletes, with their refresh tokens, at most about `limit` families that ended (expired,
+    /// idle-expired or were revoked) before `ended_before`. Call again while it removes any.
+    fn purge_ended(
+        &self,
+        ended_before: OffsetDateTime,
+        limit: u32,
+    ) -> impl Future<Output = Result<Purged, StoreError>> + Send;
+
+    /// Clears at most `limit` seals made before `sealed_before` (left over when a successor was
+    /// never spent); returns how many.
+    fn clear_seals(
+        &self,
+        sealed_before: OffsetDateTime,
+        limit: u32,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Cheap round trip to tell whether storage answers (health checks).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;

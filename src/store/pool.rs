@@ -130,6 +130,19 @@ async fn recover(mut object: Object<Manager>, within: Duration) {
     }
 }
 
+/// A new session does not run SERIALIZABLE although ratchet asked for it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the database session runs at isolation level '{found}', not 'serializable': ratchet sets \
+     default_transaction_isolation as a startup parameter, and something between ratchet and \
+     PostgreSQL (a connection pooler such as PgBouncer?) dropped it. Connect ratchet to PostgreSQL \
+     directly, or configure the pooler to pass the parameter (or set \
+     default_transaction_isolation = 'serializable' for ratchet's role or database)"
+)]
+pub struct NotSerializable {
+    pub found: String,
+}
+
 pub struct Manager {
     options: PgConnectOptions,
 }
@@ -139,7 +152,19 @@ impl managed::Manager for Manager {
     type Error = sqlx::Error;
 
     async fn create(&self) -> Result<Connection, sqlx::Error> {
-        let raw = PgConnection::connect_with(&self.options).await?;
+        let mut raw = PgConnection::connect_with(&self.options).await?;
+        // One-time use of refresh tokens rests on every statement being SERIALIZABLE, which we
+        // ask for as a startup parameter. A connection pooler in front of PostgreSQL may drop
+        // startup parameters without a word: check what the session really runs.
+        let (isolation,): (String,) = sqlx::query_as("select current_setting('default_transaction_isolation')")
+            .fetch_one(&mut raw)
+            .await?;
+        if isolation != "serializable" {
+            let _ = raw.close().await;
+            return Err(sqlx::Error::Configuration(Box::new(NotSerializable {
+                found: isolation,
+            })));
+        }
         Ok(Connection {
             raw,
             idle_since: Some(Instant::now()),
@@ -207,6 +232,7 @@ mod tests {
     use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
     use super::*;
+    use crate::store::postgres::{PoolSettings, tune};
 
     async fn backend_pid(pool: &ConnectionPool) -> Result<i32, sqlx::Error> {
         let mut connection = pool.get().await.unwrap();
@@ -217,9 +243,32 @@ mod tests {
         Ok(pid)
     }
 
+    /// A pool as the store makes it: our session settings, SERIALIZABLE included.
+    fn pool(options: PgConnectOptions, max_connections: u32, recovery: Duration) -> ConnectionPool {
+        let settings = PoolSettings {
+            max_connections,
+            timeout: Duration::from_secs(5),
+        };
+        ConnectionPool::new(tune(options, &settings), max_connections, recovery)
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn a_session_that_is_not_serializable_is_refused(_pool: PgPoolOptions, options: PgConnectOptions) {
+        // Without our startup parameters, as behind a pooler that drops them.
+        let pool = ConnectionPool::new(options, 1, Duration::from_secs(5));
+        match pool.get().await {
+            Err(managed::PoolError::Backend(sqlx::Error::Configuration(error))) => {
+                assert!(error.to_string().contains("not 'serializable'"), "{error}");
+            }
+            Err(other) => panic!("unexpected error {other}"),
+            Ok(_) => panic!("a read committed session was handed out"),
+        }
+        pool.close().await;
+    }
+
     #[sqlx::test(migrations = false)]
     async fn a_connection_whose_operation_finished_is_reused(_pool: PgPoolOptions, options: PgConnectOptions) {
-        let pool = ConnectionPool::new(options, 4, Duration::from_secs(5));
+        let pool = pool(options, 4, Duration::from_secs(5));
         let first = backend_pid(&pool).await.unwrap();
         assert_eq!(backend_pid(&pool).await.unwrap(), first);
         pool.close().await;
@@ -238,7 +287,7 @@ mod tests {
         _pool: PgPoolOptions,
         options: PgConnectOptions,
     ) {
-        let pool = ConnectionPool::new(options, 1, Duration::from_secs(5));
+        let pool = pool(options, 1, Duration::from_secs(5));
         let first = backend_pid(&pool).await.unwrap();
         // Cancelled while PostgreSQL is still working on it: its answer is still on the way.
         abandon(&pool, "select pg_sleep(0.5)").await;
@@ -260,7 +309,7 @@ mod tests {
 
     #[sqlx::test(migrations = false)]
     async fn a_connection_that_cannot_be_recovered_in_time_is_closed(_pool: PgPoolOptions, options: PgConnectOptions) {
-        let pool = ConnectionPool::new(options, 1, Duration::from_millis(200));
+        let pool = pool(options, 1, Duration::from_millis(200));
         let first = backend_pid(&pool).await.unwrap();
         abandon(&pool, "select pg_sleep(1)").await;
         let second = backend_pid(&pool).await.unwrap();
@@ -270,7 +319,7 @@ mod tests {
 
     #[sqlx::test(migrations = false)]
     async fn closing_refuses_new_checkouts(_pool: PgPoolOptions, options: PgConnectOptions) {
-        let pool = ConnectionPool::new(options, 2, Duration::from_secs(5));
+        let pool = pool(options, 2, Duration::from_secs(5));
         backend_pid(&pool).await.unwrap();
         pool.close().await;
         assert!(matches!(pool.get().await, Err(managed::PoolError::Closed)));

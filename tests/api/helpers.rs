@@ -8,10 +8,11 @@ use ratchet::clock::{Clock as _, ManualClock};
 use ratchet::grpc::pb::token_service_client::TokenServiceClient;
 use ratchet::grpc::pb::{IssueRequest, TokenPair};
 use ratchet::issuer::Policy;
-use ratchet::keys::Keyring;
+use ratchet::issuer::cleanup::{CleanupReport, CleanupSettings};
+use ratchet::keys::{Keyring, ServerSecret};
 use ratchet::startup::{Application, Parts};
 use ratchet::store::pool::ConnectionPool;
-use ratchet::store::postgres::{self, PoolSettings};
+use ratchet::store::postgres::{self, PgStore, PoolSettings};
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use time::{Duration, OffsetDateTime};
 use tokio::sync::oneshot;
@@ -33,6 +34,16 @@ pub fn test_policy() -> Policy {
         family_ttl: Duration::days(30),
         reuse_grace: Duration::ZERO,
         leeway: Duration::seconds(5),
+        max_sessions: 100,
+    }
+}
+
+/// Cleanup as `serve` runs it by default, but only when a test asks ([`TestApp::collect_garbage`]).
+pub fn test_cleanup() -> CleanupSettings {
+    CleanupSettings {
+        retention: Duration::days(1),
+        batch: 1000,
+        pause: std::time::Duration::ZERO,
     }
 }
 
@@ -40,6 +51,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub client: TokenServiceClient<Channel>,
     pub clock: Arc<ManualClock>,
+    /// The server's own store, for maintenance the binary runs outside the API (`ratchet gc`).
+    pub store: PgStore,
     /// A second pool on the same database, for looking behind the API (what is stored).
     pub db: PgPool,
     stop: Option<oneshot::Sender<()>>,
@@ -98,13 +111,17 @@ pub async fn spawn_on_pool(
         pool,
         pool_settings: settings,
         keys: Keyring::generate().unwrap(),
+        secret: ServerSecret::generate().unwrap(),
         policy,
         clock: clock.clone(),
         family_cache_ttl: std::time::Duration::from_secs(60),
+        cleanup: test_cleanup(),
+        cleanup_interval: std::time::Duration::ZERO,
     })
     .await
     .expect("build the application");
     let addr = app.local_addr().unwrap();
+    let store = app.store();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
@@ -119,6 +136,7 @@ pub async fn spawn_on_pool(
         addr,
         client,
         clock,
+        store,
         db,
         stop: Some(stop),
         server,
@@ -141,6 +159,13 @@ impl TestApp {
 
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);
+    }
+
+    /// One cleanup pass at the server's `now`, as `ratchet gc` runs it.
+    pub async fn collect_garbage(&self, settings: &CleanupSettings) -> CleanupReport {
+        ratchet::issuer::cleanup::collect_garbage(&self.store, self.now(), settings)
+            .await
+            .expect("cleanup pass")
     }
 
     pub async fn issue(&self, subject: &str) -> TokenPair {

@@ -5,6 +5,7 @@
 
 mod availability;
 mod binary;
+mod cleanup;
 mod cluster;
 mod helpers;
 mod introspect;

@@ -3,7 +3,9 @@ use ratchet::grpc::status::reason;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use time::Duration;
 
-use crate::helpers::{TestApp, assert_invalid_argument, assert_token_error, spawn_app};
+use ratchet::store::postgres::{self, PoolSettings};
+
+use crate::helpers::{TestApp, assert_invalid_argument, assert_token_error, spawn_app, spawn_on_pool, test_policy};
 
 async fn revoke(app: &TestApp, target: Target) -> Result<u32, tonic::Status> {
     app.client
@@ -118,5 +120,53 @@ async fn unknown_tokens_revoke_nothing_and_bad_requests_name_the_field(
         "subject",
     );
     assert_invalid_argument(&revoke(&app, Target::Token(String::new())).await.unwrap_err(), "token");
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn revoking_a_subject_with_a_hundred_thousand_sessions_stays_within_the_statement_timeout(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    // Revoking 100k families in one statement takes about two seconds here: past this timeout.
+    let settings = PoolSettings {
+        max_connections: 4,
+        timeout: std::time::Duration::from_secs(1),
+    };
+    let app = spawn_on_pool(
+        postgres::pool(options.clone(), &settings),
+        settings,
+        test_policy(),
+        options,
+    )
+    .await;
+    let pair = app.issue("mallory").await;
+    // Setup only: far more families than the API would let one client keep.
+    sqlx::raw_sql(
+        "insert into families (id, subject, client_id, scopes, audiences, claims, created_at,
+                               last_rotated_at, refresh_expires_at, expires_at)
+         select gen_random_uuid(), 'mallory', 'c' || (i % 1000), '{}', '{api}', '{}', f.created_at,
+                f.created_at, f.refresh_expires_at, f.expires_at
+         from generate_series(1, 100000) i, families f;
+         analyze families;",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let revoked = app
+        .client
+        .clone()
+        .revoke(RevokeRequest {
+            target: Some(Target::Subject("mallory".into())),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .families_revoked;
+    assert_eq!(revoked, 100_001);
+    assert_token_error(
+        &app.rotate(&pair.refresh_token).await.unwrap_err(),
+        reason::TOKEN_REVOKED,
+    );
     app.stop().await;
 }

@@ -2,13 +2,17 @@ use ratchet::grpc::pb::{IssueRequest, ListSessionsRequest, RevokeRequest, Sessio
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use time::Duration;
 
-use crate::helpers::{TestApp, assert_invalid_argument, spawn_app_with, test_policy};
+use ratchet::grpc::status::reason;
+use tonic::Status;
+
+use crate::helpers::{TestApp, assert_invalid_argument, assert_token_error, spawn_app_with, test_policy};
 
 async fn sessions(app: &TestApp, subject: &str) -> Vec<Session> {
     app.client
         .clone()
         .list_sessions(ListSessionsRequest {
             subject: subject.into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -82,5 +86,120 @@ async fn list_sessions_needs_a_subject(_pool: PgPoolOptions, options: PgConnectO
         .await
         .unwrap_err();
     assert_invalid_argument(&status, "subject");
+    app.stop().await;
+}
+
+async fn page(
+    app: &TestApp,
+    subject: &str,
+    page_size: i32,
+    page_token: &str,
+) -> Result<(Vec<Session>, String), Status> {
+    app.client
+        .clone()
+        .list_sessions(ListSessionsRequest {
+            subject: subject.into(),
+            page_size,
+            page_token: page_token.into(),
+        })
+        .await
+        .map(|r| {
+            let r = r.into_inner();
+            (r.sessions, r.next_page_token)
+        })
+}
+
+#[sqlx::test]
+async fn sessions_come_in_pages_that_walk_the_whole_list_once(_pool: PgPoolOptions, options: PgConnectOptions) {
+    let app = spawn_app_with(options, test_policy()).await;
+    let mut issued = Vec::new();
+    for _ in 0..7 {
+        issued.push(app.issue("alice").await.family_id);
+        app.advance(Duration::seconds(1));
+    }
+    issued.reverse(); // newest first
+    let (first, token) = page(&app, "alice", 3, "").await.unwrap();
+    assert_eq!(first.len(), 3);
+    assert!(!token.is_empty());
+    // A session created meanwhile does not disturb the walk.
+    app.issue("alice").await;
+    let (second, token) = page(&app, "alice", 3, &token).await.unwrap();
+    let (third, token) = page(&app, "alice", 3, &token).await.unwrap();
+    assert_eq!(third.len(), 1);
+    assert!(token.is_empty(), "the last page has no next page token");
+    let walked: Vec<_> = first
+        .iter()
+        .chain(&second)
+        .chain(&third)
+        .map(|s| s.family_id.clone())
+        .collect();
+    assert_eq!(walked, issued);
+    // No size: the default, 50; a huge size is lowered, not refused.
+    assert_eq!(page(&app, "alice", 0, "").await.unwrap().0.len(), 8);
+    assert_eq!(page(&app, "alice", 1_000_000, "").await.unwrap().0.len(), 8);
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn a_negative_page_size_or_a_foreign_page_token_is_invalid_argument(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let app = spawn_app_with(options, test_policy()).await;
+    for _ in 0..3 {
+        app.issue("alice").await;
+        app.issue("bob").await;
+    }
+    assert_invalid_argument(&page(&app, "alice", -1, "").await.unwrap_err(), "page_size");
+    let (_, alices) = page(&app, "alice", 1, "").await.unwrap();
+    // Another subject's token, a token we never handed out, a tampered one.
+    let mut tampered = alices.clone().into_bytes();
+    tampered[10] = if tampered[10] == b'A' { b'B' } else { b'A' };
+    for bad in [alices.clone(), "garbage".into(), String::from_utf8(tampered).unwrap()] {
+        let subject = if bad == alices { "bob" } else { "alice" };
+        assert_invalid_argument(&page(&app, subject, 1, &bad).await.unwrap_err(), "page_token");
+    }
+    assert_eq!(page(&app, "alice", 5, &alices).await.unwrap().0.len(), 2);
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn beyond_the_sessions_cap_issue_revokes_the_oldest_session_of_that_client(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let policy = ratchet::issuer::Policy {
+        max_sessions: 3,
+        ..test_policy()
+    };
+    let app = spawn_app_with(options, policy).await;
+    let phone = app
+        .client
+        .clone()
+        .issue(IssueRequest {
+            subject: "alice".into(),
+            client_id: "phone".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut web = Vec::new();
+    for _ in 0..4 {
+        app.advance(Duration::seconds(1));
+        web.push(app.issue("alice").await);
+    }
+    // The oldest web session went; the others and the phone's stay.
+    assert!(!app.introspect(&web[0].access_token).await.active);
+    assert_token_error(
+        &app.rotate(&web[0].refresh_token).await.unwrap_err(),
+        reason::TOKEN_REVOKED,
+    );
+    for pair in web[1..].iter().chain([&phone]) {
+        assert!(app.introspect(&pair.access_token).await.active);
+    }
+    let listed = sessions(&app, "alice").await;
+    assert_eq!(listed.len(), 4);
+    assert!(listed.iter().all(|s| s.family_id != web[0].family_id));
     app.stop().await;
 }

@@ -1,0 +1,348 @@
+//! [`FamilyStore`] on PostgreSQL.
+//!
+//! Every connection runs at `default_transaction_isolation = serializable` (checked when it is
+//! opened, see [`super::pool`]), so each statement is a SERIALIZABLE transaction of its own; the
+//! statements are in [`sql`], their rows in [`rows`], and how each one is run to a definite
+//! outcome (retries, lost answers, timeouts) in [`run`].
+
+mod rows;
+mod run;
+mod sql;
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgQueryResult, Postgres};
+use sqlx::query::{Query, QueryAs};
+use sqlx::types::Json;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use self::rows::{SessionRow, TokenRow};
+use self::run::Kind;
+pub use self::run::RetryPolicy;
+pub use self::sql::{CREATE_FAMILY, SPEND};
+use super::pool::ConnectionPool;
+use super::{
+    FamilyStatus, FamilyStore, NewFamily, Purged, RefreshTokenRecord, Revocation, RevokeReason, SessionCursor,
+    SessionRecord, SpendOutcome, SpendRequest, StoreError,
+};
+use crate::issuer::refresh_token::TokenHash;
+use crate::issuer::types::FamilyId;
+
+/// The migrations in `migrations/`, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+/// How connections are opened and how long anything may take.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    /// PostgreSQL's `statement_timeout` and `lock_timeout`, and the bound on waiting for a
+    /// connection: past it the caller gets UNAVAILABLE (nothing happened) rather than a hang.
+    pub timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Our session settings on top of `options` (from a URL, or from a test harness).
+pub fn tune(options: PgConnectOptions, settings: &PoolSettings) -> PgConnectOptions {
+    let timeout = format!("{}ms", settings.timeout.as_millis());
+    options.application_name("ratchet").options([
+        ("default_transaction_isolation", "serializable"),
+        // PostgreSQL bounds every statement, so that a statement given up on is one that did
+        // not happen (a client-side timeout could abandon one that still commits).
+        ("statement_timeout", timeout.as_str()),
+        ("lock_timeout", timeout.as_str()),
+        // A session stuck inside a transaction must not hold row locks forever.
+        ("idle_in_transaction_session_timeout", "30s"),
+    ])
+}
+
+/// A pool for `options` with our session settings; see [`ConnectionPool`] for how connections
+/// are checked, and why not sqlx's pool.
+pub fn pool(options: PgConnectOptions, settings: &PoolSettings) -> ConnectionPool {
+    ConnectionPool::new(tune(options, settings), settings.max_connections, settings.timeout)
+}
+
+/// PostgreSQL-backed [`FamilyStore`].
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: ConnectionPool,
+    timeout: Duration,
+    retry: RetryPolicy,
+}
+
+impl PgStore {
+    pub fn new(pool: ConnectionPool, settings: &PoolSettings) -> Self {
+        Self {
+            pool,
+            timeout: settings.timeout,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    pub fn pool(&self) -> &ConnectionPool {
+        &self.pool
+    }
+
+    /// Runs the statement `query` builds (afresh for every attempt) and returns its result.
+    async fn execute<'q>(
+        &self,
+        kind: Kind,
+        query: impl Fn() -> Query<'q, Postgres, PgArguments>,
+    ) -> Result<PgQueryResult, StoreError> {
+        self.run(kind, |mut connection| {
+            let query = query();
+            async move {
+                let outcome = query.execute(connection.begin()).await;
+                (connection, outcome)
+            }
+        })
+        .await
+    }
+
+    /// Runs the query `query` builds (afresh for every attempt) and returns its row, if any.
+    async fn fetch_optional<'q, O>(
+        &self,
+        kind: Kind,
+        query: impl Fn() -> QueryAs<'q, Postgres, O, PgArguments>,
+    ) -> Result<Option<O>, StoreError>
+    where
+        O: Send + Unpin + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+    {
+        self.run(kind, |mut connection| {
+            let query = query();
+            async move {
+                let outcome = query.fetch_optional(connection.begin()).await;
+                (connection, outcome)
+            }
+        })
+        .await
+    }
+
+    /// Runs the query `query` builds (afresh for every attempt) and returns all its rows.
+    async fn fetch_all<'q, O>(
+        &self,
+        kind: Kind,
+        query: impl Fn() -> QueryAs<'q, Postgres, O, PgArguments>,
+    ) -> Result<Vec<O>, StoreError>
+    where
+        O: Send + Unpin + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+    {
+        self.run(kind, |mut connection| {
+            let query = query();
+            async move {
+                let outcome = query.fetch_all(connection.begin()).await;
+                (connection, outcome)
+            }
+        })
+        .await
+    }
+}
+
+/// Row counts are never negative; a conversion cannot fail in practice.
+fn count(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+impl FamilyStore for PgStore {
+    async fn create_family(&self, new: &NewFamily) -> Result<Vec<FamilyId>, StoreError> {
+        let family = &new.family;
+        let keep_others = i64::from(new.max_live.saturating_sub(1));
+        let evicted: Vec<(Uuid,)> = self
+            .fetch_all(Kind::Write, || {
+                sqlx::query_as(CREATE_FAMILY)
+                    .bind(family.id.as_uuid())
+                    .bind(&family.subject)
+                    .bind(&family.client_id)
+                    .bind(&family.scopes)
+                    .bind(&family.audiences)
+                    .bind(Json(&family.claims))
+                    .bind(family.created_at)
+                    .bind(new.first.expires_at)
+                    .bind(family.expires_at)
+                    .bind(&new.first.hash.0[..])
+                    .bind(keep_others)
+            })
+            .await?;
+        Ok(evicted.into_iter().map(|(id,)| FamilyId::from_uuid(id)).collect())
+    }
+
+    async fn spend(&self, request: &SpendRequest) -> Result<SpendOutcome, StoreError> {
+        let seal = request.successor_seal.map(|seal| seal.0);
+        let row = self
+            .fetch_optional(Kind::Write, || {
+                sqlx::query_as::<_, TokenRow>(SPEND)
+                    .bind(&request.presented.0[..])
+                    .bind(&request.successor.hash.0[..])
+                    .bind(request.now)
+                    .bind(seal.as_ref().map(|seal| &seal[..]))
+                    .bind(request.successor.expires_at)
+                    .bind(request.retry_after)
+            })
+            .await?;
+        let Some(row) = row else {
+            return Ok(SpendOutcome::Refused {
+                token: None,
+                revoked_for_reuse: false,
+            });
+        };
+        Ok(match (row.new_expires_at, row.successor_expires_at) {
+            (Some(successor_expires_at), _) => {
+                let mut family: super::FamilyRecord = row.family.into();
+                family.last_rotated_at = request.now;
+                family.refresh_expires_at = successor_expires_at;
+                SpendOutcome::Spent {
+                    family,
+                    successor_expires_at,
+                }
+            }
+            // Spent into our own successor: an earlier delivery of this request did it.
+            (None, Some(successor_expires_at)) if row.spent_into(&request.successor.hash) => SpendOutcome::Spent {
+                family: row.family.into(),
+                successor_expires_at,
+            },
+            _ => SpendOutcome::Refused {
+                revoked_for_reuse: row.revoked_for_reuse.unwrap_or(false),
+                token: Some(row.into_record()),
+            },
+        })
+    }
+
+    async fn refresh_token(&self, hash: &TokenHash) -> Result<Option<RefreshTokenRecord>, StoreError> {
+        let row = self
+            .fetch_optional(Kind::Read, || {
+                sqlx::query_as::<_, TokenRow>(sql::PRESENTED_TOKEN).bind(&hash.0[..])
+            })
+            .await?;
+        Ok(row.map(TokenRow::into_record))
+    }
+
+    async fn family_status(&self, id: FamilyId) -> Result<Option<FamilyStatus>, StoreError> {
+        let row: Option<(bool, OffsetDateTime)> = self
+            .fetch_optional(Kind::Read, || sqlx::query_as(sql::FAMILY_STATUS).bind(id.as_uuid()))
+            .await?;
+        Ok(row.map(|(revoked, expires_at)| FamilyStatus { revoked, expires_at }))
+    }
+
+    async fn revoke_family(
+        &self,
+        id: FamilyId,
+        now: OffsetDateTime,
+        reason: RevokeReason,
+    ) -> Result<Revocation, StoreError> {
+        let row: Option<(bool, bool)> = self
+            .fetch_optional(Kind::Write, || {
+                sqlx::query_as(sql::REVOKE_FAMILY)
+                    .bind(id.as_uuid())
+                    .bind(now)
+                    .bind(reason.as_str())
+            })
+            .await?;
+        Ok(match row {
+            Some((true, true)) => Revocation::Revoked,
+            Some((true, false)) => Revocation::AlreadyRevoked,
+            _ => Revocation::Unknown,
+        })
+    }
+
+    async fn revoke_subject(
+        &self,
+        subject: &str,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<FamilyId>, StoreError> {
+        let ids: Vec<(Uuid,)> = self
+            .fetch_all(Kind::Write, || {
+                sqlx::query_as(sql::REVOKE_SUBJECT)
+                    .bind(subject)
+                    .bind(now)
+                    .bind(i64::from(limit))
+            })
+            .await?;
+        Ok(ids.into_iter().map(|(id,)| FamilyId::from_uuid(id)).collect())
+    }
+
+    async fn live_families(
+        &self,
+        subject: &str,
+        now: OffsetDateTime,
+        after: Option<SessionCursor>,
+        limit: u32,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let rows: Vec<SessionRow> = self
+            .fetch_all(Kind::Read, || {
+                let query = sqlx::query_as(match after {
+                    None => sql::LIVE_FAMILIES,
+                    Some(_) => sql::LIVE_FAMILIES_AFTER,
+                })
+                .bind(subject)
+                .bind(now)
+                .bind(i64::from(limit));
+                match after {
+                    None => query,
+                    Some(cursor) => query.bind(cursor.created_at).bind(cursor.id.as_uuid()),
+                }
+            })
+            .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    async fn purge_ended(&self, ended_before: OffsetDateTime, limit: u32) -> Result<Purged, StoreError> {
+        let limit = i64::from(limit);
+        let spent = self
+            .execute(Kind::Write, || {
+                sqlx::query(sql::PURGE_SPENT_TOKENS).bind(ended_before).bind(limit)
+            })
+            .await?
+            .rows_affected();
+        if spent > 0 {
+            // Families go once their spent tokens are gone: the next call takes them.
+            return Ok(Purged {
+                families: 0,
+                tokens: spent,
+            });
+        }
+        let row: Option<(i64, i64)> = self
+            .fetch_optional(Kind::Write, || {
+                sqlx::query_as(sql::PURGE_FAMILIES).bind(ended_before).bind(limit)
+            })
+            .await?;
+        let (families, tokens) = row.unwrap_or_default();
+        Ok(Purged {
+            families: count(families),
+            tokens: count(tokens),
+        })
+    }
+
+    async fn clear_seals(&self, sealed_before: OffsetDateTime, limit: u32) -> Result<u64, StoreError> {
+        Ok(self
+            .execute(Kind::Write, || {
+                sqlx::query(sql::CLEAR_SEALS).bind(sealed_before).bind(i64::from(limit))
+            })
+            .await?
+            .rows_affected())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.execute(Kind::Read, || sqlx::query(sql::PING)).await.map(drop)
+    }
+}
+
+/// Whether `error` says the database is reachable but misconfigured for us (see
+/// [`super::pool::NotSerializable`]): a reason to refuse to start rather than wait.
+pub fn is_misconfigured(error: &StoreError) -> bool {
+    let StoreError::Unavailable(source) = error else {
+        return false;
+    };
+    match source.downcast_ref::<sqlx::Error>() {
+        Some(sqlx::Error::Configuration(inner)) => inner.is::<super::pool::NotSerializable>(),
+        _ => false,
+    }
+}

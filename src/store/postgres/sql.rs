@@ -1,0 +1,195 @@
+//! Every statement the PostgreSQL store runs, in one place.
+//!
+//! Each operation is *one* statement (data-modifying CTEs where it writes several rows), hence
+//! one round trip and one SERIALIZABLE transaction. Every write is idempotent: run twice, it does
+//! what it did once and reports that, which is how a write whose answer was lost is resolved (see
+//! the store's module docs). `SPEND` and `CREATE_FAMILY` are public so that the benchmark's
+//! pgbench ceiling runs exactly them.
+
+/// The columns of a `FamilyRow`, from `families f`. A macro so that it can be `concat!`-ed into
+/// static SQL (sqlx 0.9 only takes `&'static str` as SQL without an explicit assertion).
+macro_rules! family_columns {
+    () => {
+        "f.id, f.subject, f.client_id, f.scopes, f.audiences, f.claims, f.created_at, \
+         f.last_rotated_at, f.refresh_expires_at, f.expires_at, f.revoked_at"
+    };
+}
+
+/// The presented token ($1), its family and its successor: a `TokenRow`.
+macro_rules! presented_token_select {
+    () => {
+        concat!(
+            "select ",
+            family_columns!(),
+            ", t.hash, t.created_at as token_created_at, t.expires_at as token_expires_at, \
+                t.spent_at, t.successor_hash, s.seal as successor_seal, \
+                s.expires_at as successor_expires_at, s.spent_at is not null as successor_spent \
+         from refresh_tokens t \
+         join families f on f.id = t.family_id \
+         left join refresh_tokens s on s.hash = t.successor_hash \
+         where t.hash = $1"
+        )
+    };
+}
+
+pub(super) const PRESENTED_TOKEN: &str = presented_token_select!();
+
+/// Rotate's statement. Parameters: $1 presented hash, $2 successor hash, $3 now, $4 successor
+/// seal (null without a grace window), $5 successor expiry, $6 the start of the grace window
+/// (`now - grace`).
+///
+/// `presented` reads the state. `spent` spends the token only if it is live (under SERIALIZABLE
+/// a concurrent spend of the same row makes this fail with 40001 rather than slip through) and
+/// clears the token's own seal: the seal of a token exists only until the token is spent.
+/// `successor` and `touched` follow only if `spent` did. `reused` revokes the family when the
+/// presented token was already spent and this is neither a retry within the grace window (the
+/// same condition as `rotation::judge`) nor a second delivery of this very request (spent into
+/// `$2`): detection and revocation are one atomic step, so once PostgreSQL has seen a replay the
+/// family is revoked whatever happens to the caller. The final select returns the state as read,
+/// the successor's expiry when the spend happened, and whether `reused` revoked the family.
+pub const SPEND: &str = concat!(
+    "with presented as (",
+    presented_token_select!(),
+    "), spent as (
+        update refresh_tokens t
+        set spent_at = $3, successor_hash = $2, seal = null
+        from presented p
+        where t.hash = p.hash and t.spent_at is null
+          and p.revoked_at is null and p.token_expires_at > $3 and p.expires_at > $3
+        returning t.family_id
+    ), successor as (
+        insert into refresh_tokens (hash, family_id, created_at, expires_at, seal)
+        select $2, s.family_id, $3, least($5, p.expires_at), $4 from spent s, presented p
+        returning expires_at
+    ), touched as (
+        update families f
+        set last_rotated_at = $3, refresh_expires_at = s.expires_at
+        from successor s, spent p
+        where f.id = p.family_id
+    ), reused as (
+        update families f
+        set revoked_at = $3, revoked_reason = 'reuse'
+        from presented p
+        where f.id = p.id and p.spent_at is not null and p.revoked_at is null and p.expires_at > $3
+          and p.successor_hash <> $2
+          and not (p.successor_seal is not null and p.spent_at > $6
+                   and not p.successor_spent and p.successor_expires_at > $3)
+        returning f.id
+    )
+    select p.*, (select expires_at from successor) as new_expires_at,
+           exists (select 1 from reused) as revoked_for_reuse
+    from presented p"
+);
+
+/// Issue's statement. Parameters: $1 family id, $2 subject, $3 client id, $4 scopes,
+/// $5 audiences, $6 claims, $7 now, $8 first token's expiry, $9 family expiry, $10 first token's
+/// hash, $11 how many of the subject's other live families for this client may stay (the cap
+/// minus one).
+///
+/// `on conflict do nothing` makes a second delivery a no-op (the family id is random and new),
+/// and `evicted` only acts when this delivery inserted. Returns the families it evicted.
+pub const CREATE_FAMILY: &str = "with family as (
+        insert into families (id, subject, client_id, scopes, audiences, claims, created_at,
+                              last_rotated_at, refresh_expires_at, expires_at)
+        values ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)
+        on conflict (id) do nothing
+        returning id
+    ), first as (
+        insert into refresh_tokens (hash, family_id, created_at, expires_at)
+        select $10, id, $7, $8 from family
+    ), evicted as (
+        update families f
+        set revoked_at = $7, revoked_reason = 'evicted'
+        from (select id from families
+              where subject = $2 and client_id = $3 and revoked_at is null
+                and expires_at > $7 and refresh_expires_at > $7
+              order by created_at desc, id desc
+              offset $11) oldest
+        where f.id = oldest.id and exists (select 1 from family)
+        returning f.id
+    )
+    select id from evicted";
+
+pub(super) const FAMILY_STATUS: &str = "select revoked_at is not null, expires_at from families where id = $1";
+
+/// $1 family id, $2 now, $3 reason. Returns whether the family exists and whether this revoked it.
+pub(super) const REVOKE_FAMILY: &str = "with target as (
+        select id, revoked_at from families where id = $1
+    ), revoked as (
+        update families f set revoked_at = $2, revoked_reason = $3
+        from target t
+        where f.id = t.id and t.revoked_at is null
+        returning f.id
+    )
+    select exists (select 1 from target), exists (select 1 from revoked)";
+
+/// $1 subject, $2 now, $3 batch size. One batch: a subject with 100k families is revoked in many
+/// short statements instead of one that hits the statement timeout.
+pub(super) const REVOKE_SUBJECT: &str = "update families set revoked_at = $2, revoked_reason = 'revoke'
+    where id in (select id from families
+                 where subject = $1 and revoked_at is null and expires_at > $2
+                 limit $3)
+    returning id";
+
+/// The live sessions of $1 at $2, newest first, at most $3; only the columns ListSessions shows.
+macro_rules! live_families {
+    ($after:literal) => {
+        concat!(
+            "select id, client_id, scopes, created_at, last_rotated_at, expires_at, refresh_expires_at
+             from families
+             where subject = $1 and revoked_at is null and expires_at > $2 and refresh_expires_at > $2 ",
+            $after,
+            " order by created_at desc, id desc limit $3"
+        )
+    };
+}
+
+pub(super) const LIVE_FAMILIES: &str = live_families!("");
+/// The next page: after ($4, $5) in the listing order.
+pub(super) const LIVE_FAMILIES_AFTER: &str = live_families!("and (created_at, id) < ($4, $5)");
+
+/// Families that ended before $1, at most about $2 of them: those whose unspent (newest) refresh
+/// token expired — its expiry is the family's idle or absolute end, whichever comes first — and
+/// those revoked. Each branch walks its own partial index.
+macro_rules! ended_families {
+    () => {
+        "ended as (
+            (select family_id as id from refresh_tokens where spent_at is null and expires_at <= $1 limit $2)
+            union
+            (select id from families where revoked_at <= $1 limit $2)
+        )"
+    };
+}
+
+/// Cleanup, step one: at most $2 spent refresh tokens of families that ended before $1. A long
+/// chain goes in several batches, so that no statement deletes an unbounded number of rows.
+pub(super) const PURGE_SPENT_TOKENS: &str = concat!(
+    "with ",
+    ended_families!(),
+    " delete from refresh_tokens where hash in (
+        select t.hash from ended e join refresh_tokens t on t.family_id = e.id
+        where t.spent_at is not null
+        limit $2)"
+);
+
+/// Cleanup, step two: families that ended before $1 and have no spent tokens left, with their
+/// last token. Returns how many families and tokens went.
+pub(super) const PURGE_FAMILIES: &str = concat!(
+    "with ",
+    ended_families!(),
+    ", doomed as (
+        select e.id from ended e
+        where not exists (select 1 from refresh_tokens t where t.family_id = e.id and t.spent_at is not null)
+    ), tokens as (
+        delete from refresh_tokens t using doomed d where t.family_id = d.id returning 1
+    ), gone as (
+        delete from families f using doomed d where f.id = d.id returning 1
+    )
+    select (select count(*) from gone), (select count(*) from tokens)"
+);
+
+/// Seals made before $1 (a token's seal is made when it is created), at most $2 of them.
+pub(super) const CLEAR_SEALS: &str = "update refresh_tokens set seal = null
+    where hash in (select hash from refresh_tokens where seal is not null and created_at <= $1 limit $2)";
+
+pub(super) const PING: &str = "select 1";

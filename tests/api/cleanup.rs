@@ -1,0 +1,155 @@
+//! Storage stays bounded: the cleanup pass (what `serve` runs in the background and `ratchet gc`
+//! by hand) deletes families that ended more than the retention ago, with their tokens, and
+//! clears seals whose grace window is over; live families and their history stay.
+
+use ratchet::grpc::pb::{RevokeRequest, revoke_request::Target};
+use ratchet::grpc::status::reason;
+use ratchet::issuer::cleanup::{CleanupReport, CleanupSettings};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use time::Duration;
+
+use crate::helpers::{assert_token_error, spawn_app_with, test_cleanup, test_policy};
+
+fn retention(retention: Duration) -> CleanupSettings {
+    CleanupSettings {
+        retention,
+        ..test_cleanup()
+    }
+}
+
+#[sqlx::test]
+async fn cleanup_removes_families_that_ended_and_keeps_live_ones_rotating(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let policy = ratchet::issuer::Policy {
+        refresh_ttl: Duration::hours(1),
+        ..test_policy()
+    };
+    let app = spawn_app_with(options, policy).await;
+    let settings = retention(Duration::hours(1));
+    // Idle-expires an hour after its one rotation: two tokens.
+    let idle = app.issue("alice").await;
+    let idle = app.rotate(&idle.refresh_token).await.unwrap();
+    // Revoked at once: one token.
+    let revoked = app.issue("bob").await;
+    app.client
+        .clone()
+        .revoke(RevokeRequest {
+            target: Some(Target::FamilyId(revoked.family_id.clone())),
+        })
+        .await
+        .unwrap();
+    // Kept alive by rotating every 50 minutes.
+    let live = app.issue("carol").await;
+    let mut current = live.clone();
+    for _ in 0..4 {
+        app.advance(Duration::minutes(50));
+        current = app.rotate(&current.refresh_token).await.unwrap();
+    }
+    // 200 minutes on: both ended more than the retention (an hour) ago. Still there, they are
+    // answered with their reasons.
+    assert_token_error(
+        &app.rotate(&idle.refresh_token).await.unwrap_err(),
+        reason::TOKEN_EXPIRED,
+    );
+    assert_token_error(
+        &app.rotate(&revoked.refresh_token).await.unwrap_err(),
+        reason::TOKEN_REVOKED,
+    );
+
+    let report = app.collect_garbage(&settings).await;
+    assert_eq!(
+        report,
+        CleanupReport {
+            families: 2,
+            tokens: 3,
+            seals: 0
+        }
+    );
+    // Gone: nothing is known about them any more.
+    for gone in [&idle.refresh_token, &revoked.refresh_token] {
+        assert_token_error(&app.rotate(gone).await.unwrap_err(), reason::TOKEN_INVALID);
+    }
+    // The live family still rotates, and its spent tokens are still there to catch a replay.
+    let next = app.rotate(&current.refresh_token).await.unwrap();
+    assert!(app.introspect(&next.access_token).await.active);
+    assert_eq!(app.collect_garbage(&settings).await, CleanupReport::default());
+    assert_token_error(
+        &app.rotate(&live.refresh_token).await.unwrap_err(),
+        reason::TOKEN_REUSED,
+    );
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn a_family_that_ended_within_the_retention_is_kept(_pool: PgPoolOptions, options: PgConnectOptions) {
+    let app = spawn_app_with(options, test_policy()).await;
+    let pair = app.issue("alice").await;
+    let next = app.rotate(&pair.refresh_token).await.unwrap();
+    // Reuse revokes the family; a day's retention keeps the evidence.
+    app.rotate(&pair.refresh_token).await.unwrap_err();
+    app.advance(Duration::hours(23));
+    assert_eq!(app.collect_garbage(&test_cleanup()).await, CleanupReport::default());
+    assert_token_error(
+        &app.rotate(&pair.refresh_token).await.unwrap_err(),
+        reason::TOKEN_REUSED,
+    );
+    app.advance(Duration::hours(2));
+    let report = app.collect_garbage(&test_cleanup()).await;
+    assert_eq!((report.families, report.tokens), (1, 2));
+    assert_token_error(
+        &app.rotate(&next.refresh_token).await.unwrap_err(),
+        reason::TOKEN_INVALID,
+    );
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn cleanup_goes_in_small_batches_through_long_chains(_pool: PgPoolOptions, options: PgConnectOptions) {
+    let app = spawn_app_with(options, test_policy()).await;
+    let mut chains = Vec::new();
+    for i in 0..5 {
+        let mut pair = app.issue(&format!("user{i}")).await;
+        for _ in 0..3 {
+            pair = app.rotate(&pair.refresh_token).await.unwrap();
+        }
+        chains.push(pair);
+    }
+    for pair in &chains {
+        app.client
+            .clone()
+            .revoke(RevokeRequest {
+                target: Some(Target::FamilyId(pair.family_id.clone())),
+            })
+            .await
+            .unwrap();
+    }
+    app.advance(Duration::days(2));
+    let settings = CleanupSettings {
+        batch: 2,
+        ..test_cleanup()
+    };
+    let report = app.collect_garbage(&settings).await;
+    assert_eq!((report.families, report.tokens), (5, 20));
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn seals_left_over_after_the_grace_window_are_cleared(_pool: PgPoolOptions, options: PgConnectOptions) {
+    let policy = ratchet::issuer::Policy {
+        reuse_grace: Duration::seconds(60),
+        ..test_policy()
+    };
+    let app = spawn_app_with(options, policy).await;
+    let pair = app.issue("alice").await;
+    let next = app.rotate(&pair.refresh_token).await.unwrap();
+    // Within the longest possible window (10 minutes) the seal stays ...
+    app.advance(Duration::minutes(9));
+    assert_eq!(app.collect_garbage(&test_cleanup()).await.seals, 0);
+    // ... after it, it goes; the successor itself is untouched.
+    app.advance(Duration::minutes(2));
+    assert_eq!(app.collect_garbage(&test_cleanup()).await.seals, 1);
+    app.rotate(&next.refresh_token).await.unwrap();
+    app.stop().await;
+}
