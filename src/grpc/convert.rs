@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 use super::pb;
 use crate::issuer::types::{
     Audiences, ClientId, ExtraClaims, FamilyId, FieldError, IssueParams, PresentedToken, RevokeTarget, Scopes, Subject,
+    claim_path,
 };
 use crate::issuer::{ActiveToken, Session, TokenPair};
 
@@ -123,7 +124,7 @@ fn struct_to_json(value: prost_types::Struct) -> Result<Map<String, Value>, Fiel
         .fields
         .into_iter()
         .map(|(name, v)| {
-            let path = format!("claims.{name}");
+            let path = claim_path("claims", &name);
             value_to_json(v, &path).map(|v| (name, v))
         })
         .collect()
@@ -147,7 +148,7 @@ fn value_to_json(value: prost_types::Value, path: &str) -> Result<Value, FieldEr
         Some(Kind::StructValue(s)) => Value::Object(
             s.fields
                 .into_iter()
-                .map(|(name, v)| value_to_json(v, &format!("{path}.{name}")).map(|v| (name, v)))
+                .map(|(name, v)| value_to_json(v, &claim_path(path, &name)).map(|v| (name, v)))
                 .collect::<Result<_, _>>()?,
         ),
         Some(Kind::ListValue(list)) => Value::Array(
