@@ -19,8 +19,14 @@ pub const MAX_CLAIMS_BYTES: usize = 8 * 1024;
 /// this even with 8 KiB of claims; anything longer is refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 64 * 1024;
 
-/// Claims the server sets itself; a caller may not supply them in `claims`.
-pub const RESERVED_CLAIMS: [&str; 10] = [
+/// Claims a caller may not supply in `claims`: those the server sets itself, and every other
+/// name RFC 9068, RFC 8693 or OpenID Connect gives a meaning to. A verifier that trusts our
+/// signature would believe an `act` (acting party), `cnf` (key binding), `acr`/`amr`/`auth_time`
+/// (how strongly and when the user authenticated) or `azp` (authorised party) that the caller
+/// merely made up.
+pub const RESERVED_CLAIMS: [&str; 21] = [
+    // Set by us: the RFC 7519 registered claims, RFC 9068 §2.2's client_id and scope, and sid
+    // (the family id).
     "iss",
     "sub",
     "aud",
@@ -31,6 +37,23 @@ pub const RESERVED_CLAIMS: [&str; 10] = [
     "client_id",
     "scope",
     "sid",
+    // RFC 9068 §2.2.1 authentication information (from OpenID Connect Core §2).
+    "auth_time",
+    "acr",
+    "amr",
+    // OpenID Connect Core §2 and §3.1.3.6, §3.3.2.11: ID token claims that bind a token to a
+    // client, a request or another token.
+    "azp",
+    "nonce",
+    "at_hash",
+    "c_hash",
+    // RFC 7800 §3.1: proof-of-possession key binding.
+    "cnf",
+    // RFC 8693 §4.1, §4.4: delegation chains.
+    "act",
+    "may_act",
+    // The JWT type belongs in the header (RFC 9068 §2.1); a claim of that name only confuses.
+    "typ",
 ];
 
 /// A request field that breaks a rule. Shown to the caller, so it never contains a secret.
@@ -480,6 +503,33 @@ mod tests {
             }),
             Value::Null | Value::Bool(_) | Value::Number(_) => {}
         }
+    }
+
+    #[test]
+    fn every_name_the_specs_give_a_meaning_is_reserved() {
+        let added_for_rfc_9068_8693_and_oidc = [
+            "cnf",
+            "act",
+            "may_act",
+            "azp",
+            "auth_time",
+            "acr",
+            "amr",
+            "nonce",
+            "at_hash",
+            "c_hash",
+            "typ",
+        ];
+        for name in added_for_rfc_9068_8693_and_oidc.iter().chain(RESERVED_CLAIMS.iter()) {
+            let mut claims = Map::new();
+            claims.insert((*name).into(), Value::from("x"));
+            let err = ExtraClaims::parse(claims).unwrap_err();
+            assert_eq!(err.field, format!("claims.{name}"));
+        }
+        let mut near_misses = Map::new();
+        near_misses.insert("actor".into(), Value::from("x"));
+        near_misses.insert("ACR".into(), Value::from("x"));
+        assert!(ExtraClaims::parse(near_misses).is_ok());
     }
 
     proptest! {

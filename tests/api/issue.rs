@@ -206,6 +206,17 @@ async fn malformed_issue_requests_are_invalid_argument_naming_the_field(
         "client_id",
         "scope",
         "sid",
+        "cnf",
+        "act",
+        "may_act",
+        "azp",
+        "auth_time",
+        "acr",
+        "amr",
+        "nonce",
+        "at_hash",
+        "c_hash",
+        "typ",
     ] {
         let request = IssueRequest {
             claims: Some(claims(serde_json::json!({ reserved: "x" }))),
