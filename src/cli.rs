@@ -1,5 +1,9 @@
 //! Command line: `ratchet serve` and `ratchet migrate`. Every flag has an environment fallback
 //! and a default; [`crate::config`] validates them.
+//!
+//! Durations are kept as the text given and parsed (humantime: `90s`, `15m`, `7d`) by
+//! [`crate::config`], so that a malformed or absurd one is a configuration problem reported with
+//! the others (exit 64), not a clap error (exit 2).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,9 +51,9 @@ pub struct DatabaseArgs {
     #[arg(long, env = "RATCHET_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
     /// Bound on any one database operation, waiting for a connection included; past it the
-    /// caller gets UNAVAILABLE instead of a hang.
+    /// caller gets UNAVAILABLE instead of a hang. 100ms to 60s.
     #[arg(long, env = "RATCHET_DB_TIMEOUT", default_value = "5s")]
-    pub db_timeout: humantime::Duration,
+    pub db_timeout: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -65,22 +69,23 @@ pub struct ServeArgs {
     /// `aud` of access tokens whose Issue request names no audience.
     #[arg(long, env = "RATCHET_AUDIENCE", default_value = "ratchet")]
     pub audience: String,
-    /// Lifetime of an access token.
+    /// Lifetime of an access token; at most 1d.
     #[arg(long, env = "RATCHET_ACCESS_TTL", default_value = "15m")]
-    pub access_ttl: humantime::Duration,
-    /// Idle lifetime of a refresh token: a session unused for this long ends.
+    pub access_ttl: String,
+    /// Idle lifetime of a refresh token: a session unused for this long ends. At most 400d.
     #[arg(long, env = "RATCHET_REFRESH_TTL", default_value = "7d")]
-    pub refresh_ttl: humantime::Duration,
-    /// Absolute lifetime of a family (login session), however often it rotates.
+    pub refresh_ttl: String,
+    /// Absolute lifetime of a family (login session), however often it rotates. At most 400d.
     #[arg(long, env = "RATCHET_FAMILY_TTL", default_value = "30d")]
-    pub family_ttl: humantime::Duration,
+    pub family_ttl: String,
     /// How long after a rotation presenting the spent refresh token again is taken as a client
-    /// retry (answered with the same new refresh token) instead of theft. `0s` is strict.
+    /// retry (answered with the same new refresh token) instead of theft. `0s` is strict; at
+    /// most 10m.
     #[arg(long, env = "RATCHET_REUSE_GRACE", default_value = "0s")]
-    pub reuse_grace: humantime::Duration,
-    /// Clock skew tolerated for `nbf` and `iat` in the future; `exp` is always exact.
+    pub reuse_grace: String,
+    /// Clock skew tolerated for `nbf` and `iat` in the future; `exp` is always exact. At most 5m.
     #[arg(long, env = "RATCHET_LEEWAY", default_value = "5s")]
-    pub leeway: humantime::Duration,
+    pub leeway: String,
     /// PEM file with a PKCS#8 Ed25519 private key (`openssl genpkey -algorithm ed25519`).
     /// Without it, a key is created in the data directory on first start and reused after.
     #[arg(long, env = "RATCHET_SIGNING_KEY")]
@@ -90,9 +95,9 @@ pub struct ServeArgs {
     pub data_dir: PathBuf,
     /// How long Introspect may answer "live" for a family from memory without asking the
     /// database. Revocations made by this server show at once regardless; this bounds how long
-    /// one made by another replica can go unseen. `0s` asks the database every time.
+    /// one made by another replica can go unseen. `0s` asks the database every time; at most 1h.
     #[arg(long, env = "RATCHET_FAMILY_CACHE_TTL", default_value = "5s")]
-    pub family_cache_ttl: humantime::Duration,
+    pub family_cache_ttl: String,
     /// Do not apply pending migrations at start.
     #[arg(long, env = "RATCHET_NO_MIGRATE")]
     pub no_migrate: bool,

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr as _;
+use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
 
@@ -30,7 +31,73 @@ pub struct Config {
     pub signing_key: Option<PathBuf>,
     pub data_dir: PathBuf,
     pub migrate: bool,
-    pub family_cache_ttl: std::time::Duration,
+    pub family_cache_ttl: Duration,
+}
+
+/// The range a duration setting must fall in. Every duration has a ceiling: past it a value is a
+/// typo or a unit mix-up (`8000y`), and an absurd lifetime would also push expiry timestamps
+/// towards overflow.
+struct Bounds {
+    min: Duration,
+    max: Duration,
+    /// Why the ceiling is where it is, told to whoever exceeds it.
+    why: &'static str,
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(60 * 60);
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// An access token cannot be recalled from a verifier that does not introspect, so it must expire
+/// soon; a day is already generous.
+const ACCESS_TTL: Bounds = Bounds {
+    min: Duration::from_secs(1),
+    max: DAY,
+    why: "access tokens are meant to be short-lived",
+};
+/// About 13 months: "remember me for a year" plus slack. Sessions meant to last longer should
+/// sign in again.
+const SESSION_TTL: Bounds = Bounds {
+    min: Duration::from_secs(1),
+    max: Duration::from_secs(400 * 24 * 60 * 60),
+    why: "about 13 months, a year of \"remember me\" plus slack",
+};
+/// A client retrying a lost answer does so within seconds; a long window only gives a thief time.
+const REUSE_GRACE: Bounds = Bounds {
+    min: Duration::ZERO,
+    max: Duration::from_secs(10 * 60),
+    why: "it is a retry window, not a lifetime",
+};
+/// Skew beyond minutes is a broken clock to fix, not one to tolerate.
+const LEEWAY: Bounds = Bounds {
+    min: Duration::ZERO,
+    max: Duration::from_secs(5 * 60),
+    why: "clocks further apart need fixing, not tolerating",
+};
+/// It bounds how long a revocation made through another replica goes unseen by Introspect here.
+const FAMILY_CACHE_TTL: Bounds = Bounds {
+    min: Duration::ZERO,
+    max: HOUR,
+    why: "it is how long another replica's revocation may go unseen",
+};
+/// Below 100 ms a healthy but busy database times out; above a minute a caller is better told
+/// UNAVAILABLE and left to retry than kept hanging (RPCs are cut at 15 s anyway; migrations at
+/// start use it too, hence the margin).
+const DB_TIMEOUT: Bounds = Bounds {
+    min: Duration::from_millis(100),
+    max: MINUTE,
+    why: "past it a caller is better told UNAVAILABLE than kept waiting",
+};
+
+/// `d` the way an operator writes it: the largest unit that divides it (`400d`, `10m`, `100ms`).
+fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        if ms >= size && ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    if ms == 0 { "0s".into() } else { format!("{ms}ms") }
 }
 
 /// Collects problems instead of stopping at the first.
@@ -44,11 +111,37 @@ impl Problems {
         }
     }
 
-    fn duration(&mut self, name: &str, value: humantime::Duration) -> time::Duration {
-        time::Duration::try_from(*value).unwrap_or_else(|_| {
-            self.0.push(format!("{name}: {value} is too long"));
-            time::Duration::ZERO
-        })
+    /// `value` as a humantime duration within `bounds`. A problem is recorded and the nearest
+    /// bound stands in, so that checks relating two settings do not report it a second time.
+    fn duration(&mut self, name: &str, value: &str, bounds: &Bounds) -> Duration {
+        let parsed = match humantime::parse_duration(value) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                self.0.push(format!(
+                    "{name}: {value:?} is not a duration such as 90s, 15m or 7d ({e})"
+                ));
+                return bounds.min;
+            }
+        };
+        if parsed < bounds.min {
+            self.0.push(format!("{name}: must be at least {}", human(bounds.min)));
+            bounds.min
+        } else if parsed > bounds.max {
+            self.0.push(format!(
+                "{name}: must be at most {} ({})",
+                human(bounds.max),
+                bounds.why
+            ));
+            bounds.max
+        } else {
+            parsed
+        }
+    }
+
+    /// As [`Problems::duration`], for the domain's `time::Duration`.
+    fn time_duration(&mut self, name: &str, value: &str, bounds: &Bounds) -> time::Duration {
+        // Cannot fail: every bound is far below time::Duration::MAX.
+        time::Duration::try_from(self.duration(name, value, bounds)).unwrap_or(time::Duration::MAX)
     }
 }
 
@@ -69,10 +162,7 @@ impl DatabaseConfig {
         problems.check(args.db_max_connections >= 1, || {
             "db-max-connections: must be at least 1".into()
         });
-        let timeout = *args.db_timeout;
-        problems.check(timeout >= std::time::Duration::from_millis(100), || {
-            "db-timeout: must be at least 100ms".into()
-        });
+        let timeout = problems.duration("db-timeout", &args.db_timeout, &DB_TIMEOUT);
         // The URL may hold a password: never echo it.
         match PgConnectOptions::from_str(&args.database_url) {
             Ok(options) => Some(Self {
@@ -108,26 +198,14 @@ impl Config {
     pub fn from_args(args: ServeArgs) -> Result<Self, Vec<String>> {
         let mut problems = Problems::default();
         let database = DatabaseConfig::collect(&args.database, &mut problems);
-        let access_ttl = problems.duration("access-ttl", args.access_ttl);
-        let refresh_ttl = problems.duration("refresh-ttl", args.refresh_ttl);
-        let family_ttl = problems.duration("family-ttl", args.family_ttl);
-        let reuse_grace = problems.duration("reuse-grace", args.reuse_grace);
-        let leeway = problems.duration("leeway", args.leeway);
-        let second = time::Duration::SECOND;
-        problems.check(access_ttl >= second, || "access-ttl: must be at least 1s".into());
-        problems.check(access_ttl <= time::Duration::DAY, || {
-            "access-ttl: must be at most 1d (access tokens are meant to be short-lived)".into()
-        });
-        problems.check(refresh_ttl >= second, || "refresh-ttl: must be at least 1s".into());
-        problems.check(family_ttl >= second, || "family-ttl: must be at least 1s".into());
+        let access_ttl = problems.time_duration("access-ttl", &args.access_ttl, &ACCESS_TTL);
+        let refresh_ttl = problems.time_duration("refresh-ttl", &args.refresh_ttl, &SESSION_TTL);
+        let family_ttl = problems.time_duration("family-ttl", &args.family_ttl, &SESSION_TTL);
+        let reuse_grace = problems.time_duration("reuse-grace", &args.reuse_grace, &REUSE_GRACE);
+        let leeway = problems.time_duration("leeway", &args.leeway, &LEEWAY);
+        let family_cache_ttl = problems.duration("family-cache-ttl", &args.family_cache_ttl, &FAMILY_CACHE_TTL);
         problems.check(reuse_grace < refresh_ttl, || {
             "reuse-grace: must be shorter than refresh-ttl".into()
-        });
-        problems.check(reuse_grace <= time::Duration::minutes(10), || {
-            "reuse-grace: must be at most 10m (it is a retry window, not a lifetime)".into()
-        });
-        problems.check(leeway <= time::Duration::minutes(5), || {
-            "leeway: must be at most 5m".into()
         });
         for (name, value) in [("issuer", &args.issuer), ("audience", &args.audience)] {
             problems.check(!value.is_empty() && value.len() <= MAX_NAME_BYTES, || {
@@ -150,7 +228,7 @@ impl Config {
                 signing_key: args.signing_key,
                 data_dir: args.data_dir,
                 migrate: !args.no_migrate,
-                family_cache_ttl: *args.family_cache_ttl,
+                family_cache_ttl,
             }),
             _ => Err(problems.0),
         }
@@ -182,6 +260,67 @@ mod tests {
         assert_eq!(config.policy.reuse_grace, time::Duration::ZERO);
         assert_eq!(config.policy.leeway, time::Duration::seconds(5));
         assert!(config.migrate);
+    }
+
+    fn problems_of(extra: &[&str]) -> Vec<String> {
+        Config::from_args(serve_args(extra)).unwrap_err()
+    }
+
+    #[test]
+    fn every_duration_has_a_ceiling_and_the_problem_names_the_flag() {
+        for (flag, too_long, fine) in [
+            ("access-ttl", "25h", "1d"),
+            ("refresh-ttl", "401d", "400d"),
+            ("family-ttl", "8000y", "400d"),
+            ("reuse-grace", "11m", "10m"),
+            ("leeway", "6m", "5m"),
+            ("family-cache-ttl", "61m", "1h"),
+            ("db-timeout", "61s", "60s"),
+        ] {
+            let flag_arg = format!("--{flag}");
+            let problems = problems_of(&[&flag_arg, too_long]);
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(
+                problems[0].starts_with(&format!("{flag}: must be at most")),
+                "{problems:?}"
+            );
+            Config::from_args(serve_args(&[&flag_arg, fine])).unwrap();
+        }
+    }
+
+    #[test]
+    fn durations_below_their_floor_are_refused() {
+        for (flag, too_short) in [
+            ("access-ttl", "0s"),
+            ("refresh-ttl", "0s"),
+            ("family-ttl", "0s"),
+            ("db-timeout", "99ms"),
+        ] {
+            let problems = problems_of(&[&format!("--{flag}"), too_short]);
+            assert!(
+                problems.len() == 1 && problems[0].starts_with(&format!("{flag}: must be at least")),
+                "{problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_duration_humantime_cannot_represent_is_a_problem_naming_the_flag() {
+        for value in ["99999999999999999999y", "soon", "", "-5s"] {
+            let problems = problems_of(&[&format!("--family-ttl={value}")]);
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(problems[0].starts_with("family-ttl: "), "{problems:?}");
+        }
+    }
+
+    #[test]
+    fn bounds_are_shown_the_way_operators_write_them() {
+        assert_eq!(human(SESSION_TTL.max), "400d");
+        assert_eq!(human(DB_TIMEOUT.min), "100ms");
+        assert_eq!(human(REUSE_GRACE.max), "10m");
+        assert_eq!(human(FAMILY_CACHE_TTL.max), "1h");
+        assert_eq!(human(Duration::ZERO), "0s");
+        assert_eq!(human(Duration::from_secs(90)), "90s");
     }
 
     #[test]
