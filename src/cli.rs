@@ -98,6 +98,10 @@ pub struct ServeArgs {
     /// one made by another replica can go unseen. `0s` asks the database every time; at most 1h.
     #[arg(long, env = "RATCHET_FAMILY_CACHE_TTL", default_value = "5s")]
     pub family_cache_ttl: String,
+    /// Memory budget of the verified access-token cache, in bytes; `0` disables the cache. At
+    /// most 4 GiB.
+    #[arg(long, env = "RATCHET_VERIFIED_CACHE_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub verified_cache_bytes: u64,
     /// Do not apply pending migrations at start.
     #[arg(long, env = "RATCHET_NO_MIGRATE")]
     pub no_migrate: bool,

@@ -32,6 +32,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub migrate: bool,
     pub family_cache_ttl: Duration,
+    /// Memory budget of the verified access-token cache, in bytes; zero disables it.
+    pub verified_cache_bytes: usize,
 }
 
 /// The range a duration setting must fall in. Every duration has a ceiling: past it a value is a
@@ -88,6 +90,10 @@ const DB_TIMEOUT: Bounds = Bounds {
     max: MINUTE,
     why: "past it a caller is better told UNAVAILABLE than kept waiting",
 };
+
+/// Ceiling of `--verified-cache-bytes`. Entries are a few hundred bytes, so 4 GiB holds millions
+/// of tokens: more than that is a unit mistake, and memory the process cannot count on.
+const MAX_VERIFIED_CACHE_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 
 /// `d` the way an operator writes it: the largest unit that divides it (`400d`, `10m`, `100ms`).
 fn human(d: Duration) -> String {
@@ -207,6 +213,15 @@ impl Config {
         problems.check(reuse_grace < refresh_ttl, || {
             "reuse-grace: must be shorter than refresh-ttl".into()
         });
+        let verified_cache_bytes = match usize::try_from(args.verified_cache_bytes) {
+            Ok(bytes) if args.verified_cache_bytes <= MAX_VERIFIED_CACHE_BYTES => bytes,
+            _ => {
+                problems.0.push(format!(
+                    "verified-cache-bytes: must be at most {MAX_VERIFIED_CACHE_BYTES} (4 GiB)"
+                ));
+                0
+            }
+        };
         for (name, value) in [("issuer", &args.issuer), ("audience", &args.audience)] {
             problems.check(!value.is_empty() && value.len() <= MAX_NAME_BYTES, || {
                 format!("{name}: must be 1 to {MAX_NAME_BYTES} bytes")
@@ -229,6 +244,7 @@ impl Config {
                 data_dir: args.data_dir,
                 migrate: !args.no_migrate,
                 family_cache_ttl,
+                verified_cache_bytes,
             }),
             _ => Err(problems.0),
         }
@@ -259,7 +275,23 @@ mod tests {
         assert_eq!(config.policy.family_ttl, time::Duration::days(30));
         assert_eq!(config.policy.reuse_grace, time::Duration::ZERO);
         assert_eq!(config.policy.leeway, time::Duration::seconds(5));
+        assert_eq!(config.verified_cache_bytes, 32 * 1024 * 1024);
         assert!(config.migrate);
+    }
+
+    #[test]
+    fn the_verified_cache_budget_is_zero_to_four_gib() {
+        let bytes = |value: &str| Config::from_args(serve_args(&["--verified-cache-bytes", value]));
+        assert_eq!(bytes("0").unwrap().verified_cache_bytes, 0, "zero disables the cache");
+        if usize::BITS >= 64 {
+            let four_gib = usize::try_from(MAX_VERIFIED_CACHE_BYTES).unwrap();
+            assert_eq!(bytes("4294967296").unwrap().verified_cache_bytes, four_gib);
+        }
+        let problems = bytes("4294967297").unwrap_err();
+        assert!(
+            problems.len() == 1 && problems[0].starts_with("verified-cache-bytes: "),
+            "{problems:?}"
+        );
     }
 
     fn problems_of(extra: &[&str]) -> Vec<String> {
