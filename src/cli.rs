@@ -10,6 +10,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::database_url::DatabaseUrl;
+
 /// The local PostgreSQL of a development machine; `serve` and `migrate` create the database.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/ratchet";
 
@@ -46,7 +48,7 @@ pub struct DatabaseArgs {
     /// PostgreSQL URL. `serve` (unless --no-migrate) and `migrate` create the database if it
     /// does not exist.
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
-    pub database_url: String,
+    pub database_url: DatabaseUrl,
     /// Most pooled database connections.
     #[arg(long, env = "RATCHET_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,

@@ -1,6 +1,7 @@
 //! Validated configuration: turns command-line arguments into what the server runs with, and
 //! reports *every* problem at once (the CLI exits 64, EX_USAGE, on any).
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr as _;
@@ -9,17 +10,29 @@ use std::time::Duration;
 use sqlx::postgres::PgConnectOptions;
 
 use crate::cli::{DatabaseArgs, ServeArgs};
+use crate::database_url::DatabaseUrl;
 use crate::issuer::Policy;
 use crate::issuer::types::MAX_NAME_BYTES;
 use crate::store::postgres::PoolSettings;
 
 /// Where the database is and how to talk to it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DatabaseConfig {
     /// Kept to create the database if missing.
-    pub url: String,
+    pub url: DatabaseUrl,
     pub options: PgConnectOptions,
     pub pool: PoolSettings,
+}
+
+/// By hand: `PgConnectOptions`' own `Debug` prints the password. The options come from the URL,
+/// whose redacted form says the same.
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &self.url)
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Everything `serve` needs.
@@ -170,7 +183,7 @@ impl DatabaseConfig {
         });
         let timeout = problems.duration("db-timeout", &args.db_timeout, &DB_TIMEOUT);
         // The URL may hold a password: never echo it.
-        match PgConnectOptions::from_str(&args.database_url) {
+        match PgConnectOptions::from_str(args.database_url.expose()) {
             Ok(options) => Some(Self {
                 url: args.database_url.clone(),
                 options,
@@ -370,5 +383,40 @@ mod tests {
         .unwrap_err();
         assert_eq!(problems.len(), 4, "{problems:?}");
         assert!(problems.iter().all(|p| !p.contains("notaport")));
+    }
+
+    const WITH_PASSWORD: &str = "postgres://app:hunter2-secret@db.internal:5432/ratchet";
+
+    #[test]
+    fn debug_output_of_the_configuration_never_shows_the_database_password() {
+        for url in [
+            WITH_PASSWORD,
+            "postgres://app@db.internal/ratchet?password=hunter2-secret",
+        ] {
+            let args = serve_args(&["--database-url", url]);
+            let shown = format!("{args:?} {:?}", args.database);
+            assert!(!shown.contains("hunter2"), "{shown}");
+            let config = Config::from_args(args).unwrap();
+            let shown = format!("{config:?} {config:#?} {:?}", config.database);
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("db.internal"), "still useful: {shown}");
+            assert_eq!(config.database.url.expose(), url, "connecting still has it");
+        }
+    }
+
+    #[test]
+    fn problems_with_a_bad_database_url_never_show_its_password() {
+        for url in [
+            "postgres://app:hunter2-secret@db.internal:notaport/ratchet",
+            "postgres://app:hunter2-secret@db.internal/ratchet?sslmode=hunter2-secret",
+            "hunter2-secret",
+        ] {
+            let problems = Config::from_args(serve_args(&["--database-url", url])).unwrap_err();
+            assert!(
+                problems.len() == 1 && problems[0].starts_with("database-url: "),
+                "{problems:?}"
+            );
+            assert!(problems.iter().all(|p| !p.contains("hunter2")), "{problems:?}");
+        }
     }
 }

@@ -68,11 +68,11 @@ pub struct Application {
 /// # Errors
 /// The database cannot be reached, created or migrated.
 pub async fn migrate(database: &DatabaseConfig) -> anyhow::Result<()> {
-    if !Postgres::database_exists(&database.url)
+    if !Postgres::database_exists(database.url.expose())
         .await
         .context("cannot reach the database")?
     {
-        Postgres::create_database(&database.url)
+        Postgres::create_database(database.url.expose())
             .await
             .context("cannot create the database")?;
         tracing::info!("created the database");
