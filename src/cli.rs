@@ -1,10 +1,16 @@
 //! Command line: `ratchet serve` and `ratchet migrate`. Every flag has an environment fallback
 //! and a default; [`crate::config`] validates them.
+//!
+//! Durations are kept as the text given and parsed (humantime: `90s`, `15m`, `7d`) by
+//! [`crate::config`], so that a malformed or absurd one is a configuration problem reported with
+//! the others (exit 64), not a clap error (exit 2).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::database_url::DatabaseUrl;
 
 /// The local PostgreSQL of a development machine; `serve` and `migrate` create the database.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/ratchet";
@@ -45,7 +51,7 @@ pub struct CleanupArgs {
     /// How long a family is kept after it ended (expired or was revoked), so that its tokens are
     /// still answered with the right reason (TOKEN_REUSED, TOKEN_REVOKED, TOKEN_EXPIRED).
     #[arg(long, env = "RATCHET_GC_RETENTION", default_value = "1d")]
-    pub gc_retention: humantime::Duration,
+    pub gc_retention: String,
     /// Rows deleted per statement.
     #[arg(long, env = "RATCHET_GC_BATCH", default_value_t = 1000)]
     pub gc_batch: u32,
@@ -64,14 +70,14 @@ pub struct DatabaseArgs {
     /// PostgreSQL URL. `serve` (unless --no-migrate) and `migrate` create the database if it
     /// does not exist.
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
-    pub database_url: String,
+    pub database_url: DatabaseUrl,
     /// Most pooled database connections.
     #[arg(long, env = "RATCHET_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
     /// Bound on any one database operation, waiting for a connection included; past it the
-    /// caller gets UNAVAILABLE instead of a hang.
+    /// caller gets UNAVAILABLE instead of a hang. 100ms to 60s.
     #[arg(long, env = "RATCHET_DB_TIMEOUT", default_value = "5s")]
-    pub db_timeout: humantime::Duration,
+    pub db_timeout: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -87,22 +93,23 @@ pub struct ServeArgs {
     /// `aud` of access tokens whose Issue request names no audience.
     #[arg(long, env = "RATCHET_AUDIENCE", default_value = "ratchet")]
     pub audience: String,
-    /// Lifetime of an access token.
+    /// Lifetime of an access token; at most 1d.
     #[arg(long, env = "RATCHET_ACCESS_TTL", default_value = "15m")]
-    pub access_ttl: humantime::Duration,
-    /// Idle lifetime of a refresh token: a session unused for this long ends.
+    pub access_ttl: String,
+    /// Idle lifetime of a refresh token: a session unused for this long ends. At most 400d.
     #[arg(long, env = "RATCHET_REFRESH_TTL", default_value = "7d")]
-    pub refresh_ttl: humantime::Duration,
-    /// Absolute lifetime of a family (login session), however often it rotates.
+    pub refresh_ttl: String,
+    /// Absolute lifetime of a family (login session), however often it rotates. At most 400d.
     #[arg(long, env = "RATCHET_FAMILY_TTL", default_value = "30d")]
-    pub family_ttl: humantime::Duration,
+    pub family_ttl: String,
     /// How long after a rotation presenting the spent refresh token again is taken as a client
-    /// retry (answered with the same new refresh token) instead of theft. `0s` is strict.
+    /// retry (answered with the same new refresh token) instead of theft. `0s` is strict; at
+    /// most 10m.
     #[arg(long, env = "RATCHET_REUSE_GRACE", default_value = "0s")]
-    pub reuse_grace: humantime::Duration,
-    /// Clock skew tolerated for `nbf` and `iat` in the future; `exp` is always exact.
+    pub reuse_grace: String,
+    /// Clock skew tolerated for `nbf` and `iat` in the future; `exp` is always exact. At most 5m.
     #[arg(long, env = "RATCHET_LEEWAY", default_value = "5s")]
-    pub leeway: humantime::Duration,
+    pub leeway: String,
     /// PEM file with a PKCS#8 Ed25519 private key (`openssl genpkey -algorithm ed25519`).
     /// Without it, a key is created in the data directory on first start and reused after.
     #[arg(long, env = "RATCHET_SIGNING_KEY")]
@@ -112,9 +119,9 @@ pub struct ServeArgs {
     pub data_dir: PathBuf,
     /// How long Introspect may answer "live" for a family from memory without asking the
     /// database. Revocations made by this server show at once regardless; this bounds how long
-    /// one made by another replica can go unseen. `0s` asks the database every time.
+    /// one made by another replica can go unseen. `0s` asks the database every time; at most 1h.
     #[arg(long, env = "RATCHET_FAMILY_CACHE_TTL", default_value = "5s")]
-    pub family_cache_ttl: humantime::Duration,
+    pub family_cache_ttl: String,
     /// File holding the server secret that keys refresh-token seals (reuse grace window) and
     /// ListSessions page tokens; created (mode 0600) if missing. Without it, the secret is
     /// derived from the signing key. Every replica must use the same one.
@@ -126,9 +133,13 @@ pub struct ServeArgs {
     pub max_sessions: u32,
     /// How often the background cleanup runs; `0s` turns it off (run `ratchet gc` instead).
     #[arg(long, env = "RATCHET_GC_INTERVAL", default_value = "1m")]
-    pub gc_interval: humantime::Duration,
+    pub gc_interval: String,
     #[command(flatten)]
     pub cleanup: CleanupArgs,
+    /// Memory budget of the verified access-token cache, in bytes; `0` disables the cache. At
+    /// most 4 GiB.
+    #[arg(long, env = "RATCHET_VERIFIED_CACHE_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub verified_cache_bytes: u64,
     /// Do not apply pending migrations at start.
     #[arg(long, env = "RATCHET_NO_MIGRATE")]
     pub no_migrate: bool,

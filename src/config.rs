@@ -1,25 +1,39 @@
 //! Validated configuration: turns command-line arguments into what the server runs with, and
 //! reports *every* problem at once (the CLI exits 64, EX_USAGE, on any).
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr as _;
+use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
 
 use crate::cli::{CleanupArgs, DatabaseArgs, GcArgs, ServeArgs};
+use crate::database_url::DatabaseUrl;
 use crate::issuer::Policy;
 use crate::issuer::cleanup::CleanupSettings;
 use crate::issuer::types::MAX_NAME_BYTES;
 use crate::store::postgres::PoolSettings;
 
 /// Where the database is and how to talk to it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DatabaseConfig {
     /// Kept to create the database if missing.
-    pub url: String,
+    pub url: DatabaseUrl,
     pub options: PgConnectOptions,
     pub pool: PoolSettings,
+}
+
+/// By hand: `PgConnectOptions`' own `Debug` prints the password. The options come from the URL,
+/// whose redacted form says the same.
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &self.url)
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Everything `serve` needs.
@@ -31,7 +45,9 @@ pub struct Config {
     pub signing_key: Option<PathBuf>,
     pub data_dir: PathBuf,
     pub migrate: bool,
-    pub family_cache_ttl: std::time::Duration,
+    pub family_cache_ttl: Duration,
+    /// Memory budget of the verified access-token cache, in bytes; zero disables it.
+    pub verified_cache_bytes: usize,
     /// The server secret's file, if configured (else derived from the signing key).
     pub seal_key: Option<PathBuf>,
     pub cleanup: CleanupSettings,
@@ -48,15 +64,10 @@ pub struct GcConfig {
 
 /// Pause between cleanup batches: leaves the database to the requests.
 const CLEANUP_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
-/// Longest retention of ended families (as long as the longest family lifetime).
-const MAX_GC_RETENTION: time::Duration = time::Duration::days(400);
 
 impl CleanupSettings {
     fn collect(args: &CleanupArgs, problems: &mut Problems) -> Self {
-        let retention = problems.duration("gc-retention", args.gc_retention);
-        problems.check(retention <= MAX_GC_RETENTION, || {
-            "gc-retention: must be at most 400d".into()
-        });
+        let retention = problems.time_duration("gc-retention", &args.gc_retention, &GC_RETENTION);
         problems.check((1..=100_000).contains(&args.gc_batch), || {
             "gc-batch: must be 1 to 100000".into()
         });
@@ -82,6 +93,89 @@ impl GcConfig {
     }
 }
 
+/// The range a duration setting must fall in. Every duration has a ceiling: past it a value is a
+/// typo or a unit mix-up (`8000y`), and an absurd lifetime would also push expiry timestamps
+/// towards overflow.
+struct Bounds {
+    min: Duration,
+    max: Duration,
+    /// Why the ceiling is where it is, told to whoever exceeds it.
+    why: &'static str,
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(60 * 60);
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// An access token cannot be recalled from a verifier that does not introspect, so it must expire
+/// soon; a day is already generous.
+const ACCESS_TTL: Bounds = Bounds {
+    min: Duration::from_secs(1),
+    max: DAY,
+    why: "access tokens are meant to be short-lived",
+};
+/// About 13 months: "remember me for a year" plus slack. Sessions meant to last longer should
+/// sign in again.
+const SESSION_TTL: Bounds = Bounds {
+    min: Duration::from_secs(1),
+    max: Duration::from_secs(400 * 24 * 60 * 60),
+    why: "about 13 months, a year of \"remember me\" plus slack",
+};
+/// A client retrying a lost answer does so within seconds; a long window only gives a thief time.
+const REUSE_GRACE: Bounds = Bounds {
+    min: Duration::ZERO,
+    max: Duration::from_secs(10 * 60),
+    why: "it is a retry window, not a lifetime",
+};
+/// Skew beyond minutes is a broken clock to fix, not one to tolerate.
+const LEEWAY: Bounds = Bounds {
+    min: Duration::ZERO,
+    max: Duration::from_secs(5 * 60),
+    why: "clocks further apart need fixing, not tolerating",
+};
+/// It bounds how long a revocation made through another replica goes unseen by Introspect here.
+const FAMILY_CACHE_TTL: Bounds = Bounds {
+    min: Duration::ZERO,
+    max: HOUR,
+    why: "it is how long another replica's revocation may go unseen",
+};
+/// Below 100 ms a healthy but busy database times out; above a minute a caller is better told
+/// UNAVAILABLE and left to retry than kept hanging (RPCs are cut at 15 s anyway; migrations at
+/// start use it too, hence the margin).
+const DB_TIMEOUT: Bounds = Bounds {
+    min: Duration::from_millis(100),
+    max: MINUTE,
+    why: "past it a caller is better told UNAVAILABLE than kept waiting",
+};
+
+/// Ended families are kept at most as long as the longest family lives.
+const GC_RETENTION: Bounds = Bounds {
+    min: Duration::ZERO,
+    max: Duration::from_secs(400 * 24 * 60 * 60),
+    why: "as long as the longest family lifetime",
+};
+/// Cleanup more than a day apart lets storage grow for no gain; zero turns it off.
+const GC_INTERVAL: Bounds = Bounds {
+    min: Duration::ZERO,
+    max: DAY,
+    why: "storage would grow for a day between passes",
+};
+
+/// Ceiling of `--verified-cache-bytes`. Entries are a few hundred bytes, so 4 GiB holds millions
+/// of tokens: more than that is a unit mistake, and memory the process cannot count on.
+const MAX_VERIFIED_CACHE_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+
+/// `d` the way an operator writes it: the largest unit that divides it (`400d`, `10m`, `100ms`).
+fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        if ms >= size && ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    if ms == 0 { "0s".into() } else { format!("{ms}ms") }
+}
+
 /// Collects problems instead of stopping at the first.
 #[derive(Default)]
 struct Problems(Vec<String>);
@@ -93,11 +187,37 @@ impl Problems {
         }
     }
 
-    fn duration(&mut self, name: &str, value: humantime::Duration) -> time::Duration {
-        time::Duration::try_from(*value).unwrap_or_else(|_| {
-            self.0.push(format!("{name}: {value} is too long"));
-            time::Duration::ZERO
-        })
+    /// `value` as a humantime duration within `bounds`. A problem is recorded and the nearest
+    /// bound stands in, so that checks relating two settings do not report it a second time.
+    fn duration(&mut self, name: &str, value: &str, bounds: &Bounds) -> Duration {
+        let parsed = match humantime::parse_duration(value) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                self.0.push(format!(
+                    "{name}: {value:?} is not a duration such as 90s, 15m or 7d ({e})"
+                ));
+                return bounds.min;
+            }
+        };
+        if parsed < bounds.min {
+            self.0.push(format!("{name}: must be at least {}", human(bounds.min)));
+            bounds.min
+        } else if parsed > bounds.max {
+            self.0.push(format!(
+                "{name}: must be at most {} ({})",
+                human(bounds.max),
+                bounds.why
+            ));
+            bounds.max
+        } else {
+            parsed
+        }
+    }
+
+    /// As [`Problems::duration`], for the domain's `time::Duration`.
+    fn time_duration(&mut self, name: &str, value: &str, bounds: &Bounds) -> time::Duration {
+        // Cannot fail: every bound is far below time::Duration::MAX.
+        time::Duration::try_from(self.duration(name, value, bounds)).unwrap_or(time::Duration::MAX)
     }
 }
 
@@ -118,12 +238,9 @@ impl DatabaseConfig {
         problems.check(args.db_max_connections >= 1, || {
             "db-max-connections: must be at least 1".into()
         });
-        let timeout = *args.db_timeout;
-        problems.check(timeout >= std::time::Duration::from_millis(100), || {
-            "db-timeout: must be at least 100ms".into()
-        });
+        let timeout = problems.duration("db-timeout", &args.db_timeout, &DB_TIMEOUT);
         // The URL may hold a password: never echo it.
-        match PgConnectOptions::from_str(&args.database_url) {
+        match PgConnectOptions::from_str(args.database_url.expose()) {
             Ok(options) => Some(Self {
                 url: args.database_url.clone(),
                 options,
@@ -157,34 +274,29 @@ impl Config {
     pub fn from_args(args: ServeArgs) -> Result<Self, Vec<String>> {
         let mut problems = Problems::default();
         let database = DatabaseConfig::collect(&args.database, &mut problems);
-        let access_ttl = problems.duration("access-ttl", args.access_ttl);
-        let refresh_ttl = problems.duration("refresh-ttl", args.refresh_ttl);
-        let family_ttl = problems.duration("family-ttl", args.family_ttl);
-        let reuse_grace = problems.duration("reuse-grace", args.reuse_grace);
-        let leeway = problems.duration("leeway", args.leeway);
-        let second = time::Duration::SECOND;
-        problems.check(access_ttl >= second, || "access-ttl: must be at least 1s".into());
-        problems.check(access_ttl <= time::Duration::DAY, || {
-            "access-ttl: must be at most 1d (access tokens are meant to be short-lived)".into()
-        });
-        problems.check(refresh_ttl >= second, || "refresh-ttl: must be at least 1s".into());
-        problems.check(family_ttl >= second, || "family-ttl: must be at least 1s".into());
+        let access_ttl = problems.time_duration("access-ttl", &args.access_ttl, &ACCESS_TTL);
+        let refresh_ttl = problems.time_duration("refresh-ttl", &args.refresh_ttl, &SESSION_TTL);
+        let family_ttl = problems.time_duration("family-ttl", &args.family_ttl, &SESSION_TTL);
+        let reuse_grace = problems.time_duration("reuse-grace", &args.reuse_grace, &REUSE_GRACE);
+        let leeway = problems.time_duration("leeway", &args.leeway, &LEEWAY);
+        let family_cache_ttl = problems.duration("family-cache-ttl", &args.family_cache_ttl, &FAMILY_CACHE_TTL);
         problems.check(reuse_grace < refresh_ttl, || {
             "reuse-grace: must be shorter than refresh-ttl".into()
-        });
-        problems.check(reuse_grace <= time::Duration::minutes(10), || {
-            "reuse-grace: must be at most 10m (it is a retry window, not a lifetime)".into()
-        });
-        problems.check(leeway <= time::Duration::minutes(5), || {
-            "leeway: must be at most 5m".into()
         });
         problems.check((1..=10_000).contains(&args.max_sessions), || {
             "max-sessions: must be 1 to 10000".into()
         });
         let cleanup = CleanupSettings::collect(&args.cleanup, &mut problems);
-        problems.check(*args.gc_interval <= std::time::Duration::from_secs(86_400), || {
-            "gc-interval: must be at most 1d".into()
-        });
+        let cleanup_interval = problems.duration("gc-interval", &args.gc_interval, &GC_INTERVAL);
+        let verified_cache_bytes = match usize::try_from(args.verified_cache_bytes) {
+            Ok(bytes) if args.verified_cache_bytes <= MAX_VERIFIED_CACHE_BYTES => bytes,
+            _ => {
+                problems.0.push(format!(
+                    "verified-cache-bytes: must be at most {MAX_VERIFIED_CACHE_BYTES} (4 GiB)"
+                ));
+                0
+            }
+        };
         for (name, value) in [("issuer", &args.issuer), ("audience", &args.audience)] {
             problems.check(!value.is_empty() && value.len() <= MAX_NAME_BYTES, || {
                 format!("{name}: must be 1 to {MAX_NAME_BYTES} bytes")
@@ -207,10 +319,11 @@ impl Config {
                 signing_key: args.signing_key,
                 data_dir: args.data_dir,
                 migrate: !args.no_migrate,
-                family_cache_ttl: *args.family_cache_ttl,
+                family_cache_ttl,
+                verified_cache_bytes,
                 seal_key: args.seal_key,
                 cleanup,
-                cleanup_interval: *args.gc_interval,
+                cleanup_interval,
             }),
             _ => Err(problems.0),
         }
@@ -241,7 +354,84 @@ mod tests {
         assert_eq!(config.policy.family_ttl, time::Duration::days(30));
         assert_eq!(config.policy.reuse_grace, time::Duration::ZERO);
         assert_eq!(config.policy.leeway, time::Duration::seconds(5));
+        assert_eq!(config.verified_cache_bytes, 32 * 1024 * 1024);
         assert!(config.migrate);
+    }
+
+    #[test]
+    fn the_verified_cache_budget_is_zero_to_four_gib() {
+        let bytes = |value: &str| Config::from_args(serve_args(&["--verified-cache-bytes", value]));
+        assert_eq!(bytes("0").unwrap().verified_cache_bytes, 0, "zero disables the cache");
+        if usize::BITS >= 64 {
+            let four_gib = usize::try_from(MAX_VERIFIED_CACHE_BYTES).unwrap();
+            assert_eq!(bytes("4294967296").unwrap().verified_cache_bytes, four_gib);
+        }
+        let problems = bytes("4294967297").unwrap_err();
+        assert!(
+            problems.len() == 1 && problems[0].starts_with("verified-cache-bytes: "),
+            "{problems:?}"
+        );
+    }
+
+    fn problems_of(extra: &[&str]) -> Vec<String> {
+        Config::from_args(serve_args(extra)).unwrap_err()
+    }
+
+    #[test]
+    fn every_duration_has_a_ceiling_and_the_problem_names_the_flag() {
+        for (flag, too_long, fine) in [
+            ("access-ttl", "25h", "1d"),
+            ("refresh-ttl", "401d", "400d"),
+            ("family-ttl", "8000y", "400d"),
+            ("reuse-grace", "11m", "10m"),
+            ("leeway", "6m", "5m"),
+            ("family-cache-ttl", "61m", "1h"),
+            ("db-timeout", "61s", "60s"),
+        ] {
+            let flag_arg = format!("--{flag}");
+            let problems = problems_of(&[&flag_arg, too_long]);
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(
+                problems[0].starts_with(&format!("{flag}: must be at most")),
+                "{problems:?}"
+            );
+            Config::from_args(serve_args(&[&flag_arg, fine])).unwrap();
+        }
+    }
+
+    #[test]
+    fn durations_below_their_floor_are_refused() {
+        for (flag, too_short) in [
+            ("access-ttl", "0s"),
+            ("refresh-ttl", "0s"),
+            ("family-ttl", "0s"),
+            ("db-timeout", "99ms"),
+        ] {
+            let problems = problems_of(&[&format!("--{flag}"), too_short]);
+            assert!(
+                problems.len() == 1 && problems[0].starts_with(&format!("{flag}: must be at least")),
+                "{problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_duration_humantime_cannot_represent_is_a_problem_naming_the_flag() {
+        for value in ["99999999999999999999y", "soon", "", "-5s"] {
+            let problems = problems_of(&[&format!("--family-ttl={value}")]);
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(problems[0].starts_with("family-ttl: "), "{problems:?}");
+        }
+    }
+
+    #[test]
+    fn bounds_are_shown_the_way_operators_write_them() {
+        assert_eq!(human(SESSION_TTL.max), "400d");
+        assert_eq!(human(DB_TIMEOUT.min), "100ms");
+        assert_eq!(human(REUSE_GRACE.max), "10m");
+        assert_eq!(human(FAMILY_CACHE_TTL.max), "1h");
+        assert_eq!(human(Duration::ZERO), "0s");
+        assert_eq!(human(Duration::from_secs(90)), "90s");
     }
 
     #[test]
@@ -259,5 +449,40 @@ mod tests {
         .unwrap_err();
         assert_eq!(problems.len(), 4, "{problems:?}");
         assert!(problems.iter().all(|p| !p.contains("notaport")));
+    }
+
+    const WITH_PASSWORD: &str = "postgres://app:hunter2-secret@db.internal:5432/ratchet";
+
+    #[test]
+    fn debug_output_of_the_configuration_never_shows_the_database_password() {
+        for url in [
+            WITH_PASSWORD,
+            "postgres://app@db.internal/ratchet?password=hunter2-secret",
+        ] {
+            let args = serve_args(&["--database-url", url]);
+            let shown = format!("{args:?} {:?}", args.database);
+            assert!(!shown.contains("hunter2"), "{shown}");
+            let config = Config::from_args(args).unwrap();
+            let shown = format!("{config:?} {config:#?} {:?}", config.database);
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("db.internal"), "still useful: {shown}");
+            assert_eq!(config.database.url.expose(), url, "connecting still has it");
+        }
+    }
+
+    #[test]
+    fn problems_with_a_bad_database_url_never_show_its_password() {
+        for url in [
+            "postgres://app:hunter2-secret@db.internal:notaport/ratchet",
+            "postgres://app:hunter2-secret@db.internal/ratchet?sslmode=hunter2-secret",
+            "hunter2-secret",
+        ] {
+            let problems = Config::from_args(serve_args(&["--database-url", url])).unwrap_err();
+            assert!(
+                problems.len() == 1 && problems[0].starts_with("database-url: "),
+                "{problems:?}"
+            );
+            assert!(problems.iter().all(|p| !p.contains("hunter2")), "{problems:?}");
+        }
     }
 }

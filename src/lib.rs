@@ -10,12 +10,14 @@
 //!   connection pool.
 //! - [`keys`]: signing and verifying access tokens, key files.
 //!
-//! Around them: [`cli`] and [`config`] (flags, environment, validation), [`startup`] (building and
-//! running the server), [`shutdown`], [`telemetry`] and [`clock`].
+//! Around them: [`cli`] and [`config`] (flags, environment, validation; [`database_url`] keeps the
+//! database password out of every printout), [`startup`] (building and running the server),
+//! [`shutdown`], [`telemetry`] and [`clock`].
 
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod database_url;
 pub mod grpc;
 pub mod issuer;
 pub mod keys;

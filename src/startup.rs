@@ -86,11 +86,11 @@ fn request_timeout(db_timeout: Duration) -> Duration {
 /// # Errors
 /// The database cannot be reached, created or migrated.
 pub async fn migrate(database: &DatabaseConfig) -> anyhow::Result<()> {
-    if !Postgres::database_exists(&database.url)
+    if !Postgres::database_exists(database.url.expose())
         .await
         .context("cannot reach the database")?
     {
-        Postgres::create_database(&database.url)
+        Postgres::create_database(database.url.expose())
             .await
             .context("cannot create the database")?;
         tracing::info!("created the database");

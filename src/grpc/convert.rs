@@ -9,6 +9,7 @@ use super::pb;
 use crate::issuer::sessions::PageRequest;
 use crate::issuer::types::{
     Audiences, ClientId, ExtraClaims, FamilyId, FieldError, IssueParams, PresentedToken, RevokeTarget, Scopes, Subject,
+    claim_path,
 };
 use crate::issuer::{ActiveToken, Session, SessionsPage, TokenPair};
 
@@ -136,7 +137,7 @@ fn struct_to_json(value: prost_types::Struct) -> Result<Map<String, Value>, Fiel
         .fields
         .into_iter()
         .map(|(name, v)| {
-            let path = format!("claims.{name}");
+            let path = claim_path("claims", &name);
             value_to_json(v, &path).map(|v| (name, v))
         })
         .collect()
@@ -160,7 +161,7 @@ fn value_to_json(value: prost_types::Value, path: &str) -> Result<Value, FieldEr
         Some(Kind::StructValue(s)) => Value::Object(
             s.fields
                 .into_iter()
-                .map(|(name, v)| value_to_json(v, &format!("{path}.{name}")).map(|v| (name, v)))
+                .map(|(name, v)| value_to_json(v, &claim_path(path, &name)).map(|v| (name, v)))
                 .collect::<Result<_, _>>()?,
         ),
         Some(Kind::ListValue(list)) => Value::Array(

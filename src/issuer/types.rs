@@ -19,8 +19,14 @@ pub const MAX_CLAIMS_BYTES: usize = 8 * 1024;
 /// this even with 8 KiB of claims; anything longer is refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 64 * 1024;
 
-/// Claims the server sets itself; a caller may not supply them in `claims`.
-pub const RESERVED_CLAIMS: [&str; 10] = [
+/// Claims a caller may not supply in `claims`: those the server sets itself, and every other
+/// name RFC 9068, RFC 8693 or OpenID Connect gives a meaning to. A verifier that trusts our
+/// signature would believe an `act` (acting party), `cnf` (key binding), `acr`/`amr`/`auth_time`
+/// (how strongly and when the user authenticated) or `azp` (authorised party) that the caller
+/// merely made up.
+pub const RESERVED_CLAIMS: [&str; 21] = [
+    // Set by us: the RFC 7519 registered claims, RFC 9068 §2.2's client_id and scope, and sid
+    // (the family id).
     "iss",
     "sub",
     "aud",
@@ -31,6 +37,23 @@ pub const RESERVED_CLAIMS: [&str; 10] = [
     "client_id",
     "scope",
     "sid",
+    // RFC 9068 §2.2.1 authentication information (from OpenID Connect Core §2).
+    "auth_time",
+    "acr",
+    "amr",
+    // OpenID Connect Core §2 and §3.1.3.6, §3.3.2.11: ID token claims that bind a token to a
+    // client, a request or another token.
+    "azp",
+    "nonce",
+    "at_hash",
+    "c_hash",
+    // RFC 7800 §3.1: proof-of-possession key binding.
+    "cnf",
+    // RFC 8693 §4.1, §4.4: delegation chains.
+    "act",
+    "may_act",
+    // The JWT type belongs in the header (RFC 9068 §2.1); a claim of that name only confuses.
+    "typ",
 ];
 
 /// A request field that breaks a rule. Shown to the caller, so it never contains a secret.
@@ -60,16 +83,47 @@ fn bounded(field: &str, value: String, allow_empty: bool) -> Result<String, Fiel
             format!("must be at most {MAX_NAME_BYTES} bytes, got {}", value.len()),
         ));
     }
+    no_control_characters(field, &value)?;
     Ok(value)
 }
 
-/// Who a family's tokens are about (`sub`): 1..=255 bytes.
+/// A C0 control character or DEL (U+0000..=U+001F, U+007F). PostgreSQL refuses NUL in `text`
+/// and `jsonb`, and the rest can forge lines in logs and confuse whoever reads a token, so no
+/// input that ends up stored or signed may hold one.
+fn is_control(c: char) -> bool {
+    c.is_ascii_control()
+}
+
+fn no_control_characters(field: &str, value: &str) -> Result<(), FieldError> {
+    if value.chars().any(is_control) {
+        return Err(FieldError::new(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// `parent.name` as a field path for an error message. Control characters in `name` are
+/// escaped (`\0`, `\u{1b}`): the caller's bytes must not travel raw into our answer or logs.
+pub fn claim_path(parent: &str, name: &str) -> String {
+    let mut path = String::with_capacity(parent.len() + 1 + name.len());
+    path.push_str(parent);
+    path.push('.');
+    for c in name.chars() {
+        if is_control(c) {
+            path.extend(c.escape_debug());
+        } else {
+            path.push(c);
+        }
+    }
+    path
+}
+
+/// Who a family's tokens are about (`sub`): 1..=255 bytes, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subject(String);
 
 impl Subject {
     /// # Errors
-    /// Empty or longer than [`MAX_NAME_BYTES`].
+    /// Empty, longer than [`MAX_NAME_BYTES`], or holding a control character.
     pub fn parse(value: String) -> Result<Self, FieldError> {
         bounded("subject", value, false).map(Self)
     }
@@ -85,7 +139,7 @@ pub struct ClientId(String);
 
 impl ClientId {
     /// # Errors
-    /// Longer than [`MAX_NAME_BYTES`].
+    /// Longer than [`MAX_NAME_BYTES`], or holding a control character.
     pub fn parse(value: String) -> Result<Self, FieldError> {
         bounded("client_id", value, true).map(Self)
     }
@@ -156,7 +210,8 @@ impl Audiences {
     /// `values`, or `[default]` when there are none.
     ///
     /// # Errors
-    /// More than [`MAX_LIST_LEN`] audiences, or one that is empty or too long.
+    /// More than [`MAX_LIST_LEN`] audiences, or one that is empty, too long or holds a control
+    /// character.
     pub fn parse(values: Vec<String>, default: &str) -> Result<Self, FieldError> {
         if values.len() > MAX_LIST_LEN {
             return Err(FieldError::new(
@@ -193,7 +248,8 @@ pub struct ExtraClaims(Map<String, Value>);
 
 impl ExtraClaims {
     /// # Errors
-    /// A reserved claim name, or more than [`MAX_CLAIMS_BYTES`] of JSON.
+    /// A reserved claim name, a control character in any name or string value at any depth, or
+    /// more than [`MAX_CLAIMS_BYTES`] of JSON.
     pub fn parse(claims: Map<String, Value>) -> Result<Self, FieldError> {
         if let Some(name) = claims.keys().find(|name| RESERVED_CLAIMS.contains(&name.as_str())) {
             return Err(FieldError::new(
@@ -201,6 +257,7 @@ impl ExtraClaims {
                 "is set by the server and may not be supplied",
             ));
         }
+        no_control_characters_in_object("claims", &claims)?;
         let size = serde_json::to_vec(&claims).map(|json| json.len()).unwrap_or(usize::MAX);
         if size > MAX_CLAIMS_BYTES {
             return Err(FieldError::new(
@@ -217,6 +274,30 @@ impl ExtraClaims {
 
     pub fn as_map(&self) -> &Map<String, Value> {
         &self.0
+    }
+}
+
+fn no_control_characters_in_object(path: &str, object: &Map<String, Value>) -> Result<(), FieldError> {
+    for (name, value) in object {
+        let path = claim_path(path, name);
+        if name.chars().any(is_control) {
+            return Err(FieldError::new(path, "name must not contain control characters"));
+        }
+        no_control_characters_in_value(&path, value)?;
+    }
+    Ok(())
+}
+
+/// Depth is bounded by the transport: prost refuses messages nested deeper than 100 levels.
+fn no_control_characters_in_value(path: &str, value: &Value) -> Result<(), FieldError> {
+    match value {
+        Value::String(s) => no_control_characters(path, s),
+        Value::Array(values) => values
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| no_control_characters_in_value(&format!("{path}[{i}]"), v)),
+        Value::Object(object) => no_control_characters_in_object(path, object),
+        Value::Null | Value::Bool(_) | Value::Number(_) => Ok(()),
     }
 }
 
@@ -346,11 +427,141 @@ mod tests {
         assert_eq!(ExtraClaims::parse(big).unwrap_err().field, "claims");
     }
 
+    #[test]
+    fn control_characters_are_refused_in_every_name_and_name_the_field() {
+        for bad in ["a\0b", "\n", "tab\there", "esc\u{1b}[31m", "del\u{7f}", "\u{1f}"] {
+            assert_eq!(Subject::parse(bad.into()).unwrap_err().field, "subject", "{bad:?}");
+            assert_eq!(ClientId::parse(bad.into()).unwrap_err().field, "client_id", "{bad:?}");
+            assert_eq!(
+                Scopes::parse(vec!["a".into(), "b".into(), bad.into()])
+                    .unwrap_err()
+                    .field,
+                "scopes[2]"
+            );
+            assert_eq!(
+                Audiences::parse(vec![bad.into()], "api").unwrap_err().field,
+                "audiences[0]"
+            );
+        }
+        // Printable text beyond ASCII is fine; only C0 and DEL are refused.
+        assert!(Subject::parse("zoë ✓ \u{a0}".into()).is_ok());
+    }
+
+    fn claims_of(json: Value) -> Map<String, Value> {
+        match json {
+            Value::Object(map) => map,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn control_characters_in_claim_values_are_refused_at_any_depth_with_their_path() {
+        let cases = [
+            (serde_json::json!({"tenant": "ac\0me"}), "claims.tenant"),
+            (serde_json::json!({"a": {"b": ["x", "y", "\u{7f}"]}}), "claims.a.b[2]"),
+            (serde_json::json!({"list": [{"deep": "\r\n"}]}), "claims.list[0].deep"),
+        ];
+        for (json, field) in cases {
+            assert_eq!(ExtraClaims::parse(claims_of(json)).unwrap_err().field, field);
+        }
+        let fine = serde_json::json!({"tenant": "acme", "n": 3, "ok": true, "none": null, "a": {"b": ["x"]}});
+        assert!(ExtraClaims::parse(claims_of(fine)).is_ok());
+    }
+
+    #[test]
+    fn a_control_character_in_a_claim_name_is_refused_and_echoed_escaped() {
+        let err = ExtraClaims::parse(claims_of(serde_json::json!({"ten\0ant": "x"}))).unwrap_err();
+        assert_eq!(err.field, "claims.ten\\0ant");
+        let err = ExtraClaims::parse(claims_of(serde_json::json!({"a": {"\u{1b}[2J": 1}}))).unwrap_err();
+        assert_eq!(err.field, "claims.a.\\u{1b}[2J");
+        assert!(!err.to_string().chars().any(|c| c.is_ascii_control()), "{err}");
+    }
+
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i32>().prop_map(Value::from),
+            "\\PC{0,6}|[\\x00-\\x20\\x7f]{0,3}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-c\\x00\\x1f]{1,3}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn strings_in(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::String(s) => out.push(s.clone()),
+            Value::Array(values) => values.iter().for_each(|v| strings_in(v, out)),
+            Value::Object(object) => object.iter().for_each(|(name, v)| {
+                out.push(name.clone());
+                strings_in(v, out);
+            }),
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
+
+    #[test]
+    fn every_name_the_specs_give_a_meaning_is_reserved() {
+        let added_for_rfc_9068_8693_and_oidc = [
+            "cnf",
+            "act",
+            "may_act",
+            "azp",
+            "auth_time",
+            "acr",
+            "amr",
+            "nonce",
+            "at_hash",
+            "c_hash",
+            "typ",
+        ];
+        for name in added_for_rfc_9068_8693_and_oidc.iter().chain(RESERVED_CLAIMS.iter()) {
+            let mut claims = Map::new();
+            claims.insert((*name).into(), Value::from("x"));
+            let err = ExtraClaims::parse(claims).unwrap_err();
+            assert_eq!(err.field, format!("claims.{name}"));
+        }
+        let mut near_misses = Map::new();
+        near_misses.insert("actor".into(), Value::from("x"));
+        near_misses.insert("ACR".into(), Value::from("x"));
+        assert!(ExtraClaims::parse(near_misses).is_ok());
+    }
+
     proptest! {
         #[test]
         fn subject_parse_never_panics_and_accepts_exactly_the_bounded(s in ".{0,300}") {
-            let ok = !s.is_empty() && s.len() <= MAX_NAME_BYTES;
+            let ok = !s.is_empty() && s.len() <= MAX_NAME_BYTES && !s.chars().any(|c| c.is_ascii_control());
             prop_assert_eq!(Subject::parse(s).is_ok(), ok);
+        }
+
+        #[test]
+        fn accepted_names_and_claims_never_hold_a_control_character(
+            name in "[a\\x00-\\x1f\\x7f\\u{80}-\\u{a0}]{0,8}",
+            claims in proptest::collection::btree_map("[a-c\\x00\\x7f]{1,3}", any_json(), 0..4),
+        ) {
+            let has_control = |s: &str| s.chars().any(|c| ('\0'..='\u{1f}').contains(&c) || c == '\u{7f}');
+            if let Ok(subject) = Subject::parse(name.clone()) {
+                prop_assert!(!has_control(subject.as_str()));
+            }
+            if let Ok(client) = ClientId::parse(name.clone()) {
+                prop_assert!(!has_control(client.as_str()));
+            }
+            if let Ok(audiences) = Audiences::parse(vec![name.clone()], "api") {
+                prop_assert!(audiences.as_slice().iter().all(|a| !has_control(a)));
+            }
+            if let Ok(scopes) = Scopes::parse(vec![name]) {
+                prop_assert!(scopes.as_slice().iter().all(|s| !has_control(s)));
+            }
+            if let Ok(accepted) = ExtraClaims::parse(claims.into_iter().collect()) {
+                let mut strings = Vec::new();
+                strings_in(&Value::Object(accepted.as_map().clone()), &mut strings);
+                prop_assert!(strings.iter().all(|s| !has_control(s)), "{:?}", strings);
+            }
         }
 
         #[test]

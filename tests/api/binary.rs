@@ -178,6 +178,25 @@ async fn the_binary_migrates_serves_survives_a_restart_and_never_logs_tokens(
     std::fs::remove_dir_all(&scratch).unwrap();
 }
 
+#[test]
+fn an_absurd_duration_is_a_configuration_error_naming_the_flag() {
+    // 8000y parses but is absurd; the second overflows humantime itself.
+    for value in ["8000y", "99999999999999999999y"] {
+        let output = Command::new(BIN)
+            .args(["serve", "--family-ttl", value])
+            // Never reached when the configuration is refused; should it be accepted, the start
+            // fails fast on a refused connection instead of serving forever.
+            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+            .env("RATCHET_LISTEN", "127.0.0.1:0")
+            .env("RATCHET_DATA_DIR", std::env::temp_dir().join("ratchet-never-created"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{value}: {stderr}");
+        assert!(stderr.contains("family-ttl"), "{value}: {stderr}");
+    }
+}
+
 async fn list_services(addr: SocketAddr) -> Vec<String> {
     let mut client = ServerReflectionClient::new(crate::helpers::channel(addr).await);
     let request = ServerReflectionRequest {

@@ -206,6 +206,17 @@ async fn malformed_issue_requests_are_invalid_argument_naming_the_field(
         "client_id",
         "scope",
         "sid",
+        "cnf",
+        "act",
+        "may_act",
+        "azp",
+        "auth_time",
+        "acr",
+        "amr",
+        "nonce",
+        "at_hash",
+        "c_hash",
+        "typ",
     ] {
         let request = IssueRequest {
             claims: Some(claims(serde_json::json!({ reserved: "x" }))),
@@ -219,5 +230,72 @@ async fn malformed_issue_requests_are_invalid_argument_naming_the_field(
         .await
         .unwrap();
     assert_eq!(families.0, 0, "a refused request must leave nothing behind");
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn control_characters_anywhere_in_an_issue_request_are_invalid_argument_naming_the_field(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let app = spawn_app(options).await;
+    let ok = || IssueRequest {
+        subject: "alice".into(),
+        ..Default::default()
+    };
+    let cases: Vec<(IssueRequest, &str)> = vec![
+        // PostgreSQL refuses NUL in jsonb: before validation caught it, this was INTERNAL.
+        (
+            IssueRequest {
+                claims: Some(claims(serde_json::json!({"org": {"teams": ["a", "b", "x\u{0}y"]}}))),
+                ..ok()
+            },
+            "claims.org.teams[2]",
+        ),
+        (
+            IssueRequest {
+                claims: Some(claims(serde_json::json!({"tenant": "acme\n"}))),
+                ..ok()
+            },
+            "claims.tenant",
+        ),
+        (
+            IssueRequest {
+                claims: Some(claims(serde_json::json!({"ten\u{1b}ant": "acme"}))),
+                ..ok()
+            },
+            "claims.ten\\u{1b}ant",
+        ),
+        (
+            IssueRequest {
+                subject: "alice\u{0}".into(),
+                ..ok()
+            },
+            "subject",
+        ),
+        (
+            IssueRequest {
+                client_id: "web\r\n".into(),
+                ..ok()
+            },
+            "client_id",
+        ),
+        (
+            IssueRequest {
+                audiences: vec!["api\u{7f}".into()],
+                ..ok()
+            },
+            "audiences[0]",
+        ),
+    ];
+    for (request, field) in cases {
+        let status = app.client.clone().issue(request).await.unwrap_err();
+        assert_invalid_argument(&status, field);
+        assert!(
+            !status.message().chars().any(|c| c.is_ascii_control()),
+            "the answer echoes no raw control character: {:?}",
+            status.message()
+        );
+    }
     app.stop().await;
 }

@@ -119,6 +119,10 @@ async fn unknown_tokens_revoke_nothing_and_bad_requests_name_the_field(
         &revoke(&app, Target::Subject(String::new())).await.unwrap_err(),
         "subject",
     );
+    assert_invalid_argument(
+        &revoke(&app, Target::Subject("alice\u{0}".into())).await.unwrap_err(),
+        "subject",
+    );
     assert_invalid_argument(&revoke(&app, Target::Token(String::new())).await.unwrap_err(), "token");
     app.stop().await;
 }

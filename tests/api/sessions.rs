@@ -77,15 +77,20 @@ async fn list_sessions_shows_live_families_newest_first(_pool: PgPoolOptions, op
 }
 
 #[sqlx::test]
-async fn list_sessions_needs_a_subject(_pool: PgPoolOptions, options: PgConnectOptions) {
+async fn list_sessions_needs_a_subject_without_control_characters(_pool: PgPoolOptions, options: PgConnectOptions) {
     let app = spawn_app_with(options, test_policy()).await;
-    let status = app
-        .client
-        .clone()
-        .list_sessions(ListSessionsRequest::default())
-        .await
-        .unwrap_err();
-    assert_invalid_argument(&status, "subject");
+    for subject in ["", "alice\u{0}"] {
+        let status = app
+            .client
+            .clone()
+            .list_sessions(ListSessionsRequest {
+                subject: subject.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_invalid_argument(&status, "subject");
+    }
     app.stop().await;
 }
 
