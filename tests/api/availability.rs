@@ -8,9 +8,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::helpers::{TestApp, spawn_on_pool, test_policy};
+use crate::helpers::{spawn_on_pool, test_policy};
 use crate::proxy::Proxy;
 
 fn fast_failing() -> PoolSettings {
@@ -18,18 +17,6 @@ fn fast_failing() -> PoolSettings {
         max_connections: 4,
         timeout: Duration::from_secs(1),
     }
-}
-
-async fn health(app: &TestApp) -> ServingStatus {
-    let mut client = HealthClient::new(crate::helpers::channel(app.addr).await);
-    let answer = client
-        .check(HealthCheckRequest {
-            service: "ratchet.v1.TokenService".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    ServingStatus::try_from(answer.status).unwrap()
 }
 
 /// Awaits a call that must fail with UNAVAILABLE, and within `within`.
@@ -44,14 +31,6 @@ async fn assert_unavailable_within<T: std::fmt::Debug>(
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(started.elapsed() < within, "took {:?}", started.elapsed());
-}
-
-async fn wait_for_health(app: &TestApp, want: ServingStatus) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while health(app).await != want {
-        assert!(Instant::now() < deadline, "health never became {want:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]
@@ -71,7 +50,7 @@ async fn with_no_database_calls_fail_fast_with_unavailable() {
         ..Default::default()
     });
     assert_unavailable_within(Duration::from_secs(5), call).await;
-    assert_eq!(health(&app).await, ServingStatus::NotServing);
+    assert_eq!(app.health().await, ServingStatus::NotServing);
     app.stop().await;
 }
 
@@ -85,13 +64,13 @@ async fn losing_the_database_mid_flight_is_unavailable_and_recoverable(
     let app = spawn_on_pool(pool, fast_failing(), test_policy(), options).await;
 
     let pair = app.issue("alice").await;
-    wait_for_health(&app, ServingStatus::Serving).await;
+    app.wait_for_health(ServingStatus::Serving).await;
 
     proxy.cut().await;
     // Once the server has noticed (health), and pooled connections idle long enough to be
     // checked before use: nothing can be sent, so every call knows that nothing happened. (A
     // call that finds its connection cut mid-statement cannot know that: see the rotate tests.)
-    wait_for_health(&app, ServingStatus::NotServing).await;
+    app.wait_for_health(ServingStatus::NotServing).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     for _ in 0..3 {
         assert_unavailable_within(Duration::from_secs(2), app.rotate(&pair.refresh_token)).await;
@@ -106,10 +85,10 @@ async fn losing_the_database_mid_flight_is_unavailable_and_recoverable(
         .await
         .unwrap_err();
     assert_eq!(introspect.code(), Code::Unavailable);
-    wait_for_health(&app, ServingStatus::NotServing).await;
+    app.wait_for_health(ServingStatus::NotServing).await;
 
     proxy.restore().await;
-    wait_for_health(&app, ServingStatus::Serving).await;
+    app.wait_for_health(ServingStatus::Serving).await;
     // The failed attempts spent nothing: the token still rotates, exactly once.
     let next = app.rotate(&pair.refresh_token).await.unwrap();
     assert!(app.introspect(&next.access_token).await.active);

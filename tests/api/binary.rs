@@ -20,7 +20,7 @@ use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ratchet");
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -37,14 +37,20 @@ fn database_url(options: &PgConnectOptions, database: &str) -> String {
     )
 }
 
-struct Server {
+/// The real `ratchet serve` in a child process.
+pub struct Server {
     child: Child,
-    addr: SocketAddr,
+    pub addr: SocketAddr,
 }
 
 impl Server {
     fn start(url: &str, data_dir: &Path, log: &Path) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Self::start_with(url, data_dir, log, addr, &[])
+    }
+
+    /// `ratchet serve --no-migrate` on `addr`, with `env` on top of the test defaults.
+    pub fn start_with(url: &str, data_dir: &Path, log: &Path, addr: SocketAddr, env: &[(&str, &str)]) -> Self {
         let child = Command::new(BIN)
             .args(["serve", "--no-migrate", "--issuer", "https://bin.test"])
             .env("DATABASE_URL", url)
@@ -52,6 +58,7 @@ impl Server {
             .env("RATCHET_DATA_DIR", data_dir)
             // As chatty as it gets: even debug logs must not carry a token.
             .env("RUST_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
             .spawn()
@@ -59,7 +66,13 @@ impl Server {
         Self { child, addr }
     }
 
-    async fn client(&self) -> TokenServiceClient<tonic::transport::Channel> {
+    /// SIGKILL: no drain, no cleanup, whatever was in flight is cut.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub async fn client(&self) -> TokenServiceClient<tonic::transport::Channel> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             match TokenServiceClient::connect(format!("http://{}", self.addr)).await {

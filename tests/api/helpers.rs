@@ -19,6 +19,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use tonic_types::StatusExt as _;
 
 pub const ISSUER: &str = "https://ratchet.test";
@@ -159,6 +161,28 @@ impl TestApp {
 
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);
+    }
+
+    /// What the health service says of the token service.
+    pub async fn health(&self) -> ServingStatus {
+        let mut client = HealthClient::new(channel(self.addr).await);
+        let answer = client
+            .check(HealthCheckRequest {
+                service: "ratchet.v1.TokenService".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ServingStatus::try_from(answer.status).unwrap()
+    }
+
+    /// Waits (at most 15 s) until health says `want`.
+    pub async fn wait_for_health(&self, want: ServingStatus) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while self.health().await != want {
+            assert!(std::time::Instant::now() < deadline, "health never became {want:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     /// One cleanup pass at the server's `now`, as `ratchet gc` runs it.

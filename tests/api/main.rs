@@ -8,6 +8,7 @@ mod availability;
 mod binary;
 mod cleanup;
 mod cluster;
+mod faults;
 mod helpers;
 mod introspect;
 mod issue;

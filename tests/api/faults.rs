@@ -1,0 +1,394 @@
+//! Faults caused for real, each against a private PostgreSQL the test starts itself: the database
+//! restarted under a Rotate load, the ratchet process SIGKILLed under a Rotate load and started
+//! again, and many clients rotating and replaying the same families at once.
+//!
+//! After each, the same invariants: no refresh token was accepted into two successors; every
+//! successor a client saw was rotated on, or still works (or its family was revoked because a
+//! reuse was detected); every family is one chain with at most one unspent token; every detected
+//! reuse revoked its family.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ratchet::grpc::pb::token_service_client::TokenServiceClient;
+use ratchet::grpc::pb::{IssueRequest, RotateRequest};
+use ratchet::grpc::status::reason;
+use ratchet::issuer::refresh_token::RefreshToken;
+use ratchet::store::postgres::{self, PoolSettings};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_types::StatusExt as _;
+
+use crate::binary::{Server, free_port};
+use crate::cluster::PrivateCluster;
+use crate::helpers::{spawn_on_pool, test_policy};
+
+/// What the clients saw.
+#[derive(Default)]
+struct Observed {
+    /// Presented refresh token -> every successor it was answered with.
+    answers: HashMap<String, Vec<String>>,
+    /// Families of tokens refused with TOKEN_REUSED.
+    reused: Vec<String>,
+    unavailable: usize,
+    unknown: usize,
+    /// The slowest UNAVAILABLE answer.
+    slowest_unavailable: Duration,
+    /// Anything not expected in the scenario.
+    unexpected: Vec<String>,
+}
+
+type Shared = Arc<Mutex<Observed>>;
+
+fn reason_of(status: &Status) -> Option<String> {
+    status.get_details_error_info().map(|info| info.reason)
+}
+
+async fn issue(client: &TokenServiceClient<Channel>, subject: &str) -> ratchet::grpc::pb::TokenPair {
+    client
+        .clone()
+        .issue(IssueRequest {
+            subject: subject.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Presents `token` once; records what came back. `Ok(successor)`, or the failure.
+async fn rotate_once(client: &TokenServiceClient<Channel>, token: &str, observed: &Shared) -> Result<String, Status> {
+    let started = Instant::now();
+    let mut request = tonic::Request::new(RotateRequest {
+        refresh_token: token.to_owned(),
+    });
+    request.set_timeout(Duration::from_secs(20));
+    let result = client.clone().rotate(request).await;
+    let mut observed = observed.lock().unwrap();
+    match result {
+        Ok(pair) => {
+            let next = pair.into_inner().refresh_token;
+            observed.answers.entry(token.to_owned()).or_default().push(next.clone());
+            Ok(next)
+        }
+        Err(status) => {
+            match (status.code(), reason_of(&status).as_deref()) {
+                (Code::Unavailable, None) => {
+                    observed.unavailable += 1;
+                    observed.slowest_unavailable = observed.slowest_unavailable.max(started.elapsed());
+                }
+                (Code::DeadlineExceeded, Some(reason::OUTCOME_UNKNOWN)) => observed.unknown += 1,
+                _ => {}
+            }
+            Err(status)
+        }
+    }
+}
+
+/// One client rotating its own chain until `until`, retrying the same token after any failure
+/// that is not a token verdict (what a well-behaved client does). Returns its last token.
+async fn rotate_chain(client: TokenServiceClient<Channel>, first: String, until: Instant, observed: Shared) -> String {
+    let mut current = first;
+    while Instant::now() < until {
+        match rotate_once(&client, &current, &observed).await {
+            Ok(next) => current = next,
+            Err(status) if status.code() == Code::Unauthenticated => {
+                let mut observed = observed.lock().unwrap();
+                observed.unexpected.push(format!("{status:?}"));
+                return current;
+            }
+            // The database or the server is away: try the same token again shortly.
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    current
+}
+
+fn hash_of(token: &str) -> Vec<u8> {
+    RefreshToken::parse(token).unwrap().hash().0.to_vec()
+}
+
+/// Checks the invariants in the module docs. Reads the tables: the chain structure is exactly
+/// what the API does not show.
+async fn check_invariants(db: &PgPool, observed: &Observed) {
+    eprintln!(
+        "rotations seen: {}, UNAVAILABLE: {} (slowest {:?}), OUTCOME_UNKNOWN: {}, reuse detected: {}",
+        observed.answers.len(),
+        observed.unavailable,
+        observed.slowest_unavailable,
+        observed.unknown,
+        observed.reused.len()
+    );
+    assert!(observed.answers.len() >= 100, "too little load to prove anything");
+    for answers in observed.answers.values() {
+        assert!(
+            answers.iter().all(|a| *a == answers[0]),
+            "a refresh token was accepted into {} different successors",
+            answers.len()
+        );
+    }
+    for successor in observed.answers.values().map(|answers| &answers[0]) {
+        let (spent, revoked_for): (bool, Option<String>) = sqlx::query_as(
+            "select t.spent_at is not null, f.revoked_reason
+             from refresh_tokens t join families f on f.id = t.family_id where t.hash = $1",
+        )
+        .bind(hash_of(successor))
+        .fetch_one(db)
+        .await
+        .expect("every successor a client saw is stored");
+        // Rotated on, or still working, or its family fell to a detected reuse.
+        assert!(
+            spent || revoked_for.is_none() || revoked_for.as_deref() == Some("reuse"),
+            "a successor a client saw is neither rotated on nor working ({revoked_for:?})"
+        );
+    }
+    let broken: Vec<(uuid::Uuid,)> = sqlx::query_as(
+        "select f.id from families f
+         where (select count(*) from refresh_tokens t where t.family_id = f.id and t.spent_at is null) > 1
+            or (select count(*) from refresh_tokens t where t.family_id = f.id)
+               <> 1 + (select count(*) from refresh_tokens t where t.family_id = f.id and t.spent_at is not null)
+            or (select count(*) from refresh_tokens t where t.family_id = f.id
+                and not exists (select 1 from refresh_tokens p where p.successor_hash = t.hash)) <> 1",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap();
+    assert!(broken.is_empty(), "families that are not one chain: {broken:?}");
+    let (shared, foreign, dangling): (i64, i64, i64) = sqlx::query_as(
+        "select
+            (select count(*) from (select successor_hash from refresh_tokens where successor_hash is not null
+                                   group by 1 having count(*) > 1) d),
+            (select count(*) from refresh_tokens t join refresh_tokens s on s.hash = t.successor_hash
+             where s.family_id <> t.family_id),
+            (select count(*) from refresh_tokens t where t.successor_hash is not null
+             and not exists (select 1 from refresh_tokens s where s.hash = t.successor_hash))",
+    )
+    .fetch_one(db)
+    .await
+    .unwrap();
+    assert_eq!((shared, foreign, dangling), (0, 0, 0), "successor links are not chains");
+    for family in &observed.reused {
+        let (revoked,): (bool,) = sqlx::query_as("select revoked_at is not null from families where id = $1::uuid")
+            .bind(family)
+            .fetch_one(db)
+            .await
+            .unwrap();
+        assert!(revoked, "a detected reuse left its family live");
+    }
+}
+
+/// Every chain's last token still rotates: the service recovered by itself.
+async fn assert_chains_rotate(client: &TokenServiceClient<Channel>, last: &[String], observed: &Shared) {
+    for token in last {
+        rotate_once(client, token, observed)
+            .await
+            .unwrap_or_else(|status| panic!("a chain did not survive: {status:?}"));
+    }
+}
+
+const CHAINS: usize = 8;
+
+#[tokio::test]
+async fn postgres_restarted_under_rotate_load_fails_fast_recovers_and_loses_nothing() {
+    let cluster = PrivateCluster::start().await;
+    let options = cluster.create_database("ratchet").await;
+    let settings = PoolSettings {
+        max_connections: 8,
+        timeout: Duration::from_secs(2),
+    };
+    let policy = ratchet::issuer::Policy {
+        reuse_grace: time::Duration::seconds(30),
+        ..test_policy()
+    };
+    let app = spawn_on_pool(postgres::pool(options.clone(), &settings), settings, policy, options).await;
+    let observed = Shared::default();
+    let until = Instant::now() + Duration::from_secs(6);
+    let mut clients = Vec::new();
+    for i in 0..CHAINS {
+        let first = issue(&app.client, &format!("user{i}")).await.refresh_token;
+        clients.push(tokio::spawn(rotate_chain(
+            app.client.clone(),
+            first,
+            until,
+            observed.clone(),
+        )));
+    }
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cluster.stop_fast().await;
+    app.wait_for_health(ServingStatus::NotServing).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.start_again().await;
+    app.wait_for_health(ServingStatus::Serving).await;
+
+    let mut last = Vec::new();
+    for client in clients {
+        last.push(client.await.unwrap());
+    }
+    assert_chains_rotate(&app.client, &last, &observed).await;
+    let observed = observed.lock().unwrap();
+    assert!(observed.unexpected.is_empty(), "{:?}", observed.unexpected);
+    assert!(observed.unavailable > 0, "the outage was never seen");
+    // Fail fast: nothing was sent, or PostgreSQL said so; no call waits out more than its timeout.
+    assert!(
+        observed.slowest_unavailable < Duration::from_secs(3),
+        "an UNAVAILABLE took {:?}",
+        observed.slowest_unavailable
+    );
+    check_invariants(&app.db, &observed).await;
+    drop(observed);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn ratchet_killed_with_sigkill_under_rotate_load_comes_back_with_every_chain_intact() {
+    let cluster = PrivateCluster::start().await;
+    let options = cluster.create_database("ratchet").await;
+    let url = cluster.url("ratchet");
+    let scratch = cluster.dir().join("ratchet");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let (data, log) = (scratch.join("data"), scratch.join("server.log"));
+    let addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    // A client that retries a call cut by the crash gets the same pair within the grace window.
+    let env = [("RATCHET_REUSE_GRACE", "30s"), ("RATCHET_DB_TIMEOUT", "2s")];
+    let server = Server::start_with(&url, &data, &log, addr, &env);
+    let client = server.client().await;
+    let observed = Shared::default();
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut clients = Vec::new();
+    for i in 0..CHAINS {
+        let first = issue(&client, &format!("user{i}")).await.refresh_token;
+        clients.push(tokio::spawn(rotate_chain(
+            client.clone(),
+            first,
+            until,
+            observed.clone(),
+        )));
+    }
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let server = Server::start_with(&url, &data, &log, addr, &env);
+
+    let mut last = Vec::new();
+    for client in clients {
+        last.push(client.await.unwrap());
+    }
+    assert_chains_rotate(&server.client().await, &last, &observed).await;
+    let db = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let observed = observed.lock().unwrap();
+    assert!(observed.unexpected.is_empty(), "{:?}", observed.unexpected);
+    check_invariants(&db, &observed).await;
+    drop(observed);
+    db.close().await;
+    server.kill();
+}
+
+/// Shared knowledge of the stress test's families: every token of each, oldest first.
+struct Family {
+    id: String,
+    tokens: Vec<String>,
+    dead: bool,
+}
+
+#[tokio::test]
+async fn many_clients_rotating_and_replaying_the_same_families_never_spend_a_token_twice() {
+    let cluster = PrivateCluster::start().await;
+    let options = cluster.create_database("ratchet").await;
+    let settings = PoolSettings {
+        max_connections: 8,
+        timeout: Duration::from_secs(5),
+    };
+    // Strict: any second acceptance of a token would show.
+    let app = spawn_on_pool(
+        postgres::pool(options.clone(), &settings),
+        settings,
+        test_policy(),
+        options,
+    )
+    .await;
+    let families = Arc::new(Mutex::new(Vec::new()));
+    for i in 0..4 {
+        let pair = issue(&app.client, &format!("user{i}")).await;
+        families.lock().unwrap().push(Family {
+            id: pair.family_id,
+            tokens: vec![pair.refresh_token],
+            dead: false,
+        });
+    }
+    let observed = Shared::default();
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut workers = Vec::new();
+    for worker in 0..16u64 {
+        let (client, families, observed) = (app.client.clone(), families.clone(), observed.clone());
+        workers.push(tokio::spawn(async move {
+            let mut rng = worker.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let mut next = move |n: usize| {
+                // xorshift: reproducible interleavings per worker, no extra dependency
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                usize::try_from(rng % n as u64).unwrap()
+            };
+            while Instant::now() < until {
+                let (index, token) = {
+                    let families = families.lock().unwrap();
+                    let live: Vec<usize> = (0..families.len()).filter(|&i| !families[i].dead).collect();
+                    let index = live[next(live.len())];
+                    let tokens = &families[index].tokens;
+                    // Mostly the newest token (racing other workers for it), sometimes a replay.
+                    let pick = if next(4) == 0 {
+                        next(tokens.len())
+                    } else {
+                        tokens.len() - 1
+                    };
+                    (index, tokens[pick].clone())
+                };
+                match rotate_once(&client, &token, &observed).await {
+                    Ok(successor) => families.lock().unwrap()[index].tokens.push(successor),
+                    Err(status) => match reason_of(&status).as_deref() {
+                        Some(reason::TOKEN_REUSED | reason::TOKEN_REVOKED) => {
+                            let id = {
+                                let mut families = families.lock().unwrap();
+                                families[index].dead = true;
+                                families[index].id.clone()
+                            };
+                            if reason_of(&status).as_deref() == Some(reason::TOKEN_REUSED) {
+                                observed.lock().unwrap().reused.push(id);
+                            }
+                            // Keep four families in play.
+                            let pair = issue(&client, &format!("user-w{worker}")).await;
+                            families.lock().unwrap().push(Family {
+                                id: pair.family_id,
+                                tokens: vec![pair.refresh_token],
+                                dead: false,
+                            });
+                        }
+                        _ => observed.lock().unwrap().unexpected.push(format!("{status:?}")),
+                    },
+                }
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let observed = observed.lock().unwrap();
+    assert!(observed.unexpected.is_empty(), "{:?}", observed.unexpected);
+    assert!(!observed.reused.is_empty(), "the stress never replayed a token");
+    for answers in observed.answers.values() {
+        assert_eq!(answers.len(), 1, "a refresh token was accepted {} times", answers.len());
+    }
+    check_invariants(&app.db, &observed).await;
+    drop(observed);
+    app.stop().await;
+}
