@@ -230,7 +230,7 @@ async fn postgres_restarted_under_rotate_load_fails_fast_recovers_and_loses_noth
         last.push(client.await.unwrap());
     }
     assert_chains_rotate(&app.client, &last, &observed).await;
-    let observed = observed.lock().unwrap();
+    let observed = std::mem::take(&mut *observed.lock().unwrap());
     assert!(observed.unexpected.is_empty(), "{:?}", observed.unexpected);
     assert!(observed.unavailable > 0, "the outage was never seen");
     // Fail fast: nothing was sent, or PostgreSQL said so; no call waits out more than its timeout.
@@ -240,7 +240,6 @@ async fn postgres_restarted_under_rotate_load_fails_fast_recovers_and_loses_noth
         observed.slowest_unavailable
     );
     check_invariants(&app.db, &observed).await;
-    drop(observed);
     app.stop().await;
 }
 
@@ -285,10 +284,9 @@ async fn ratchet_killed_with_sigkill_under_rotate_load_comes_back_with_every_cha
         .connect_with(options)
         .await
         .unwrap();
-    let observed = observed.lock().unwrap();
+    let observed = std::mem::take(&mut *observed.lock().unwrap());
     assert!(observed.unexpected.is_empty(), "{:?}", observed.unexpected);
     check_invariants(&db, &observed).await;
-    drop(observed);
     db.close().await;
     server.kill();
 }
@@ -382,13 +380,12 @@ async fn many_clients_rotating_and_replaying_the_same_families_never_spend_a_tok
     for worker in workers {
         worker.await.unwrap();
     }
-    let observed = observed.lock().unwrap();
+    let observed = std::mem::take(&mut *observed.lock().unwrap());
     assert!(observed.unexpected.is_empty(), "{:?}", observed.unexpected);
     assert!(!observed.reused.is_empty(), "the stress never replayed a token");
     for answers in observed.answers.values() {
         assert_eq!(answers.len(), 1, "a refresh token was accepted {} times", answers.len());
     }
     check_invariants(&app.db, &observed).await;
-    drop(observed);
     app.stop().await;
 }
