@@ -14,6 +14,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use tonic_reflection::pb::v1::ServerReflectionRequest;
 
 use crate::helpers::{introspect, issue};
+use crate::proxy::Proxy;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
@@ -64,6 +65,18 @@ impl Server {
             .spawn()
             .unwrap();
         Self { child, addr }
+    }
+
+    /// Its exit status, once it exits by itself within `within`.
+    pub async fn wait(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
     }
 
     /// SIGKILL: no drain, no cleanup, whatever was in flight is cut.
@@ -171,6 +184,19 @@ async fn the_binary_migrates_serves_survives_a_restart_and_never_logs_tokens(
     );
     assert!(server.terminate().await.success());
 
+    // `ratchet gc` by hand: with no retention, the family revoked for reuse goes, with its two
+    // tokens; the live ones stay.
+    let gc = Command::new(BIN)
+        .args(["gc", "--gc-retention", "0s"])
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(gc.status.success(), "{}", String::from_utf8_lossy(&gc.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&gc.stdout).trim(),
+        "removed 1 families and 2 refresh tokens; cleared 0 expired seals"
+    );
+
     let logs = std::fs::read_to_string(&log).unwrap();
     assert!(
         logs.contains("created a new one") && logs.contains("reusing the signing key"),
@@ -225,4 +251,33 @@ async fn list_services(addr: SocketAddr) -> Vec<String> {
         Some(MessageResponse::ListServicesResponse(list)) => list.service.into_iter().map(|s| s.name).collect(),
         other => panic!("unexpected reflection answer {other:?}"),
     }
+}
+
+#[sqlx::test]
+async fn serve_refuses_a_database_session_that_is_not_serializable(_pool: PgPoolOptions, options: PgConnectOptions) {
+    // Behind a pooler that drops startup parameters, ours included.
+    let proxy = Proxy::in_front_of(&options).await;
+    proxy.strip_startup_options();
+    let routed = proxy.route(options.clone());
+    let url = format!(
+        "postgres://{}@127.0.0.1:{}/{}?sslmode=disable",
+        routed.get_username(),
+        routed.get_port(),
+        options.get_database().unwrap()
+    );
+    let scratch = std::env::temp_dir().join(format!("ratchet-isolation-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut server = Server::start_with(&url, &scratch.join("data"), &scratch.join("log"), addr, &[]);
+    let status = server
+        .wait(Duration::from_secs(20))
+        .await
+        .expect("serve should refuse to start");
+    assert!(!status.success());
+    let log = std::fs::read_to_string(scratch.join("log")).unwrap();
+    assert!(
+        log.contains("refusing to serve") && log.contains("not 'serializable'"),
+        "{log}"
+    );
+    std::fs::remove_dir_all(&scratch).unwrap();
 }
