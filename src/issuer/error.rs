@@ -62,3 +62,22 @@ impl From<getrandom::Error> for Error {
         Self::Internal(Box::new(error))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_the_database_refuses_is_invalid_argument_and_only_unknown_outcomes_are_not_unavailable() {
+        let refused = Error::from(StoreError::InvalidData("22021".into()));
+        assert!(matches!(&refused, Error::InvalidArgument(field) if field.field == "request"));
+        assert!(matches!(
+            Error::from(StoreError::OutcomeUnknown("lost".into())),
+            Error::OutcomeUnknown(_)
+        ));
+        assert!(matches!(
+            Error::from(StoreError::Contention { attempts: 40 }),
+            Error::Unavailable(_)
+        ));
+    }
+}

@@ -346,3 +346,46 @@ pub fn is_misconfigured(error: &StoreError) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Map;
+
+    use super::*;
+    use crate::store::{FamilyRecord, NewRefreshToken};
+
+    #[sqlx::test]
+    async fn a_value_the_database_refuses_is_invalid_data_not_internal(
+        _pool: sqlx::postgres::PgPoolOptions,
+        options: PgConnectOptions,
+    ) {
+        let settings = PoolSettings::default();
+        let store = PgStore::new(pool(options, &settings), &settings);
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        // Validation refuses control characters at the edge; should one ever slip through, the
+        // database's refusal (SQLSTATE 22021 for a NUL in text) must still read as bad input.
+        let new = NewFamily {
+            family: FamilyRecord {
+                id: FamilyId::new_random(),
+                subject: "nul\u{0}byte".into(),
+                client_id: String::new(),
+                scopes: vec![],
+                audiences: vec!["api".into()],
+                claims: Map::new(),
+                created_at: now,
+                last_rotated_at: now,
+                refresh_expires_at: now + time::Duration::hours(1),
+                expires_at: now + time::Duration::days(1),
+                revoked_at: None,
+            },
+            first: NewRefreshToken {
+                hash: TokenHash([7; 32]),
+                expires_at: now + time::Duration::hours(1),
+            },
+            max_live: 100,
+        };
+        let error = store.create_family(&new).await.unwrap_err();
+        assert!(matches!(error, StoreError::InvalidData(_)), "{error:?}");
+        store.pool().close().await;
+    }
+}
