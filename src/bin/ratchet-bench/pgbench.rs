@@ -51,7 +51,8 @@ pub fn issue() -> String {
         CREATE_FAMILY,
         &[
             ("$1", "gen_random_uuid()"),
-            ("$2", "'bench-' || :client_id"),
+            // A subject per session, as the load generator does: no session-cap eviction.
+            ("$2", "'bench-' || :client_id || '-' || :token"),
             ("$3", "'ratchet-bench'"),
             ("$4", "array['read', 'write']"),
             ("$5", "array['ratchet']"),
