@@ -16,7 +16,9 @@ use ratchet::store::postgres::{self, PoolSettings};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tonic::Code;
 
-use crate::helpers::{TestApp, assert_token_error, spawn_app_with_grace, spawn_on_pool, test_policy};
+use crate::helpers::{
+    TestApp, assert_token_error, spawn_app_with_grace, spawn_app_with_settings, spawn_on_pool, test_policy,
+};
 use crate::proxy::Proxy;
 
 fn secret_of(token: &str) -> Vec<u8> {
@@ -264,30 +266,13 @@ async fn a_statement_past_the_database_timeout_is_unavailable_and_did_nothing(
         max_connections: 4,
         timeout: Duration::from_secs(1),
     };
-    let app = spawn_on_pool(
-        postgres::pool(options.clone(), &settings),
-        settings,
-        test_policy(),
-        options,
-    )
-    .await;
+    let app = spawn_app_with_settings(options, settings, test_policy()).await;
     let pair = app.issue("alice").await;
-    sqlx::raw_sql(
-        "create function slow_spend() returns trigger language plpgsql as $$
-         begin perform pg_sleep(3); return new; end $$;
-         create trigger slow_spend before update on refresh_tokens
-         for each row execute function slow_spend();",
-    )
-    .execute(&app.db)
-    .await
-    .unwrap();
+    app.hook_spends("perform pg_sleep(3); return new;").await;
     // PostgreSQL cancels it at its statement timeout: a definite "nothing happened".
     let status = app.rotate(&pair.refresh_token).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    sqlx::raw_sql("drop trigger slow_spend on refresh_tokens")
-        .execute(&app.db)
-        .await
-        .unwrap();
+    app.unhook_spends().await;
     app.rotate(&pair.refresh_token).await.unwrap();
     app.stop().await;
 }

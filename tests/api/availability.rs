@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::helpers::{spawn_on_pool, test_policy};
+use crate::helpers::{spawn_app_with_settings, spawn_on_pool, test_policy};
 use crate::proxy::Proxy;
 
 fn fast_failing() -> PoolSettings {
@@ -101,32 +101,16 @@ async fn endless_serialization_conflicts_end_in_unavailable_within_the_timeout_a
     _pool: PgPoolOptions,
     options: PgConnectOptions,
 ) {
-    let app = spawn_on_pool(
-        postgres::pool(options.clone(), &fast_failing()),
-        fast_failing(),
-        test_policy(),
-        options,
-    )
-    .await;
+    let app = spawn_app_with_settings(options, fast_failing(), test_policy()).await;
     let pair = app.issue("alice").await;
     // Every spend now fails the way a lost SERIALIZABLE race does.
-    sqlx::raw_sql(
-        "create function always_conflict() returns trigger language plpgsql as $$
-         begin raise exception 'simulated conflict' using errcode = 'serialization_failure'; end $$;
-         create trigger always_conflict before update on refresh_tokens
-         for each row execute function always_conflict();",
-    )
-    .execute(&app.db)
-    .await
-    .unwrap();
+    app.hook_spends("raise exception 'simulated conflict' using errcode = 'serialization_failure';")
+        .await;
 
     // All attempts together stay within the store's timeout (1 s here), plus slack for the call.
     assert_unavailable_within(Duration::from_secs(3), app.rotate(&pair.refresh_token)).await;
 
-    sqlx::raw_sql("drop trigger always_conflict on refresh_tokens")
-        .execute(&app.db)
-        .await
-        .unwrap();
+    app.unhook_spends().await;
     // Nothing was spent by the failed attempts: the token rotates, exactly once.
     let next = app.rotate(&pair.refresh_token).await.unwrap();
     assert!(app.introspect(&next.access_token).await.active);
@@ -147,17 +131,9 @@ async fn a_caller_that_gives_up_mid_rotation_gets_the_missed_pair_on_retry_withi
         reuse_grace: time::Duration::seconds(30),
         ..test_policy()
     };
-    let app = spawn_on_pool(postgres::pool(options.clone(), &settings), settings, policy, options).await;
+    let app = spawn_app_with_settings(options, settings, policy).await;
     let pair = app.issue("alice").await;
-    sqlx::raw_sql(
-        "create function slow_spend() returns trigger language plpgsql as $$
-         begin perform pg_sleep(0.5); return new; end $$;
-         create trigger slow_spend before update on refresh_tokens
-         for each row execute function slow_spend();",
-    )
-    .execute(&app.db)
-    .await
-    .unwrap();
+    app.hook_spends("perform pg_sleep(0.5); return new;").await;
 
     let mut request = tonic::Request::new(ratchet::grpc::pb::RotateRequest {
         refresh_token: pair.refresh_token.clone(),
@@ -168,10 +144,7 @@ async fn a_caller_that_gives_up_mid_rotation_gets_the_missed_pair_on_retry_withi
         matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
         "{status:?}"
     );
-    sqlx::raw_sql("drop trigger slow_spend on refresh_tokens")
-        .execute(&app.db)
-        .await
-        .unwrap();
+    app.unhook_spends().await;
 
     // The abandoned rotation committed in the database; the retry gets its result, every time.
     let retry = tokio::time::timeout(Duration::from_secs(10), app.rotate(&pair.refresh_token))

@@ -2,7 +2,6 @@
 //! by hand) deletes families that ended more than the retention ago, with their tokens, and
 //! clears seals whose grace window is over; live families and their history stay.
 
-use ratchet::grpc::pb::{RevokeRequest, revoke_request::Target};
 use ratchet::grpc::status::reason;
 use ratchet::issuer::cleanup::{CleanupReport, CleanupSettings};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -33,13 +32,7 @@ async fn cleanup_removes_families_that_ended_and_keeps_live_ones_rotating(
     let idle = app.rotate(&idle.refresh_token).await.unwrap();
     // Revoked at once: one token.
     let revoked = app.issue("bob").await;
-    app.client
-        .clone()
-        .revoke(RevokeRequest {
-            target: Some(Target::FamilyId(revoked.family_id.clone())),
-        })
-        .await
-        .unwrap();
+    app.revoke_family(&revoked.family_id).await;
     // Kept alive by rotating every 50 minutes.
     let live = app.issue("carol").await;
     let mut current = live.clone();
@@ -117,13 +110,7 @@ async fn cleanup_goes_in_small_batches_through_long_chains(_pool: PgPoolOptions,
         chains.push(pair);
     }
     for pair in &chains {
-        app.client
-            .clone()
-            .revoke(RevokeRequest {
-                target: Some(Target::FamilyId(pair.family_id.clone())),
-            })
-            .await
-            .unwrap();
+        app.revoke_family(&pair.family_id).await;
     }
     app.advance(Duration::days(2));
     let settings = CleanupSettings {

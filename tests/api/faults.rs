@@ -11,11 +11,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ratchet::grpc::pb::RotateRequest;
 use ratchet::grpc::pb::token_service_client::TokenServiceClient;
-use ratchet::grpc::pb::{IssueRequest, RotateRequest};
 use ratchet::grpc::status::reason;
 use ratchet::issuer::refresh_token::RefreshToken;
-use ratchet::store::postgres::{self, PoolSettings};
+use ratchet::store::postgres::PoolSettings;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tonic::transport::Channel;
@@ -25,7 +25,7 @@ use tonic_types::StatusExt as _;
 
 use crate::binary::{Server, free_port};
 use crate::cluster::PrivateCluster;
-use crate::helpers::{spawn_on_pool, test_policy};
+use crate::helpers::{issue, spawn_app_with_settings, test_policy};
 
 /// What the clients saw.
 #[derive(Default)]
@@ -46,18 +46,6 @@ type Shared = Arc<Mutex<Observed>>;
 
 fn reason_of(status: &Status) -> Option<String> {
     status.get_details_error_info().map(|info| info.reason)
-}
-
-async fn issue(client: &TokenServiceClient<Channel>, subject: &str) -> ratchet::grpc::pb::TokenPair {
-    client
-        .clone()
-        .issue(IssueRequest {
-            subject: subject.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
 }
 
 /// Presents `token` once; records what came back. `Ok(successor)`, or the failure.
@@ -204,7 +192,7 @@ async fn postgres_restarted_under_rotate_load_fails_fast_recovers_and_loses_noth
         reuse_grace: time::Duration::seconds(30),
         ..test_policy()
     };
-    let app = spawn_on_pool(postgres::pool(options.clone(), &settings), settings, policy, options).await;
+    let app = spawn_app_with_settings(options, settings, policy).await;
     let observed = Shared::default();
     let until = Instant::now() + Duration::from_secs(6);
     let mut clients = Vec::new();
@@ -307,13 +295,7 @@ async fn many_clients_rotating_and_replaying_the_same_families_never_spend_a_tok
         timeout: Duration::from_secs(5),
     };
     // Strict: any second acceptance of a token would show.
-    let app = spawn_on_pool(
-        postgres::pool(options.clone(), &settings),
-        settings,
-        test_policy(),
-        options,
-    )
-    .await;
+    let app = spawn_app_with_settings(options, settings, test_policy()).await;
     let families = Arc::new(Mutex::new(Vec::new()));
     for i in 0..4 {
         let pair = issue(&app.client, &format!("user{i}")).await;

@@ -92,6 +92,11 @@ pub async fn spawn_app_with(options: PgConnectOptions, policy: Policy) -> TestAp
         max_connections: 8,
         timeout: std::time::Duration::from_secs(5),
     };
+    spawn_app_with_settings(options, settings, policy).await
+}
+
+/// A server whose database pool uses `settings` (its size, its timeout).
+pub async fn spawn_app_with_settings(options: PgConnectOptions, settings: PoolSettings, policy: Policy) -> TestApp {
     let pool = postgres::pool(options.clone(), &settings);
     spawn_on_pool(pool, settings, policy, options).await
 }
@@ -161,6 +166,38 @@ impl TestApp {
 
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);
+    }
+
+    /// Revokes one family by id through the API.
+    pub async fn revoke_family(&self, family_id: &str) {
+        self.client
+            .clone()
+            .revoke(ratchet::grpc::pb::RevokeRequest {
+                target: Some(ratchet::grpc::pb::revoke_request::Target::FamilyId(family_id.into())),
+            })
+            .await
+            .expect("revoke");
+    }
+
+    /// Runs `body` (PL/pgSQL, ending in `return new` or raising) before every update of a refresh
+    /// token, i.e. in every spend, until [`Self::unhook_spends`]: a slow or failing database on
+    /// demand.
+    pub async fn hook_spends(&self, body: &str) {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "create function spend_hook() returns trigger language plpgsql as $$ begin {body} end $$;
+             create trigger spend_hook before update on refresh_tokens
+             for each row execute function spend_hook();"
+        )))
+        .execute(&self.db)
+        .await
+        .unwrap();
+    }
+
+    pub async fn unhook_spends(&self) {
+        sqlx::raw_sql("drop trigger spend_hook on refresh_tokens; drop function spend_hook();")
+            .execute(&self.db)
+            .await
+            .unwrap();
     }
 
     /// What the health service says of the token service.

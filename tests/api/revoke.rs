@@ -3,9 +3,11 @@ use ratchet::grpc::status::reason;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use time::Duration;
 
-use ratchet::store::postgres::{self, PoolSettings};
+use ratchet::store::postgres::PoolSettings;
 
-use crate::helpers::{TestApp, assert_invalid_argument, assert_token_error, spawn_app, spawn_on_pool, test_policy};
+use crate::helpers::{
+    TestApp, assert_invalid_argument, assert_token_error, spawn_app, spawn_app_with_settings, test_policy,
+};
 
 async fn revoke(app: &TestApp, target: Target) -> Result<u32, tonic::Status> {
     app.client
@@ -137,13 +139,7 @@ async fn revoking_a_subject_with_a_hundred_thousand_sessions_stays_within_the_st
         max_connections: 4,
         timeout: std::time::Duration::from_secs(1),
     };
-    let app = spawn_on_pool(
-        postgres::pool(options.clone(), &settings),
-        settings,
-        test_policy(),
-        options,
-    )
-    .await;
+    let app = spawn_app_with_settings(options, settings, test_policy()).await;
     let pair = app.issue("mallory").await;
     // Setup only: far more families than the API would let one client keep.
     sqlx::raw_sql(

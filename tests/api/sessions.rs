@@ -1,4 +1,4 @@
-use ratchet::grpc::pb::{IssueRequest, ListSessionsRequest, RevokeRequest, Session, revoke_request::Target};
+use ratchet::grpc::pb::{IssueRequest, ListSessionsRequest, Session};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use time::Duration;
 
@@ -45,13 +45,7 @@ async fn list_sessions_shows_live_families_newest_first(_pool: PgPoolOptions, op
         .unwrap()
         .into_inner();
     app.issue("bob").await;
-    app.client
-        .clone()
-        .revoke(RevokeRequest {
-            target: Some(Target::FamilyId(revoked.family_id.clone())),
-        })
-        .await
-        .unwrap();
+    app.revoke_family(&revoked.family_id).await;
     app.advance(Duration::minutes(10));
     app.rotate(&phone.refresh_token).await.unwrap();
     let listed = sessions(&app, "alice").await;
