@@ -24,6 +24,7 @@ use tonic_health::server::HealthReporter;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, DatabaseConfig};
 use crate::grpc::TokenServiceImpl;
+use crate::grpc::message_limit::MessageLimitLayer;
 use crate::grpc::pb::{self, token_service_server::TokenServiceServer};
 use crate::issuer::{Issuer, Policy};
 use crate::keys::Keyring;
@@ -35,6 +36,7 @@ use crate::store::postgres::{self, MIGRATOR, PgStore, PoolSettings};
 
 /// Largest request accepted. Far above any valid request (8 KiB of claims plus 128 names of
 /// 255 bytes), so that oversized *fields* reach validation and get a named INVALID_ARGUMENT.
+/// Bigger requests get RESOURCE_EXHAUSTED ([`MessageLimitLayer`]).
 const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 /// Longest any RPC may run, whatever the client's deadline.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -172,6 +174,7 @@ impl Application {
         let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
         let serve = Server::builder()
             .timeout(REQUEST_TIMEOUT)
+            .layer(MessageLimitLayer)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -226,3 +226,23 @@ pub async fn channel(addr: SocketAddr) -> Channel {
         .await
         .unwrap()
 }
+
+/// A channel to `addr` that counts the TCP connections it opens, so a test can tell "the call
+/// failed and the connection lived on" from "the connection died and the channel quietly
+/// reconnected".
+pub async fn counting_channel(addr: SocketAddr) -> (Channel, Arc<std::sync::atomic::AtomicUsize>) {
+    let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = opened.clone();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                let stream = tokio::net::TcpStream::connect(addr).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .unwrap();
+    (channel, opened)
+}

@@ -8,6 +8,7 @@ mod binary;
 mod helpers;
 mod introspect;
 mod issue;
+mod limits;
 mod revoke;
 mod rotate;
 mod sessions;
