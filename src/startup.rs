@@ -25,6 +25,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, DatabaseConfig};
 use crate::grpc::TokenServiceImpl;
 use crate::grpc::message_limit::MessageLimitLayer;
+use crate::grpc::panic::CatchPanicLayer;
 use crate::grpc::pb::{self, token_service_server::TokenServiceServer};
 use crate::issuer::{Issuer, Policy};
 use crate::keys::Keyring;
@@ -174,6 +175,7 @@ impl Application {
         let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
         let serve = Server::builder()
             .timeout(REQUEST_TIMEOUT)
+            .layer(CatchPanicLayer)
             .layer(MessageLimitLayer)
             .add_service(health_service)
             .add_service(reflection_v1)

@@ -9,6 +9,7 @@ mod helpers;
 mod introspect;
 mod issue;
 mod limits;
+mod panics;
 mod revoke;
 mod rotate;
 mod sessions;
