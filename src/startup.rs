@@ -28,8 +28,8 @@ use crate::grpc::message_limit::MessageLimitLayer;
 use crate::grpc::panic::CatchPanicLayer;
 use crate::grpc::pb::{self, token_service_server::TokenServiceServer};
 use crate::issuer::{Issuer, Policy};
-use crate::keys::Keyring;
 use crate::keys::keyfile::{self, KeySource};
+use crate::keys::{DEFAULT_VERIFIED_CACHE_BYTES, Keyring, SigningKey};
 use crate::store::FamilyStore as _;
 use crate::store::cached::CachedStore;
 use crate::store::pool::ConnectionPool;
@@ -53,7 +53,9 @@ pub struct Parts {
     pub listen: SocketAddr,
     pub pool: ConnectionPool,
     pub pool_settings: PoolSettings,
-    pub keys: Keyring,
+    pub key: SigningKey,
+    /// Byte budget of the verified access-token cache (zero: verify every time).
+    pub verified_cache_bytes: usize,
     pub policy: Policy,
     pub clock: Arc<dyn Clock>,
     /// How long Introspect trusts a cached "family is live" (zero: always ask the database).
@@ -115,7 +117,8 @@ impl Application {
             listen: config.listen,
             pool,
             pool_settings: config.database.pool,
-            keys: Keyring::new(key),
+            key,
+            verified_cache_bytes: DEFAULT_VERIFIED_CACHE_BYTES,
             policy: config.policy,
             clock: Arc::new(SystemClock),
             family_cache_ttl: config.family_cache_ttl,
@@ -133,7 +136,8 @@ impl Application {
             .with_context(|| format!("cannot listen on {}", parts.listen))?;
         let store = PgStore::new(parts.pool, &parts.pool_settings);
         let cached = CachedStore::new(store.clone(), FAMILY_CACHE_CAPACITY, parts.family_cache_ttl);
-        let issuer = Arc::new(Issuer::new(cached, parts.keys, parts.policy));
+        let keys = Keyring::new(parts.key, parts.verified_cache_bytes);
+        let issuer = Arc::new(Issuer::new(cached, keys, parts.policy));
         Ok(Self {
             listener,
             store,

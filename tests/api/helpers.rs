@@ -8,7 +8,7 @@ use ratchet::clock::{Clock as _, ManualClock};
 use ratchet::grpc::pb::token_service_client::TokenServiceClient;
 use ratchet::grpc::pb::{IssueRequest, TokenPair};
 use ratchet::issuer::Policy;
-use ratchet::keys::Keyring;
+use ratchet::keys::{DEFAULT_VERIFIED_CACHE_BYTES, SigningKey};
 use ratchet::startup::{Application, Parts};
 use ratchet::store::pool::ConnectionPool;
 use ratchet::store::postgres::{self, PoolSettings};
@@ -73,12 +73,17 @@ pub async fn spawn_app_with_grace(options: PgConnectOptions, grace: Duration) ->
 }
 
 pub async fn spawn_app_with(options: PgConnectOptions, policy: Policy) -> TestApp {
+    spawn_app_adjusted(options, |parts| parts.policy = policy).await
+}
+
+/// A server whose parts (all but the clock) `adjust` changes first: for settings few tests need.
+pub async fn spawn_app_adjusted(options: PgConnectOptions, adjust: impl FnOnce(&mut Parts)) -> TestApp {
     let settings = PoolSettings {
         max_connections: 8,
         timeout: std::time::Duration::from_secs(5),
     };
     let pool = postgres::pool(options.clone(), &settings);
-    spawn_on_pool(pool, settings, policy, options).await
+    start(pool, settings, options, adjust).await
 }
 
 /// A server on `pool` (which may point anywhere, even at nothing).
@@ -88,22 +93,32 @@ pub async fn spawn_on_pool(
     policy: Policy,
     inspect: PgConnectOptions,
 ) -> TestApp {
+    start(pool, settings, inspect, |parts| parts.policy = policy).await
+}
+
+async fn start(
+    pool: ConnectionPool,
+    settings: PoolSettings,
+    inspect: PgConnectOptions,
+    adjust: impl FnOnce(&mut Parts),
+) -> TestApp {
     init_logs();
     // A fixed, whole-second start keeps expiry arithmetic in tests exact.
     let clock = Arc::new(ManualClock::new(
         OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap(),
     ));
-    let app = Application::from_parts(Parts {
+    let mut parts = Parts {
         listen: "127.0.0.1:0".parse().unwrap(),
         pool,
         pool_settings: settings,
-        keys: Keyring::generate().unwrap(),
-        policy,
+        key: SigningKey::generate().unwrap().0,
+        verified_cache_bytes: DEFAULT_VERIFIED_CACHE_BYTES,
+        policy: test_policy(),
         clock: clock.clone(),
         family_cache_ttl: std::time::Duration::from_secs(60),
-    })
-    .await
-    .expect("build the application");
+    };
+    adjust(&mut parts);
+    let app = Application::from_parts(parts).await.expect("build the application");
     let addr = app.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {

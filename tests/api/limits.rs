@@ -2,12 +2,13 @@
 
 use std::sync::atomic::Ordering;
 
+use futures::StreamExt as _;
 use ratchet::grpc::pb::IssueRequest;
 use ratchet::grpc::pb::token_service_client::TokenServiceClient;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tonic::Code;
 
-use crate::helpers::{counting_channel, issue, spawn_app};
+use crate::helpers::{counting_channel, introspect, issue, spawn_app, spawn_app_adjusted};
 
 /// Claims holding one string claim of `bytes` bytes.
 fn claims_of(bytes: usize) -> prost_types::Struct {
@@ -45,6 +46,69 @@ async fn a_request_over_the_size_limit_is_resource_exhausted_and_the_connection_
         opened.load(Ordering::SeqCst),
         1,
         "the oversized call must not cost the connection"
+    );
+    app.stop().await;
+}
+
+/// Resident memory of this process (server and client alike: nextest runs each test in a
+/// process of its own).
+fn resident_bytes() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kib: usize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// Just under the 8 KiB claims limit in many small claims: the worst case for memory per byte
+/// of token, since every claim is a separate allocation once parsed.
+fn many_small_claims() -> prost_types::Struct {
+    let fields = (0..650).map(|i| {
+        let value = prost_types::Value {
+            kind: Some(prost_types::value::Kind::StringValue("v".into())),
+        };
+        (format!("k{i:04}"), value)
+    });
+    prost_types::Struct {
+        fields: fields.collect(),
+    }
+}
+
+#[sqlx::test]
+async fn introspecting_thousands_of_large_access_tokens_keeps_memory_near_the_cache_budget(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    const TOKENS: usize = 3_000;
+    const BUDGET: usize = 4 * 1024 * 1024;
+    let app = spawn_app_adjusted(options, |parts| parts.verified_cache_bytes = BUDGET).await;
+    let request = IssueRequest {
+        subject: "alice".into(),
+        claims: Some(many_small_claims()),
+        ..Default::default()
+    };
+    let tokens: Vec<String> = futures::stream::iter(0..TOKENS)
+        .map(|_| {
+            let mut client = app.client.clone();
+            let request = request.clone();
+            async move { client.issue(request).await.unwrap().into_inner().access_token }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert!(tokens[0].len() > 10_000, "{} bytes", tokens[0].len());
+
+    let before = resident_bytes();
+    futures::stream::iter(&tokens)
+        .map(|token| introspect(&app.client, token))
+        .buffer_unordered(16)
+        .for_each(|answer| async move { assert!(answer.active) })
+        .await;
+    let growth = resident_bytes().saturating_sub(before);
+    eprintln!("resident memory grew by {} MiB", growth >> 20);
+    assert!(
+        growth < BUDGET + (48 << 20),
+        "introspecting {TOKENS} tokens grew the process by {} MiB",
+        growth >> 20
     );
     app.stop().await;
 }
