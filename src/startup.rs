@@ -24,12 +24,14 @@ use tonic_health::server::HealthReporter;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, DatabaseConfig, GcConfig};
 use crate::grpc::TokenServiceImpl;
+use crate::grpc::message_limit::MessageLimitLayer;
+use crate::grpc::panic::CatchPanicLayer;
 use crate::grpc::pb::{self, token_service_server::TokenServiceServer};
 use crate::issuer::cleanup::{self, CleanupReport, CleanupSettings};
 use crate::issuer::{Issuer, Policy};
 use crate::keys::keyfile::{self, KeySource};
 use crate::keys::secret::SecretSource;
-use crate::keys::{Keyring, ServerSecret};
+use crate::keys::{Keyring, ServerSecret, SigningKey};
 use crate::store::FamilyStore as _;
 use crate::store::cached::CachedStore;
 use crate::store::pool::ConnectionPool;
@@ -37,6 +39,7 @@ use crate::store::postgres::{self, MIGRATOR, PgStore, PoolSettings};
 
 /// Largest request accepted. Far above any valid request (8 KiB of claims plus 128 names of
 /// 255 bytes), so that oversized *fields* reach validation and get a named INVALID_ARGUMENT.
+/// Bigger requests get RESOURCE_EXHAUSTED ([`MessageLimitLayer`]).
 const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 /// Longest any RPC may run, whatever the client's deadline; see [`request_timeout`].
 const MIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -52,7 +55,9 @@ pub struct Parts {
     pub listen: SocketAddr,
     pub pool: ConnectionPool,
     pub pool_settings: PoolSettings,
-    pub keys: Keyring,
+    pub key: SigningKey,
+    /// Byte budget of the verified access-token cache (zero: verify every time).
+    pub verified_cache_bytes: usize,
     /// Keys refresh-token seals and page tokens (see [`crate::keys::secret`]).
     pub secret: ServerSecret,
     pub policy: Policy,
@@ -163,7 +168,8 @@ impl Application {
             listen: config.listen,
             pool,
             pool_settings: config.database.pool,
-            keys: Keyring::new(key),
+            key,
+            verified_cache_bytes: config.verified_cache_bytes,
             secret,
             policy: config.policy,
             clock: Arc::new(SystemClock),
@@ -184,7 +190,8 @@ impl Application {
             .with_context(|| format!("cannot listen on {}", parts.listen))?;
         let store = PgStore::new(parts.pool, &parts.pool_settings);
         let cached = CachedStore::new(store.clone(), FAMILY_CACHE_CAPACITY, parts.family_cache_ttl);
-        let issuer = Arc::new(Issuer::new(cached, parts.keys, parts.secret, parts.policy));
+        let keys = Keyring::new(parts.key, parts.verified_cache_bytes);
+        let issuer = Arc::new(Issuer::new(cached, keys, parts.secret, parts.policy));
         Ok(Self {
             listener,
             store,
@@ -244,6 +251,8 @@ impl Application {
         let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
         let serve = Server::builder()
             .timeout(self.request_timeout)
+            .layer(CatchPanicLayer)
+            .layer(MessageLimitLayer)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

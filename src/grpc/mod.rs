@@ -1,7 +1,10 @@
 //! The gRPC transport: generated code ([`pb`]), the service ([`service`]), request parsing and
-//! response encoding ([`convert`]) and the one mapping of domain errors to `Status` ([`status`]).
+//! response encoding ([`convert`]), the one mapping of domain errors to `Status` ([`status`]) and
+//! the layers around the whole server ([`message_limit`], [`panic`]).
 
 pub mod convert;
+pub mod message_limit;
+pub mod panic;
 pub mod service;
 pub mod status;
 

@@ -69,10 +69,20 @@ impl From<Error> for Status {
                 )
             }
             Error::Internal(source) => {
-                let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+                let id = error_id();
                 tracing::error!(error_id = %id, error = %source, cause = ?source.source(), "internal error");
-                Status::internal(format!("internal error (id {id})"))
+                internal(&id)
             }
         }
     }
+}
+
+/// A short random id that ties an opaque INTERNAL answer to the log line holding its cause.
+pub(crate) fn error_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// The INTERNAL answer for a failure logged under `id`; the caller learns nothing else.
+pub(crate) fn internal(id: &str) -> Status {
+    Status::internal(format!("internal error (id {id})"))
 }

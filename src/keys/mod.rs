@@ -11,6 +11,7 @@ pub mod secret;
 pub mod verify;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
 use base64::Engine as _;
@@ -19,7 +20,7 @@ use jsonwebtoken::DecodingKey;
 
 pub use mint::AccessClaims;
 pub use secret::ServerSecret;
-pub use verify::VerifyError;
+pub use verify::{VerifiedToken, VerifyError};
 
 /// Failures loading, creating or using keys.
 #[derive(Debug, thiserror::Error)]
@@ -113,37 +114,72 @@ fn thumbprint(public: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, jwk.as_bytes()))
 }
 
-/// Access tokens whose signature was checked, kept so that repeated introspection of the same
-/// token (sidecars ask per request) costs a lookup instead of an Ed25519 verification, the most
-/// expensive step of Introspect. At ~1.5 KiB an entry, this bounds the cache to ~15 MiB.
-const VERIFIED_CACHE_CAPACITY: usize = 10_000;
+/// Default byte budget of the verified-token cache: ~27,000 typical tokens (~1.2 KiB an entry),
+/// or ~2,800 tokens carrying 8 KiB of extra claims (~11.5 KiB an entry).
+pub const DEFAULT_VERIFIED_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Bytes an entry costs beyond its strings: the struct in its `Arc`, the key's `String`, the
+/// cache's slot and hash-table bucket, and allocator headers for its ~10 allocations.
+const ENTRY_OVERHEAD: usize = size_of::<VerifiedToken>() + 2 * size_of::<usize>() + size_of::<String>() + 64 + 10 * 16;
+
+/// What one cache entry costs: a weight in bytes, so that the budget bounds memory whatever the
+/// tokens look like, rather than a count that long tokens multiply.
+fn entry_bytes(token: &str, verified: &VerifiedToken) -> usize {
+    ENTRY_OVERHEAD + token.len() + verified.heap_bytes()
+}
+
+#[derive(Debug, Clone, Copy)]
+struct EntryBytes;
+
+impl quick_cache::Weighter<String, Arc<VerifiedToken>> for EntryBytes {
+    fn weight(&self, token: &String, verified: &Arc<VerifiedToken>) -> u64 {
+        u64::try_from(entry_bytes(token, verified)).unwrap_or(u64::MAX)
+    }
+}
+
+type VerifiedCache = quick_cache::sync::Cache<String, Arc<VerifiedToken>, EntryBytes>;
 
 /// The keys this server signs with and accepts.
 pub struct Keyring {
     active: SigningKey,
     /// Verification keys by `kid`; the active key is always among them.
     verifying: HashMap<String, DecodingKey>,
-    /// Exact token text -> its verified claims. Sound because a token's signature check depends
-    /// only on its text and the key set; removing a key (key rotation) must clear it.
-    verified: quick_cache::sync::Cache<String, std::sync::Arc<AccessClaims>>,
+    /// Access tokens whose signature was checked, kept so that repeated introspection of the same
+    /// token (sidecars ask per request) costs a lookup instead of an Ed25519 verification, the
+    /// most expensive step of Introspect. Exact token text -> what it says. Sound because a
+    /// token's signature check depends only on its text and the key set; removing a key (key
+    /// rotation) must clear it. `None` when the budget is zero.
+    verified: Option<VerifiedCache>,
+    /// Entries heavier than this skip the cache: a few huge tokens must not evict thousands of
+    /// ordinary ones.
+    verified_entry_limit: usize,
 }
 
 impl Keyring {
-    pub fn new(active: SigningKey) -> Self {
+    /// A keyring signing with `active`, whose verified-token cache holds at most
+    /// `verified_cache_bytes` (approximately: see [`entry_bytes`]); zero disables the cache.
+    pub fn new(active: SigningKey, verified_cache_bytes: usize) -> Self {
         let verifying = HashMap::from([(active.kid.clone(), active.decoding.clone())]);
+        // A guess at the entry count, for sizing the cache's tables: typical tokens weigh ~1 KiB.
+        let estimated_entries = verified_cache_bytes / 1024;
+        let verified = (verified_cache_bytes > 0).then(|| {
+            let budget = u64::try_from(verified_cache_bytes).unwrap_or(u64::MAX);
+            VerifiedCache::with_weighter(estimated_entries.max(1), budget, EntryBytes)
+        });
         Self {
             active,
             verifying,
-            verified: quick_cache::sync::Cache::new(VERIFIED_CACHE_CAPACITY),
+            verified,
+            verified_entry_limit: verified_cache_bytes / 64,
         }
     }
 
-    /// A keyring with a fresh random key; for tests and benchmarks.
+    /// A keyring with a fresh random key and the default cache budget; for tests and benchmarks.
     ///
     /// # Errors
     /// The system random generator failed.
     pub fn generate() -> Result<Self, KeyError> {
-        SigningKey::generate().map(|(key, _)| Self::new(key))
+        SigningKey::generate().map(|(key, _)| Self::new(key, DEFAULT_VERIFIED_CACHE_BYTES))
     }
 
     pub fn active_kid(&self) -> &str {

@@ -9,7 +9,7 @@ use ratchet::grpc::pb::token_service_client::TokenServiceClient;
 use ratchet::grpc::pb::{IssueRequest, TokenPair};
 use ratchet::issuer::Policy;
 use ratchet::issuer::cleanup::{CleanupReport, CleanupSettings};
-use ratchet::keys::{Keyring, ServerSecret};
+use ratchet::keys::{DEFAULT_VERIFIED_CACHE_BYTES, ServerSecret, SigningKey};
 use ratchet::startup::{Application, Parts};
 use ratchet::store::pool::ConnectionPool;
 use ratchet::store::postgres::{self, PgStore, PoolSettings};
@@ -88,17 +88,23 @@ pub async fn spawn_app_with_grace(options: PgConnectOptions, grace: Duration) ->
 }
 
 pub async fn spawn_app_with(options: PgConnectOptions, policy: Policy) -> TestApp {
+    spawn_app_adjusted(options, |parts| parts.policy = policy).await
+}
+
+/// A server whose parts (all but the clock) `adjust` changes first: for settings few tests need.
+pub async fn spawn_app_adjusted(options: PgConnectOptions, adjust: impl FnOnce(&mut Parts)) -> TestApp {
     let settings = PoolSettings {
         max_connections: 8,
         timeout: std::time::Duration::from_secs(5),
     };
-    spawn_app_with_settings(options, settings, policy).await
+    let pool = postgres::pool(options.clone(), &settings);
+    start(pool, settings, options, adjust).await
 }
 
 /// A server whose database pool uses `settings` (its size, its timeout).
 pub async fn spawn_app_with_settings(options: PgConnectOptions, settings: PoolSettings, policy: Policy) -> TestApp {
     let pool = postgres::pool(options.clone(), &settings);
-    spawn_on_pool(pool, settings, policy, options).await
+    start(pool, settings, options, |parts| parts.policy = policy).await
 }
 
 /// A server on `pool` (which may point anywhere, even at nothing).
@@ -108,25 +114,35 @@ pub async fn spawn_on_pool(
     policy: Policy,
     inspect: PgConnectOptions,
 ) -> TestApp {
+    start(pool, settings, inspect, |parts| parts.policy = policy).await
+}
+
+async fn start(
+    pool: ConnectionPool,
+    settings: PoolSettings,
+    inspect: PgConnectOptions,
+    adjust: impl FnOnce(&mut Parts),
+) -> TestApp {
     init_logs();
     // A fixed, whole-second start keeps expiry arithmetic in tests exact.
     let clock = Arc::new(ManualClock::new(
         OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap(),
     ));
-    let app = Application::from_parts(Parts {
+    let mut parts = Parts {
         listen: "127.0.0.1:0".parse().unwrap(),
         pool,
         pool_settings: settings,
-        keys: Keyring::generate().unwrap(),
+        key: SigningKey::generate().unwrap().0,
+        verified_cache_bytes: DEFAULT_VERIFIED_CACHE_BYTES,
         secret: ServerSecret::generate().unwrap(),
-        policy,
+        policy: test_policy(),
         clock: clock.clone(),
         family_cache_ttl: std::time::Duration::from_secs(60),
         cleanup: test_cleanup(),
         cleanup_interval: std::time::Duration::ZERO,
-    })
-    .await
-    .expect("build the application");
+    };
+    adjust(&mut parts);
+    let app = Application::from_parts(parts).await.expect("build the application");
     let addr = app.local_addr().unwrap();
     let store = app.store();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -311,4 +327,24 @@ pub async fn channel(addr: SocketAddr) -> Channel {
         .connect()
         .await
         .unwrap()
+}
+
+/// A channel to `addr` that counts the TCP connections it opens, so a test can tell "the call
+/// failed and the connection lived on" from "the connection died and the channel quietly
+/// reconnected".
+pub async fn counting_channel(addr: SocketAddr) -> (Channel, Arc<std::sync::atomic::AtomicUsize>) {
+    let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = opened.clone();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                let stream = tokio::net::TcpStream::connect(addr).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .unwrap();
+    (channel, opened)
 }

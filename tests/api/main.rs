@@ -12,6 +12,8 @@ mod faults;
 mod helpers;
 mod introspect;
 mod issue;
+mod limits;
+mod panics;
 mod proxy;
 mod revoke;
 mod rotate;

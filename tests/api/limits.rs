@@ -1,0 +1,124 @@
+//! Resource limits: what an oversized request gets, and that the connection it came on survives.
+
+use std::sync::atomic::Ordering;
+
+use futures::StreamExt as _;
+use ratchet::grpc::pb::IssueRequest;
+use ratchet::grpc::pb::token_service_client::TokenServiceClient;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tonic::Code;
+
+use ratchet::keys::{AccessClaims, Keyring, SigningKey};
+
+use crate::helpers::{AUDIENCE, ISSUER, counting_channel, introspect, issue, spawn_app, spawn_app_adjusted};
+
+/// Claims holding one string claim of `bytes` bytes.
+fn claims_of(bytes: usize) -> prost_types::Struct {
+    let value = prost_types::Value {
+        kind: Some(prost_types::value::Kind::StringValue("x".repeat(bytes))),
+    };
+    prost_types::Struct {
+        fields: [("blob".to_owned(), value)].into(),
+    }
+}
+
+#[sqlx::test]
+async fn a_request_over_the_size_limit_is_resource_exhausted_and_the_connection_lives_on(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let app = spawn_app(options).await;
+    let (channel, opened) = counting_channel(app.addr).await;
+    let client = TokenServiceClient::new(channel);
+    issue(&client, "alice").await;
+
+    let oversized = client
+        .clone()
+        .issue(IssueRequest {
+            subject: "alice".into(),
+            claims: Some(claims_of(2 * 1024 * 1024)),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(oversized.code(), Code::ResourceExhausted, "{oversized:?}");
+
+    issue(&client, "alice").await;
+    assert_eq!(
+        opened.load(Ordering::SeqCst),
+        1,
+        "the oversized call must not cost the connection"
+    );
+    app.stop().await;
+}
+
+/// Resident memory of this process (server and client alike: nextest runs each test in a
+/// process of its own).
+fn resident_bytes() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kib: usize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// Just under the 8 KiB claims limit in many small claims: the worst case for memory per byte
+/// of token, since every claim is a separate allocation once parsed.
+fn many_small_claims() -> serde_json::Map<String, serde_json::Value> {
+    (0..650)
+        .map(|i| (format!("k{i:04}"), serde_json::Value::from("v")))
+        .collect()
+}
+
+#[sqlx::test]
+async fn introspecting_thousands_of_large_access_tokens_keeps_memory_near_the_cache_budget(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    const TOKENS: usize = 3_000;
+    const BUDGET: usize = 4 * 1024 * 1024;
+    // The server's key, and a copy of it to mint with here: 3,000 distinct tokens of one live
+    // session, without 3,000 Issue calls (which this test is not about).
+    let (key, der) = SigningKey::generate().unwrap();
+    let minter = Keyring::new(SigningKey::from_pkcs8_der(&der).unwrap(), 0);
+    let app = spawn_app_adjusted(options, |parts| {
+        parts.key = key;
+        parts.verified_cache_bytes = BUDGET;
+    })
+    .await;
+    let pair = issue(&app.client, "alice").await;
+    let now = app.now().unix_timestamp();
+    let tokens: Vec<String> = (0..TOKENS)
+        .map(|i| {
+            let claims = AccessClaims {
+                iss: ISSUER.into(),
+                sub: "alice".into(),
+                aud: vec![AUDIENCE.into()],
+                exp: now + 900,
+                iat: now,
+                nbf: now,
+                jti: format!("jti-{i}"),
+                client_id: String::new(),
+                scope: String::new(),
+                sid: pair.family_id.clone(),
+                extra: many_small_claims(),
+            };
+            minter.sign(&claims).unwrap()
+        })
+        .collect();
+    assert!(tokens[0].len() > 10_000, "{} bytes", tokens[0].len());
+
+    let before = resident_bytes();
+    futures::stream::iter(&tokens)
+        .map(|token| introspect(&app.client, token))
+        .buffer_unordered(16)
+        .for_each(|answer| async move { assert!(answer.active) })
+        .await;
+    let growth = resident_bytes().saturating_sub(before);
+    eprintln!("resident memory grew by {} MiB", growth >> 20);
+    assert!(
+        growth < BUDGET + (48 << 20),
+        "introspecting {TOKENS} tokens grew the process by {} MiB",
+        growth >> 20
+    );
+    app.stop().await;
+}
