@@ -3,12 +3,14 @@
 //! # Layout
 //! Imports only go down this list:
 //! - [`grpc`]: the tonic service. Decodes requests into domain types, calls the issuer, encodes the
-//!   answer; the only place that knows `tonic::Status` (`grpc/status.rs`).
-//! - [`issuer`]: the use cases (issue, rotate, revoke, introspect, list sessions) and the rotation
-//!   rules. Knows neither tonic nor sqlx; takes `now` as a parameter.
-//! - [`store`]: the [`store::FamilyStore`] trait, its PostgreSQL implementation and the
-//!   connection pool.
-//! - [`keys`]: signing and verifying access tokens, key files.
+//!   answer; the only place that knows `tonic::Status` (`grpc/status.rs`); the layers around every
+//!   call (panics, the message size limit).
+//! - [`issuer`]: the use cases (issue, rotate, revoke, introspect, list sessions, cleanup) and the
+//!   rotation rules. Knows neither tonic nor sqlx; takes `now` as a parameter.
+//! - [`store`]: the [`store::FamilyStore`] trait, its PostgreSQL implementation (statements, rows,
+//!   and running a statement to a definite outcome), the connection pool and the family cache.
+//! - [`keys`]: signing and verifying access tokens, key files, and the server secret that keys
+//!   grace-window seals and page tokens.
 //!
 //! Around them: [`cli`] and [`config`] (flags, environment, validation; [`database_url`] keeps the
 //! database password out of every printout), [`startup`] (building and running the server),
