@@ -62,6 +62,10 @@ pub struct GcConfig {
     pub cleanup: CleanupSettings,
 }
 
+/// Idle-sweep windows per background cleanup pass: 50 windows of --gc-batch (1000) families a
+/// minute by default, so a table of a million families is swept in 20 minutes, at a few
+/// milliseconds of database time per window.
+const SWEEP_WINDOWS: u32 = 50;
 /// Pause between cleanup batches: leaves the database to the requests.
 const CLEANUP_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
@@ -74,6 +78,7 @@ impl CleanupSettings {
         Self {
             retention,
             batch: args.gc_batch,
+            sweep_windows: Some(SWEEP_WINDOWS),
             pause: CLEANUP_PAUSE,
         }
     }
@@ -87,7 +92,14 @@ impl GcConfig {
         let database = DatabaseConfig::collect(&args.database, &mut problems);
         let cleanup = CleanupSettings::collect(&args.cleanup, &mut problems);
         match database {
-            Some(database) if problems.0.is_empty() => Ok(Self { database, cleanup }),
+            // By hand, the whole table is swept.
+            Some(database) if problems.0.is_empty() => Ok(Self {
+                database,
+                cleanup: CleanupSettings {
+                    sweep_windows: None,
+                    ..cleanup
+                },
+            }),
             _ => Err(problems.0),
         }
     }

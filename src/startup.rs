@@ -27,7 +27,7 @@ use crate::grpc::TokenServiceImpl;
 use crate::grpc::message_limit::MessageLimitLayer;
 use crate::grpc::panic::CatchPanicLayer;
 use crate::grpc::pb::{self, token_service_server::TokenServiceServer};
-use crate::issuer::cleanup::{self, CleanupReport, CleanupSettings};
+use crate::issuer::cleanup::{self, CleanupReport, CleanupSettings, Sweep};
 use crate::issuer::{Issuer, Policy};
 use crate::keys::keyfile::{self, KeySource};
 use crate::keys::secret::SecretSource;
@@ -117,7 +117,7 @@ pub async fn migrate(database: &DatabaseConfig) -> anyhow::Result<()> {
 pub async fn collect_garbage(config: &GcConfig) -> anyhow::Result<CleanupReport> {
     let pool = postgres::pool(config.database.options.clone(), &config.database.pool);
     let store = PgStore::new(pool.clone(), &config.database.pool);
-    let report = cleanup::collect_garbage(&store, SystemClock.now(), &config.cleanup).await;
+    let report = cleanup::collect_garbage(&store, SystemClock.now(), &config.cleanup, &mut Sweep::default()).await;
     pool.close().await;
     report.context("cleanup failed")
 }
@@ -333,12 +333,13 @@ async fn clean_periodically(
     interval: Duration,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let mut sweep = Sweep::default();
     loop {
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             _ = stopped.changed() => return,
         }
-        if let Err(error) = cleanup::collect_garbage(&store, clock.now(), &settings).await {
+        if let Err(error) = cleanup::collect_garbage(&store, clock.now(), &settings, &mut sweep).await {
             tracing::warn!(%error, "cleanup pass failed; trying again at the next interval");
         }
     }

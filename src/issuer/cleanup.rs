@@ -6,15 +6,24 @@
 //! right reason (TOKEN_REUSED, TOKEN_REVOKED, TOKEN_EXPIRED) rather than TOKEN_INVALID. Spent
 //! tokens of *live* families stay: presenting one is how theft is detected.
 //!
+//! Families that ended by absolute expiry or revocation are found through indexes. Idle expiry
+//! has no index (the column moves with every rotation, and an index on it would cost every
+//! Rotate; see the migration), so a *sweep* walks the families a window at a time, picking up
+//! where the last pass stopped: every pass looks at `sweep_windows` windows, and a full sweep of
+//! a large table takes several passes. Storage stays bounded regardless: no family outlives its
+//! absolute expiry plus the retention.
+//!
 //! Work goes in small batches, each its own short statement, so that nothing Rotate waits on is
-//! held for long. [`collect_garbage`] is one full pass; `serve` runs one every interval in the
-//! background, `ratchet gc` once by hand. It works on the store alone (no keys needed).
+//! held for long. [`collect_garbage`] is one pass; `serve` runs one every interval in the
+//! background, `ratchet gc` one with an unbounded sweep by hand. It works on the store alone
+//! (no keys needed).
 
 use std::time::Duration as StdDuration;
 
 use time::{Duration, OffsetDateTime};
 
 use super::Error;
+use super::types::FamilyId;
 use crate::store::FamilyStore;
 
 /// The longest reuse grace window the configuration allows. Seals older than this are cleared
@@ -27,10 +36,18 @@ pub const MAX_REUSE_GRACE: Duration = Duration::minutes(10);
 pub struct CleanupSettings {
     /// How long an ended family is kept.
     pub retention: Duration,
-    /// Rows per statement.
+    /// Rows per statement, and families per sweep window.
     pub batch: u32,
+    /// Sweep windows per pass; `None`: sweep the whole table.
+    pub sweep_windows: Option<u32>,
     /// Pause between batches, leaving the database to the requests.
     pub pause: StdDuration,
+}
+
+/// Where the idle sweep stands between passes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sweep {
+    after: Option<FamilyId>,
 }
 
 /// What one pass removed.
@@ -41,7 +58,7 @@ pub struct CleanupReport {
     pub seals: u64,
 }
 
-/// One full cleanup pass at `now`.
+/// One cleanup pass at `now`, continuing the idle sweep from `sweep`.
 ///
 /// # Errors
 /// [`Error::Unavailable`] (what was removed before stays removed; the next pass goes on).
@@ -50,17 +67,34 @@ pub async fn collect_garbage<S: FamilyStore>(
     store: &S,
     now: OffsetDateTime,
     settings: &CleanupSettings,
+    sweep: &mut Sweep,
 ) -> Result<CleanupReport, Error> {
     let out_of_range = || Error::Internal("time arithmetic out of range".into());
     let ended_before = now.checked_sub(settings.retention).ok_or_else(out_of_range)?;
     let sealed_before = now.checked_sub(MAX_REUSE_GRACE).ok_or_else(out_of_range)?;
     let mut report = CleanupReport::default();
-    loop {
-        let purged = store.purge_ended(ended_before, settings.batch).await?;
+    let mut purge = async |families: &[FamilyId]| -> Result<(), Error> {
+        let purged = store.purge_families(families, settings.batch).await?;
         report.families += purged.families;
         report.tokens += purged.tokens;
-        if purged.families == 0 && purged.tokens == 0 {
+        Ok(())
+    };
+    loop {
+        let ended = store.ended_families(ended_before, settings.batch).await?;
+        if ended.is_empty() {
             break;
+        }
+        purge(&ended).await?;
+        tokio::time::sleep(settings.pause).await;
+    }
+    let mut windows = 0;
+    while settings.sweep_windows.is_none_or(|most| windows < most) {
+        windows += 1;
+        let window = store.idle_window(sweep.after, settings.batch, ended_before).await?;
+        purge(&window.ended).await?;
+        sweep.after = window.last;
+        if sweep.after.is_none() {
+            break; // the end of the table: the next pass starts over
         }
         tokio::time::sleep(settings.pause).await;
     }

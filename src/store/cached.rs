@@ -26,8 +26,8 @@ use quick_cache::sync::Cache;
 use time::OffsetDateTime;
 
 use super::{
-    FamilyStatus, FamilyStore, NewFamily, Purged, RefreshTokenRecord, Revocation, RevokeReason, SessionCursor,
-    SessionRecord, SpendOutcome, SpendRequest, StoreError,
+    FamilyStatus, FamilyStore, IdleWindow, NewFamily, Purged, RefreshTokenRecord, Revocation, RevokeReason,
+    SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError,
 };
 use crate::issuer::refresh_token::TokenHash;
 use crate::issuer::types::FamilyId;
@@ -193,10 +193,23 @@ impl<S: FamilyStore> FamilyStore for CachedStore<S> {
         self.inner.live_families(subject, now, after, limit).await
     }
 
-    async fn purge_ended(&self, ended_before: OffsetDateTime, limit: u32) -> Result<Purged, StoreError> {
+    async fn ended_families(&self, ended_before: OffsetDateTime, limit: u32) -> Result<Vec<FamilyId>, StoreError> {
+        self.inner.ended_families(ended_before, limit).await
+    }
+
+    async fn idle_window(
+        &self,
+        after: Option<FamilyId>,
+        window: u32,
+        ended_before: OffsetDateTime,
+    ) -> Result<IdleWindow, StoreError> {
+        self.inner.idle_window(after, window, ended_before).await
+    }
+
+    async fn purge_families(&self, families: &[FamilyId], limit: u32) -> Result<Purged, StoreError> {
         // Nothing to forget: a purged family had ended, which cached entries already say (a
         // "live" entry is checked against its expiry, and "revoked" stays true).
-        self.inner.purge_ended(ended_before, limit).await
+        self.inner.purge_families(families, limit).await
     }
 
     async fn clear_seals(&self, sealed_before: OffsetDateTime, limit: u32) -> Result<u64, StoreError> {
@@ -267,7 +280,13 @@ mod tests {
         ) -> Result<Vec<SessionRecord>, StoreError> {
             never()
         }
-        async fn purge_ended(&self, _: OffsetDateTime, _: u32) -> Result<Purged, StoreError> {
+        async fn ended_families(&self, _: OffsetDateTime, _: u32) -> Result<Vec<FamilyId>, StoreError> {
+            never()
+        }
+        async fn idle_window(&self, _: Option<FamilyId>, _: u32, _: OffsetDateTime) -> Result<IdleWindow, StoreError> {
+            never()
+        }
+        async fn purge_families(&self, _: &[FamilyId], _: u32) -> Result<Purged, StoreError> {
             never()
         }
         async fn clear_seals(&self, _: OffsetDateTime, _: u32) -> Result<u64, StoreError> {

@@ -209,11 +209,20 @@ pub struct SessionCursor {
     pub id: FamilyId,
 }
 
-/// What one [`FamilyStore::purge_ended`] batch removed.
+/// What [`FamilyStore::purge_families`] removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Purged {
     pub families: u64,
     pub tokens: u64,
+}
+
+/// One window of the idle sweep ([`FamilyStore::idle_window`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdleWindow {
+    /// The families of the window that ended by idle expiry.
+    pub ended: Vec<FamilyId>,
+    /// The last family of the window, where the next one starts; `None` at the end.
+    pub last: Option<FamilyId>,
 }
 
 /// Persistent state of families and refresh tokens. Every method is atomic, and every write is
@@ -265,11 +274,29 @@ pub trait FamilyStore: Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<SessionRecord>, StoreError>> + Send;
 
-    /// Deletes, with their refresh tokens, at most about `limit` families that ended (expired,
-    /// idle-expired or were revoked) before `ended_before`. Call again while it removes any.
-    fn purge_ended(
+    /// At most about `limit` families that ended before `ended_before` by their absolute expiry
+    /// or by revocation.
+    fn ended_families(
         &self,
         ended_before: OffsetDateTime,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<FamilyId>, StoreError>> + Send;
+
+    /// The idle sweep: of the next `window` families after `after` (in an order of the store's
+    /// choosing that a later call continues), those whose newest refresh token expired before
+    /// `ended_before`.
+    fn idle_window(
+        &self,
+        after: Option<FamilyId>,
+        window: u32,
+        ended_before: OffsetDateTime,
+    ) -> impl Future<Output = Result<IdleWindow, StoreError>> + Send;
+
+    /// Deletes `families`, which must have ended, with their refresh tokens and seals. Runs as
+    /// several statements, none of which deletes more than about `limit` rows; each is atomic.
+    fn purge_families(
+        &self,
+        families: &[FamilyId],
         limit: u32,
     ) -> impl Future<Output = Result<Purged, StoreError>> + Send;
 

@@ -33,7 +33,8 @@ fn sha256(bytes: &[u8]) -> Vec<u8> {
 async fn dump_values(app: &TestApp) -> HashSet<Vec<u8>> {
     let rows: Vec<(String,)> = sqlx::query_as(
         "select row_to_json(t)::text from refresh_tokens t
-         union all select row_to_json(f)::text from families f",
+         union all select row_to_json(f)::text from families f
+         union all select row_to_json(x)::text from seals x",
     )
     .fetch_all(&app.db)
     .await
@@ -123,7 +124,7 @@ async fn without_a_grace_window_no_seal_is_stored_at_all(_pool: PgPoolOptions, o
     let app = spawn_app_with_grace(options, time::Duration::ZERO).await;
     rotate_chain(&app, 3).await;
     // Looking at the table itself: this is about what a dump holds.
-    let (sealed,): (i64,) = sqlx::query_as("select count(*) from refresh_tokens where seal is not null")
+    let (sealed,): (i64,) = sqlx::query_as("select count(*) from seals")
         .fetch_one(&app.db)
         .await
         .unwrap();
@@ -135,7 +136,7 @@ async fn without_a_grace_window_no_seal_is_stored_at_all(_pool: PgPoolOptions, o
 async fn a_seal_is_cleared_when_the_token_it_seals_is_spent(_pool: PgPoolOptions, options: PgConnectOptions) {
     let app = spawn_app_with_grace(options, time::Duration::seconds(60)).await;
     let chain = rotate_chain(&app, 4).await;
-    let (sealed,): (i64,) = sqlx::query_as("select count(*) from refresh_tokens where seal is not null")
+    let (sealed,): (i64,) = sqlx::query_as("select count(*) from seals")
         .fetch_one(&app.db)
         .await
         .unwrap();
@@ -278,23 +279,32 @@ async fn a_statement_past_the_database_timeout_is_unavailable_and_did_nothing(
 }
 
 #[sqlx::test]
-async fn the_database_refuses_a_second_unspent_token_in_a_family(_pool: PgPoolOptions, options: PgConnectOptions) {
+async fn the_database_refuses_a_second_successor_or_a_second_first_token(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
     let app = spawn_app_with_grace(options, time::Duration::ZERO).await;
-    let pair = app.issue("alice").await;
-    // Whatever a future code path might do: the schema itself refuses a branch.
-    let error = sqlx::query(
-        "insert into refresh_tokens (hash, family_id, created_at, expires_at)
-         values (sha256('branch'), $1::uuid, now(), now() + interval '1 day')",
-    )
-    .bind(&pair.family_id)
-    .execute(&app.db)
-    .await
-    .unwrap_err();
-    assert_eq!(
-        error.as_database_error().and_then(|e| e.code()).as_deref(),
-        Some("23505")
-    );
-    app.rotate(&pair.refresh_token).await.unwrap();
+    let first = app.issue("alice").await;
+    app.rotate(&first.refresh_token).await.unwrap();
+    // Whatever a future code path might do, the schema itself refuses a branch: the spent token
+    // cannot get a second successor, and the family cannot get a second first token.
+    let spent = RefreshToken::parse(&first.refresh_token).unwrap().hash().0.to_vec();
+    for (parent, name) in [(Some(spent), "a second successor"), (None, "a second first token")] {
+        let error = sqlx::query(
+            "insert into refresh_tokens (hash, family_id, parent_hash, created_at, expires_at)
+             values (sha256(gen_random_uuid()::text::bytea), $1::uuid, $2, now(), now() + interval '1 day')",
+        )
+        .bind(&first.family_id)
+        .bind(parent)
+        .execute(&app.db)
+        .await
+        .expect_err(name);
+        assert_eq!(
+            error.as_database_error().and_then(|e| e.code()).as_deref(),
+            Some("23505"),
+            "{name}: {error}"
+        );
+    }
     app.stop().await;
 }
 

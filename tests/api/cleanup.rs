@@ -99,7 +99,10 @@ async fn a_family_that_ended_within_the_retention_is_kept(_pool: PgPoolOptions, 
 }
 
 #[sqlx::test]
-async fn cleanup_goes_in_small_batches_through_long_chains(_pool: PgPoolOptions, options: PgConnectOptions) {
+async fn cleanup_goes_in_small_batches_through_long_chains_and_sweeps_for_idle_ones(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
     let app = spawn_app_with(options, test_policy()).await;
     let mut chains = Vec::new();
     for i in 0..5 {
@@ -112,13 +115,19 @@ async fn cleanup_goes_in_small_batches_through_long_chains(_pool: PgPoolOptions,
     for pair in &chains {
         app.revoke_family(&pair.family_id).await;
     }
-    app.advance(Duration::days(2));
+    // Three more that only idle-expire (within the family's lifetime): found by the sweep, which
+    // goes two families at a time here too.
+    for i in 0..3 {
+        let pair = app.issue(&format!("idle{i}")).await;
+        app.rotate(&pair.refresh_token).await.unwrap();
+    }
+    app.advance(Duration::days(9));
     let settings = CleanupSettings {
         batch: 2,
         ..test_cleanup()
     };
     let report = app.collect_garbage(&settings).await;
-    assert_eq!((report.families, report.tokens), (5, 20));
+    assert_eq!((report.families, report.tokens), (8, 26));
     app.stop().await;
 }
 

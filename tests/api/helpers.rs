@@ -45,6 +45,7 @@ pub fn test_cleanup() -> CleanupSettings {
     CleanupSettings {
         retention: Duration::days(1),
         batch: 1000,
+        sweep_windows: None,
         pause: std::time::Duration::ZERO,
     }
 }
@@ -238,9 +239,10 @@ impl TestApp {
         }
     }
 
-    /// One cleanup pass at the server's `now`, as `ratchet gc` runs it.
+    /// One cleanup pass at the server's `now` with a sweep from the start, as `ratchet gc` runs it.
     pub async fn collect_garbage(&self, settings: &CleanupSettings) -> CleanupReport {
-        ratchet::issuer::cleanup::collect_garbage(&self.store, self.now(), settings)
+        let mut sweep = ratchet::issuer::cleanup::Sweep::default();
+        ratchet::issuer::cleanup::collect_garbage(&self.store, self.now(), settings, &mut sweep)
             .await
             .expect("cleanup pass")
     }

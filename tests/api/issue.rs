@@ -89,7 +89,8 @@ async fn refresh_tokens_are_stored_only_as_hashes(_pool: PgPoolOptions, options:
     let rotated = app.rotate(&pair.refresh_token).await.unwrap();
     let dump: Vec<(String,)> = sqlx::query_as(
         "select coalesce(encode(hash, 'escape'), '') || coalesce(encode(successor_hash, 'escape'), '')
-              || coalesce(encode(seal, 'escape'), '') from refresh_tokens",
+              || coalesce(encode(parent_hash, 'escape'), '') from refresh_tokens
+         union all select encode(seal, 'escape') from seals",
     )
     .fetch_all(&app.db)
     .await

@@ -23,8 +23,8 @@ pub use self::run::RetryPolicy;
 pub use self::sql::{CREATE_FAMILY, SPEND};
 use super::pool::ConnectionPool;
 use super::{
-    FamilyStatus, FamilyStore, NewFamily, Purged, RefreshTokenRecord, Revocation, RevokeReason, SessionCursor,
-    SessionRecord, SpendOutcome, SpendRequest, StoreError,
+    FamilyStatus, FamilyStore, IdleWindow, NewFamily, Purged, RefreshTokenRecord, Revocation, RevokeReason,
+    SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError,
 };
 use crate::issuer::refresh_token::TokenHash;
 use crate::issuer::types::FamilyId;
@@ -294,31 +294,68 @@ impl FamilyStore for PgStore {
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
-    async fn purge_ended(&self, ended_before: OffsetDateTime, limit: u32) -> Result<Purged, StoreError> {
-        let limit = i64::from(limit);
-        let spent = self
-            .execute(Kind::Write, || {
-                sqlx::query(sql::PURGE_SPENT_TOKENS).bind(ended_before).bind(limit)
-            })
-            .await?
-            .rows_affected();
-        if spent > 0 {
-            // Families go once their spent tokens are gone: the next call takes them.
-            return Ok(Purged {
-                families: 0,
-                tokens: spent,
-            });
-        }
-        let row: Option<(i64, i64)> = self
-            .fetch_optional(Kind::Write, || {
-                sqlx::query_as(sql::PURGE_FAMILIES).bind(ended_before).bind(limit)
+    async fn ended_families(&self, ended_before: OffsetDateTime, limit: u32) -> Result<Vec<FamilyId>, StoreError> {
+        let ids: Vec<(Uuid,)> = self
+            .fetch_all(Kind::Read, || {
+                sqlx::query_as(sql::ENDED_FAMILIES)
+                    .bind(ended_before)
+                    .bind(i64::from(limit))
             })
             .await?;
-        let (families, tokens) = row.unwrap_or_default();
-        Ok(Purged {
-            families: count(families),
-            tokens: count(tokens),
+        Ok(ids.into_iter().map(|(id,)| FamilyId::from_uuid(id)).collect())
+    }
+
+    async fn idle_window(
+        &self,
+        after: Option<FamilyId>,
+        window: u32,
+        ended_before: OffsetDateTime,
+    ) -> Result<IdleWindow, StoreError> {
+        // The nil UUID sorts first, and random (v4) ids are never nil.
+        let after = after.map_or(Uuid::nil(), |id| id.as_uuid());
+        let rows: Vec<(Uuid, bool)> = self
+            .fetch_all(Kind::Read, || {
+                sqlx::query_as(sql::IDLE_WINDOW)
+                    .bind(after)
+                    .bind(i64::from(window))
+                    .bind(ended_before)
+            })
+            .await?;
+        Ok(IdleWindow {
+            last: rows.last().map(|(id, _)| FamilyId::from_uuid(*id)),
+            ended: rows
+                .into_iter()
+                .filter_map(|(id, ended)| ended.then_some(FamilyId::from_uuid(id)))
+                .collect(),
         })
+    }
+
+    async fn purge_families(&self, families: &[FamilyId], limit: u32) -> Result<Purged, StoreError> {
+        let ids: Vec<Uuid> = families.iter().map(FamilyId::as_uuid).collect();
+        let mut purged = Purged::default();
+        if ids.is_empty() {
+            return Ok(purged);
+        }
+        // Spent tokens first, a batch at a time: the families go once none are left.
+        loop {
+            let deleted = self
+                .execute(Kind::Write, || {
+                    sqlx::query(sql::PURGE_SPENT_TOKENS).bind(&ids).bind(i64::from(limit))
+                })
+                .await?
+                .rows_affected();
+            purged.tokens += deleted;
+            if deleted < u64::from(limit) {
+                break;
+            }
+        }
+        let row: Option<(i64, i64)> = self
+            .fetch_optional(Kind::Write, || sqlx::query_as(sql::PURGE_FAMILIES).bind(&ids))
+            .await?;
+        let (families, tokens) = row.unwrap_or_default();
+        purged.families += count(families);
+        purged.tokens += count(tokens);
+        Ok(purged)
     }
 
     async fn clear_seals(&self, sealed_before: OffsetDateTime, limit: u32) -> Result<u64, StoreError> {

@@ -15,52 +15,66 @@ macro_rules! family_columns {
     };
 }
 
-/// The presented token ($1), its family and its successor: a `TokenRow`.
+/// The presented token ($1), its family and its successor: a `TokenRow`. `$seal` is the
+/// successor's seal, from `$join`ed `seals x`.
 macro_rules! presented_token_select {
-    () => {
+    ($seal:literal, $join:literal) => {
         concat!(
             "select ",
             family_columns!(),
             ", t.hash, t.created_at as token_created_at, t.expires_at as token_expires_at, \
-                t.spent_at, t.successor_hash, s.seal as successor_seal, \
+                t.spent_at, t.successor_hash, ",
+            $seal,
+            " as successor_seal, \
                 s.expires_at as successor_expires_at, s.spent_at is not null as successor_spent \
          from refresh_tokens t \
          join families f on f.id = t.family_id \
-         left join refresh_tokens s on s.hash = t.successor_hash \
-         where t.hash = $1"
+         left join refresh_tokens s on s.hash = t.successor_hash",
+            $join,
+            " where t.hash = $1"
         )
     };
 }
 
-pub(super) const PRESENTED_TOKEN: &str = presented_token_select!();
+/// Introspect and Revoke need no seal.
+pub(super) const PRESENTED_TOKEN: &str = presented_token_select!("null::bytea", "");
 
 /// Rotate's statement. Parameters: $1 presented hash, $2 successor hash, $3 now, $4 successor
-/// seal (null without a grace window), $5 successor expiry, $6 the start of the grace window
-/// (`now - grace`).
+/// seal (null without a grace window, and then no seal is read, written or deleted), $5 successor
+/// expiry, $6 the start of the grace window (`now - grace`).
 ///
 /// `presented` reads the state. `spent` spends the token only if it is live (under SERIALIZABLE
-/// a concurrent spend of the same row makes this fail with 40001 rather than slip through) and
-/// clears the token's own seal: the seal of a token exists only until the token is spent.
-/// `successor` and `touched` follow only if `spent` did. `reused` revokes the family when the
-/// presented token was already spent and this is neither a retry within the grace window (the
-/// same condition as `rotation::judge`) nor a second delivery of this very request (spent into
-/// `$2`): detection and revocation are one atomic step, so once PostgreSQL has seen a replay the
-/// family is revoked whatever happens to the caller. The final select returns the state as read,
-/// the successor's expiry when the spend happened, and whether `reused` revoked the family.
+/// a concurrent spend of the same row makes this fail with 40001 rather than slip through);
+/// `unsealed` deletes the token's own seal, which exists only until the token is spent.
+/// `successor` (naming its parent: the schema refuses a second successor), `sealed` and `touched`
+/// follow only if `spent` did. `reused` revokes the family when the presented token was already
+/// spent and this is neither a retry within the grace window (the same condition as
+/// `rotation::judge`) nor a second delivery of this very request (spent into `$2`): detection and
+/// revocation are one atomic step, so once PostgreSQL has seen a replay the family is revoked
+/// whatever happens to the caller. The final select returns the state as read, the successor's
+/// expiry when the spend happened, and whether `reused` revoked the family.
 pub const SPEND: &str = concat!(
     "with presented as (",
-    presented_token_select!(),
+    presented_token_select!(
+        "x.seal",
+        " left join seals x on $4 is not null and x.hash = t.successor_hash"
+    ),
     "), spent as (
         update refresh_tokens t
-        set spent_at = $3, successor_hash = $2, seal = null
+        set spent_at = $3, successor_hash = $2
         from presented p
         where t.hash = p.hash and t.spent_at is null
           and p.revoked_at is null and p.token_expires_at > $3 and p.expires_at > $3
         returning t.family_id
+    ), unsealed as (
+        delete from seals x using spent s where $4 is not null and x.hash = $1
     ), successor as (
-        insert into refresh_tokens (hash, family_id, created_at, expires_at, seal)
-        select $2, s.family_id, $3, least($5, p.expires_at), $4 from spent s, presented p
+        insert into refresh_tokens (hash, family_id, parent_hash, created_at, expires_at)
+        select $2, s.family_id, $1, $3, least($5, p.expires_at) from spent s, presented p
         returning expires_at
+    ), sealed as (
+        insert into seals (hash, seal, created_at)
+        select $2, $4, $3 from successor where $4 is not null
     ), touched as (
         update families f
         set last_rotated_at = $3, refresh_expires_at = s.expires_at
@@ -148,48 +162,39 @@ pub(super) const LIVE_FAMILIES: &str = live_families!("");
 /// The next page: after ($4, $5) in the listing order.
 pub(super) const LIVE_FAMILIES_AFTER: &str = live_families!("and (created_at, id) < ($4, $5)");
 
-/// Families that ended before $1, at most about $2 of them: those whose unspent (newest) refresh
-/// token expired — its expiry is the family's idle or absolute end, whichever comes first — and
-/// those revoked. Each branch walks its own partial index.
-macro_rules! ended_families {
-    () => {
-        "ended as (
-            (select family_id as id from refresh_tokens where spent_at is null and expires_at <= $1 limit $2)
-            union
-            (select id from families where revoked_at <= $1 limit $2)
-        )"
-    };
-}
+/// Families that ended before $1 by their absolute expiry or by revocation, at most about $2 of
+/// them; each branch walks its own index. (Idle-expired ones: [`IDLE_WINDOW`].)
+pub(super) const ENDED_FAMILIES: &str = "(select id from families where expires_at <= $1 limit $2)
+    union
+    (select id from families where revoked_at <= $1 limit $2)";
 
-/// Cleanup, step one: at most $2 spent refresh tokens of families that ended before $1. A long
-/// chain goes in several batches, so that no statement deletes an unbounded number of rows.
-pub(super) const PURGE_SPENT_TOKENS: &str = concat!(
-    "with ",
-    ended_families!(),
-    " delete from refresh_tokens where hash in (
-        select t.hash from ended e join refresh_tokens t on t.family_id = e.id
-        where t.spent_at is not null
-        limit $2)"
-);
+/// The idle sweep: the next $2 families after $1 in id order, each with whether its newest
+/// refresh token expired before $3 (`refresh_expires_at`, which every rotation moves). A bounded
+/// window of the primary key per statement: idle expiry has no index of its own, because the
+/// column changes on every rotation (see the migration).
+pub(super) const IDLE_WINDOW: &str = "select id, refresh_expires_at <= $3 from families
+    where id > $1 order by id limit $2";
 
-/// Cleanup, step two: families that ended before $1 and have no spent tokens left, with their
-/// last token. Returns how many families and tokens went.
-pub(super) const PURGE_FAMILIES: &str = concat!(
-    "with ",
-    ended_families!(),
-    ", doomed as (
-        select e.id from ended e
-        where not exists (select 1 from refresh_tokens t where t.family_id = e.id and t.spent_at is not null)
+/// Cleanup of families $1 (that ended), step one: at most $2 of their spent refresh tokens, so
+/// that a long chain goes in several statements.
+pub(super) const PURGE_SPENT_TOKENS: &str = "delete from refresh_tokens where hash in (
+        select hash from refresh_tokens where family_id = any($1) and spent_at is not null limit $2)";
+
+/// Step two: those of families $1 with no spent tokens left, with their last token (and its
+/// seal, by cascade). Returns how many families and tokens went.
+pub(super) const PURGE_FAMILIES: &str = "with doomed as (
+        select f.id from families f
+        where f.id = any($1)
+          and not exists (select 1 from refresh_tokens t where t.family_id = f.id and t.spent_at is not null)
     ), tokens as (
         delete from refresh_tokens t using doomed d where t.family_id = d.id returning 1
     ), gone as (
         delete from families f using doomed d where f.id = d.id returning 1
     )
-    select (select count(*) from gone), (select count(*) from tokens)"
-);
+    select (select count(*) from gone), (select count(*) from tokens)";
 
-/// Seals made before $1 (a token's seal is made when it is created), at most $2 of them.
-pub(super) const CLEAR_SEALS: &str = "update refresh_tokens set seal = null
-    where hash in (select hash from refresh_tokens where seal is not null and created_at <= $1 limit $2)";
+/// Seals made before $1 (a seal is made with its token), at most $2 of them.
+pub(super) const CLEAR_SEALS: &str = "delete from seals
+    where hash in (select hash from seals where created_at <= $1 limit $2)";
 
 pub(super) const PING: &str = "select 1";
