@@ -35,9 +35,10 @@ update refresh_tokens c set parent_hash = p.hash from refresh_tokens p where p.s
 create unique index refresh_tokens_one_successor on refresh_tokens (parent_hash);
 create unique index refresh_tokens_one_first_per_family on refresh_tokens (family_id) where parent_hash is null;
 
--- Cleanup finds families that ended by their absolute expiry and by their revocation time (both
--- written once); idle-expired ones by a sweep over the primary key.
-create index families_by_expiry on families (expires_at);
+-- Cleanup finds revoked families by their revocation time (written once, and only on
+-- revocation: no index entry for the families Issue creates); expired ones, idle or absolute, by
+-- a sweep over the primary key (`refresh_expires_at`, the earlier of the two ends, moves with
+-- every rotation: an index on it would cost every Rotate).
 create index families_revoked_by_time on families (revoked_at) where revoked_at is not null;
 
 -- ListSessions pages by (created_at, id), newest first.

@@ -6,12 +6,12 @@
 //! right reason (TOKEN_REUSED, TOKEN_REVOKED, TOKEN_EXPIRED) rather than TOKEN_INVALID. Spent
 //! tokens of *live* families stay: presenting one is how theft is detected.
 //!
-//! Families that ended by absolute expiry or revocation are found through indexes. Idle expiry
-//! has no index (the column moves with every rotation, and an index on it would cost every
-//! Rotate; see the migration), so a *sweep* walks the families a window at a time, picking up
-//! where the last pass stopped: every pass looks at `sweep_windows` windows, and a full sweep of
-//! a large table takes several passes. Storage stays bounded regardless: no family outlives its
-//! absolute expiry plus the retention.
+//! Revoked families are found through an index on the revocation time. Expiry (idle, or the
+//! absolute end, whichever comes first) has no index: the column moves with every rotation, and
+//! an index on it would cost every Rotate (see the migration). So a *sweep* walks the families a
+//! window at a time, picking up where the last pass stopped: every pass looks at
+//! `sweep_windows` windows, and a full sweep of a large table takes several passes (50,000
+//! families a minute by default).
 //!
 //! Work goes in small batches, each its own short statement, so that nothing Rotate waits on is
 //! held for long. [`collect_garbage`] is one pass; `serve` runs one every interval in the
@@ -80,11 +80,11 @@ pub async fn collect_garbage<S: FamilyStore>(
         Ok(())
     };
     loop {
-        let ended = store.ended_families(ended_before, settings.batch).await?;
-        if ended.is_empty() {
+        let revoked = store.revoked_families(ended_before, settings.batch).await?;
+        if revoked.is_empty() {
             break;
         }
-        purge(&ended).await?;
+        purge(&revoked).await?;
         tokio::time::sleep(settings.pause).await;
     }
     let mut windows = 0;

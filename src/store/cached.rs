@@ -193,8 +193,8 @@ impl<S: FamilyStore> FamilyStore for CachedStore<S> {
         self.inner.live_families(subject, now, after, limit).await
     }
 
-    async fn ended_families(&self, ended_before: OffsetDateTime, limit: u32) -> Result<Vec<FamilyId>, StoreError> {
-        self.inner.ended_families(ended_before, limit).await
+    async fn revoked_families(&self, ended_before: OffsetDateTime, limit: u32) -> Result<Vec<FamilyId>, StoreError> {
+        self.inner.revoked_families(ended_before, limit).await
     }
 
     async fn idle_window(
@@ -280,7 +280,7 @@ mod tests {
         ) -> Result<Vec<SessionRecord>, StoreError> {
             never()
         }
-        async fn ended_families(&self, _: OffsetDateTime, _: u32) -> Result<Vec<FamilyId>, StoreError> {
+        async fn revoked_families(&self, _: OffsetDateTime, _: u32) -> Result<Vec<FamilyId>, StoreError> {
             never()
         }
         async fn idle_window(&self, _: Option<FamilyId>, _: u32, _: OffsetDateTime) -> Result<IdleWindow, StoreError> {

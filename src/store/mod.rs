@@ -9,10 +9,10 @@
 //! happens to the caller afterwards.
 //!
 //! Every write is *idempotent*: running it twice has the effect of running it once, and the
-//! second run reports what the first did. That is what lets a store resolve a write whose answer
-//! was lost (the connection dropped after the statement was sent) by running it again on a new
-//! connection, instead of answering "unavailable" for something that may have happened; see
-//! [`StoreError`].
+//! second run tells what the first did (Issue's insert of a fresh random id fails on that id,
+//! which says the same). That is what lets a store resolve a write whose answer was lost (the
+//! connection dropped after the statement was sent) by running it again on a new connection,
+//! instead of answering "unavailable" for something that may have happened; see [`StoreError`].
 //!
 //! [`pool::ConnectionPool`] holds the PostgreSQL connections (and explains why it is not sqlx's).
 //! [`cached::CachedStore`] wraps any store with an in-memory cache of family liveness, so that
@@ -216,10 +216,10 @@ pub struct Purged {
     pub tokens: u64,
 }
 
-/// One window of the idle sweep ([`FamilyStore::idle_window`]).
+/// One window of the expiry sweep ([`FamilyStore::idle_window`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IdleWindow {
-    /// The families of the window that ended by idle expiry.
+    /// The families of the window that expired.
     pub ended: Vec<FamilyId>,
     /// The last family of the window, where the next one starts; `None` at the end.
     pub last: Option<FamilyId>,
@@ -274,16 +274,15 @@ pub trait FamilyStore: Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<SessionRecord>, StoreError>> + Send;
 
-    /// At most about `limit` families that ended before `ended_before` by their absolute expiry
-    /// or by revocation.
-    fn ended_families(
+    /// At most `limit` families revoked before `revoked_before`.
+    fn revoked_families(
         &self,
-        ended_before: OffsetDateTime,
+        revoked_before: OffsetDateTime,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<FamilyId>, StoreError>> + Send;
 
-    /// The idle sweep: of the next `window` families after `after` (in an order of the store's
-    /// choosing that a later call continues), those whose newest refresh token expired before
+    /// The expiry sweep: of the next `window` families after `after` (in an order of the store's
+    /// choosing that a later call continues), those that expired (idle or absolute) before
     /// `ended_before`.
     fn idle_window(
         &self,

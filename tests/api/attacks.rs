@@ -259,6 +259,54 @@ async fn an_answer_lost_after_the_spend_was_sent_never_turns_the_retry_into_reus
 }
 
 #[sqlx::test]
+async fn an_issue_whose_answer_was_lost_is_resolved_into_one_session(_pool: PgPoolOptions, options: PgConnectOptions) {
+    let proxy = Proxy::in_front_of(&options).await;
+    let app = behind(&proxy, options, time::Duration::ZERO).await;
+    app.issue("warm-up").await;
+    // The insert carries the subject: cut right after it is forwarded, restore shortly after.
+    let subject = format!("lost-{}", uuid::Uuid::new_v4().simple());
+    proxy.cut_after_forwarding(subject.clone().into_bytes());
+    let restorer = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            while !proxy.fired() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            proxy.restore().await;
+        })
+    };
+    let pair = app
+        .client
+        .clone()
+        .issue(ratchet::grpc::pb::IssueRequest {
+            subject: subject.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("a lost answer is resolved, not an error")
+        .into_inner();
+    restorer.await.unwrap();
+    assert!(proxy.fired(), "the insert never went through the proxy");
+    // One session, and it works.
+    let sessions = app
+        .client
+        .clone()
+        .list_sessions(ListSessionsRequest {
+            subject,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].family_id, pair.family_id);
+    app.rotate(&pair.refresh_token).await.unwrap();
+    app.stop().await;
+}
+
+#[sqlx::test]
 async fn a_statement_past_the_database_timeout_is_unavailable_and_did_nothing(
     _pool: PgPoolOptions,
     options: PgConnectOptions,

@@ -156,7 +156,7 @@ impl FamilyStore for PgStore {
         let family = &new.family;
         let keep_others = i64::from(new.max_live.saturating_sub(1));
         let evicted: Vec<(Uuid,)> = self
-            .fetch_all(Kind::Write, || {
+            .fetch_all(Kind::Insert, || {
                 sqlx::query_as(CREATE_FAMILY)
                     .bind(family.id.as_uuid())
                     .bind(&family.subject)
@@ -294,11 +294,11 @@ impl FamilyStore for PgStore {
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
-    async fn ended_families(&self, ended_before: OffsetDateTime, limit: u32) -> Result<Vec<FamilyId>, StoreError> {
+    async fn revoked_families(&self, revoked_before: OffsetDateTime, limit: u32) -> Result<Vec<FamilyId>, StoreError> {
         let ids: Vec<(Uuid,)> = self
             .fetch_all(Kind::Read, || {
-                sqlx::query_as(sql::ENDED_FAMILIES)
-                    .bind(ended_before)
+                sqlx::query_as(sql::REVOKED_FAMILIES)
+                    .bind(revoked_before)
                     .bind(i64::from(limit))
             })
             .await?;

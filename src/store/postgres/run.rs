@@ -57,12 +57,16 @@ impl Default for RetryPolicy {
     }
 }
 
-/// Whether a lost answer may leave something done.
+/// Whether a lost answer may leave something done, and how running it again tells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kind {
     Read,
-    /// An idempotent write: safe to run again to learn what happened.
+    /// An idempotent write: running it again reports what the first run did.
     Write,
+    /// An insert of rows with fresh random keys: run again after the first run committed, it
+    /// fails on a unique key (SQLSTATE 23505), which then means "done" (what it would have
+    /// returned is lost: the default stands in).
+    Insert,
 }
 
 /// How one attempt ended.
@@ -82,7 +86,7 @@ impl PgStore {
     ///
     /// `op` takes the connection and gives it back with the outcome (rather than borrowing it,
     /// which would need a higher-ranked closure that cannot capture the caller's references).
-    pub(super) async fn run<T, F, Fut>(&self, kind: Kind, op: F) -> Result<T, StoreError>
+    pub(super) async fn run<T: Default, F, Fut>(&self, kind: Kind, op: F) -> Result<T, StoreError>
     where
         F: Fn(PooledConnection) -> Fut,
         Fut: Future<Output = (PooledConnection, Result<T, sqlx::Error>)>,
@@ -110,6 +114,12 @@ impl PgStore {
                     conflict_delay = (conflict_delay * 2).min(self.retry.max_delay);
                     pause
                 }
+                Attempt::Answered(Err(error))
+                    if kind == Kind::Insert && lost.is_some() && sqlstate(&error).as_deref() == Some("23505") =>
+                {
+                    tracing::info!("a lost insert had committed");
+                    return Ok(T::default());
+                }
                 Attempt::Answered(Err(error)) => match (classify(error), lost.is_some()) {
                     // This run did nothing, but the lost one may still have: keep asking.
                     (StoreError::Unavailable(_), true) => next_resolve_delay(&mut resolve_delay),
@@ -119,7 +129,7 @@ impl PgStore {
                 Attempt::NoConnection(_) => next_resolve_delay(&mut resolve_delay),
                 Attempt::Lost(error) => match kind {
                     Kind::Read => return Err(StoreError::Unavailable(error)),
-                    Kind::Write => {
+                    Kind::Write | Kind::Insert => {
                         if lost.is_none() {
                             tracing::warn!(%error, "lost the answer to a write; running it again to learn its outcome");
                             deadline = Instant::now() + self.timeout;

@@ -100,13 +100,13 @@ pub const SPEND: &str = concat!(
 /// hash, $11 how many of the subject's other live families for this client may stay (the cap
 /// minus one).
 ///
-/// `on conflict do nothing` makes a second delivery a no-op (the family id is random and new),
-/// and `evicted` only acts when this delivery inserted. Returns the families it evicted.
+/// A second delivery fails on the family's primary key (the id is random and new), which the
+/// store takes as "done" when it is resolving a lost answer (`run::Kind::Insert`). Returns the
+/// families it evicted.
 pub const CREATE_FAMILY: &str = "with family as (
         insert into families (id, subject, client_id, scopes, audiences, claims, created_at,
                               last_rotated_at, refresh_expires_at, expires_at)
         values ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)
-        on conflict (id) do nothing
         returning id
     ), first as (
         insert into refresh_tokens (hash, family_id, created_at, expires_at)
@@ -119,7 +119,7 @@ pub const CREATE_FAMILY: &str = "with family as (
                 and expires_at > $7 and refresh_expires_at > $7
               order by created_at desc, id desc
               offset $11) oldest
-        where f.id = oldest.id and exists (select 1 from family)
+        where f.id = oldest.id
         returning f.id
     )
     select id from evicted";
@@ -162,16 +162,13 @@ pub(super) const LIVE_FAMILIES: &str = live_families!("");
 /// The next page: after ($4, $5) in the listing order.
 pub(super) const LIVE_FAMILIES_AFTER: &str = live_families!("and (created_at, id) < ($4, $5)");
 
-/// Families that ended before $1 by their absolute expiry or by revocation, at most about $2 of
-/// them; each branch walks its own index. (Idle-expired ones: [`IDLE_WINDOW`].)
-pub(super) const ENDED_FAMILIES: &str = "(select id from families where expires_at <= $1 limit $2)
-    union
-    (select id from families where revoked_at <= $1 limit $2)";
+/// Families revoked before $1, at most $2 of them. (Expired ones: [`IDLE_WINDOW`].)
+pub(super) const REVOKED_FAMILIES: &str = "select id from families where revoked_at <= $1 limit $2";
 
-/// The idle sweep: the next $2 families after $1 in id order, each with whether its newest
-/// refresh token expired before $3 (`refresh_expires_at`, which every rotation moves). A bounded
-/// window of the primary key per statement: idle expiry has no index of its own, because the
-/// column changes on every rotation (see the migration).
+/// The sweep: the next $2 families after $1 in id order, each with whether it expired before $3:
+/// `refresh_expires_at` is the earlier of its idle and absolute ends, and moves with every
+/// rotation, which is why it has no index (see the migration) and is read a bounded window of the
+/// primary key per statement instead.
 pub(super) const IDLE_WINDOW: &str = "select id, refresh_expires_at <= $3 from families
     where id > $1 order by id limit $2";
 
