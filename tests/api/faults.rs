@@ -319,19 +319,27 @@ async fn many_clients_rotating_and_replaying_the_same_families_never_spend_a_tok
                 rng ^= rng << 17;
                 usize::try_from(rng % n as u64).unwrap()
             };
+            let mut issued = 0;
             while Instant::now() < until {
-                let (index, token) = {
+                let picked = {
                     let families = families.lock().unwrap();
                     let live: Vec<usize> = (0..families.len()).filter(|&i| !families[i].dead).collect();
-                    let index = live[next(live.len())];
-                    let tokens = &families[index].tokens;
-                    // Mostly the newest token (racing other workers for it), sometimes a replay.
-                    let pick = if next(4) == 0 {
-                        next(tokens.len())
-                    } else {
-                        tokens.len() - 1
-                    };
-                    (index, tokens[pick].clone())
+                    (!live.is_empty()).then(|| {
+                        let index = live[next(live.len())];
+                        let tokens = &families[index].tokens;
+                        // Mostly the newest token (racing other workers for it), sometimes a replay.
+                        let pick = if next(4) == 0 {
+                            next(tokens.len())
+                        } else {
+                            tokens.len() - 1
+                        };
+                        (index, tokens[pick].clone())
+                    })
+                };
+                // Every family just fell to a detected reuse: replacements are on their way.
+                let Some((index, token)) = picked else {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
                 };
                 match rotate_once(&client, &token, &observed).await {
                     Ok(successor) => families.lock().unwrap()[index].tokens.push(successor),
@@ -345,8 +353,10 @@ async fn many_clients_rotating_and_replaying_the_same_families_never_spend_a_tok
                             if reason_of(&status).as_deref() == Some(reason::TOKEN_REUSED) {
                                 observed.lock().unwrap().reused.push(id);
                             }
-                            // Keep four families in play.
-                            let pair = issue(&client, &format!("user-w{worker}")).await;
+                            // Keep four families in play (a subject each: the sessions cap must
+                            // not evict any).
+                            issued += 1;
+                            let pair = issue(&client, &format!("user-w{worker}-{issued}")).await;
                             families.lock().unwrap().push(Family {
                                 id: pair.family_id,
                                 tokens: vec![pair.refresh_token],
