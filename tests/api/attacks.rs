@@ -9,7 +9,7 @@ use std::time::Duration;
 use aws_lc_rs::digest::{SHA256, digest};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ratchet::grpc::pb::{ListSessionsRequest, RotateRequest, TokenPair};
+use ratchet::grpc::pb::{RotateRequest, TokenPair};
 use ratchet::grpc::status::reason;
 use ratchet::issuer::refresh_token::RefreshToken;
 use ratchet::store::postgres::{self, PoolSettings};
@@ -199,17 +199,7 @@ async fn a_replay_whose_caller_hangs_up_before_the_answer_still_revokes_the_fami
         &app.rotate(&second.refresh_token).await.unwrap_err(),
         reason::TOKEN_REVOKED,
     );
-    let sessions = app
-        .client
-        .clone()
-        .list_sessions(ListSessionsRequest {
-            subject: "alice".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .sessions;
+    let sessions = app.sessions("alice").await;
     assert!(sessions.is_empty());
     app.stop().await;
 }
@@ -226,17 +216,7 @@ async fn an_answer_lost_after_the_spend_was_sent_never_turns_the_retry_into_reus
     // The spend carries the presented token's hash: cut the network right after it is forwarded,
     // and bring it back shortly after.
     let hash = RefreshToken::parse(&pair.refresh_token).unwrap().hash();
-    proxy.cut_after_forwarding(hash.0.to_vec());
-    let restorer = {
-        let proxy = proxy.clone();
-        tokio::spawn(async move {
-            while !proxy.fired() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            proxy.restore().await;
-        })
-    };
+    let restorer = proxy.cut_once_after_forwarding(hash.0.to_vec(), Duration::from_millis(300));
 
     let first = app.rotate(&pair.refresh_token).await;
     restorer.await.unwrap();
@@ -265,17 +245,7 @@ async fn an_issue_whose_answer_was_lost_is_resolved_into_one_session(_pool: PgPo
     app.issue("warm-up").await;
     // The insert carries the subject: cut right after it is forwarded, restore shortly after.
     let subject = format!("lost-{}", uuid::Uuid::new_v4().simple());
-    proxy.cut_after_forwarding(subject.clone().into_bytes());
-    let restorer = {
-        let proxy = proxy.clone();
-        tokio::spawn(async move {
-            while !proxy.fired() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            proxy.restore().await;
-        })
-    };
+    let restorer = proxy.cut_once_after_forwarding(subject.clone().into_bytes(), Duration::from_millis(300));
     let pair = app
         .client
         .clone()
@@ -289,17 +259,7 @@ async fn an_issue_whose_answer_was_lost_is_resolved_into_one_session(_pool: PgPo
     restorer.await.unwrap();
     assert!(proxy.fired(), "the insert never went through the proxy");
     // One session, and it works.
-    let sessions = app
-        .client
-        .clone()
-        .list_sessions(ListSessionsRequest {
-            subject,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .sessions;
+    let sessions = app.sessions(&subject).await;
     assert_eq!(sessions.len(), 1);
     assert_eq!(sessions[0].family_id, pair.family_id);
     app.rotate(&pair.refresh_token).await.unwrap();

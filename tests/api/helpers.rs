@@ -185,6 +185,20 @@ impl TestApp {
         self.clock.advance(by);
     }
 
+    /// The first page of `subject`'s live sessions.
+    pub async fn sessions(&self, subject: &str) -> Vec<ratchet::grpc::pb::Session> {
+        self.client
+            .clone()
+            .list_sessions(ratchet::grpc::pb::ListSessionsRequest {
+                subject: subject.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("list sessions")
+            .into_inner()
+            .sessions
+    }
+
     /// Revokes one family by id through the API.
     pub async fn revoke_family(&self, family_id: &str) {
         self.client

@@ -169,6 +169,21 @@ impl Proxy {
         self.shared.faults().cut_after = Some(pattern);
     }
 
+    /// [`cut_after_forwarding`](Self::cut_after_forwarding), then [`restore`](Self::restore)
+    /// `after` it went off: a network that drops one request's answer and comes back. Await the
+    /// handle to know the network is back.
+    pub fn cut_once_after_forwarding(&self, pattern: impl Into<Vec<u8>>, after: Duration) -> JoinHandle<()> {
+        self.cut_after_forwarding(pattern);
+        let proxy = self.clone();
+        tokio::spawn(async move {
+            while !proxy.fired() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(after).await;
+            proxy.restore().await;
+        })
+    }
+
     /// Whether the armed [`cut_after_forwarding`](Self::cut_after_forwarding) went off.
     pub fn fired(&self) -> bool {
         self.shared.fired.load(Ordering::SeqCst)

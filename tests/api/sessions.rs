@@ -7,19 +7,6 @@ use tonic::Status;
 
 use crate::helpers::{TestApp, assert_invalid_argument, assert_token_error, spawn_app_with, test_policy};
 
-async fn sessions(app: &TestApp, subject: &str) -> Vec<Session> {
-    app.client
-        .clone()
-        .list_sessions(ListSessionsRequest {
-            subject: subject.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .sessions
-}
-
 #[sqlx::test]
 async fn list_sessions_shows_live_families_newest_first(_pool: PgPoolOptions, options: PgConnectOptions) {
     let policy = ratchet::issuer::Policy {
@@ -48,7 +35,7 @@ async fn list_sessions_shows_live_families_newest_first(_pool: PgPoolOptions, op
     app.revoke_family(&revoked.family_id).await;
     app.advance(Duration::minutes(10));
     app.rotate(&phone.refresh_token).await.unwrap();
-    let listed = sessions(&app, "alice").await;
+    let listed = app.sessions("alice").await;
     assert_eq!(listed.len(), 2);
     assert_eq!(listed[0].family_id, phone.family_id);
     assert_eq!(listed[0].client_id, "phone");
@@ -61,12 +48,12 @@ async fn list_sessions_shows_live_families_newest_first(_pool: PgPoolOptions, op
     assert_eq!(listed[1].last_rotated_at, listed[1].created_at);
 
     app.advance(Duration::minutes(20)); // the first session is idle past an hour
-    let listed = sessions(&app, "alice").await;
+    let listed = app.sessions("alice").await;
     assert_eq!(
         listed.iter().map(|s| s.family_id.as_str()).collect::<Vec<_>>(),
         [phone.family_id.as_str()]
     );
-    assert!(sessions(&app, "nobody").await.is_empty());
+    assert!(app.sessions("nobody").await.is_empty());
     app.stop().await;
 }
 
@@ -197,7 +184,7 @@ async fn beyond_the_sessions_cap_issue_revokes_the_oldest_session_of_that_client
     for pair in web[1..].iter().chain([&phone]) {
         assert!(app.introspect(&pair.access_token).await.active);
     }
-    let listed = sessions(&app, "alice").await;
+    let listed = app.sessions("alice").await;
     assert_eq!(listed.len(), 4);
     assert!(listed.iter().all(|s| s.family_id != web[0].family_id));
     app.stop().await;
