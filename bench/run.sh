@@ -20,11 +20,11 @@ if [ $smoke = 1 ]; then
     : "${DURATION:=2s}" "${WARMUP:=1s}" "${KS:=1 4}"
     profile=debug
     # --all-targets: the same feature set as the test build that CI just made, so nothing rebuilds.
-    cargo build --locked --all-targets
+    cargo build --locked --workspace --all-targets
 else
     : "${DURATION:=10s}" "${WARMUP:=2s}" "${KS:=1 16 64}"
     profile=release
-    cargo build --locked --release --bins
+    cargo build --locked --release --workspace --bins
 fi
 : "${SCENARIOS:=issue rotate introspect mixed}" "${DB_CONNECTIONS:=16}" "${RUNS:=1}"
 base_url="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"

@@ -78,7 +78,7 @@ mod tests {
     use super::*;
 
     fn committed(name: &str) -> String {
-        std::fs::read_to_string(format!("{}/bench/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+        std::fs::read_to_string(format!("{}/../../bench/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
     }
 
     #[test]

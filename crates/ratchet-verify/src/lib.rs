@@ -1,0 +1,1 @@
+//! Verifying ratchet's access tokens locally (work in progress, issue 8).
