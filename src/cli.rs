@@ -1,4 +1,4 @@
-//! Command line: `ratchet serve` and `ratchet migrate`. Every flag has an environment fallback
+//! Command line: `ratchet serve`, `migrate`, `gc` and `keys`. Every flag has an environment fallback
 //! and a default; [`crate::config`] validates them.
 //!
 //! Durations are kept as the text given and parsed (humantime: `90s`, `15m`, `7d`) by
@@ -43,6 +43,60 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Run one cleanup pass (what `serve` does every --gc-interval), print what it removed, exit.
     Gc(GcArgs),
+    /// Manage signing keys: generate, list, activate, retire. Running servers pick changes up on
+    /// SIGHUP and within --keys-reload-interval.
+    Keys(KeysArgs),
+}
+
+/// Where the signing keys are.
+#[derive(Debug, Clone, Args)]
+pub struct KeySourceArgs {
+    /// Directory of signing keys and their states (default: `keys` in the data directory). Give
+    /// every replica the same one (a shared volume, or one Kubernetes secret mounted into each).
+    #[arg(long, env = "RATCHET_KEYS_DIR")]
+    pub keys_dir: Option<PathBuf>,
+    /// A single PEM private key to sign with, from before key directories: used while the key
+    /// directory does not exist, and imported as its active key by the first `ratchet keys`
+    /// command.
+    #[arg(long, env = "RATCHET_SIGNING_KEY")]
+    pub signing_key: Option<PathBuf>,
+    /// Directory for state kept on disk (the key directory by default, and the key earlier
+    /// versions generated, `signing-key.pem`).
+    #[arg(long, env = "RATCHET_DATA_DIR", default_value = "ratchet-data")]
+    pub data_dir: PathBuf,
+}
+
+impl KeySourceArgs {
+    pub fn keys_dir(&self) -> PathBuf {
+        self.keys_dir.clone().unwrap_or_else(|| self.data_dir.join("keys"))
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KeysArgs {
+    #[command(flatten)]
+    pub source: KeySourceArgs,
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeysCommand {
+    /// Add a new key. It is published (in the JWKS, accepted) but does not sign until activated;
+    /// the first key of an empty directory is activated at once.
+    Generate {
+        /// EdDSA (Ed25519), ES256 (P-256) or RS256 (RSA 2048).
+        #[arg(long, default_value = "EdDSA")]
+        alg: String,
+    },
+    /// Print every key: kid, algorithm, state, creation time.
+    List,
+    /// Make KID the signing key; the one before stays published. Wait until verifiers have the
+    /// key (the JWKS max-age plus the reload interval after `generate`) before activating it.
+    Activate { kid: String },
+    /// Remove KID: tokens it signed stop verifying. Only after the longest access-token lifetime
+    /// has passed since it stopped signing.
+    Retire { kid: String },
 }
 
 /// How ended families are cleaned up.
@@ -110,13 +164,23 @@ pub struct ServeArgs {
     /// Clock skew tolerated for `nbf` and `iat` in the future; `exp` is always exact. At most 5m.
     #[arg(long, env = "RATCHET_LEEWAY", default_value = "5s")]
     pub leeway: String,
-    /// PEM file with a PKCS#8 Ed25519 private key (`openssl genpkey -algorithm ed25519`).
-    /// Without it, a key is created in the data directory on first start and reused after.
-    #[arg(long, env = "RATCHET_SIGNING_KEY")]
-    pub signing_key: Option<PathBuf>,
-    /// Directory for state kept on disk (the generated signing key).
-    #[arg(long, env = "RATCHET_DATA_DIR", default_value = "ratchet-data")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub keys: KeySourceArgs,
+    /// How often the key directory is read again for changes (SIGHUP reads it at once). 1s to 1h.
+    #[arg(long, env = "RATCHET_KEYS_RELOAD_INTERVAL", default_value = "1m")]
+    pub keys_reload_interval: String,
+    /// Address of the HTTP listener serving the JWKS (`/.well-known/jwks.json`) and discovery
+    /// metadata (`/.well-known/openid-configuration`); `off` for none.
+    #[arg(long, env = "RATCHET_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub http_listen: String,
+    /// `Cache-Control: max-age` of the JWKS: how long verifiers may keep it. A new key must be
+    /// published at least this long (plus the reload interval) before it is activated. 0s to 1d.
+    #[arg(long, env = "RATCHET_JWKS_MAX_AGE", default_value = "5m")]
+    pub jwks_max_age: String,
+    /// The `jwks_uri` the discovery metadata announces (default: built from the request's Host
+    /// header, over http).
+    #[arg(long, env = "RATCHET_JWKS_URI")]
+    pub jwks_uri: Option<String>,
     /// How long Introspect may answer "live" for a family from memory without asking the
     /// database. Revocations made by this server show at once regardless; this bounds how long
     /// one made by another replica can go unseen. `0s` asks the database every time; at most 1h.

@@ -14,6 +14,7 @@ use crate::database_url::DatabaseUrl;
 use crate::issuer::Policy;
 use crate::issuer::cleanup::CleanupSettings;
 use crate::issuer::types::MAX_NAME_BYTES;
+use crate::keys::source::KeySource;
 use crate::store::postgres::PoolSettings;
 
 /// Where the database is and how to talk to it.
@@ -42,8 +43,11 @@ pub struct Config {
     pub listen: SocketAddr,
     pub database: DatabaseConfig,
     pub policy: Policy,
-    pub signing_key: Option<PathBuf>,
-    pub data_dir: PathBuf,
+    pub keys: KeySource,
+    /// How often the key directory is read again (SIGHUP reads it at once).
+    pub keys_reload_interval: Duration,
+    /// The JWKS/discovery HTTP listener; `None` when turned off.
+    pub http: Option<HttpConfig>,
     pub migrate: bool,
     pub family_cache_ttl: Duration,
     /// Memory budget of the verified access-token cache, in bytes; zero disables it.
@@ -53,6 +57,16 @@ pub struct Config {
     pub cleanup: CleanupSettings,
     /// Zero: no background cleanup.
     pub cleanup_interval: std::time::Duration,
+}
+
+/// The JWKS and discovery HTTP listener.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// `Cache-Control: max-age` of the JWKS.
+    pub jwks_max_age: Duration,
+    /// The `jwks_uri` discovery announces; `None`: from the request's Host header.
+    pub jwks_uri: Option<String>,
 }
 
 /// What `ratchet gc` needs.
@@ -158,6 +172,20 @@ const DB_TIMEOUT: Bounds = Bounds {
     min: Duration::from_millis(100),
     max: MINUTE,
     why: "past it a caller is better told UNAVAILABLE than kept waiting",
+};
+
+/// Below a second re-reading the key files is busywork; above an hour a key change waits too
+/// long for a server that missed its SIGHUP.
+const KEYS_RELOAD_INTERVAL: Bounds = Bounds {
+    min: Duration::from_secs(1),
+    max: HOUR,
+    why: "a key change would wait that long on a server that missed its SIGHUP",
+};
+/// Verifiers may keep the JWKS this long: a day at most, or key rotations take days.
+const JWKS_MAX_AGE: Bounds = Bounds {
+    min: Duration::ZERO,
+    max: DAY,
+    why: "every key rotation has to wait this long before activating",
 };
 
 /// Ended families are kept at most as long as the longest family lives.
@@ -298,6 +326,33 @@ impl Config {
         problems.check((1..=10_000).contains(&args.max_sessions), || {
             "max-sessions: must be 1 to 10000".into()
         });
+        let keys_reload_interval = problems.duration(
+            "keys-reload-interval",
+            &args.keys_reload_interval,
+            &KEYS_RELOAD_INTERVAL,
+        );
+        let jwks_max_age = problems.duration("jwks-max-age", &args.jwks_max_age, &JWKS_MAX_AGE);
+        let http = match args.http_listen.as_str() {
+            "off" => None,
+            listen => match listen.parse() {
+                Ok(listen) => Some(HttpConfig {
+                    listen,
+                    jwks_max_age,
+                    jwks_uri: args.jwks_uri.clone(),
+                }),
+                Err(_) => {
+                    problems.0.push(format!(
+                        "http-listen: {listen:?} is neither an address (host:port) nor `off`"
+                    ));
+                    None
+                }
+            },
+        };
+        if let Some(uri) = &args.jwks_uri {
+            problems.check(uri.starts_with("https://") || uri.starts_with("http://"), || {
+                "jwks-uri: must be an http:// or https:// URL".into()
+            });
+        }
         let cleanup = CleanupSettings::collect(&args.cleanup, &mut problems);
         let cleanup_interval = problems.duration("gc-interval", &args.gc_interval, &GC_INTERVAL);
         let verified_cache_bytes = match usize::try_from(args.verified_cache_bytes) {
@@ -328,8 +383,9 @@ impl Config {
                     leeway,
                     max_sessions: args.max_sessions,
                 },
-                signing_key: args.signing_key,
-                data_dir: args.data_dir,
+                keys: KeySource::from_args(&args.keys),
+                keys_reload_interval,
+                http,
                 migrate: !args.no_migrate,
                 family_cache_ttl,
                 verified_cache_bytes,

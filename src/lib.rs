@@ -2,15 +2,17 @@
 //!
 //! # Layout
 //! Imports only go down this list:
-//! - [`grpc`]: the tonic service. Decodes requests into domain types, calls the issuer, encodes the
+//! - [`grpc`] and [`http`]: the transports. [`http`] serves the JWKS and discovery metadata;
+//!   [`grpc`] is the tonic service. Decodes requests into domain types, calls the issuer, encodes the
 //!   answer; the only place that knows `tonic::Status` (`grpc/status.rs`); the layers around every
 //!   call (panics, the message size limit).
 //! - [`issuer`]: the use cases (issue, rotate, revoke, introspect, list sessions, cleanup) and the
 //!   rotation rules. Knows neither tonic nor sqlx; takes `now` as a parameter.
 //! - [`store`]: the [`store::FamilyStore`] trait, its PostgreSQL implementation (statements, rows,
 //!   and running a statement to a definite outcome), the connection pool and the family cache.
-//! - [`keys`]: signing and verifying access tokens, key files, and the server secret that keys
-//!   grace-window seals and page tokens.
+//! - [`keys`]: signing and verifying access tokens (EdDSA, ES256, RS256), the key directory and
+//!   its reloading, the JWK Set, and the server secret that keys grace-window seals and page
+//!   tokens.
 //!
 //! Around them: [`cli`] and [`config`] (flags, environment, validation; [`database_url`] keeps the
 //! database password out of every printout), [`startup`] (building and running the server),
@@ -21,6 +23,7 @@ pub mod clock;
 pub mod config;
 pub mod database_url;
 pub mod grpc;
+pub mod http;
 pub mod issuer;
 pub mod keys;
 pub mod shutdown;

@@ -3,8 +3,11 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use ratchet::cli::{Cli, Command};
+use ratchet::cli::{Cli, Command, KeysArgs, KeysCommand};
 use ratchet::config::{Config, DatabaseConfig, GcConfig};
+use ratchet::keys::directory::Imported;
+use ratchet::keys::source::KeySource;
+use ratchet::keys::{KeyAlgorithm, KeyError};
 use ratchet::startup::{self, Application};
 use ratchet::{shutdown, telemetry};
 
@@ -33,6 +36,11 @@ fn main() -> ExitCode {
         Command::Gc(args) => match GcConfig::from_args(&args) {
             Ok(config) => runtime.block_on(gc(config)),
             Err(problems) => return usage(&problems),
+        },
+        Command::Keys(args) => match keys(&args) {
+            Err(KeysFailure::Usage(problem)) => return usage(&[problem]),
+            Err(KeysFailure::Keys(error)) => Err(error.into()),
+            Ok(()) => Ok(()),
         },
     };
     match result {
@@ -66,4 +74,67 @@ fn usage(problems: &[String]) -> ExitCode {
         eprintln!("error: {problem}");
     }
     ExitCode::from(EX_USAGE)
+}
+
+enum KeysFailure {
+    Usage(String),
+    Keys(KeyError),
+}
+
+impl From<KeyError> for KeysFailure {
+    fn from(error: KeyError) -> Self {
+        Self::Keys(error)
+    }
+}
+
+/// `ratchet keys ...`: every command first creates the key directory if there is none (around
+/// the legacy key, if any), then does its change under the directory's lock.
+fn keys(args: &KeysArgs) -> Result<(), KeysFailure> {
+    let source = KeySource::from_args(&args.source);
+    let dir = &source.dir;
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    // Checked before the directory is touched: a typo creates nothing.
+    let alg = match &args.command {
+        KeysCommand::Generate { alg } => Some(
+            alg.parse::<KeyAlgorithm>()
+                .map_err(|problem| KeysFailure::Usage(format!("alg: {problem}")))?,
+        ),
+        _ => None,
+    };
+    match source.initialize(&now)? {
+        Imported::Nothing => {}
+        Imported::Created => eprintln!("created the key directory {}", dir.path().display()),
+        Imported::LegacyKey(kid) => eprintln!(
+            "created the key directory {} around the existing signing key {kid} (active)",
+            dir.path().display()
+        ),
+    }
+    match &args.command {
+        KeysCommand::Generate { .. } => {
+            let entry = dir.generate(alg.unwrap_or(KeyAlgorithm::EdDSA), &now)?;
+            println!("{}", entry.kid);
+            eprintln!(
+                "generated {} key {} ({}); servers pick it up on SIGHUP or within the reload interval",
+                entry.alg, entry.kid, entry.state
+            );
+        }
+        KeysCommand::List => {
+            println!("{:<45} {:<6} {:<10} CREATED", "KID", "ALG", "STATE");
+            for entry in dir.list()? {
+                println!(
+                    "{:<45} {:<6} {:<10} {}",
+                    entry.kid, entry.alg, entry.state, entry.created
+                );
+            }
+        }
+        KeysCommand::Activate { kid } => {
+            dir.activate(kid)?;
+            eprintln!("{kid} is now the active key");
+        }
+        KeysCommand::Retire { kid } => {
+            dir.retire(kid)?;
+            eprintln!("retired {kid}: tokens it signed no longer verify");
+        }
+    }
+    Ok(())
 }

@@ -22,6 +22,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::clock::{Clock, SystemClock};
+use crate::config::HttpConfig;
 use crate::config::{Config, DatabaseConfig, GcConfig};
 use crate::grpc::TokenServiceImpl;
 use crate::grpc::message_limit::MessageLimitLayer;
@@ -29,9 +30,9 @@ use crate::grpc::panic::CatchPanicLayer;
 use crate::grpc::pb::{self, token_service_server::TokenServiceServer};
 use crate::issuer::cleanup::{self, CleanupReport, CleanupSettings, Sweep};
 use crate::issuer::{Issuer, Policy};
-use crate::keys::keyfile::{self, KeySource};
 use crate::keys::secret::SecretSource;
-use crate::keys::{Keyring, ServerSecret, SigningKey};
+use crate::keys::source::{KeySource, Origin};
+use crate::keys::{KeySet, Keyring, ServerSecret};
 use crate::store::FamilyStore as _;
 use crate::store::cached::CachedStore;
 use crate::store::pool::ConnectionPool;
@@ -55,7 +56,13 @@ pub struct Parts {
     pub listen: SocketAddr,
     pub pool: ConnectionPool,
     pub pool_settings: PoolSettings,
-    pub key: SigningKey,
+    pub keys: KeySet,
+    /// Where to read the keys again (on SIGHUP and every `keys_reload_interval`); `None`: the
+    /// keys never change.
+    pub key_source: Option<KeySource>,
+    pub keys_reload_interval: Duration,
+    /// The JWKS/discovery listener, if any.
+    pub http: Option<HttpConfig>,
     /// Byte budget of the verified access-token cache (zero: verify every time).
     pub verified_cache_bytes: usize,
     /// Keys refresh-token seals and page tokens (see [`crate::keys::secret`]).
@@ -71,6 +78,11 @@ pub struct Parts {
 
 pub struct Application {
     listener: TcpListener,
+    http_listener: Option<(TcpListener, HttpConfig)>,
+    keys: Arc<Keyring>,
+    key_source: Option<KeySource>,
+    keys_reload_interval: Duration,
+    issuer: String,
     store: PgStore,
     service: TokenServiceImpl<CachedStore<PgStore>>,
     clock: Arc<dyn Clock>,
@@ -131,16 +143,20 @@ impl Application {
         if config.migrate {
             migrate(&config.database).await?;
         }
-        let (key, source) = keyfile::load_or_create(config.signing_key.as_deref(), &config.data_dir)?;
-        match &source {
-            KeySource::Configured(path) => {
-                tracing::info!(kid = key.kid(), path = %path.display(), "loaded the configured signing key")
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let (keys, origin) = config.keys.load_at_start(&now)?;
+        let dir = config.keys.dir.path().display();
+        match &origin {
+            Origin::Directory => {
+                tracing::info!(kid = keys.active_kid(), keys = keys.len(), %dir, "loaded the key directory");
+                if let Some(path) = config.keys.signing_key.as_deref() {
+                    tracing::warn!(path = %path.display(), "RATCHET_SIGNING_KEY is ignored: the key directory decides which keys sign");
+                }
             }
-            KeySource::Reused(path) => {
-                tracing::info!(kid = key.kid(), path = %path.display(), "reusing the signing key created on an earlier start")
-            }
-            KeySource::Created(path) => tracing::warn!(kid = key.kid(), path = %path.display(),
-                "no signing key configured: created a new one; keep this file (or set RATCHET_SIGNING_KEY) so tokens survive restarts"),
+            Origin::Created => tracing::warn!(kid = keys.active_kid(), %dir,
+                "no keys found: created a key directory with a new EdDSA key; keep it (and give every replica the same one) so tokens survive restarts"),
+            Origin::Legacy(path) => tracing::info!(kid = keys.active_kid(), path = %path.display(),
+                "signing with a single key (no key directory yet: `ratchet keys` creates one around this key)"),
         }
         let secret = match &config.seal_key {
             Some(path) => {
@@ -153,7 +169,7 @@ impl Application {
                 }
                 secret
             }
-            None => key.derived_secret(),
+            None => config.keys.server_secret(&keys, &origin)?,
         };
         let pool = postgres::pool(config.database.options, &config.database.pool);
         let store = PgStore::new(pool.clone(), &config.database.pool);
@@ -168,7 +184,10 @@ impl Application {
             listen: config.listen,
             pool,
             pool_settings: config.database.pool,
-            key,
+            keys,
+            key_source: Some(config.keys),
+            keys_reload_interval: config.keys_reload_interval,
+            http: config.http,
             verified_cache_bytes: config.verified_cache_bytes,
             secret,
             policy: config.policy,
@@ -188,12 +207,27 @@ impl Application {
         let listener = TcpListener::bind(parts.listen)
             .await
             .with_context(|| format!("cannot listen on {}", parts.listen))?;
+        let http_listener = match parts.http {
+            Some(http) => Some((
+                TcpListener::bind(http.listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {} (HTTP)", http.listen))?,
+                http,
+            )),
+            None => None,
+        };
         let store = PgStore::new(parts.pool, &parts.pool_settings);
         let cached = CachedStore::new(store.clone(), FAMILY_CACHE_CAPACITY, parts.family_cache_ttl);
-        let keys = Keyring::new(parts.key, parts.verified_cache_bytes);
-        let issuer = Arc::new(Issuer::new(cached, keys, parts.secret, parts.policy));
+        let keys = Arc::new(Keyring::new(parts.keys, parts.verified_cache_bytes));
+        let issuer_name = parts.policy.issuer.clone();
+        let issuer = Arc::new(Issuer::new(cached, keys.clone(), parts.secret, parts.policy));
         Ok(Self {
             listener,
+            http_listener,
+            keys,
+            key_source: parts.key_source,
+            keys_reload_interval: parts.keys_reload_interval,
+            issuer: issuer_name,
             store,
             service: TokenServiceImpl::new(issuer, parts.clock.clone()),
             clock: parts.clock,
@@ -214,6 +248,18 @@ impl Application {
         self.listener.local_addr()
     }
 
+    /// The HTTP (JWKS) listener's address, if there is one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_listener
+            .as_ref()
+            .and_then(|(listener, _)| listener.local_addr().ok())
+    }
+
+    /// The keys the server signs and verifies with.
+    pub fn keys(&self) -> Arc<Keyring> {
+        self.keys.clone()
+    }
+
     /// Serves until `shutdown` resolves, then reports NOT_SERVING, drains in-flight calls and
     /// closes the pool.
     ///
@@ -231,9 +277,38 @@ impl Application {
                 self.clock.clone(),
                 self.cleanup,
                 self.cleanup_interval,
-                stopped,
+                stopped.clone(),
             ))
         });
+        let keys_task = self.key_source.map(|source| {
+            tokio::spawn(reload_keys(
+                self.keys.clone(),
+                source,
+                self.keys_reload_interval,
+                stopped.clone(),
+            ))
+        });
+        let http_task = match self.http_listener {
+            Some((listener, config)) => {
+                let router = crate::http::router(
+                    self.keys.clone(),
+                    &self.issuer,
+                    config.jwks_max_age,
+                    config.jwks_uri.as_deref(),
+                );
+                let mut stopped = stopped.clone();
+                tracing::info!(addr = %listener.local_addr()?, "serving the JWKS over HTTP");
+                Some(tokio::spawn(async move {
+                    let stop = async move {
+                        let _ = stopped.wait_for(|stopped| *stopped).await;
+                    };
+                    if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
+                        tracing::error!(%error, "the HTTP listener failed");
+                    }
+                }))
+            }
+            None => None,
+        };
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -280,7 +355,7 @@ impl Application {
             }
         };
         health_task.abort();
-        if let Some(task) = cleanup_task {
+        for task in [cleanup_task, keys_task, http_task].into_iter().flatten() {
             task.abort();
         }
         self.store.pool().close().await;
@@ -320,6 +395,48 @@ async fn watch_health(store: PgStore, reporter: HealthReporter, mut stopped: wat
         tokio::select! {
             () = tokio::time::sleep(HEALTH_INTERVAL) => {}
             _ = stopped.changed() => return,
+        }
+    }
+}
+
+/// Reads the key directory again on SIGHUP and every `interval`, and switches to what it holds.
+/// A server still on a legacy key switches over when `ratchet keys` creates the directory around
+/// it. A directory that fails to load (a half-copied secret, a key file with the wrong mode) is
+/// logged and ignored: the server keeps the keys it has rather than stop signing.
+async fn reload_keys(keys: Arc<Keyring>, source: KeySource, interval: Duration, mut stopped: watch::Receiver<bool>) {
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; keys are re-read every interval only");
+            None
+        }
+    };
+    loop {
+        let hangup = async {
+            match hangup.as_mut() {
+                Some(signal) => signal.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = hangup => tracing::info!("SIGHUP: reading the key directory"),
+            _ = stopped.changed() => return,
+        }
+        let reading = source.clone();
+        match tokio::task::spawn_blocking(move || reading.load_directory()).await {
+            Ok(Ok(Some(set))) => {
+                let change = keys.replace(set);
+                if !change.is_empty() {
+                    tracing::info!(added = ?change.added, removed = ?change.removed, activated = ?change.activated,
+                        active = %keys.active_kid(), "key set changed");
+                }
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(error)) => {
+                tracing::error!(error = %error, "cannot load the key directory; keeping the current keys")
+            }
+            Err(error) => tracing::error!(%error, "key reload panicked; keeping the current keys"),
         }
     }
 }

@@ -76,4 +76,10 @@ impl<S: FamilyStore> TokenService for TokenServiceImpl<S> {
         let page = self.issuer.list_sessions(subject, page, self.clock.now()).await?;
         Ok(Response::new(page.into()))
     }
+
+    async fn get_jwks(&self, _: Request<pb::GetJwksRequest>) -> Result<Response<pb::GetJwksResponse>, Status> {
+        Ok(Response::new(pb::GetJwksResponse {
+            jwks_json: self.issuer.jwks().json.clone(),
+        }))
+    }
 }

@@ -17,6 +17,8 @@ pub mod rotation;
 pub mod sessions;
 pub mod types;
 
+use std::sync::Arc;
+
 use time::{Duration, OffsetDateTime};
 use tracing::{Span, field};
 
@@ -26,7 +28,7 @@ use refresh_token::RefreshToken;
 pub use sessions::{Session, SessionsPage};
 use types::{FamilyId, IssueParams};
 
-use crate::keys::{AccessClaims, Keyring, ServerSecret};
+use crate::keys::{AccessClaims, Jwks, Keyring, ServerSecret};
 use crate::store::{FamilyRecord, FamilyStore, NewFamily, NewRefreshToken};
 
 /// The server's token policy: who it is and how long things live.
@@ -64,7 +66,7 @@ pub struct TokenPair {
 /// The token service's use cases over a store and a keyring.
 pub struct Issuer<S> {
     store: S,
-    keys: Keyring,
+    keys: Arc<Keyring>,
     /// Keys seals and page tokens; never stored.
     secret: ServerSecret,
     policy: Policy,
@@ -78,7 +80,7 @@ fn later(now: OffsetDateTime, ttl: Duration) -> Result<OffsetDateTime, Error> {
 }
 
 impl<S: FamilyStore> Issuer<S> {
-    pub fn new(store: S, keys: Keyring, secret: ServerSecret, policy: Policy) -> Self {
+    pub fn new(store: S, keys: Arc<Keyring>, secret: ServerSecret, policy: Policy) -> Self {
         Self {
             store,
             keys,
@@ -89,6 +91,11 @@ impl<S: FamilyStore> Issuer<S> {
 
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// The JWK Set verifiers fetch: every key that signs or may have signed a live token.
+    pub fn jwks(&self) -> Arc<Jwks> {
+        self.keys.jwks()
     }
 
     /// Starts a family and returns its first pair. Beyond [`Policy::max_sessions`] live families

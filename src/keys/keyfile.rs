@@ -1,8 +1,11 @@
-//! Signing keys on disk: PEM-encoded PKCS#8 Ed25519 private keys.
+//! Private keys on disk: PEM files holding a PKCS#8 key (`PRIVATE KEY`, any algorithm we sign
+//! with), or the traditional `RSA PRIVATE KEY` / `EC PRIVATE KEY` blocks older openssl commands
+//! write.
 //!
-//! Without a configured key, `serve` creates one in its data directory on the first start and
-//! reuses it afterwards, so tokens stay verifiable across restarts. The file is created with mode
-//! 0600 and never overwritten.
+//! Before key directories ([`super::directory`]) a server signed with one key: the file named by
+//! `RATCHET_SIGNING_KEY`, or `signing-key.pem` it created in its data directory on first start.
+//! Such a *legacy* key keeps working as the active key until a key directory takes over (and
+//! `ratchet keys` imports it then). Every private key file must be readable by its owner only.
 
 use std::fs;
 use std::io::Write as _;
@@ -11,23 +14,32 @@ use std::path::{Path, PathBuf};
 
 use super::{KeyError, SigningKey};
 
-/// File name of the generated key inside the data directory.
+/// File name of the key earlier versions generated inside the data directory.
 pub const GENERATED_KEY_FILE: &str = "signing-key.pem";
 
-/// Where the key came from, for the start-up log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
-    Configured(PathBuf),
-    Reused(PathBuf),
-    Created(PathBuf),
+/// The legacy single key, if there is one: the configured file, else the one an earlier version
+/// created in the data directory.
+pub fn find_legacy(configured: Option<&Path>, data_dir: &Path) -> Option<PathBuf> {
+    configured
+        .map(Path::to_path_buf)
+        .or_else(|| Some(data_dir.join(GENERATED_KEY_FILE)).filter(|path| path.exists()))
 }
 
 /// Loads the key at `path`.
 ///
 /// # Errors
-/// The file cannot be read or is not a PKCS#8 Ed25519 private key in PEM.
+/// The file cannot be read, may be read by group or others, or holds no key we can sign with.
 pub fn load(path: &Path) -> Result<SigningKey, KeyError> {
-    let text = fs::read(path).map_err(|source| KeyError::Io {
+    load_with_pem(path).map(|(key, _)| key)
+}
+
+/// Loads the key at `path`, with the file's text (to copy it elsewhere unchanged).
+///
+/// # Errors
+/// As [`load`].
+pub fn load_with_pem(path: &Path) -> Result<(SigningKey, String), KeyError> {
+    refuse_if_shared(path)?;
+    let text = fs::read_to_string(path).map_err(|source| KeyError::Io {
         action: "read",
         path: path.into(),
         source,
@@ -36,44 +48,44 @@ pub fn load(path: &Path) -> Result<SigningKey, KeyError> {
         path: path.into(),
         reason,
     };
-    let block = pem::parse(text).map_err(|e| format(e.to_string()))?;
-    if block.tag() != "PRIVATE KEY" {
-        return Err(format(format!("expected a PRIVATE KEY block, found {}", block.tag())));
+    let block = pem::parse(&text).map_err(|e| format(e.to_string()))?;
+    let key = match block.tag() {
+        "PRIVATE KEY" => SigningKey::from_pkcs8_der(block.contents()),
+        tag @ ("RSA PRIVATE KEY" | "EC PRIVATE KEY") => SigningKey::from_traditional_der(tag, block.contents()),
+        other => Err(format!("expected a PRIVATE KEY block, found {other}")),
     }
-    SigningKey::from_pkcs8_der(block.contents()).map_err(format)
+    .map_err(format)?;
+    Ok((key, text))
 }
 
-/// The configured key if there is one, else the data directory's key, created on first use.
+/// Writes a new key file (mode 0600) holding the PKCS#8 `der`.
 ///
 /// # Errors
-/// The key cannot be read, created or parsed.
-pub fn load_or_create(configured: Option<&Path>, data_dir: &Path) -> Result<(SigningKey, KeySource), KeyError> {
-    if let Some(path) = configured {
-        return Ok((load(path)?, KeySource::Configured(path.into())));
-    }
-    let path = data_dir.join(GENERATED_KEY_FILE);
-    if path.exists() {
-        return Ok((load(&path)?, KeySource::Reused(path)));
-    }
+/// The file exists already (never overwritten: another process may have raced us to it) or
+/// cannot be written.
+pub fn write_new(path: &Path, der: &[u8]) -> Result<(), KeyError> {
+    write_new_pem(path, &pem::encode(&pem::Pem::new("PRIVATE KEY", der)))
+}
+
+/// Writes `pem` to a new file (mode 0600).
+///
+/// # Errors
+/// As [`write_new`].
+pub fn write_new_pem(path: &Path, pem: &str) -> Result<(), KeyError> {
     let io = |action, source| KeyError::Io {
         action,
-        path: path.clone(),
+        path: path.into(),
         source,
     };
-    create_private_dir(data_dir).map_err(|e| io("create the directory of", e))?;
-    let (key, der) = SigningKey::generate()?;
-    let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", der));
-    // create_new: if another process raced us to it, fail rather than overwrite its key.
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&path)
+        .open(path)
         .map_err(|e| io("create", e))?;
     file.write_all(pem.as_bytes())
         .and_then(|()| file.sync_all())
-        .map_err(|e| io("write", e))?;
-    Ok((key, KeySource::Created(path)))
+        .map_err(|e| io("write", e))
 }
 
 /// Creates `dir` (and its parents) readable by the owner only, if it does not exist.
@@ -111,30 +123,35 @@ mod tests {
         dir
     }
 
-    #[test]
-    fn first_start_creates_a_private_key_that_later_starts_reuse() {
-        let dir = temp_dir("create").join("data");
-        let (first, source) = load_or_create(None, &dir).unwrap();
-        let path = dir.join(GENERATED_KEY_FILE);
-        assert_eq!(source, KeySource::Created(path.clone()));
-        let mode = fs::metadata(&path).unwrap().permissions();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
-        let (second, source) = load_or_create(None, &dir).unwrap();
-        assert_eq!(source, KeySource::Reused(path));
-        assert_eq!(first.kid(), second.kid());
+    fn write_private(path: &Path, text: &str) {
+        fs::write(path, text).unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
     }
 
     #[test]
-    fn openssl_style_v1_keys_load_and_garbage_is_refused() {
+    fn openssl_style_keys_load_and_garbage_is_refused() {
         let dir = temp_dir("load");
         // `openssl genpkey -algorithm ed25519` output (PKCS#8 v1), RFC 8410 §10.3 example key.
         let v1 = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC\n-----END PRIVATE KEY-----\n";
         let path = dir.join("v1.pem");
-        fs::write(&path, v1).unwrap();
-        assert!(load(&path).is_ok());
+        write_private(&path, v1);
+        assert_eq!(load(&path).unwrap().alg(), super::super::KeyAlgorithm::EdDSA);
         let bad = dir.join("bad.pem");
-        fs::write(&bad, "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n").unwrap();
+        write_private(&bad, "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n");
         assert!(matches!(load(&bad), Err(KeyError::Format { .. })));
         assert!(matches!(load(&dir.join("missing.pem")), Err(KeyError::Io { .. })));
+    }
+
+    #[test]
+    fn a_key_file_others_may_read_is_refused_with_the_fix() {
+        let dir = temp_dir("mode");
+        let path = dir.join("key.pem");
+        let (_, der) = SigningKey::generate(super::super::KeyAlgorithm::EdDSA).unwrap();
+        write_new(&path, &der).unwrap();
+        assert!(load(&path).is_ok());
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let error = load(&path).unwrap_err().to_string();
+        assert!(error.contains("chmod 600"), "{error}");
+        assert!(write_new(&path, &der).is_err(), "never overwritten");
     }
 }

@@ -1,39 +1,46 @@
-//! Signing keys: minting access tokens ([`mint`]), verifying them ([`verify`]) and key files
-//! ([`keyfile`]).
+//! Signing keys: minting access tokens ([`mint`]), verifying them ([`verify`]), the keys
+//! themselves ([`signing_key`]: EdDSA, ES256, RS256), their public JWKs ([`jwk`]), key files
+//! ([`keyfile`]), the key directory with each key's state ([`directory`]), and the server secret
+//! ([`secret`]).
 //!
-//! Everything outside this module sees only [`Keyring`]: "sign these claims" and "verify this
-//! token". Key rotation, JWKS publication and more algorithms plug in here without touching the
-//! use cases. Today a keyring holds one Ed25519 key, which both signs and verifies.
+//! Everything outside this module sees [`Keyring`]: "sign these claims", "verify this token",
+//! "the JWK Set", and "switch to this key set" — the last without stopping the others: the
+//! current set sits behind an atomic pointer, so a key rotation never blocks or drops a request.
 
+pub mod directory;
+pub mod jwk;
 pub mod keyfile;
 pub mod mint;
 pub mod secret;
+pub mod signing_key;
+pub mod source;
 pub mod verify;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::DecodingKey;
+use arc_swap::ArcSwap;
 
+pub use jwk::Jwks;
 pub use mint::AccessClaims;
 pub use secret::ServerSecret;
+pub use signing_key::{KeyAlgorithm, SigningKey};
 pub use verify::{VerifiedToken, VerifyError};
 
 /// Failures loading, creating or using keys.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot {action} key file {path}")]
+    #[error("cannot {action} {path}")]
     Io {
         action: &'static str,
         path: std::path::PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("key file {path} is not a PEM-encoded PKCS#8 Ed25519 private key: {reason}")]
+    #[error("key file {path} is not a PEM-encoded Ed25519, P-256 or RSA (2048 bits or more) private key: {reason}")]
     Format { path: std::path::PathBuf, reason: String },
+    #[error("key directory {path}: {reason}")]
+    Directory { path: std::path::PathBuf, reason: String },
     #[error("secret file {path} is not usable: {reason}")]
     SecretFormat { path: std::path::PathBuf, reason: String },
     #[error(
@@ -47,71 +54,70 @@ pub enum KeyError {
     Sign(&'static str),
 }
 
-/// One Ed25519 key pair with its key id.
-pub struct SigningKey {
-    kid: String,
-    /// Parsed once: parsing PKCS#8 validates the key with a scalar multiplication, which cost as
-    /// much as the signature itself when jsonwebtoken's `encode` did it for every token.
-    pair: Ed25519KeyPair,
-    /// The JOSE header, already base64url-encoded: it is the same for every token of this key.
-    encoded_header: String,
-    decoding: DecodingKey,
-    /// The server secret derived from this key's private material, for deployments that do not
-    /// configure one of their own (see [`secret`]).
-    derived_secret: ServerSecret,
+/// The keys a server holds: one active key that signs, and published keys that only verify.
+#[derive(Debug)]
+pub struct KeySet {
+    active: Arc<SigningKey>,
+    /// Every key by `kid`, the active one included.
+    by_kid: HashMap<String, Arc<SigningKey>>,
 }
 
-impl SigningKey {
-    /// A key from PKCS#8 DER (v1 as written by `openssl genpkey -algorithm ed25519`, or v2).
-    ///
-    /// # Errors
-    /// The bytes are not an Ed25519 PKCS#8 private key.
-    pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, String> {
-        let pair = Ed25519KeyPair::from_pkcs8(der).map_err(|e| e.to_string())?;
-        let public = pair.public_key().as_ref().to_vec();
-        let kid = thumbprint(&public);
-        let encoded_header = mint::encoded_header(&kid).map_err(|e| e.to_string())?;
-        Ok(Self {
-            kid,
-            pair,
-            encoded_header,
-            decoding: DecodingKey::from_ed_der(&public),
-            derived_secret: ServerSecret::from_key_material(der),
-        })
+impl KeySet {
+    pub fn new(active: SigningKey, published: impl IntoIterator<Item = SigningKey>) -> Self {
+        let active = Arc::new(active);
+        let mut by_kid = HashMap::from([(active.kid().to_owned(), active.clone())]);
+        for key in published {
+            by_kid.insert(key.kid().to_owned(), Arc::new(key));
+        }
+        Self { active, by_kid }
     }
 
-    /// A new random key, in memory only (tests, and the first start without a key file).
-    ///
-    /// # Errors
-    /// The system random generator failed.
-    pub fn generate() -> Result<(Self, Vec<u8>), KeyError> {
-        let rng = aws_lc_rs::rand::SystemRandom::new();
-        let der = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Random)?;
-        let der = der.as_ref().to_vec();
-        let key = Self::from_pkcs8_der(&der).map_err(|_| KeyError::Random)?;
-        Ok((key, der))
+    /// A set of one key, which signs.
+    pub fn single(key: SigningKey) -> Self {
+        Self::new(key, [])
     }
 
-    /// The RFC 7638 JWK thumbprint, used as `kid`.
-    pub fn kid(&self) -> &str {
-        &self.kid
+    pub fn active_kid(&self) -> &str {
+        self.active.kid()
     }
 
-    /// A server secret derived from this key's private material: as secret as the key, and the
-    /// same on every replica that shares it.
-    pub fn derived_secret(&self) -> ServerSecret {
-        self.derived_secret.clone()
+    /// Keys in the set.
+    pub fn len(&self) -> usize {
+        self.by_kid.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_kid.is_empty()
+    }
+
+    /// Every key's `kid`, sorted.
+    pub fn kids(&self) -> Vec<String> {
+        let mut kids: Vec<String> = self.by_kid.keys().cloned().collect();
+        kids.sort();
+        kids
+    }
+
+    fn jwks(&self) -> Jwks {
+        // Sorted by kid so that the same set always serves the same bytes (and ETag).
+        let mut keys: Vec<&Arc<SigningKey>> = self.by_kid.values().collect();
+        keys.sort_by(|a, b| a.kid().cmp(b.kid()));
+        Jwks::new(keys.into_iter().map(|key| &key.jwk))
     }
 }
 
-/// RFC 7638 thumbprint of an Ed25519 public key (RFC 8037 OKP JWK): SHA-256 over the required
-/// members in lexicographic order, base64url. Stable across restarts and replicas sharing a key.
-fn thumbprint(public: &[u8]) -> String {
-    let jwk = format!(
-        r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
-        URL_SAFE_NO_PAD.encode(public)
-    );
-    URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, jwk.as_bytes()))
+/// What [`Keyring::replace`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyChange {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// The new active key, if it changed.
+    pub activated: Option<String>,
+}
+
+impl KeyChange {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.activated.is_none()
+    }
 }
 
 /// Default byte budget of the verified-token cache: ~27,000 typical tokens (~1.2 KiB an entry),
@@ -139,64 +145,108 @@ impl quick_cache::Weighter<String, Arc<VerifiedToken>> for EntryBytes {
 
 type VerifiedCache = quick_cache::sync::Cache<String, Arc<VerifiedToken>, EntryBytes>;
 
+/// One key set with what is derived from it; replaced whole.
+struct Generation {
+    keys: KeySet,
+    jwks: Arc<Jwks>,
+    /// Access tokens whose signature was checked, kept so that repeated introspection of the same
+    /// token (sidecars ask per request) costs a lookup instead of a signature verification, the
+    /// most expensive step of Introspect. Exact token text -> what it says. Sound because a
+    /// token's signature check depends only on its text and the key set: a generation that
+    /// removes a key starts an empty cache, one that only adds or activates keys shares it.
+    /// `None` when the budget is zero.
+    verified: Arc<Option<VerifiedCache>>,
+}
+
 /// The keys this server signs with and accepts.
 pub struct Keyring {
-    active: SigningKey,
-    /// Verification keys by `kid`; the active key is always among them.
-    verifying: HashMap<String, DecodingKey>,
-    /// Access tokens whose signature was checked, kept so that repeated introspection of the same
-    /// token (sidecars ask per request) costs a lookup instead of an Ed25519 verification, the
-    /// most expensive step of Introspect. Exact token text -> what it says. Sound because a
-    /// token's signature check depends only on its text and the key set; removing a key (key
-    /// rotation) must clear it. `None` when the budget is zero.
-    verified: Option<VerifiedCache>,
+    current: ArcSwap<Generation>,
+    cache_bytes: usize,
     /// Entries heavier than this skip the cache: a few huge tokens must not evict thousands of
     /// ordinary ones.
     verified_entry_limit: usize,
 }
 
+fn verified_cache(bytes: usize) -> Arc<Option<VerifiedCache>> {
+    // A guess at the entry count, for sizing the cache's tables: typical tokens weigh ~1 KiB.
+    let estimated_entries = bytes / 1024;
+    Arc::new((bytes > 0).then(|| {
+        let budget = u64::try_from(bytes).unwrap_or(u64::MAX);
+        VerifiedCache::with_weighter(estimated_entries.max(1), budget, EntryBytes)
+    }))
+}
+
 impl Keyring {
-    /// A keyring signing with `active`, whose verified-token cache holds at most
-    /// `verified_cache_bytes` (approximately: see [`entry_bytes`]); zero disables the cache.
-    pub fn new(active: SigningKey, verified_cache_bytes: usize) -> Self {
-        let verifying = HashMap::from([(active.kid.clone(), active.decoding.clone())]);
-        // A guess at the entry count, for sizing the cache's tables: typical tokens weigh ~1 KiB.
-        let estimated_entries = verified_cache_bytes / 1024;
-        let verified = (verified_cache_bytes > 0).then(|| {
-            let budget = u64::try_from(verified_cache_bytes).unwrap_or(u64::MAX);
-            VerifiedCache::with_weighter(estimated_entries.max(1), budget, EntryBytes)
-        });
+    /// A keyring with `keys`, whose verified-token cache holds at most `verified_cache_bytes`
+    /// (approximately: see [`entry_bytes`]); zero disables the cache.
+    pub fn new(keys: KeySet, verified_cache_bytes: usize) -> Self {
+        let generation = Generation {
+            jwks: Arc::new(keys.jwks()),
+            keys,
+            verified: verified_cache(verified_cache_bytes),
+        };
         Self {
-            active,
-            verifying,
-            verified,
+            current: ArcSwap::from_pointee(generation),
+            cache_bytes: verified_cache_bytes,
             verified_entry_limit: verified_cache_bytes / 64,
         }
     }
 
-    /// A keyring with a fresh random key and the default cache budget; for tests and benchmarks.
+    /// A keyring with a fresh random EdDSA key and the default cache budget; for tests and
+    /// benchmarks.
     ///
     /// # Errors
     /// The system random generator failed.
     pub fn generate() -> Result<Self, KeyError> {
-        SigningKey::generate().map(|(key, _)| Self::new(key, DEFAULT_VERIFIED_CACHE_BYTES))
+        SigningKey::generate(KeyAlgorithm::EdDSA)
+            .map(|(key, _)| Self::new(KeySet::single(key), DEFAULT_VERIFIED_CACHE_BYTES))
     }
 
-    pub fn active_kid(&self) -> &str {
-        self.active.kid()
+    /// Switches to `keys`: calls in flight finish with the set they started with, later calls
+    /// use the new one. Tokens of removed keys stop verifying at once, cached or not.
+    pub fn replace(&self, keys: KeySet) -> KeyChange {
+        let old = self.current.load();
+        let change = KeyChange {
+            added: keys
+                .kids()
+                .into_iter()
+                .filter(|kid| !old.keys.by_kid.contains_key(kid))
+                .collect(),
+            removed: old
+                .keys
+                .kids()
+                .into_iter()
+                .filter(|kid| !keys.by_kid.contains_key(kid))
+                .collect(),
+            activated: (keys.active_kid() != old.keys.active_kid()).then(|| keys.active_kid().to_owned()),
+        };
+        if change.is_empty() {
+            return change;
+        }
+        let verified = if change.removed.is_empty() {
+            old.verified.clone()
+        } else {
+            verified_cache(self.cache_bytes)
+        };
+        self.current.store(Arc::new(Generation {
+            jwks: Arc::new(keys.jwks()),
+            keys,
+            verified,
+        }));
+        change
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+    pub fn active_kid(&self) -> String {
+        self.current.load().keys.active_kid().to_owned()
+    }
 
-    #[test]
-    fn thumbprint_matches_rfc_8037_appendix_a3() {
-        // RFC 8037 A.3: the thumbprint of the example Ed25519 public key.
-        let x = URL_SAFE_NO_PAD
-            .decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo")
-            .unwrap();
-        assert_eq!(thumbprint(&x), "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k");
+    /// Every key's `kid`, sorted.
+    pub fn kids(&self) -> Vec<String> {
+        self.current.load().keys.kids()
+    }
+
+    /// The JWK Set of every key: what verifiers fetch.
+    pub fn jwks(&self) -> Arc<Jwks> {
+        self.current.load().jwks.clone()
     }
 }

@@ -17,7 +17,8 @@ use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
-use aws_lc_rs::hkdf::{HKDF_SHA256, Prk, Salt};
+use aws_lc_rs::hkdf::{HKDF_SHA256, Prk};
+use aws_lc_rs::hmac;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 
@@ -28,10 +29,17 @@ const SECRET_BYTES: usize = 32;
 /// HKDF-Extract salt: separates this use of the key material from any other.
 const EXTRACT_SALT: &[u8] = b"ratchet/v1/server-secret";
 
+/// A secret file whose text starts with this holds an already extracted key (base64url of the
+/// 32-byte HKDF PRK) rather than key material: how a key directory created around a legacy
+/// signing key keeps the secret that key implied, without keeping the key itself.
+const EXTRACTED_PREFIX: &str = "prk:";
+
 /// Keys derived from the server secret, one per purpose (HKDF-Expand with a fixed label).
 #[derive(Clone)]
 pub struct ServerSecret {
     prk: Prk,
+    /// The PRK's bytes, to hand the same secret on (see [`EXTRACTED_PREFIX`]).
+    extracted: [u8; 32],
 }
 
 /// Where the secret came from, for the start-up log.
@@ -45,9 +53,28 @@ pub enum SecretSource {
 impl ServerSecret {
     /// A secret from key material of at least 32 bytes of entropy.
     pub fn from_key_material(material: &[u8]) -> Self {
+        // HKDF-Extract is HMAC(salt, material) (RFC 5869 §2.2); computed by hand to keep its bytes.
+        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, EXTRACT_SALT), material);
+        let mut extracted = [0u8; 32];
+        extracted.copy_from_slice(tag.as_ref());
+        Self::from_extracted(extracted)
+    }
+
+    fn from_extracted(extracted: [u8; 32]) -> Self {
         Self {
-            prk: Salt::new(HKDF_SHA256, EXTRACT_SALT).extract(material),
+            prk: Prk::new_less_safe(HKDF_SHA256, &extracted),
+            extracted,
         }
+    }
+
+    /// Writes this secret to a new file at `path` (mode 0600) in a form that loads back as the
+    /// same secret.
+    ///
+    /// # Errors
+    /// The file exists or cannot be written.
+    pub(super) fn write_new(&self, path: &Path) -> Result<(), KeyError> {
+        let text = format!("{EXTRACTED_PREFIX}{}\n", URL_SAFE_NO_PAD.encode(self.extracted));
+        super::keyfile::write_new_pem(path, &text)
     }
 
     /// A fresh random secret, in memory only (tests).
@@ -87,6 +114,17 @@ impl ServerSecret {
             super::keyfile::refuse_if_shared(path)?;
             let text = fs::read_to_string(path).map_err(|e| io("read", e))?;
             let text = text.trim();
+            if let Some(extracted) = text.strip_prefix(EXTRACTED_PREFIX) {
+                let extracted = URL_SAFE_NO_PAD
+                    .decode(extracted)
+                    .ok()
+                    .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+                    .ok_or_else(|| KeyError::SecretFormat {
+                        path: path.into(),
+                        reason: format!("expected {EXTRACTED_PREFIX} and 32 bytes of base64url"),
+                    })?;
+                return Ok((Self::from_extracted(extracted), SecretSource::Loaded));
+            }
             let material = URL_SAFE_NO_PAD
                 .decode(text.trim_end_matches('='))
                 .or_else(|_| STANDARD.decode(text))
@@ -168,6 +206,25 @@ mod tests {
             ServerSecret::load_or_create(&short),
             Err(KeyError::SecretFormat { .. })
         ));
+    }
+
+    #[test]
+    fn a_secret_written_on_loads_back_as_the_same_secret() {
+        let original = ServerSecret::from_key_material(b"some signing key material, 32+ bytes");
+        let path = temp_path("continued");
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        original.write_new(&path).unwrap();
+        let (loaded, _) = ServerSecret::load_or_create(&path).unwrap();
+        assert_eq!(loaded.derive(b"seal", b"x"), original.derive(b"seal", b"x"));
+        // and the hand-made extract is HKDF's own
+        let salt = aws_lc_rs::hkdf::Salt::new(HKDF_SHA256, EXTRACT_SALT);
+        let prk = salt.extract(b"some signing key material, 32+ bytes");
+        let mut expected = [0u8; 32];
+        prk.expand(&[b"seal".as_slice(), b"x"], HKDF_SHA256)
+            .unwrap()
+            .fill(&mut expected)
+            .unwrap();
+        assert_eq!(original.derive(b"seal", b"x"), expected);
     }
 
     #[test]

@@ -11,10 +11,10 @@
 
 use std::sync::Arc;
 
-use jsonwebtoken::{Algorithm, Validation, decode, decode_header};
+use jsonwebtoken::{Validation, decode, decode_header};
 use serde::Deserialize;
 
-use super::{Keyring, mint::ACCESS_TOKEN_TYP};
+use super::{KeySet, Keyring, mint::ACCESS_TOKEN_TYP};
 
 /// Why a token is not a valid access token of ours. Deliberately coarse: callers answer
 /// "inactive" or TOKEN_INVALID for all of these, and details stay in debug logs.
@@ -64,8 +64,9 @@ impl Keyring {
     /// # Errors
     /// See [`VerifyError`].
     pub fn verify(&self, token: &str, issuer: &str) -> Result<Arc<VerifiedToken>, VerifyError> {
-        let Some(cache) = &self.verified else {
-            return self.verify_signature(token, issuer).map(Arc::new);
+        let generation = self.current.load();
+        let Some(cache) = generation.verified.as_ref() else {
+            return verify_signature(&generation.keys, token, issuer).map(Arc::new);
         };
         if let Some(verified) = cache.get(token)
             && verified.iss == issuer
@@ -73,7 +74,7 @@ impl Keyring {
             return Ok(verified);
         }
         // Only valid tokens are remembered: garbage cannot crowd out real entries.
-        let verified = Arc::new(self.verify_signature(token, issuer)?);
+        let verified = Arc::new(verify_signature(&generation.keys, token, issuer)?);
         if super::entry_bytes(token, &verified) <= self.verified_entry_limit {
             cache.insert(token.to_owned(), verified.clone());
         }
@@ -85,28 +86,36 @@ impl Keyring {
     /// # Errors
     /// See [`VerifyError`].
     pub fn verify_signature(&self, token: &str, issuer: &str) -> Result<VerifiedToken, VerifyError> {
-        // `alg: none` and every algorithm but EdDSA fail here or at the check below, before any
-        // key is chosen (RFC 8725 §3.1).
-        let header = decode_header(token).map_err(|_| VerifyError::Malformed)?;
-        if header.alg != Algorithm::EdDSA || header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
-            return Err(VerifyError::Malformed);
-        }
-        let key = header
-            .kid
-            .as_deref()
-            .and_then(|kid| self.verifying.get(kid))
-            .ok_or(VerifyError::UnknownKey)?;
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.validate_aud = false;
-        validation.leeway = 0;
-        validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
-        validation.set_issuer(&[issuer]);
-        decode::<VerifiedToken>(token, key, &validation)
-            .map(|data| data.claims)
-            .map_err(|_| VerifyError::Rejected)
+        verify_signature(&self.current.load().keys, token, issuer)
     }
+}
+
+fn verify_signature(keys: &KeySet, token: &str, issuer: &str) -> Result<VerifiedToken, VerifyError> {
+    let header = decode_header(token).map_err(|_| VerifyError::Malformed)?;
+    if header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
+        return Err(VerifyError::Malformed);
+    }
+    let key = header
+        .kid
+        .as_deref()
+        .and_then(|kid| keys.by_kid.get(kid))
+        .ok_or(VerifyError::UnknownKey)?;
+    // The algorithm is the key's, never the token's: `alg: none`, HS256 signed with a public key
+    // and any other algorithm fail here (RFC 8725 §3.1), before any signature is checked.
+    let alg = key.alg().jwt();
+    if header.alg != alg {
+        return Err(VerifyError::Malformed);
+    }
+    let mut validation = Validation::new(alg);
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.leeway = 0;
+    validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+    validation.set_issuer(&[issuer]);
+    decode::<VerifiedToken>(token, &key.decoding, &validation)
+        .map(|data| data.claims)
+        .map_err(|_| VerifyError::Rejected)
 }
 
 #[cfg(test)]
@@ -116,7 +125,7 @@ mod tests {
     use serde_json::Map;
 
     use super::*;
-    use crate::keys::{AccessClaims, SigningKey};
+    use crate::keys::{AccessClaims, KeyAlgorithm, KeySet, SigningKey};
 
     fn claims() -> AccessClaims {
         AccessClaims {
@@ -160,12 +169,16 @@ mod tests {
         }
     }
 
+    fn key(alg: KeyAlgorithm) -> SigningKey {
+        SigningKey::generate(alg).unwrap().0
+    }
+
     fn keyring_with_cache(bytes: usize) -> Keyring {
-        Keyring::new(SigningKey::generate().unwrap().0, bytes)
+        Keyring::new(KeySet::single(key(KeyAlgorithm::EdDSA)), bytes)
     }
 
     fn cached_entries(keys: &Keyring) -> usize {
-        keys.verified.as_ref().map_or(0, quick_cache::sync::Cache::len)
+        Option::as_ref(&keys.current.load().verified).map_or(0, quick_cache::sync::Cache::len)
     }
 
     #[test]
@@ -184,7 +197,7 @@ mod tests {
         );
         let header = decode_header(&token).unwrap();
         assert_eq!(header.typ.as_deref(), Some("at+jwt"));
-        assert_eq!(header.kid.as_deref(), Some(keys.active_kid()));
+        assert_eq!(header.kid.as_deref(), Some(keys.active_kid().as_str()));
     }
 
     #[test]
@@ -228,7 +241,8 @@ mod tests {
             let token = keys.sign(&with_small_claims(jti, 650)).unwrap();
             keys.verify(&token, "https://issuer.test").unwrap();
         }
-        let cache = keys.verified.as_ref().unwrap();
+        let generation = keys.current.load();
+        let cache = Option::as_ref(&generation.verified).unwrap();
         assert!(cache.len() > 40, "it still caches: {} entries", cache.len());
         assert!(cache.weight() <= BUDGET as u64, "{} bytes cached", cache.weight());
     }
@@ -259,6 +273,86 @@ mod tests {
             *keys.verify(&token, "https://issuer.test").unwrap(),
             verified(&claims())
         );
-        assert!(keys.verified.is_none());
+        assert!(keys.current.load().verified.is_none());
+    }
+
+    #[test]
+    fn every_algorithm_signs_tokens_that_verify_and_no_other_algorithm_is_accepted_for_its_key() {
+        for alg in KeyAlgorithm::ALL {
+            let keys = Keyring::new(KeySet::single(key(alg)), 0);
+            let token = keys.sign(&claims()).unwrap();
+            assert_eq!(decode_header(&token).unwrap().alg, alg.jwt());
+            assert_eq!(
+                *keys.verify(&token, "https://issuer.test").unwrap(),
+                verified(&claims())
+            );
+            // The same token claiming another algorithm (the signature unchanged) is refused
+            // before any signature is checked.
+            let (_, rest) = token.split_once('.').unwrap();
+            for other in ["EdDSA", "ES256", "RS256", "HS256", "none"]
+                .into_iter()
+                .filter(|o| *o != alg.name())
+            {
+                let header = format!(r#"{{"alg":"{other}","typ":"at+jwt","kid":"{}"}}"#, keys.active_kid());
+                let forged = format!("{}.{rest}", URL_SAFE_NO_PAD.encode(header));
+                assert!(keys.verify(&forged, "https://issuer.test").is_err(), "{alg} as {other}");
+            }
+        }
+    }
+
+    #[test]
+    fn hs256_signed_with_the_published_public_key_is_refused() {
+        use aws_lc_rs::hmac;
+        let keys = Keyring::new(KeySet::single(key(KeyAlgorithm::RS256)), 0);
+        // The attacker's "secret" is what anyone can fetch: the JWKS text of the key.
+        let public = keys.jwks().json.clone();
+        let header = format!(r#"{{"alg":"HS256","typ":"at+jwt","kid":"{}"}}"#, keys.active_kid());
+        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims()).unwrap());
+        let input = format!("{}.{body}", URL_SAFE_NO_PAD.encode(header));
+        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, public.as_bytes()), input.as_bytes());
+        let forged = format!("{input}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()));
+        assert_eq!(keys.verify(&forged, "https://issuer.test"), Err(VerifyError::Malformed));
+    }
+
+    #[test]
+    fn a_rotation_keeps_published_keys_verifying_and_a_retired_key_stops_at_once_even_cached() {
+        let (old, old_der) = SigningKey::generate(KeyAlgorithm::EdDSA).unwrap();
+        let old_copy = || SigningKey::from_pkcs8_der(&old_der).unwrap();
+        let (_, new_der) = SigningKey::generate(KeyAlgorithm::ES256).unwrap();
+        let new_copy = || SigningKey::from_pkcs8_der(&new_der).unwrap();
+        let keys = Keyring::new(KeySet::single(old), DEFAULT_CACHE);
+        let before = keys.sign(&claims()).unwrap();
+        keys.verify(&before, "https://issuer.test").unwrap(); // cached
+
+        // generate: the new key is published, the old one still signs
+        let change = keys.replace(KeySet::new(old_copy(), [new_copy()]));
+        assert_eq!(
+            (change.added.len(), change.removed.len(), change.activated),
+            (1, 0, None)
+        );
+        assert_eq!(keys.jwks().json.matches("\"kid\"").count(), 2);
+        // activate: new tokens carry the new kid, old ones still verify
+        let change = keys.replace(KeySet::new(new_copy(), [old_copy()]));
+        assert_eq!(change.activated.as_deref(), Some(new_der_kid(&new_der).as_str()));
+        let after = keys.sign(&claims()).unwrap();
+        assert_ne!(decode_header(&after).unwrap().kid, decode_header(&before).unwrap().kid);
+        assert!(keys.verify(&before, "https://issuer.test").is_ok());
+        assert!(keys.verify(&after, "https://issuer.test").is_ok());
+        // retire the old key: its tokens stop verifying, although one was cached
+        let change = keys.replace(KeySet::single(new_copy()));
+        assert_eq!(change.removed.len(), 1);
+        assert_eq!(
+            keys.verify(&before, "https://issuer.test"),
+            Err(VerifyError::UnknownKey)
+        );
+        assert!(keys.verify(&after, "https://issuer.test").is_ok());
+        // the same set again changes nothing
+        assert!(keys.replace(KeySet::single(new_copy())).is_empty());
+    }
+
+    const DEFAULT_CACHE: usize = 1024 * 1024;
+
+    fn new_der_kid(der: &[u8]) -> String {
+        SigningKey::from_pkcs8_der(der).unwrap().kid().to_owned()
     }
 }

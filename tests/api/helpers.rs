@@ -5,11 +5,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Once};
 
 use ratchet::clock::{Clock as _, ManualClock};
+use ratchet::config::HttpConfig;
 use ratchet::grpc::pb::token_service_client::TokenServiceClient;
 use ratchet::grpc::pb::{IssueRequest, TokenPair};
 use ratchet::issuer::Policy;
 use ratchet::issuer::cleanup::{CleanupReport, CleanupSettings};
-use ratchet::keys::{DEFAULT_VERIFIED_CACHE_BYTES, ServerSecret, SigningKey};
+use ratchet::keys::{DEFAULT_VERIFIED_CACHE_BYTES, KeyAlgorithm, KeySet, Keyring, ServerSecret, SigningKey};
 use ratchet::startup::{Application, Parts};
 use ratchet::store::pool::ConnectionPool;
 use ratchet::store::postgres::{self, PgStore, PoolSettings};
@@ -52,6 +53,10 @@ pub fn test_cleanup() -> CleanupSettings {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The JWKS/discovery HTTP listener.
+    pub http_addr: Option<SocketAddr>,
+    /// The server's keys (to rotate them from a test).
+    pub keys: Arc<Keyring>,
     pub client: TokenServiceClient<Channel>,
     pub clock: Arc<ManualClock>,
     /// The server's own store, for maintenance the binary runs outside the API (`ratchet gc`).
@@ -133,7 +138,14 @@ async fn start(
         listen: "127.0.0.1:0".parse().unwrap(),
         pool,
         pool_settings: settings,
-        key: SigningKey::generate().unwrap().0,
+        keys: KeySet::single(SigningKey::generate(KeyAlgorithm::EdDSA).unwrap().0),
+        key_source: None,
+        keys_reload_interval: std::time::Duration::from_secs(60),
+        http: Some(HttpConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            jwks_max_age: std::time::Duration::from_secs(300),
+            jwks_uri: None,
+        }),
         verified_cache_bytes: DEFAULT_VERIFIED_CACHE_BYTES,
         secret: ServerSecret::generate().unwrap(),
         policy: test_policy(),
@@ -145,6 +157,8 @@ async fn start(
     adjust(&mut parts);
     let app = Application::from_parts(parts).await.expect("build the application");
     let addr = app.local_addr().unwrap();
+    let http_addr = app.http_addr();
+    let keys = app.keys();
     let store = app.store();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
@@ -158,6 +172,8 @@ async fn start(
         .connect_lazy_with(inspect);
     TestApp {
         addr,
+        http_addr,
+        keys,
         client,
         clock,
         store,
@@ -183,6 +199,23 @@ impl TestApp {
 
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);
+    }
+
+    /// `GET path` on the HTTP (JWKS) listener, with `headers`.
+    pub async fn http_get(&self, path: &str, headers: &[(&str, &str)]) -> HttpAnswer {
+        http_get(self.http_addr.expect("an HTTP listener"), path, headers).await
+    }
+
+    /// The JWK Set as the gRPC API serves it.
+    pub async fn jwks(&self) -> serde_json::Value {
+        let answer = self
+            .client
+            .clone()
+            .get_jwks(ratchet::grpc::pb::GetJwksRequest {})
+            .await
+            .expect("GetJwks")
+            .into_inner();
+        serde_json::from_str(&answer.jwks_json).expect("the JWKS is JSON")
     }
 
     /// The first page of `subject`'s live sessions.
@@ -363,4 +396,63 @@ pub async fn counting_channel(addr: SocketAddr) -> (Channel, Arc<std::sync::atom
         .await
         .unwrap();
     (channel, opened)
+}
+
+/// An HTTP/1.1 answer: status, headers (names lower-cased) and body.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).expect("a JSON body")
+    }
+}
+
+/// A plain HTTP/1.1 GET over a fresh connection (`Connection: close`), read to the end: enough
+/// for the JWKS listener, without an HTTP client crate in the tests.
+pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> HttpAnswer {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect over HTTP");
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let raw = String::from_utf8(raw).expect("a UTF-8 answer");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect::<Vec<_>>();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked { dechunk(body) } else { body.to_owned() };
+    HttpAnswer { status, headers, body }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
 }

@@ -8,7 +8,7 @@ use ratchet::grpc::pb::token_service_client::TokenServiceClient;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tonic::Code;
 
-use ratchet::keys::{AccessClaims, Keyring, SigningKey};
+use ratchet::keys::{AccessClaims, KeyAlgorithm, KeySet, Keyring, SigningKey};
 
 use crate::helpers::{AUDIENCE, ISSUER, counting_channel, introspect, issue, spawn_app, spawn_app_adjusted};
 
@@ -78,10 +78,10 @@ async fn introspecting_thousands_of_large_access_tokens_keeps_memory_near_the_ca
     const BUDGET: usize = 4 * 1024 * 1024;
     // The server's key, and a copy of it to mint with here: 3,000 distinct tokens of one live
     // session, without 3,000 Issue calls (which this test is not about).
-    let (key, der) = SigningKey::generate().unwrap();
-    let minter = Keyring::new(SigningKey::from_pkcs8_der(&der).unwrap(), 0);
+    let (key, der) = SigningKey::generate(KeyAlgorithm::EdDSA).unwrap();
+    let minter = Keyring::new(KeySet::single(SigningKey::from_pkcs8_der(&der).unwrap()), 0);
     let app = spawn_app_adjusted(options, |parts| {
-        parts.key = key;
+        parts.keys = KeySet::single(key);
         parts.verified_cache_bytes = BUDGET;
     })
     .await;

@@ -12,6 +12,7 @@ mod faults;
 mod helpers;
 mod introspect;
 mod issue;
+mod keys;
 mod limits;
 mod panics;
 mod proxy;

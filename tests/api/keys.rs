@@ -1,0 +1,301 @@
+//! Signing keys as verifiers see them: the JWK Set over gRPC and HTTP, every algorithm, key
+//! rotation through the key directory, and every forgery a verifier must refuse.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{EncodingKey, Header};
+use ratchet::grpc::pb::IntrospectResponse;
+use ratchet::keys::directory::KeyDirectory;
+use ratchet::keys::source::KeySource;
+use ratchet::keys::{KeyAlgorithm, KeySet, SigningKey};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::helpers::{ISSUER, TestApp, jwt_part, spawn_app_adjusted};
+
+const NOW: &str = "2026-11-30T08:00:00Z";
+
+/// A server whose only key is a new `alg` key, and that key's PKCS#8 PEM (to forge with).
+async fn app_with(options: PgConnectOptions, alg: KeyAlgorithm) -> (TestApp, String) {
+    let (key, der) = SigningKey::generate(alg).unwrap();
+    let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", der));
+    let app = spawn_app_adjusted(options, |parts| parts.keys = KeySet::single(key)).await;
+    (app, pem)
+}
+
+fn encoding_key(alg: KeyAlgorithm, pem: &str) -> EncodingKey {
+    match alg {
+        KeyAlgorithm::EdDSA => EncodingKey::from_ed_pem(pem.as_bytes()),
+        KeyAlgorithm::ES256 => EncodingKey::from_ec_pem(pem.as_bytes()),
+        KeyAlgorithm::RS256 => EncodingKey::from_rsa_pem(pem.as_bytes()),
+    }
+    .unwrap()
+}
+
+fn b64(json: &serde_json::Value) -> String {
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(json).unwrap())
+}
+
+fn alg_header(alg: KeyAlgorithm) -> jsonwebtoken::Algorithm {
+    match alg {
+        KeyAlgorithm::EdDSA => jsonwebtoken::Algorithm::EdDSA,
+        KeyAlgorithm::ES256 => jsonwebtoken::Algorithm::ES256,
+        KeyAlgorithm::RS256 => jsonwebtoken::Algorithm::RS256,
+    }
+}
+
+fn is_active(answer: &IntrospectResponse) -> bool {
+    answer.active
+}
+
+#[sqlx::test]
+async fn the_jwks_is_served_over_grpc_and_http_with_caching_headers_and_no_private_part(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let (app, pem) = app_with(options, KeyAlgorithm::EdDSA).await;
+    let pair = app.issue("alice").await;
+    let kid = jwt_part(&pair.access_token, 0)["kid"].as_str().unwrap().to_owned();
+
+    let jwks = app.jwks().await;
+    let keys = jwks["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    let key = &keys[0];
+    assert_eq!(key["kid"], kid.as_str());
+    assert_eq!(
+        (key["kty"].as_str(), key["crv"].as_str()),
+        (Some("OKP"), Some("Ed25519"))
+    );
+    assert_eq!((key["alg"].as_str(), key["use"].as_str()), (Some("EdDSA"), Some("sig")));
+    assert!(key.get("d").is_none(), "no private part: {key}");
+
+    let answer = app.http_get("/.well-known/jwks.json", &[]).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json(), jwks, "HTTP and gRPC serve the same set");
+    assert_eq!(answer.header("content-type"), Some("application/json"));
+    assert_eq!(answer.header("cache-control"), Some("public, max-age=300"));
+    let etag = answer.header("etag").unwrap().to_owned();
+    let again = app
+        .http_get("/.well-known/jwks.json", &[("If-None-Match", &etag)])
+        .await;
+    assert_eq!((again.status, again.body.as_str()), (304, ""));
+    let stale = app
+        .http_get("/.well-known/jwks.json", &[("If-None-Match", "\"old\"")])
+        .await;
+    assert_eq!(stale.status, 200);
+
+    let discovery = app.http_get("/.well-known/openid-configuration", &[]).await.json();
+    assert_eq!(discovery["issuer"], ISSUER);
+    assert_eq!(
+        discovery["jwks_uri"],
+        format!("http://{}/.well-known/jwks.json", app.http_addr.unwrap())
+    );
+
+    // A new key changes the set and its ETag.
+    let (published, _) = SigningKey::generate(KeyAlgorithm::ES256).unwrap();
+    let current = app.keys.active_kid();
+    let same_active = SigningKey::from_pkcs8_der(pem::parse(&pem).unwrap().contents()).unwrap();
+    app.keys.replace(KeySet::new(same_active, [published]));
+    let changed = app
+        .http_get("/.well-known/jwks.json", &[("If-None-Match", &etag)])
+        .await;
+    assert_eq!(changed.status, 200);
+    assert_ne!(changed.header("etag"), Some(etag.as_str()));
+    assert_eq!(changed.json()["keys"].as_array().unwrap().len(), 2);
+    assert_eq!(app.keys.active_kid(), current);
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn every_algorithm_signs_tokens_that_introspect_and_match_their_jwk(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    for alg in KeyAlgorithm::ALL {
+        let (app, _) = app_with(options.clone(), alg).await;
+        let pair = app.issue("alice").await;
+        let header = jwt_part(&pair.access_token, 0);
+        assert_eq!(header["alg"], alg.name());
+        assert_eq!(header["typ"], "at+jwt");
+        let jwks = app.jwks().await;
+        let jwk = &jwks["keys"][0];
+        assert_eq!(jwk["kid"], header["kid"], "{alg}");
+        assert_eq!(jwk["alg"], alg.name());
+        for private in ["d", "p", "q", "dp", "dq", "qi"] {
+            assert!(jwk.get(private).is_none(), "{alg}: {private} published");
+        }
+        assert!(app.introspect(&pair.access_token).await.active, "{alg}");
+        app.stop().await;
+    }
+}
+
+#[sqlx::test]
+async fn introspect_refuses_every_forgery_for_every_algorithm(_pool: PgPoolOptions, options: PgConnectOptions) {
+    for alg in KeyAlgorithm::ALL {
+        let (app, pem) = app_with(options.clone(), alg).await;
+        let pair = app.issue("alice").await;
+        let claims = jwt_part(&pair.access_token, 1);
+        let kid = jwt_part(&pair.access_token, 0)["kid"].as_str().unwrap().to_owned();
+        let key = encoding_key(alg, &pem);
+        let sign = |header: Header, claims: &serde_json::Value| jsonwebtoken::encode(&header, claims, &key).unwrap();
+        let header = |typ: &str, kid: &str| Header {
+            typ: Some(typ.into()),
+            kid: Some(kid.into()),
+            ..Header::new(alg_header(alg))
+        };
+        // The forger's own signing works: the same claims re-signed are active, so every refusal
+        // below is for the one thing each case changes.
+        let resigned = sign(header("at+jwt", &kid), &claims);
+        assert!(app.introspect(&resigned).await.active, "{alg}: the test signer");
+
+        let now = app.now().unix_timestamp();
+        let with = |name: &str, value: serde_json::Value| {
+            let mut changed = claims.clone();
+            changed[name] = value;
+            changed
+        };
+        let jwks = app.jwks().await.to_string();
+        let hs256 = |secret: &[u8]| {
+            let header = Header {
+                typ: Some("at+jwt".into()),
+                kid: Some(kid.clone()),
+                ..Header::new(jsonwebtoken::Algorithm::HS256)
+            };
+            jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(secret)).unwrap()
+        };
+        let public_part = app.jwks().await["keys"][0]
+            .get("x")
+            .or(app.jwks().await["keys"][0].get("n"))
+            .and_then(|v| v.as_str())
+            .map(|v| URL_SAFE_NO_PAD.decode(v).unwrap())
+            .unwrap();
+        let mut flipped = URL_SAFE_NO_PAD
+            .decode(pair.access_token.rsplit('.').next().unwrap())
+            .unwrap();
+        flipped[7] ^= 1;
+        let (head, _) = pair.access_token.rsplit_once('.').unwrap();
+        let none = serde_json::json!({"alg": "none", "typ": "at+jwt", "kid": kid});
+        let cases = [
+            ("alg none", format!("{}.{}.", b64(&none), b64(&claims))),
+            ("HS256 keyed with the JWKS text", hs256(jwks.as_bytes())),
+            ("HS256 keyed with the public key", hs256(&public_part)),
+            ("unknown kid", sign(header("at+jwt", "no-such-key"), &claims)),
+            (
+                "wrong iss",
+                sign(header("at+jwt", &kid), &with("iss", "https://evil.test".into())),
+            ),
+            ("wrong typ", sign(header("JWT", &kid), &claims)),
+            (
+                "no typ",
+                sign(
+                    Header {
+                        typ: None,
+                        ..header("", &kid)
+                    },
+                    &claims,
+                ),
+            ),
+            ("expired", sign(header("at+jwt", &kid), &with("exp", now.into()))),
+            (
+                "not yet valid",
+                sign(header("at+jwt", &kid), &with("nbf", (now + 60).into())),
+            ),
+            (
+                "flipped signature byte",
+                format!("{head}.{}", URL_SAFE_NO_PAD.encode(&flipped)),
+            ),
+        ];
+        for (case, token) in cases {
+            let answer = app.introspect(&token).await;
+            assert_eq!(answer, IntrospectResponse::default(), "{alg}: {case}");
+        }
+        // A kid pointing at a retired key: the server's only key is replaced by another.
+        assert!(is_active(&app.introspect(&pair.access_token).await));
+        let (other, _) = SigningKey::generate(alg).unwrap();
+        app.keys.replace(KeySet::single(other));
+        assert_eq!(
+            app.introspect(&pair.access_token).await,
+            IntrospectResponse::default(),
+            "{alg}: retired key"
+        );
+        app.stop().await;
+    }
+}
+
+fn temp_keys_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("ratchet-keys-api-{}", uuid::Uuid::new_v4()))
+}
+
+/// Polls `check` every 20 ms for up to 5 s.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !check().await {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[sqlx::test]
+async fn a_rotation_through_the_key_directory_keeps_every_token_valid_until_its_key_retires(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let path = temp_keys_dir();
+    let dir = KeyDirectory::new(&path);
+    assert!(dir.bootstrap(KeyAlgorithm::EdDSA, NOW).unwrap());
+    let source = KeySource::directory(&path);
+    let app = spawn_app_adjusted(options, |parts| {
+        parts.keys = source.load_directory().unwrap().unwrap();
+        parts.key_source = Some(source.clone());
+        parts.keys_reload_interval = Duration::from_millis(100);
+    })
+    .await;
+    let old_kid = app.keys.active_kid();
+    let kid_of = |token: &str| jwt_part(token, 0)["kid"].as_str().unwrap().to_owned();
+    let before = app.issue("alice").await;
+
+    // generate: published, in the JWKS, not signing yet
+    let new = dir.generate(KeyAlgorithm::ES256, NOW).unwrap();
+    eventually("the new key is published", async || {
+        app.http_get("/.well-known/jwks.json", &[]).await.json()["keys"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    })
+    .await;
+    let between = app.issue("alice").await;
+    assert_eq!(kid_of(&between.access_token), old_kid);
+
+    // activate: new tokens are signed by the new key
+    dir.activate(&new.kid).unwrap();
+    eventually("the new key signs", async || app.keys.active_kid() == new.kid).await;
+    let after = app.issue("alice").await;
+    assert_eq!(kid_of(&after.access_token), new.kid);
+    assert_eq!(jwt_part(&after.access_token, 0)["alg"], "ES256");
+    for pair in [&before, &between, &after] {
+        assert!(app.introspect(&pair.access_token).await.active);
+    }
+
+    // retire the old key: what it signed stops verifying, the rest goes on
+    dir.retire(&old_kid).unwrap();
+    eventually("the old key is gone", async || app.keys.kids() == vec![new.kid.clone()]).await;
+    assert!(!app.introspect(&before.access_token).await.active);
+    assert!(!app.introspect(&between.access_token).await.active);
+    assert!(app.introspect(&after.access_token).await.active);
+
+    // A broken directory (a key file others may read) is refused and the keys in use stay.
+    use std::os::unix::fs::PermissionsExt as _;
+    let third = dir.generate(KeyAlgorithm::RS256, NOW).unwrap();
+    std::fs::set_permissions(
+        path.join(format!("{}.pem", third.kid)),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(app.keys.kids(), vec![new.kid.clone()]);
+    assert!(app.introspect(&after.access_token).await.active);
+    app.stop().await;
+}
