@@ -26,7 +26,7 @@ else
     profile=release
     cargo build --locked --release --workspace --bins
 fi
-: "${SCENARIOS:=issue rotate introspect mixed}" "${DB_CONNECTIONS:=16}" "${RUNS:=1}"
+: "${SCENARIOS:=issue rotate introspect introspect-hot mixed}" "${DB_CONNECTIONS:=16}" "${RUNS:=1}"
 base_url="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 database="ratchet_bench_$$"
 # Over loopback TLS buys nothing and costs CPU on both ends; server and pgbench use the same URL.
@@ -113,6 +113,7 @@ one_run() {
 
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     DATABASE_URL="$bench_url" RATCHET_LISTEN="127.0.0.1:$port" RATCHET_DATA_DIR="$scratch" RUST_LOG=warn \
+        RATCHET_HTTP_LISTEN=127.0.0.1:0 \
         "$server_bin" serve --no-migrate --db-max-connections "$DB_CONNECTIONS" 2>"$scratch/server.log" &
     server_pid=$!
     for _ in $(seq 100); do

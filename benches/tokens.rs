@@ -5,7 +5,7 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ratchet::issuer::refresh_token::RefreshToken;
-use ratchet::keys::{AccessClaims, Keyring, ServerSecret};
+use ratchet::keys::{AccessClaims, KeyAlgorithm, KeySet, Keyring, ServerSecret, SigningKey};
 use serde_json::Map;
 
 fn claims() -> AccessClaims {
@@ -24,17 +24,25 @@ fn claims() -> AccessClaims {
     }
 }
 
+/// Minting and verifying with a key of each algorithm; `access_token/*` is the default, EdDSA.
 fn access_tokens(c: &mut Criterion) {
-    let keys = Keyring::generate().unwrap();
     let claims = claims();
-    let token = keys.sign(&claims).unwrap();
-    c.bench_function("access_token/mint", |b| b.iter(|| keys.sign(&claims).unwrap()));
-    c.bench_function("access_token/verify_signature", |b| {
-        b.iter(|| keys.verify_signature(&token, "https://ratchet.example").unwrap())
-    });
-    c.bench_function("access_token/verify_cached", |b| {
-        b.iter(|| keys.verify(&token, "https://ratchet.example").unwrap())
-    });
+    for alg in KeyAlgorithm::ALL {
+        let keys = Keyring::new(KeySet::single(SigningKey::generate(alg).unwrap().0), 1 << 20);
+        let token = keys.sign(&claims).unwrap();
+        let group = if alg == KeyAlgorithm::EdDSA {
+            "access_token".to_owned()
+        } else {
+            format!("access_token_{alg}")
+        };
+        c.bench_function(&format!("{group}/mint"), |b| b.iter(|| keys.sign(&claims).unwrap()));
+        c.bench_function(&format!("{group}/verify_signature"), |b| {
+            b.iter(|| keys.verify_signature(&token, "https://ratchet.example").unwrap())
+        });
+        c.bench_function(&format!("{group}/verify_cached"), |b| {
+            b.iter(|| keys.verify(&token, "https://ratchet.example").unwrap())
+        });
+    }
 }
 
 fn refresh_tokens(c: &mut Criterion) {

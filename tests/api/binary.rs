@@ -1,6 +1,6 @@
 //! The `ratchet` binary as an operator runs it: `migrate` creates and migrates a database,
 //! `serve` answers gRPC (with reflection for grpcurl), tokens survive a restart because the
-//! generated key is reused, SIGTERM stops it cleanly, and no token ever reaches its logs.
+//! key directory created on the first start is reused, SIGTERM stops it cleanly, and no token ever reaches its logs.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -19,7 +19,7 @@ use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ratchet");
+pub const BIN: &str = env!("CARGO_BIN_EXE_ratchet");
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -29,7 +29,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn database_url(options: &PgConnectOptions, database: &str) -> String {
+pub fn database_url(options: &PgConnectOptions, database: &str) -> String {
     format!(
         "postgres://{}@{}:{}/{database}",
         options.get_username(),
@@ -42,6 +42,9 @@ fn database_url(options: &PgConnectOptions, database: &str) -> String {
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
+    /// The JWKS/discovery HTTP listener (a free port of its own: the default, 8080, would be
+    /// shared by every test's server).
+    pub http: SocketAddr,
 }
 
 impl Server {
@@ -52,11 +55,13 @@ impl Server {
 
     /// `ratchet serve --no-migrate` on `addr`, with `env` on top of the test defaults.
     pub fn start_with(url: &str, data_dir: &Path, log: &Path, addr: SocketAddr, env: &[(&str, &str)]) -> Self {
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let child = Command::new(BIN)
             .args(["serve", "--no-migrate", "--issuer", "https://bin.test"])
             .env("DATABASE_URL", url)
             .env("RATCHET_LISTEN", addr.to_string())
             .env("RATCHET_DATA_DIR", data_dir)
+            .env("RATCHET_HTTP_LISTEN", http.to_string())
             // As chatty as it gets: even debug logs must not carry a token.
             .env("RUST_LOG", "debug")
             .envs(env.iter().copied())
@@ -64,7 +69,16 @@ impl Server {
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
             .spawn()
             .unwrap();
-        Self { child, addr }
+        Self { child, addr, http }
+    }
+
+    /// Sends `signal` (`HUP`, `TERM`, ...) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 
     /// Its exit status, once it exits by itself within `within`.
@@ -166,7 +180,7 @@ async fn the_binary_migrates_serves_survives_a_restart_and_never_logs_tokens(
     assert!(services.contains(&"grpc.health.v1.Health".to_string()), "{services:?}");
     assert!(server.terminate().await.success(), "a clean exit on SIGTERM");
 
-    // A second start reuses the generated key.
+    // A second start reuses the key directory the first one created.
     let server = Server::start(&url, &scratch.join("data"), &log);
     let client = server.client().await;
     let other = issue(&client, "bob").await;
@@ -199,7 +213,7 @@ async fn the_binary_migrates_serves_survives_a_restart_and_never_logs_tokens(
 
     let logs = std::fs::read_to_string(&log).unwrap();
     assert!(
-        logs.contains("created a new one") && logs.contains("reusing the signing key"),
+        logs.contains("created a key directory with a new EdDSA key") && logs.contains("loaded the key directory"),
         "{logs}"
     );
     for pair in [&pair, &rotated, &survivor, &other] {

@@ -18,10 +18,23 @@ use crate::helpers::{ISSUER, TestApp, jwt_part, spawn_app_adjusted};
 const NOW: &str = "2026-11-30T08:00:00Z";
 
 /// A server whose only key is a new `alg` key, and that key's PKCS#8 PEM (to forge with).
-async fn app_with(options: PgConnectOptions, alg: KeyAlgorithm) -> (TestApp, String) {
+pub async fn app_with(options: PgConnectOptions, alg: KeyAlgorithm) -> (TestApp, String) {
+    app_with_adjusted(options, alg, |_| {}).await
+}
+
+/// [`app_with`], with `adjust` applied to the server's parts.
+pub async fn app_with_adjusted(
+    options: PgConnectOptions,
+    alg: KeyAlgorithm,
+    adjust: impl FnOnce(&mut ratchet::startup::Parts),
+) -> (TestApp, String) {
     let (key, der) = SigningKey::generate(alg).unwrap();
     let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", der));
-    let app = spawn_app_adjusted(options, |parts| parts.keys = KeySet::single(key)).await;
+    let app = spawn_app_adjusted(options, |parts| {
+        parts.keys = KeySet::single(key);
+        adjust(parts);
+    })
+    .await;
     (app, pem)
 }
 
@@ -44,10 +57,6 @@ fn alg_header(alg: KeyAlgorithm) -> jsonwebtoken::Algorithm {
         KeyAlgorithm::ES256 => jsonwebtoken::Algorithm::ES256,
         KeyAlgorithm::RS256 => jsonwebtoken::Algorithm::RS256,
     }
-}
-
-fn is_active(answer: &IntrospectResponse) -> bool {
-    answer.active
 }
 
 #[sqlx::test]
@@ -131,88 +140,118 @@ async fn every_algorithm_signs_tokens_that_introspect_and_match_their_jwk(
     }
 }
 
+/// Makes tokens that look like the server's but must not verify, each differing from a genuine
+/// one in one respect. Holds a copy of the server's private key, so that "signed by our key" is
+/// never why a case is refused unless the case is about the signature.
+pub struct Forger {
+    alg: KeyAlgorithm,
+    key: EncodingKey,
+    /// A genuine token's claims and its key id.
+    claims: serde_json::Value,
+    kid: String,
+    genuine: String,
+}
+
+impl Forger {
+    pub fn new(alg: KeyAlgorithm, pem: &str, genuine: &str) -> Self {
+        Self {
+            alg,
+            key: encoding_key(alg, pem),
+            claims: jwt_part(genuine, 1),
+            kid: jwt_part(genuine, 0)["kid"].as_str().unwrap().to_owned(),
+            genuine: genuine.to_owned(),
+        }
+    }
+
+    fn header(&self, typ: Option<&str>, kid: &str) -> Header {
+        Header {
+            typ: typ.map(Into::into),
+            kid: Some(kid.into()),
+            ..Header::new(alg_header(self.alg))
+        }
+    }
+
+    fn sign(&self, header: &Header, claims: &serde_json::Value) -> String {
+        jsonwebtoken::encode(header, claims, &self.key).unwrap()
+    }
+
+    /// The genuine claims signed again by the forger: must verify (proves the forger's signing).
+    pub fn resigned(&self) -> String {
+        self.sign(&self.header(Some("at+jwt"), &self.kid), &self.claims)
+    }
+
+    fn with(&self, name: &str, value: serde_json::Value) -> String {
+        let mut claims = self.claims.clone();
+        claims[name] = value;
+        self.sign(&self.header(Some("at+jwt"), &self.kid), &claims)
+    }
+
+    fn hs256(&self, secret: &[u8]) -> String {
+        let header = Header {
+            typ: Some("at+jwt".into()),
+            kid: Some(self.kid.clone()),
+            ..Header::new(jsonwebtoken::Algorithm::HS256)
+        };
+        jsonwebtoken::encode(&header, &self.claims, &EncodingKey::from_secret(secret)).unwrap()
+    }
+
+    /// Every forgery, named; `jwks` is the published set (an attacker's HMAC "secret"), `now`
+    /// the verifier's Unix time.
+    pub fn forgeries(&self, jwks: &serde_json::Value, now: i64) -> Vec<(&'static str, String)> {
+        let jwk = &jwks["keys"][0];
+        let public_part = jwk
+            .get("x")
+            .or(jwk.get("n"))
+            .and_then(|v| v.as_str())
+            .map(|v| URL_SAFE_NO_PAD.decode(v).unwrap())
+            .unwrap();
+        let (head, signature) = self.genuine.rsplit_once('.').unwrap();
+        let mut flipped = URL_SAFE_NO_PAD.decode(signature).unwrap();
+        flipped[7] ^= 1;
+        let none = serde_json::json!({"alg": "none", "typ": "at+jwt", "kid": self.kid});
+        vec![
+            ("alg none", format!("{}.{}.", b64(&none), b64(&self.claims))),
+            (
+                "HS256 keyed with the JWKS text",
+                self.hs256(jwks.to_string().as_bytes()),
+            ),
+            ("HS256 keyed with the public key", self.hs256(&public_part)),
+            (
+                "unknown kid",
+                self.sign(&self.header(Some("at+jwt"), "no-such-key"), &self.claims),
+            ),
+            ("wrong iss", self.with("iss", "https://evil.test".into())),
+            (
+                "wrong typ",
+                self.sign(&self.header(Some("JWT"), &self.kid), &self.claims),
+            ),
+            ("no typ", self.sign(&self.header(None, &self.kid), &self.claims)),
+            ("expired", self.with("exp", (now - 1).into())),
+            ("not yet valid", self.with("nbf", (now + 120).into())),
+            (
+                "flipped signature byte",
+                format!("{head}.{}", URL_SAFE_NO_PAD.encode(&flipped)),
+            ),
+        ]
+    }
+}
+
 #[sqlx::test]
 async fn introspect_refuses_every_forgery_for_every_algorithm(_pool: PgPoolOptions, options: PgConnectOptions) {
     for alg in KeyAlgorithm::ALL {
         let (app, pem) = app_with(options.clone(), alg).await;
         let pair = app.issue("alice").await;
-        let claims = jwt_part(&pair.access_token, 1);
-        let kid = jwt_part(&pair.access_token, 0)["kid"].as_str().unwrap().to_owned();
-        let key = encoding_key(alg, &pem);
-        let sign = |header: Header, claims: &serde_json::Value| jsonwebtoken::encode(&header, claims, &key).unwrap();
-        let header = |typ: &str, kid: &str| Header {
-            typ: Some(typ.into()),
-            kid: Some(kid.into()),
-            ..Header::new(alg_header(alg))
-        };
-        // The forger's own signing works: the same claims re-signed are active, so every refusal
-        // below is for the one thing each case changes.
-        let resigned = sign(header("at+jwt", &kid), &claims);
-        assert!(app.introspect(&resigned).await.active, "{alg}: the test signer");
-
-        let now = app.now().unix_timestamp();
-        let with = |name: &str, value: serde_json::Value| {
-            let mut changed = claims.clone();
-            changed[name] = value;
-            changed
-        };
-        let jwks = app.jwks().await.to_string();
-        let hs256 = |secret: &[u8]| {
-            let header = Header {
-                typ: Some("at+jwt".into()),
-                kid: Some(kid.clone()),
-                ..Header::new(jsonwebtoken::Algorithm::HS256)
-            };
-            jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(secret)).unwrap()
-        };
-        let public_part = app.jwks().await["keys"][0]
-            .get("x")
-            .or(app.jwks().await["keys"][0].get("n"))
-            .and_then(|v| v.as_str())
-            .map(|v| URL_SAFE_NO_PAD.decode(v).unwrap())
-            .unwrap();
-        let mut flipped = URL_SAFE_NO_PAD
-            .decode(pair.access_token.rsplit('.').next().unwrap())
-            .unwrap();
-        flipped[7] ^= 1;
-        let (head, _) = pair.access_token.rsplit_once('.').unwrap();
-        let none = serde_json::json!({"alg": "none", "typ": "at+jwt", "kid": kid});
-        let cases = [
-            ("alg none", format!("{}.{}.", b64(&none), b64(&claims))),
-            ("HS256 keyed with the JWKS text", hs256(jwks.as_bytes())),
-            ("HS256 keyed with the public key", hs256(&public_part)),
-            ("unknown kid", sign(header("at+jwt", "no-such-key"), &claims)),
-            (
-                "wrong iss",
-                sign(header("at+jwt", &kid), &with("iss", "https://evil.test".into())),
-            ),
-            ("wrong typ", sign(header("JWT", &kid), &claims)),
-            (
-                "no typ",
-                sign(
-                    Header {
-                        typ: None,
-                        ..header("", &kid)
-                    },
-                    &claims,
-                ),
-            ),
-            ("expired", sign(header("at+jwt", &kid), &with("exp", now.into()))),
-            (
-                "not yet valid",
-                sign(header("at+jwt", &kid), &with("nbf", (now + 60).into())),
-            ),
-            (
-                "flipped signature byte",
-                format!("{head}.{}", URL_SAFE_NO_PAD.encode(&flipped)),
-            ),
-        ];
-        for (case, token) in cases {
+        let forger = Forger::new(alg, &pem, &pair.access_token);
+        assert!(
+            app.introspect(&forger.resigned()).await.active,
+            "{alg}: the forger's signing"
+        );
+        for (case, token) in forger.forgeries(&app.jwks().await, app.now().unix_timestamp()) {
             let answer = app.introspect(&token).await;
             assert_eq!(answer, IntrospectResponse::default(), "{alg}: {case}");
         }
         // A kid pointing at a retired key: the server's only key is replaced by another.
-        assert!(is_active(&app.introspect(&pair.access_token).await));
+        assert!(app.introspect(&pair.access_token).await.active);
         let (other, _) = SigningKey::generate(alg).unwrap();
         app.keys.replace(KeySet::single(other));
         assert_eq!(

@@ -17,6 +17,9 @@ pub enum Scenario {
     Issue,
     Rotate,
     Introspect,
+    /// Every client introspects the same single token: a sidecar checking one caller's token on
+    /// every request.
+    IntrospectHot,
     Mixed,
 }
 
@@ -137,7 +140,7 @@ pub async fn run(id: usize, client: Client, plan: Arc<Plan>) -> Tally {
         let outcome = match op {
             Scenario::Issue => worker.issue().await.map(drop),
             Scenario::Rotate => worker.rotate().await,
-            Scenario::Introspect | Scenario::Mixed => worker.introspect().await,
+            Scenario::Introspect | Scenario::IntrospectHot | Scenario::Mixed => worker.introspect().await,
         };
         let end = Instant::now();
         if start >= plan.measure_from && end <= plan.until {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{Parser, ValueEnum as _};
 use h2::Client;
 use load::{Mix, Plan, Scenario, Tally};
 use procfs::Processes;
@@ -145,8 +145,9 @@ async fn access_token_pool(client: &mut Client, size: usize) -> anyhow::Result<V
 async fn bench(args: Args) -> anyhow::Result<bool> {
     let k = args.concurrency.max(1);
     let clients = connect(&args.addr, args.connections.unwrap_or(k.min(4)).max(1)).await?;
-    let needs_pool = matches!(args.scenario, Scenario::Introspect | Scenario::Mixed);
-    let access_tokens = if needs_pool {
+    let access_tokens = if args.scenario == Scenario::IntrospectHot {
+        access_token_pool(&mut clients[0].clone(), 1).await?
+    } else if matches!(args.scenario, Scenario::Introspect | Scenario::Mixed) {
         access_token_pool(&mut clients[0].clone(), args.pool.max(1)).await?
     } else {
         vec![]
@@ -209,7 +210,7 @@ async fn bench(args: Args) -> anyhow::Result<bool> {
     let h = &tally.latency_us;
     let report = json!({
         "label": args.label,
-        "scenario": format!("{:?}", args.scenario).to_lowercase(),
+        "scenario": args.scenario.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default(),
         "concurrency": k,
         "seconds": (seconds * 1000.0).round() / 1000.0,
         "ops": tally.ops,

@@ -1,0 +1,87 @@
+//! Interoperability: an independent JWT library (Python's PyJWT, which ratchet does not use)
+//! verifies ratchet's tokens for every algorithm against the JWK Set served over HTTP, and
+//! refuses every forgery Introspect refuses.
+//!
+//! `scripts/test` installs PyJWT into `target/interop-python` (or set RATCHET_INTEROP_PYTHONPATH
+//! to a directory holding `jwt` and `cryptography`); without it this test fails and says so.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use ratchet::clock::{Clock as _, SystemClock};
+use ratchet::keys::KeyAlgorithm;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::helpers::{AUDIENCE, ISSUER};
+use crate::keys::{Forger, app_with_adjusted};
+
+fn python_path() -> PathBuf {
+    std::env::var_os("RATCHET_INTEROP_PYTHONPATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/interop-python"))
+}
+
+/// Runs the PyJWT verifier on `tokens`; its verdict per name.
+fn pyjwt_verify(jwks_uri: &str, tokens: &[(&'static str, String)]) -> serde_json::Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/pyjwt_verify.py");
+    let request = serde_json::json!({
+        "jwks_uri": jwks_uri,
+        "issuer": ISSUER,
+        "audience": AUDIENCE,
+        "tokens": tokens.iter().map(|(name, token)| serde_json::json!({"name": name, "token": token})).collect::<Vec<_>>(),
+    });
+    let mut child = Command::new("python3")
+        .arg(&script)
+        .env("PYTHONPATH", python_path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs (it is on every machine of ours)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.to_string().as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "PyJWT verifier failed: {}\nIs PyJWT installed? `scripts/test` installs it with \
+         `python3 -m pip install --target target/interop-python 'PyJWT[crypto]'`.",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[sqlx::test]
+async fn pyjwt_verifies_every_algorithm_against_the_http_jwks_and_refuses_every_forgery(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    for alg in KeyAlgorithm::ALL {
+        // PyJWT checks times against the real clock, so this server runs on it too.
+        let (app, pem) = app_with_adjusted(options.clone(), alg, |parts| parts.clock = Arc::new(SystemClock)).await;
+        let pair = app.issue("alice").await;
+        let forger = Forger::new(alg, &pem, &pair.access_token);
+        let mut tokens = vec![("genuine", pair.access_token.clone())];
+        tokens.extend(forger.forgeries(&app.jwks().await, SystemClock.now().unix_timestamp()));
+        let jwks_uri = format!("http://{}/.well-known/jwks.json", app.http_addr.unwrap());
+        // On a thread of its own: the server answering PyJWT's JWKS fetch runs on this runtime.
+        let names = tokens.clone();
+        let verdicts = tokio::task::spawn_blocking(move || pyjwt_verify(&jwks_uri, &names))
+            .await
+            .unwrap();
+        assert_eq!(verdicts["genuine"], "ok:alice", "{alg}: {verdicts}");
+        for (case, _) in &tokens[1..] {
+            let verdict = verdicts[case].as_str().unwrap();
+            assert!(
+                verdict.starts_with("rejected"),
+                "{alg}: PyJWT accepted {case}: {verdict}"
+            );
+        }
+        app.stop().await;
+    }
+}
