@@ -155,7 +155,7 @@ impl Builder {
     }
 
     /// Refresh interval when the issuer sends no `Cache-Control: max-age` (default
-    /// [`DEFAULT_REFRESH`]).
+    /// [`DEFAULT_REFRESH`]), held within [`refresh_bounds`](Self::refresh_bounds).
     pub fn refresh_interval(mut self, interval: Duration) -> Self {
         self.default_refresh = interval;
         self
@@ -232,12 +232,6 @@ impl Builder {
             return Err(ConfigError::RefreshBounds);
         }
         in_range(
-            "the refresh interval",
-            self.default_refresh,
-            self.min_refresh,
-            self.max_refresh,
-        )?;
-        in_range(
             "the unknown-kid interval",
             self.unknown_kid_interval,
             Duration::ZERO,
@@ -261,7 +255,8 @@ impl Builder {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?;
         let fetcher = Fetcher::new(self.fetch_timeout, self.max_response_bytes, self.tls)?;
         let policy = RefreshPolicy {
-            default_interval: self.default_refresh,
+            // Like the issuer's max-age, the fallback is held to the bounds.
+            default_interval: self.default_refresh.clamp(self.min_refresh, self.max_refresh),
             min_interval: self.min_refresh,
             max_interval: self.max_refresh,
             unknown_kid_interval: self.unknown_kid_interval,
@@ -316,7 +311,6 @@ mod tests {
                 base().refresh_bounds(Duration::from_secs(600), Duration::from_secs(60)),
                 "bounds",
             ),
-            (base().refresh_interval(Duration::from_secs(5)), "interval below min"),
             (base().fetch_timeout(Duration::ZERO), "timeout"),
             (base().max_response_bytes(10), "limit"),
         ];

@@ -82,6 +82,12 @@ pub struct VerifyService<S> {
     exempt: Arc<[String]>,
 }
 
+/// So that `ServiceBuilder::new().layer(VerifyLayer::new(v)).service(svc)` can still be given to
+/// tonic's `Server::add_service`, which routes by the service's name.
+impl<S: tonic::server::NamedService> tonic::server::NamedService for VerifyService<S> {
+    const NAME: &'static str = S::NAME;
+}
+
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for VerifyService<S>
