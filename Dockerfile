@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
 # Build: docker build -t ratchet .
-# Run:   docker run -e DATABASE_URL=postgres://user:pass@db:5432/ratchet -v ratchet-data:/var/lib/ratchet -p 50051:50051 ratchet
+# Run:   docker run -e DATABASE_URL=postgres://user:pass@db:5432/ratchet -v ratchet-data:/var/lib/ratchet -p 50051:50051 -p 8080:8080 ratchet
+# Keys:  the key directory is /var/lib/ratchet/keys (or mount one at RATCHET_KEYS_DIR, the same for
+#        every replica); manage it with `docker run ... ratchet keys list|generate|activate|retire`.
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
@@ -18,10 +20,12 @@ FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /ratchet /usr/local/bin/ratchet
 COPY --from=build --chown=65532:65532 /data /var/lib/ratchet
 ENV RATCHET_LISTEN=0.0.0.0:50051 \
+    RATCHET_HTTP_LISTEN=0.0.0.0:8080 \
     RATCHET_DATA_DIR=/var/lib/ratchet \
     RATCHET_LOG_FORMAT=json
 VOLUME /var/lib/ratchet
-EXPOSE 50051
+# gRPC; HTTP serves the JWKS and discovery metadata
+EXPOSE 50051 8080
 USER nonroot
 ENTRYPOINT ["/usr/local/bin/ratchet"]
 CMD ["serve"]
