@@ -14,6 +14,7 @@ mod introspect;
 mod issue;
 mod limits;
 mod panics;
+mod propagation;
 mod proxy;
 mod revoke;
 mod rotate;
