@@ -12,8 +12,10 @@
 -- updated row of every UPDATE on families, Rotate's bookkeeping (`last_rotated_at`,
 -- `refresh_expires_at`) included, into a tuplestore: a cost on every rotation. This one fires only
 -- for statements whose SET list names `revoked_at` (Rotate's normal path does not), and then only
--- for rows whose revocation this is. It adds no index and touches no column Rotate updates, so
--- Rotate's updates stay HOT (see the hardening migration).
+-- for rows whose revocation this is. (To decide that, PostgreSQL re-reads the old version of each
+-- row an UPDATE on families changed: a buffer hit, without a lock or an SSI predicate lock. pgbench
+-- on Rotate's statement could not tell it from noise.) It adds no index and touches no column
+-- Rotate updates, so Rotate's updates stay HOT (see the hardening migration).
 --
 -- Payload: one id (36 bytes) per notification, far below the 8000-byte limit. Revoking a subject
 -- with 100k families goes in statements of 1000 rows (the store's batches), each committing 1000

@@ -126,8 +126,9 @@ impl FamilyCache {
         self.entries.clear();
     }
 
-    /// Every revocation committed before `until` reaches this cache before `until`; renewed by
-    /// the listener while it is connected. `None`: from now on they may not.
+    /// Until `until`, the listener vouches that revocations made elsewhere reach this cache as
+    /// they commit, so a cached "live" older than `max_age` may still be trusted (up to
+    /// [`MAX_CURRENT_AGE`]). Renewed by each of its probes; `None`: from now on they may not.
     pub fn current_until(&self, until: Option<Instant>) {
         let nanos = until.map_or(0, |until| {
             let nanos = until.saturating_duration_since(self.base).as_nanos();

@@ -312,3 +312,53 @@ async fn while_the_listener_is_cut_off_a_cached_live_is_trusted_no_longer_than_t
     .await;
     stop(a, b).await;
 }
+
+#[sqlx::test]
+async fn a_listener_whose_backend_is_terminated_subscribes_again_and_revocations_flow_again(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let (a, b) = two_servers(options, test_policy()).await;
+    // What an operator, idle_session_timeout or a failover does to it.
+    // Found first, terminated after: in one WHERE clause nothing stops PostgreSQL from calling
+    // pg_terminate_backend before it checked the other conditions (on other tests' sessions).
+    let killed: Vec<i32> = sqlx::query_scalar(
+        "select pid from pg_stat_activity where datname = current_database() and application_name = $1",
+    )
+    .bind(APPLICATION_NAME)
+    .fetch_all(&a.db)
+    .await
+    .unwrap();
+    assert_eq!(killed.len(), 2, "both servers' listeners, found by application_name");
+    for pid in &killed {
+        let terminated: bool = sqlx::query_scalar("select pg_terminate_backend($1)")
+            .bind(pid)
+            .fetch_one(&a.db)
+            .await
+            .unwrap();
+        assert!(terminated);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let back: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity
+             where datname = current_database() and application_name = $1 and pid <> all($2)
+               and state = 'idle' and (query like 'LISTEN%' or query = 'select 1')",
+        )
+        .bind(APPLICATION_NAME)
+        .bind(&killed)
+        .fetch_one(&a.db)
+        .await
+        .unwrap();
+        if back == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the listeners did not come back");
+        tokio::time::sleep(POLL).await;
+    }
+    let pair = a.issue("alice").await;
+    cached_live(&b, &pair).await;
+    assert_eq!(revoke(&a, Target::FamilyId(pair.family_id.clone())).await, 1);
+    inactive_within(&b, &pair.access_token, PROPAGATION, "after the listener came back").await;
+    stop(a, b).await;
+}

@@ -155,13 +155,10 @@ async fn run(
     let mut next_probe = tokio::time::Instant::now() + PROBE_INTERVAL;
     loop {
         tokio::select! {
+            // The probe before notifications: a burst of them (100k families of one subject)
+            // must not starve it, or the listener's word would lapse while it is working.
             biased;
             _ = stopped.changed() => return Ended::Stopped,
-            received = listener.try_recv() => match received {
-                Ok(Some(notification)) => apply(cache, &notification),
-                Ok(None) => return Ended::Lost { subscribed: true, error: "connection closed".into() },
-                Err(error) => return Ended::Lost { subscribed: true, error: error.to_string() },
-            },
             () = tokio::time::sleep_until(next_probe) => {
                 let sent = Instant::now();
                 let probe = tokio::time::timeout(timeout, sqlx::query("select 1").execute(&mut *listener)).await;
@@ -170,14 +167,20 @@ async fn run(
                     Ok(Err(error)) => return Ended::Lost { subscribed: true, error: error.to_string() },
                     Err(_) => return Ended::Lost { subscribed: true, error: "probe timed out".into() },
                 }
-                // Everything committed before the probe was sent arrived before its answer; apply
-                // it before vouching for it.
+                // PostgreSQL sends a session's pending notifications before the ReadyForQuery
+                // that ends a statement (and, when idle, at once): what was committed before the
+                // probe was sent is in the buffer now. Apply it before vouching for it.
                 while let Some(notification) = listener.next_buffered() {
                     apply(cache, &notification);
                 }
                 cache.current_until(Some(sent + 2 * PROBE_INTERVAL));
                 next_probe = tokio::time::Instant::now() + PROBE_INTERVAL;
             }
+            received = listener.try_recv() => match received {
+                Ok(Some(notification)) => apply(cache, &notification),
+                Ok(None) => return Ended::Lost { subscribed: true, error: "connection closed".into() },
+                Err(error) => return Ended::Lost { subscribed: true, error: error.to_string() },
+            },
         }
     }
 }
