@@ -181,9 +181,13 @@ pub struct ServeArgs {
     /// header, over http).
     #[arg(long, env = "RATCHET_JWKS_URI")]
     pub jwks_uri: Option<String>,
-    /// How long Introspect may answer "live" for a family from memory without asking the
-    /// database. Revocations made by this server show at once regardless; this bounds how long
-    /// one made by another replica can go unseen. `0s` asks the database every time; at most 1h.
+    /// How long Introspect may answer "live" for a family from memory while revocations made
+    /// elsewhere are not known to reach this server. Revocations reach every replica's cache
+    /// through PostgreSQL LISTEN/NOTIFY within milliseconds; while that listener is connected a
+    /// cached "live" needs no re-reading (up to 10m). When it is down, this bounds how long another
+    /// replica's revocation can go unseen here; on reconnect the cache is dropped. 5s: short,
+    /// since it only matters during outages and costs no database reads otherwise. `0s` asks the
+    /// database every time (and runs no listener); at most 1h.
     #[arg(long, env = "RATCHET_FAMILY_CACHE_TTL", default_value = "5s")]
     pub family_cache_ttl: String,
     /// File holding the server secret that keys refresh-token seals (reuse grace window) and

@@ -159,11 +159,12 @@ const LEEWAY: Bounds = Bounds {
     max: Duration::from_secs(5 * 60),
     why: "clocks further apart need fixing, not tolerating",
 };
-/// It bounds how long a revocation made through another replica goes unseen by Introspect here.
+/// It bounds how long a revocation made through another replica goes unseen by Introspect here
+/// while the revocation listener is down.
 const FAMILY_CACHE_TTL: Bounds = Bounds {
     min: Duration::ZERO,
     max: HOUR,
-    why: "it is how long another replica's revocation may go unseen",
+    why: "it is how long another replica's revocation may go unseen while the listener is down",
 };
 /// Below 100 ms a healthy but busy database times out; above a minute a caller is better told
 /// UNAVAILABLE and left to retry than kept hanging (RPCs are cut at 15 s anyway; migrations at

@@ -9,7 +9,8 @@
 //! - [`issuer`]: the use cases (issue, rotate, revoke, introspect, list sessions, cleanup) and the
 //!   rotation rules. Knows neither tonic nor sqlx; takes `now` as a parameter.
 //! - [`store`]: the [`store::FamilyStore`] trait, its PostgreSQL implementation (statements, rows,
-//!   and running a statement to a definite outcome), the connection pool and the family cache.
+//!   and running a statement to a definite outcome), the connection pool, the family cache and
+//!   the listener that keeps it current with revocations made by other replicas.
 //! - [`keys`]: signing and verifying access tokens (EdDSA, ES256, RS256), the key directory and
 //!   its reloading, the JWK Set, and the server secret that keys grace-window seals and page
 //!   tokens.

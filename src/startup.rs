@@ -34,9 +34,9 @@ use crate::keys::secret::SecretSource;
 use crate::keys::source::{KeySource, Origin};
 use crate::keys::{KeySet, Keyring, ServerSecret};
 use crate::store::FamilyStore as _;
-use crate::store::cached::CachedStore;
+use crate::store::cached::{CachedStore, FamilyCache};
 use crate::store::pool::ConnectionPool;
-use crate::store::postgres::{self, MIGRATOR, PgStore, PoolSettings};
+use crate::store::postgres::{self, MIGRATOR, PgStore, PoolSettings, revocations};
 
 /// Largest request accepted. Far above any valid request (8 KiB of claims plus 128 names of
 /// 255 bytes), so that oversized *fields* reach validation and get a named INVALID_ARGUMENT.
@@ -69,8 +69,11 @@ pub struct Parts {
     pub secret: ServerSecret,
     pub policy: Policy,
     pub clock: Arc<dyn Clock>,
-    /// How long Introspect trusts a cached "family is live" (zero: always ask the database).
+    /// How long Introspect trusts a cached "family is live" while revocations made elsewhere are
+    /// not known to reach this server (zero: always ask the database, and no listener).
     pub family_cache_ttl: Duration,
+    /// Where the revocation listener connects; `None`: where the pool does.
+    pub revocations: Option<sqlx::postgres::PgConnectOptions>,
     pub cleanup: CleanupSettings,
     /// How often the background cleanup runs (zero: never; `ratchet gc` by hand instead).
     pub cleanup_interval: Duration,
@@ -85,6 +88,9 @@ pub struct Application {
     issuer: String,
     store: PgStore,
     service: TokenServiceImpl<CachedStore<PgStore>>,
+    /// Kept current by the revocation listener, if there is one.
+    family_cache: Option<(Arc<FamilyCache>, sqlx::postgres::PgConnectOptions)>,
+    db_timeout: Duration,
     clock: Arc<dyn Clock>,
     cleanup: CleanupSettings,
     cleanup_interval: Duration,
@@ -193,6 +199,7 @@ impl Application {
             policy: config.policy,
             clock: Arc::new(SystemClock),
             family_cache_ttl: config.family_cache_ttl,
+            revocations: None,
             cleanup: config.cleanup,
             cleanup_interval: config.cleanup_interval,
         })
@@ -216,8 +223,15 @@ impl Application {
             )),
             None => None,
         };
+        // Without a cache there is nothing for revocations to reach.
+        let listener_options = (!parts.family_cache_ttl.is_zero()).then(|| {
+            parts
+                .revocations
+                .unwrap_or_else(|| revocations::options(parts.pool.options()))
+        });
         let store = PgStore::new(parts.pool, &parts.pool_settings);
         let cached = CachedStore::new(store.clone(), FAMILY_CACHE_CAPACITY, parts.family_cache_ttl);
+        let family_cache = listener_options.map(|options| (cached.cache(), options));
         let keys = Arc::new(Keyring::new(parts.keys, parts.verified_cache_bytes));
         let issuer_name = parts.policy.issuer.clone();
         let issuer = Arc::new(Issuer::new(cached, keys.clone(), parts.secret, parts.policy));
@@ -230,6 +244,8 @@ impl Application {
             issuer: issuer_name,
             store,
             service: TokenServiceImpl::new(issuer, parts.clock.clone()),
+            family_cache,
+            db_timeout: parts.pool_settings.timeout,
             clock: parts.clock,
             cleanup: parts.cleanup,
             cleanup_interval: parts.cleanup_interval,
@@ -271,6 +287,9 @@ impl Application {
         set_health(&reporter, ServingStatus::NotServing).await;
         let (stop_health, stopped) = watch::channel(false);
         let health_task = tokio::spawn(watch_health(self.store.clone(), reporter.clone(), stopped.clone()));
+        let listener_task = self.family_cache.map(|(cache, options)| {
+            tokio::spawn(revocations::listen(options, cache, self.db_timeout, stopped.clone()))
+        });
         let cleanup_task = (!self.cleanup_interval.is_zero()).then(|| {
             tokio::spawn(clean_periodically(
                 self.store.clone(),
@@ -355,6 +374,13 @@ impl Application {
             }
         };
         health_task.abort();
+        // Stopped by now: the shutdown signalled it, or the transport failed and dropped the
+        // sender. It closes its connection; waiting is bounded in case the database hangs.
+        if let Some(mut task) = listener_task
+            && tokio::time::timeout(Duration::from_secs(2), &mut task).await.is_err()
+        {
+            task.abort();
+        }
         for task in [cleanup_task, keys_task, http_task].into_iter().flatten() {
             task.abort();
         }

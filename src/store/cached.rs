@@ -8,18 +8,26 @@
 //! - Every revocation that passes through this store marks the family revoked here after the
 //!   database committed it and before the call returns. Once Revoke, or reuse detection, has
 //!   answered, no Introspect on this server sees the family live.
+//! - Revocations made anywhere else (another replica, an operator's SQL) arrive through
+//!   [`FamilyCache::mark_revoked_elsewhere`], called by the revocation listener
+//!   ([`super::postgres::revocations`]) within milliseconds of their commit.
 //! - A read that raced with a revocation must not put "live" back: a miss notes the revocation
 //!   epoch before asking the database, and caches "live" only if no revocation happened since,
 //!   checked and inserted under the same lock revocations take.
-//! - "Live" is trusted for at most `max_age`. That bounds how long a revocation made by *another*
-//!   replica can go unseen; propagating revocations between replicas (a later issue) only has
-//!   to call [`CachedStore::mark_revoked`] to make that immediate.
+//! - "Live" is trusted for `max_age` (`--family-cache-ttl`) on its own. Beyond that only while
+//!   the listener vouches that revocations are reaching this server ([`FamilyCache::current_until`],
+//!   renewed by its probe every second, dropped the moment its connection is lost), and never
+//!   beyond [`MAX_CURRENT_AGE`]. So `max_age` bounds how long a revocation made elsewhere can go
+//!   unseen while the listener is down, and costs nothing while it is up.
+//! - Notifications sent while the listener was down are lost for good: when it subscribes
+//!   again, [`FamilyCache::forget_all`] drops every entry and bumps the epoch, so nothing learned
+//!   before is trusted after.
 //!
 //! What it leaves out: refresh tokens and rotation always go to the database, where the
 //! one-time-use guarantee lives.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quick_cache::sync::Cache;
@@ -32,6 +40,11 @@ use super::{
 use crate::issuer::refresh_token::TokenHash;
 use crate::issuer::types::FamilyId;
 
+/// Longest a cached "live" is trusted even while revocations are known to reach this server: a
+/// backstop for a revocation that bypassed the notification (an operator's SQL with triggers
+/// disabled, a restored backup). One read per family per 10 minutes is nothing to the database.
+pub const MAX_CURRENT_AGE: Duration = Duration::from_secs(10 * 60);
+
 #[derive(Debug, Clone, Copy)]
 enum Entry {
     Live {
@@ -43,37 +56,43 @@ enum Entry {
     },
 }
 
-/// Wraps `S`, answering [`FamilyStore::family_status`] from memory when it can.
-pub struct CachedStore<S> {
-    inner: S,
+/// The cache itself, shared by a [`CachedStore`] and the revocation listener that keeps it
+/// current.
+pub struct FamilyCache {
     entries: Cache<FamilyId, Entry>,
     /// Bumped by every revocation; see the module docs.
     epoch: AtomicU64,
     /// Serialises "check epoch, insert live" against "bump epoch, insert revoked". A std mutex:
-    /// held for one map insert, never across an await, and only on misses and revocations.
+    /// held for one map operation, never across an await, and only on misses and revocations.
     writes: Mutex<()>,
     max_age: Duration,
+    /// Until when revocations made elsewhere are known to reach this cache, in nanoseconds since
+    /// `base`; 0: they are not (no listener, or it is down). An atomic, not a lock: Introspect's
+    /// hit path reads it (only for entries older than `max_age`).
+    current_until: AtomicU64,
+    base: Instant,
 }
 
-impl<S> CachedStore<S> {
-    /// A cache of at most `capacity` families, trusting "live" for `max_age`.
-    pub fn new(inner: S, capacity: usize, max_age: Duration) -> Self {
+impl FamilyCache {
+    /// At most `capacity` families, trusting "live" for `max_age` on its own.
+    pub fn new(capacity: usize, max_age: Duration) -> Self {
         Self {
-            inner,
             entries: Cache::new(capacity.max(1)),
             epoch: AtomicU64::new(0),
             writes: Mutex::new(()),
             max_age,
+            current_until: AtomicU64::new(0),
+            base: Instant::now(),
         }
     }
 
-    pub fn inner(&self) -> &S {
-        &self.inner
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Records that `id` is revoked (this server revoked it, or a peer said so).
+    /// Records that `id` is revoked (this server revoked it, or the database said so).
     pub fn mark_revoked(&self, id: FamilyId, expires_at: Option<OffsetDateTime>) {
-        let _guard = self.writes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _guard = self.lock();
         self.epoch.fetch_add(1, Ordering::SeqCst);
         let expires_at = expires_at
             .or_else(|| match self.entries.get(&id) {
@@ -84,8 +103,52 @@ impl<S> CachedStore<S> {
         self.entries.insert(id, Entry::Revoked { expires_at });
     }
 
+    /// Records that someone else revoked `id`. Only a family this cache holds gets an entry: one
+    /// it does not is read from the database when asked, and a bulk revocation of 100k families
+    /// nobody here introspects must not push out the live entries that are in use. The epoch moves
+    /// either way, so that a read of `id` in flight does not cache it live.
+    pub fn mark_revoked_elsewhere(&self, id: FamilyId) {
+        let _guard = self.lock();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        match self.entries.peek(&id) {
+            Some(Entry::Live { expires_at, .. }) => {
+                self.entries.insert(id, Entry::Revoked { expires_at });
+            }
+            Some(Entry::Revoked { .. }) | None => {}
+        }
+    }
+
+    /// Forgets everything and bumps the epoch: what was learned while revocations may have been
+    /// missed is not trusted after. Called when the listener subscribes (again).
+    pub fn forget_all(&self) {
+        let _guard = self.lock();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.entries.clear();
+    }
+
+    /// Until `until`, the listener vouches that revocations made elsewhere reach this cache as
+    /// they commit, so a cached "live" older than `max_age` may still be trusted (up to
+    /// [`MAX_CURRENT_AGE`]). Renewed by each of its probes; `None`: from now on they may not.
+    pub fn current_until(&self, until: Option<Instant>) {
+        let nanos = until.map_or(0, |until| {
+            let nanos = until.saturating_duration_since(self.base).as_nanos();
+            u64::try_from(nanos).unwrap_or(u64::MAX).max(1)
+        });
+        self.current_until.store(nanos, Ordering::Release);
+    }
+
+    /// Whether a "live" cached at `cached_at` may be answered without asking the database.
+    fn trusts(&self, cached_at: Instant) -> bool {
+        let now = Instant::now();
+        let age = now.saturating_duration_since(cached_at);
+        age < self.max_age
+            || (age < MAX_CURRENT_AGE
+                && now.saturating_duration_since(self.base).as_nanos()
+                    < u128::from(self.current_until.load(Ordering::Acquire)))
+    }
+
     fn remember_live(&self, id: FamilyId, expires_at: OffsetDateTime, epoch_before_read: u64) {
-        let _guard = self.writes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _guard = self.lock();
         if self.epoch.load(Ordering::SeqCst) == epoch_before_read {
             self.entries.insert(
                 id,
@@ -95,6 +158,36 @@ impl<S> CachedStore<S> {
                 },
             );
         }
+    }
+}
+
+/// Wraps `S`, answering [`FamilyStore::family_status`] from memory when it can.
+pub struct CachedStore<S> {
+    inner: S,
+    cache: Arc<FamilyCache>,
+}
+
+impl<S> CachedStore<S> {
+    /// A cache of at most `capacity` families, trusting "live" for `max_age` on its own.
+    pub fn new(inner: S, capacity: usize, max_age: Duration) -> Self {
+        Self {
+            inner,
+            cache: Arc::new(FamilyCache::new(capacity, max_age)),
+        }
+    }
+
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// The cache, for the revocation listener to keep current.
+    pub fn cache(&self) -> Arc<FamilyCache> {
+        self.cache.clone()
+    }
+
+    /// Records that `id` is revoked (this server revoked it, or the database said so).
+    pub fn mark_revoked(&self, id: FamilyId, expires_at: Option<OffsetDateTime>) {
+        self.cache.mark_revoked(id, expires_at);
     }
 }
 
@@ -124,14 +217,15 @@ impl<S: FamilyStore> FamilyStore for CachedStore<S> {
     }
 
     async fn family_status(&self, id: FamilyId) -> Result<Option<FamilyStatus>, StoreError> {
-        match self.entries.get(&id) {
+        let cache = &*self.cache;
+        match cache.entries.get(&id) {
             Some(Entry::Revoked { expires_at }) => {
                 return Ok(Some(FamilyStatus {
                     revoked: true,
                     expires_at,
                 }));
             }
-            Some(Entry::Live { expires_at, cached_at }) if cached_at.elapsed() < self.max_age => {
+            Some(Entry::Live { expires_at, cached_at }) if cache.trusts(cached_at) => {
                 return Ok(Some(FamilyStatus {
                     revoked: false,
                     expires_at,
@@ -139,17 +233,17 @@ impl<S: FamilyStore> FamilyStore for CachedStore<S> {
             }
             _ => {}
         }
-        let epoch = self.epoch.load(Ordering::SeqCst);
+        let epoch = cache.epoch.load(Ordering::SeqCst);
         let status = self.inner.family_status(id).await?;
         match status {
             Some(FamilyStatus {
                 revoked: false,
                 expires_at,
-            }) => self.remember_live(id, expires_at, epoch),
+            }) => cache.remember_live(id, expires_at, epoch),
             Some(FamilyStatus {
                 revoked: true,
                 expires_at,
-            }) => self.mark_revoked(id, Some(expires_at)),
+            }) => cache.mark_revoked(id, Some(expires_at)),
             None => {}
         }
         Ok(status)
@@ -307,19 +401,19 @@ mod tests {
         let store = CachedStore::new(Statuses::default(), 16, Duration::from_secs(60));
         let known = FamilyId::new_random();
         assert!(!store.family_status(known).await.unwrap().unwrap().revoked);
-        let epoch = store.epoch.load(Ordering::SeqCst);
+        let epoch = store.cache.epoch.load(Ordering::SeqCst);
         let revocation = store
             .revoke_family(unknown(), OffsetDateTime::UNIX_EPOCH, RevokeReason::Revoke)
             .await
             .unwrap();
         assert_eq!(revocation, Revocation::Unknown);
         assert_eq!(
-            store.epoch.load(Ordering::SeqCst),
+            store.cache.epoch.load(Ordering::SeqCst),
             epoch,
             "a revocation of nothing bumped the epoch"
         );
         assert!(
-            store.entries.get(&unknown()).is_none(),
+            store.cache.entries.get(&unknown()).is_none(),
             "an unknown family took a cache entry"
         );
         assert!(!store.family_status(known).await.unwrap().unwrap().revoked);
@@ -354,11 +448,69 @@ mod tests {
     async fn a_read_that_raced_a_revocation_does_not_cache_live() {
         let store = CachedStore::new(Statuses::default(), 16, Duration::from_secs(60));
         let id = FamilyId::new_random();
-        let epoch = store.epoch.load(Ordering::SeqCst);
+        let epoch = store.cache.epoch.load(Ordering::SeqCst);
         // The read saw "live", then a revocation happened before it could cache that.
         store.mark_revoked(id, None);
-        store.remember_live(id, OffsetDateTime::UNIX_EPOCH, epoch);
+        store.cache.remember_live(id, OffsetDateTime::UNIX_EPOCH, epoch);
         assert!(store.family_status(id).await.unwrap().unwrap().revoked);
+    }
+
+    fn reads(store: &CachedStore<Statuses>) -> usize {
+        store.inner().reads.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn while_revocations_reach_the_cache_live_outlives_the_ttl_and_not_a_moment_after() {
+        let store = CachedStore::new(Statuses::default(), 16, Duration::ZERO);
+        let id = FamilyId::new_random();
+        store.family_status(id).await.unwrap();
+        store.family_status(id).await.unwrap();
+        assert_eq!(reads(&store), 2, "no listener: only the TTL counts");
+        store
+            .cache
+            .current_until(Some(Instant::now() + Duration::from_secs(60)));
+        store.family_status(id).await.unwrap();
+        assert_eq!(reads(&store), 2, "the listener vouches for the entry");
+        store.cache.current_until(None);
+        store.family_status(id).await.unwrap();
+        assert_eq!(reads(&store), 3, "the listener is down: back to the TTL");
+        store.cache.current_until(Some(Instant::now()));
+        store.family_status(id).await.unwrap();
+        assert_eq!(reads(&store), 4, "its word has lapsed");
+    }
+
+    #[tokio::test]
+    async fn a_revocation_made_elsewhere_marks_a_cached_family_and_stops_a_read_in_flight() {
+        let store = CachedStore::new(Statuses::default(), 16, Duration::from_secs(60));
+        let cached = FamilyId::new_random();
+        assert!(!store.family_status(cached).await.unwrap().unwrap().revoked);
+        store.cache.mark_revoked_elsewhere(cached);
+        assert!(store.family_status(cached).await.unwrap().unwrap().revoked);
+        assert_eq!(reads(&store), 1, "revoked is answered from memory");
+
+        // A family this server never looked at takes no entry ...
+        let elsewhere = FamilyId::new_random();
+        let epoch = store.cache.epoch.load(Ordering::SeqCst);
+        store.cache.mark_revoked_elsewhere(elsewhere);
+        assert!(store.cache.entries.peek(&elsewhere).is_none());
+        // ... but a read of it that saw "live" before the revocation does not cache that.
+        store.cache.remember_live(elsewhere, OffsetDateTime::UNIX_EPOCH, epoch);
+        assert!(store.cache.entries.peek(&elsewhere).is_none());
+    }
+
+    #[tokio::test]
+    async fn forgetting_all_drops_every_entry_and_any_read_in_flight() {
+        let store = CachedStore::new(Statuses::default(), 16, Duration::from_secs(60));
+        let id = FamilyId::new_random();
+        store.family_status(id).await.unwrap();
+        let epoch = store.cache.epoch.load(Ordering::SeqCst);
+        store.cache.forget_all();
+        store
+            .cache
+            .remember_live(FamilyId::new_random(), OffsetDateTime::UNIX_EPOCH, epoch);
+        assert_eq!(store.cache.entries.len(), 0);
+        store.family_status(id).await.unwrap();
+        assert_eq!(reads(&store), 2, "asked again after forgetting");
     }
 
     #[tokio::test]

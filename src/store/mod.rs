@@ -16,7 +16,8 @@
 //!
 //! [`pool::ConnectionPool`] holds the PostgreSQL connections (and explains why it is not sqlx's).
 //! [`cached::CachedStore`] wraps any store with an in-memory cache of family liveness, so that
-//! Introspect of an access token needs no database round trip for a family it has seen.
+//! Introspect of an access token needs no database round trip for a family it has seen;
+//! [`postgres::revocations`] keeps it current with revocations committed anywhere.
 
 pub mod cached;
 pub mod pool;

@@ -204,6 +204,11 @@ impl ConnectionPool {
         }
     }
 
+    /// What its connections are opened with (the revocation listener opens its own alike).
+    pub fn options(&self) -> &PgConnectOptions {
+        &self.inner.manager().options
+    }
+
     /// A connection: an idle one (checked as described in the module docs) or a new one.
     /// Unbounded in time; the caller bounds it.
     ///

@@ -295,3 +295,80 @@ async fn serve_refuses_a_database_session_that_is_not_serializable(_pool: PgPool
     );
     std::fs::remove_dir_all(&scratch).unwrap();
 }
+
+/// Issue 8, literally: two `ratchet serve` processes on one database, sharing the signing key
+/// (the second reuses the key the first generated in the shared data directory), each caching
+/// "live" for an hour. A revocation through one shows in the other's Introspect within a second.
+#[sqlx::test]
+async fn two_server_processes_on_one_database_see_each_others_revocations_within_a_second(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let url = format!(
+        "{}?sslmode=disable",
+        database_url(&options, options.get_database().unwrap())
+    );
+    let scratch = std::env::temp_dir().join(format!("ratchet-two-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let data = scratch.join("data");
+    let env = [("RATCHET_FAMILY_CACHE_TTL", "1h")];
+    let start = |name: &str| {
+        let addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Server::start_with(&url, &data, &scratch.join(name), addr, &env)
+    };
+    let a = start("a.log");
+    let a_client = a.client().await;
+    // Only now: the first start writes the key that the second must reuse.
+    let b = start("b.log");
+    let b_client = b.client().await;
+
+    let pair = issue(&a_client, "alice").await;
+    assert!(
+        introspect(&b_client, &pair.access_token).await.active,
+        "B verifies A's token"
+    );
+    assert!(
+        introspect(&b_client, &pair.access_token).await.active,
+        "and caches it live"
+    );
+    let mut db = PgConnection::connect_with(&options).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listeners: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity
+             where datname = current_database() and application_name = 'ratchet-revocations'
+               and state = 'idle' and (query like 'LISTEN%' or query = 'select 1')",
+        )
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        if listeners == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the two listeners never subscribed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    a_client
+        .clone()
+        .revoke(ratchet::grpc::pb::RevokeRequest {
+            target: Some(ratchet::grpc::pb::revoke_request::Target::FamilyId(
+                pair.family_id.clone(),
+            )),
+        })
+        .await
+        .unwrap();
+    let revoked_at = Instant::now();
+    while introspect(&b_client, &pair.access_token).await.active {
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(1),
+            "B still says active a second after A revoked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    db.close().await.unwrap();
+    assert!(b.terminate().await.success());
+    assert!(a.terminate().await.success());
+    std::fs::remove_dir_all(&scratch).unwrap();
+}

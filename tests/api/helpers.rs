@@ -63,6 +63,10 @@ pub struct TestApp {
     pub store: PgStore,
     /// A second pool on the same database, for looking behind the API (what is stored).
     pub db: PgPool,
+    /// What a replica needs to share with it ([`TestApp::spawn_replica`]).
+    identity: Identity,
+    /// Where its database is.
+    options: PgConnectOptions,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<anyhow::Result<()>>,
 }
@@ -113,6 +117,23 @@ pub async fn spawn_app_with_settings(options: PgConnectOptions, settings: PoolSe
     start(pool, settings, options, |parts| parts.policy = policy).await
 }
 
+/// What replicas of one deployment share: the signing key (so that each verifies the others'
+/// access tokens) and the server secret.
+#[derive(Clone)]
+struct Identity {
+    key_der: Vec<u8>,
+    secret: ServerSecret,
+}
+
+impl Identity {
+    fn generate() -> Self {
+        Self {
+            key_der: SigningKey::generate(KeyAlgorithm::EdDSA).unwrap().1,
+            secret: ServerSecret::generate().unwrap(),
+        }
+    }
+}
+
 /// A server on `pool` (which may point anywhere, even at nothing).
 pub async fn spawn_on_pool(
     pool: ConnectionPool,
@@ -129,6 +150,16 @@ async fn start(
     inspect: PgConnectOptions,
     adjust: impl FnOnce(&mut Parts),
 ) -> TestApp {
+    start_as(Identity::generate(), pool, settings, inspect, adjust).await
+}
+
+async fn start_as(
+    identity: Identity,
+    pool: ConnectionPool,
+    settings: PoolSettings,
+    inspect: PgConnectOptions,
+    adjust: impl FnOnce(&mut Parts),
+) -> TestApp {
     init_logs();
     // A fixed, whole-second start keeps expiry arithmetic in tests exact.
     let clock = Arc::new(ManualClock::new(
@@ -138,7 +169,7 @@ async fn start(
         listen: "127.0.0.1:0".parse().unwrap(),
         pool,
         pool_settings: settings,
-        keys: KeySet::single(SigningKey::generate(KeyAlgorithm::EdDSA).unwrap().0),
+        keys: KeySet::single(SigningKey::from_pkcs8_der(&identity.key_der).unwrap()),
         key_source: None,
         keys_reload_interval: std::time::Duration::from_secs(60),
         http: Some(HttpConfig {
@@ -147,10 +178,11 @@ async fn start(
             jwks_uri: None,
         }),
         verified_cache_bytes: DEFAULT_VERIFIED_CACHE_BYTES,
-        secret: ServerSecret::generate().unwrap(),
+        secret: identity.secret.clone(),
         policy: test_policy(),
         clock: clock.clone(),
         family_cache_ttl: std::time::Duration::from_secs(60),
+        revocations: None,
         cleanup: test_cleanup(),
         cleanup_interval: std::time::Duration::ZERO,
     };
@@ -169,7 +201,7 @@ async fn start(
         .expect("connect to the server");
     let db = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
-        .connect_lazy_with(inspect);
+        .connect_lazy_with(inspect.clone());
     TestApp {
         addr,
         http_addr,
@@ -178,6 +210,8 @@ async fn start(
         clock,
         store,
         db,
+        identity,
+        options: inspect,
         stop: Some(stop),
         server,
     }
@@ -191,6 +225,19 @@ impl TestApp {
         }
         (&mut self.server).await.expect("server task").expect("server result");
         self.db.close().await;
+    }
+
+    /// Another server process of the same deployment: the same database, signing key and server
+    /// secret, its own pool, cache, revocation listener and clock; `adjust` changes its parts.
+    pub async fn spawn_replica(&self, adjust: impl FnOnce(&mut Parts)) -> TestApp {
+        let settings = PoolSettings {
+            max_connections: 8,
+            timeout: std::time::Duration::from_secs(5),
+        };
+        let pool = postgres::pool(self.options.clone(), &settings);
+        let replica = start_as(self.identity.clone(), pool, settings, self.options.clone(), adjust).await;
+        replica.clock.set(self.now());
+        replica
     }
 
     pub fn now(&self) -> OffsetDateTime {
