@@ -92,7 +92,8 @@ impl Keyring {
 
 fn verify_signature(keys: &KeySet, token: &str, issuer: &str) -> Result<VerifiedToken, VerifyError> {
     let header = decode_header(token).map_err(|_| VerifyError::Malformed)?;
-    if header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
+    // RFC 7515 §4.1.11: a `crit` extension must be understood, and we issue and understand none.
+    if header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) || header.crit.is_some() {
         return Err(VerifyError::Malformed);
     }
     let key = header

@@ -226,7 +226,19 @@ impl Forger {
                 self.sign(&self.header(Some("JWT"), &self.kid), &self.claims),
             ),
             ("no typ", self.sign(&self.header(None, &self.kid), &self.claims)),
-            ("expired", self.with("exp", (now - 1).into())),
+            (
+                "a critical extension nobody understands",
+                self.sign(
+                    &Header {
+                        crit: Some(vec!["urn:example:must-understand".into()]),
+                        ..self.header(Some("at+jwt"), &self.kid)
+                    },
+                    &self.claims,
+                ),
+            ),
+            // Beyond any verifier's leeway (ratchet-verify allows 30 s; Introspect's exactness at
+            // the `exp` second is introspect.rs's test).
+            ("expired", self.with("exp", (now - 120).into())),
             ("not yet valid", self.with("nbf", (now + 120).into())),
             (
                 "flipped signature byte",

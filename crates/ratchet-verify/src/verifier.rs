@@ -137,6 +137,10 @@ impl Verifier {
         if !header.typ.as_deref().is_some_and(is_access_token_type) {
             return Err(VerifyError::WrongType);
         }
+        // RFC 7515 §4.1.11: a `crit` extension must be understood, and we understand none.
+        if header.crit.is_some() {
+            return Err(VerifyError::Malformed);
+        }
         // Before any key is looked at (RFC 8725 §3.1): HMAC is never in this list.
         if !expect.algorithms.contains(&header.alg) {
             return Err(VerifyError::DisallowedAlgorithm);
