@@ -306,6 +306,40 @@ async fn a_rotation_through_the_key_directory_keeps_every_token_valid_until_its_
     let old_kid = app.keys.active_kid();
     let kid_of = |token: &str| jwt_part(token, 0)["kid"].as_str().unwrap().to_owned();
     let before = app.issue("alice").await;
+    // Calls keep flowing through every step: none may fail while the key set is switched.
+    let (stop_traffic, mut traffic_stopped) = tokio::sync::watch::channel(false);
+    let traffic = {
+        let client = app.client.clone();
+        tokio::spawn(async move {
+            let (mut calls, mut failures) = (0u32, Vec::new());
+            while !*traffic_stopped.borrow_and_update() {
+                let mut client = client.clone();
+                let issued = client
+                    .issue(ratchet::grpc::pb::IssueRequest {
+                        subject: "traffic".into(),
+                        ..Default::default()
+                    })
+                    .await;
+                match issued {
+                    Ok(pair) => {
+                        let token = pair.into_inner().access_token;
+                        let answer = client
+                            .introspect(ratchet::grpc::pb::IntrospectRequest {
+                                token,
+                                ..Default::default()
+                            })
+                            .await;
+                        if let Err(status) = answer {
+                            failures.push(status);
+                        }
+                    }
+                    Err(status) => failures.push(status),
+                }
+                calls += 1;
+            }
+            (calls, failures)
+        })
+    };
 
     // generate: published, in the JWKS, not signing yet
     let new = dir.generate(KeyAlgorithm::ES256, NOW).unwrap();
@@ -336,6 +370,11 @@ async fn a_rotation_through_the_key_directory_keeps_every_token_valid_until_its_
     assert!(!app.introspect(&before.access_token).await.active);
     assert!(!app.introspect(&between.access_token).await.active);
     assert!(app.introspect(&after.access_token).await.active);
+
+    stop_traffic.send(true).unwrap();
+    let (calls, failures) = traffic.await.unwrap();
+    assert!(calls > 10, "traffic flowed: {calls} calls");
+    assert!(failures.is_empty(), "calls failed during the rotation: {failures:?}");
 
     // A broken directory (a key file others may read) is refused and the keys in use stay.
     use std::os::unix::fs::PermissionsExt as _;
