@@ -177,6 +177,11 @@ impl KeyDirectory {
     /// # Errors
     /// The directory cannot be created or written.
     pub fn initialize(&self, legacy: Option<&Path>, now: &str) -> Result<Imported, KeyError> {
+        // Without taking the lock when there is nothing to do: `ratchet keys list` must work on
+        // a read-only mount (a Kubernetes secret).
+        if self.exists() {
+            return Ok(Imported::Nothing);
+        }
         self.locked(|| self.initialize_locked(legacy, now))
     }
 
