@@ -204,6 +204,8 @@ pub struct ServeArgs {
     pub gc_interval: String,
     #[command(flatten)]
     pub cleanup: CleanupArgs,
+    #[command(flatten)]
+    pub limits: TransportLimitArgs,
     /// Memory budget of the verified access-token cache, in bytes; `0` disables the cache. At
     /// most 4 GiB.
     #[arg(long, env = "RATCHET_VERIFIED_CACHE_BYTES", default_value_t = 32 * 1024 * 1024)]
@@ -211,4 +213,30 @@ pub struct ServeArgs {
     /// Do not apply pending migrations at start.
     #[arg(long, env = "RATCHET_NO_MIGRATE")]
     pub no_migrate: bool,
+}
+
+/// Bounds on what callers can make the gRPC transport hold.
+#[derive(Debug, Clone, Args)]
+pub struct TransportLimitArgs {
+    /// Most calls in flight over all connections; one more is answered RESOURCE_EXHAUSTED at once
+    /// (health checks are never refused). 1 to 100000.
+    #[arg(long, env = "RATCHET_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
+    pub max_concurrent_requests: u32,
+    /// Most concurrent HTTP/2 streams (calls) on one connection; the client waits for a free one.
+    /// 1 to 10000.
+    #[arg(long, env = "RATCHET_MAX_STREAMS_PER_CONNECTION", default_value_t = 256)]
+    pub max_streams_per_connection: u32,
+    /// Largest request header block (metadata), in bytes. 1 KiB to 1 MiB.
+    #[arg(long, env = "RATCHET_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: u32,
+    /// How often an HTTP/2 PING checks an open connection's peer; `0s` never. At most 1h.
+    #[arg(long, env = "RATCHET_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s")]
+    pub http2_keepalive_interval: String,
+    /// How long a PING may go unanswered before the connection is closed. 1s to 5m.
+    #[arg(long, env = "RATCHET_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s")]
+    pub http2_keepalive_timeout: String,
+    /// Connections older than this are asked to reconnect (GOAWAY, calls in flight finish), so
+    /// that load spreads over new replicas; `0s` never. At most 1d.
+    #[arg(long, env = "RATCHET_MAX_CONNECTION_AGE", default_value = "0s")]
+    pub max_connection_age: String,
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
 
-use crate::cli::{CleanupArgs, DatabaseArgs, GcArgs, ServeArgs};
+use crate::cli::{CleanupArgs, DatabaseArgs, GcArgs, ServeArgs, TransportLimitArgs};
 use crate::database_url::DatabaseUrl;
 use crate::issuer::Policy;
 use crate::issuer::cleanup::CleanupSettings;
@@ -55,8 +55,65 @@ pub struct Config {
     /// The server secret's file, if configured (else derived from the signing key).
     pub seal_key: Option<PathBuf>,
     pub cleanup: CleanupSettings,
+    pub limits: TransportLimits,
     /// Zero: no background cleanup.
     pub cleanup_interval: std::time::Duration,
+}
+
+/// Bounds on what callers can make the gRPC transport hold (see `TransportLimitArgs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransportLimits {
+    pub max_concurrent_requests: usize,
+    pub max_streams_per_connection: u32,
+    pub max_header_bytes: u32,
+    /// Zero: no keepalive PINGs.
+    pub http2_keepalive_interval: Duration,
+    pub http2_keepalive_timeout: Duration,
+    /// Zero: connections live as long as their peers keep them.
+    pub max_connection_age: Duration,
+}
+
+impl Default for TransportLimits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_requests: 1024,
+            max_streams_per_connection: 256,
+            max_header_bytes: 16 * 1024,
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_keepalive_timeout: Duration::from_secs(10),
+            max_connection_age: Duration::ZERO,
+        }
+    }
+}
+
+impl TransportLimits {
+    fn collect(args: &TransportLimitArgs, problems: &mut Problems) -> Self {
+        problems.check((1..=100_000).contains(&args.max_concurrent_requests), || {
+            "max-concurrent-requests: must be 1 to 100000".into()
+        });
+        problems.check((1..=10_000).contains(&args.max_streams_per_connection), || {
+            "max-streams-per-connection: must be 1 to 10000".into()
+        });
+        problems.check((1024..=1024 * 1024).contains(&args.max_header_bytes), || {
+            "max-header-bytes: must be 1024 to 1048576".into()
+        });
+        Self {
+            max_concurrent_requests: usize::try_from(args.max_concurrent_requests).unwrap_or(1024),
+            max_streams_per_connection: args.max_streams_per_connection,
+            max_header_bytes: args.max_header_bytes,
+            http2_keepalive_interval: problems.duration(
+                "http2-keepalive-interval",
+                &args.http2_keepalive_interval,
+                &KEEPALIVE_INTERVAL,
+            ),
+            http2_keepalive_timeout: problems.duration(
+                "http2-keepalive-timeout",
+                &args.http2_keepalive_timeout,
+                &KEEPALIVE_TIMEOUT,
+            ),
+            max_connection_age: problems.duration("max-connection-age", &args.max_connection_age, &CONNECTION_AGE),
+        }
+    }
 }
 
 /// The JWKS and discovery HTTP listener.
@@ -187,6 +244,24 @@ const JWKS_MAX_AGE: Bounds = Bounds {
     min: Duration::ZERO,
     max: DAY,
     why: "every key rotation has to wait this long before activating",
+};
+
+/// A PING more than an hour apart finds a dead peer too late to matter.
+const KEEPALIVE_INTERVAL: Bounds = Bounds {
+    min: Duration::ZERO,
+    max: HOUR,
+    why: "a dead peer would hold its connection that long",
+};
+/// Under a second a busy but healthy peer is cut; over five minutes a dead one is kept.
+const KEEPALIVE_TIMEOUT: Bounds = Bounds {
+    min: Duration::from_secs(1),
+    max: Duration::from_secs(5 * 60),
+    why: "a dead peer would hold its connection that long",
+};
+const CONNECTION_AGE: Bounds = Bounds {
+    min: Duration::ZERO,
+    max: DAY,
+    why: "longer is the same as never",
 };
 
 /// Ended families are kept at most as long as the longest family lives.
@@ -355,6 +430,7 @@ impl Config {
             });
         }
         let cleanup = CleanupSettings::collect(&args.cleanup, &mut problems);
+        let limits = TransportLimits::collect(&args.limits, &mut problems);
         let cleanup_interval = problems.duration("gc-interval", &args.gc_interval, &GC_INTERVAL);
         let verified_cache_bytes = match usize::try_from(args.verified_cache_bytes) {
             Ok(bytes) if args.verified_cache_bytes <= MAX_VERIFIED_CACHE_BYTES => bytes,
@@ -392,6 +468,7 @@ impl Config {
                 verified_cache_bytes,
                 seal_key: args.seal_key,
                 cleanup,
+                limits,
                 cleanup_interval,
             }),
             _ => Err(problems.0),
@@ -501,6 +578,25 @@ mod tests {
         assert_eq!(human(FAMILY_CACHE_TTL.max), "1h");
         assert_eq!(human(Duration::ZERO), "0s");
         assert_eq!(human(Duration::from_secs(90)), "90s");
+    }
+
+    #[test]
+    fn transport_limits_have_bounds_and_defaults() {
+        let config = Config::from_args(serve_args(&[])).unwrap();
+        assert_eq!(config.limits, TransportLimits::default());
+        for (flag, value) in [
+            ("--max-concurrent-requests", "0"),
+            ("--max-streams-per-connection", "20000"),
+            ("--max-header-bytes", "100"),
+            ("--http2-keepalive-timeout", "0s"),
+            ("--max-connection-age", "2d"),
+        ] {
+            let problems = problems_of(&[flag, value]);
+            assert!(
+                problems.iter().any(|p| p.starts_with(flag.trim_start_matches("--"))),
+                "{flag} {value}: {problems:?}"
+            );
+        }
     }
 
     #[test]

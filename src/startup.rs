@@ -22,12 +22,13 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::HttpConfig;
 use crate::config::{Config, DatabaseConfig, GcConfig};
+use crate::config::{HttpConfig, TransportLimits};
 use crate::grpc::TokenServiceImpl;
 use crate::grpc::message_limit::MessageLimitLayer;
 use crate::grpc::panic::CatchPanicLayer;
 use crate::grpc::pb::{self, token_service_server::TokenServiceServer};
+use crate::grpc::shed::ShedLayer;
 use crate::issuer::cleanup::{self, CleanupReport, CleanupSettings, Sweep};
 use crate::issuer::{Issuer, Policy};
 use crate::keys::secret::SecretSource;
@@ -77,6 +78,7 @@ pub struct Parts {
     pub cleanup: CleanupSettings,
     /// How often the background cleanup runs (zero: never; `ratchet gc` by hand instead).
     pub cleanup_interval: Duration,
+    pub limits: TransportLimits,
 }
 
 pub struct Application {
@@ -95,6 +97,7 @@ pub struct Application {
     cleanup: CleanupSettings,
     cleanup_interval: Duration,
     request_timeout: Duration,
+    limits: TransportLimits,
 }
 
 /// Longest any RPC may run: enough for a write to wait for a connection, run, and have a lost
@@ -202,6 +205,7 @@ impl Application {
             revocations: None,
             cleanup: config.cleanup,
             cleanup_interval: config.cleanup_interval,
+            limits: config.limits,
         })
         .await
     }
@@ -250,6 +254,7 @@ impl Application {
             cleanup: parts.cleanup,
             cleanup_interval: parts.cleanup_interval,
             request_timeout: request_timeout(parts.pool_settings.timeout),
+            limits: parts.limits,
         })
     }
 
@@ -343,9 +348,23 @@ impl Application {
         tracing::info!(%addr, "serving gRPC");
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
+        let limits = self.limits;
         let serve = Server::builder()
             .timeout(self.request_timeout)
+            .max_concurrent_streams(limits.max_streams_per_connection)
+            .http2_max_header_list_size(limits.max_header_bytes)
+            .http2_keepalive_interval(
+                (!limits.http2_keepalive_interval.is_zero()).then_some(limits.http2_keepalive_interval),
+            )
+            .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+            .max_connection_age(if limits.max_connection_age.is_zero() {
+                // tonic has no "never"; a century is.
+                Duration::from_secs(100 * 365 * 24 * 3600)
+            } else {
+                limits.max_connection_age
+            })
             .layer(CatchPanicLayer)
+            .layer(ShedLayer::new(limits.max_concurrent_requests))
             .layer(MessageLimitLayer)
             .add_service(health_service)
             .add_service(reflection_v1)

@@ -1,6 +1,6 @@
 //! The gRPC transport: generated code ([`pb`]), the service ([`service`]), request parsing and
 //! response encoding ([`convert`]), the one mapping of domain errors to `Status` ([`status`]) and
-//! the layers around the whole server ([`message_limit`], [`panic`]); who is calling
+//! the layers around the whole server ([`message_limit`], [`panic`], [`shed`]); who is calling
 //! ([`caller`]).
 
 pub mod caller;
@@ -8,6 +8,7 @@ pub mod convert;
 pub mod message_limit;
 pub mod panic;
 pub mod service;
+pub mod shed;
 pub mod status;
 
 /// Code generated from `proto/ratchet/v1/token.proto`.

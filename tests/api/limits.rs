@@ -3,10 +3,11 @@
 use std::sync::atomic::Ordering;
 
 use futures::StreamExt as _;
-use ratchet::grpc::pb::IssueRequest;
 use ratchet::grpc::pb::token_service_client::TokenServiceClient;
+use ratchet::grpc::pb::{IssueRequest, RotateRequest};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 use ratchet::keys::{AccessClaims, KeyAlgorithm, KeySet, Keyring, SigningKey};
 
@@ -120,5 +121,74 @@ async fn introspecting_thousands_of_large_access_tokens_keeps_memory_near_the_ca
         "introspecting {TOKENS} tokens grew the process by {} MiB",
         growth >> 20
     );
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn beyond_the_concurrency_limit_calls_are_shed_at_once_and_health_still_answers(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let app = spawn_app_adjusted(options, |parts| parts.limits.max_concurrent_requests = 2).await;
+    let pairs = [issue(&app.client, "alice").await, issue(&app.client, "bob").await];
+    // Two rotations that take two seconds each hold both permits.
+    app.hook_spends("perform pg_sleep(2); return new;").await;
+    let slow: Vec<_> = pairs
+        .iter()
+        .map(|pair| {
+            let mut client = app.client.clone();
+            let refresh_token = pair.refresh_token.clone();
+            tokio::spawn(async move { client.rotate(RotateRequest { refresh_token }).await })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    let started = std::time::Instant::now();
+    let shed = app
+        .client
+        .clone()
+        .issue(IssueRequest {
+            subject: "carol".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(shed.code(), Code::ResourceExhausted, "{shed:?}");
+    assert_eq!(
+        shed.metadata().get("retry-after").map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(500),
+        "shed at once, not queued"
+    );
+    assert_eq!(app.health().await, ServingStatus::Serving, "probes are never shed");
+
+    for call in slow {
+        call.await.unwrap().expect("the calls in flight finish");
+    }
+    app.unhook_spends().await;
+    issue(&app.client, "carol").await; // the permits came back
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn metadata_beyond_the_header_limit_is_refused_and_the_server_goes_on(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let app = spawn_app_adjusted(options, |parts| parts.limits.max_header_bytes = 4096).await;
+    let mut request = tonic::Request::new(IssueRequest {
+        subject: "alice".into(),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("x-padding", "p".repeat(8192).parse().unwrap());
+    let refused = app.client.clone().issue(request).await;
+    assert!(refused.is_err(), "8 KiB of metadata over a 4 KiB limit: {refused:?}");
+    // Refused before any work: nothing was issued, and the next caller is served.
+    assert!(app.sessions("alice").await.is_empty());
+    issue(&app.client, "bob").await;
     app.stop().await;
 }
