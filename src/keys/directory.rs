@@ -182,10 +182,18 @@ impl KeyDirectory {
         if self.exists() {
             return Ok(Imported::Nothing);
         }
-        self.locked(|| self.initialize_locked(legacy, now))
+        self.locked(|| self.initialize_locked(legacy, None, now))
     }
 
-    fn initialize_locked(&self, legacy: Option<&Path>, now: &str) -> Result<Imported, KeyError> {
+    /// Creates the manifest, around `legacy` or with a new `first` key (active) or empty, in one
+    /// write: a server reading the directory without the lock never sees a manifest without its
+    /// active key.
+    fn initialize_locked(
+        &self,
+        legacy: Option<&Path>,
+        first: Option<KeyAlgorithm>,
+        now: &str,
+    ) -> Result<Imported, KeyError> {
         if self.exists() {
             return Ok(Imported::Nothing);
         }
@@ -217,6 +225,16 @@ impl KeyDirectory {
             }
             None => {
                 ServerSecret::load_or_create(&secret_path)?;
+                if let Some(alg) = first {
+                    let (key, der) = SigningKey::generate(alg)?;
+                    keyfile::write_new(&self.key_path(key.kid()), &der)?;
+                    manifest.keys.push(KeyEntry {
+                        kid: key.kid().to_owned(),
+                        alg,
+                        state: KeyState::Active,
+                        created: now.to_owned(),
+                    });
+                }
                 Imported::Created
             }
         };
@@ -231,13 +249,10 @@ impl KeyDirectory {
     /// # Errors
     /// The directory cannot be created or written.
     pub fn bootstrap(&self, alg: KeyAlgorithm, now: &str) -> Result<bool, KeyError> {
-        self.locked(|| {
-            if self.initialize_locked(None, now)? == Imported::Nothing {
-                return Ok(false);
-            }
-            self.generate_locked(alg, now)?;
-            Ok(true)
-        })
+        if self.exists() {
+            return Ok(false);
+        }
+        self.locked(|| Ok(self.initialize_locked(None, Some(alg), now)? == Imported::Created))
     }
 
     /// The keys, in manifest order.
@@ -411,6 +426,25 @@ mod tests {
                 .permissions()
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn a_reader_that_sees_a_bootstrapped_manifest_always_finds_its_active_key() {
+        // Replicas starting together: one creates the directory while the others read it
+        // without the lock. A manifest must never be visible before its first key is in it.
+        for _ in 0..10 {
+            let dir = temp_dir();
+            let writer = {
+                let dir = dir.clone();
+                std::thread::spawn(move || dir.bootstrap(KeyAlgorithm::EdDSA, NOW).unwrap())
+            };
+            while !dir.exists() {
+                std::hint::spin_loop();
+            }
+            let loaded = dir.load();
+            assert!(writer.join().unwrap());
+            assert!(loaded.is_ok(), "{:?}", loaded.err());
         }
     }
 
