@@ -296,6 +296,7 @@ fn rpc_status(code: Code) -> Option<rpc::Status> {
 }
 
 fn allow(active: &ActiveToken, spoofed: Vec<String>) -> CheckResponse {
+    let family_id = active.family_id.to_string();
     CheckResponse {
         status: rpc_status(Code::Ok),
         http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
@@ -303,13 +304,13 @@ fn allow(active: &ActiveToken, spoofed: Vec<String>) -> CheckResponse {
                 set(header::SUBJECT, active.subject.clone()),
                 set(header::CLIENT_ID, active.client_id.clone()),
                 set(header::SCOPES, active.scopes.join(" ")),
-                set(header::FAMILY_ID, active.family_id.to_string()),
+                set(header::FAMILY_ID, family_id.clone()),
             ],
             // Applied after the headers above: never one of those names (see `Check::spoofed`).
             headers_to_remove: spoofed,
             ..Default::default()
         })),
-        dynamic_metadata: Some(metadata(active)),
+        dynamic_metadata: Some(metadata(active, family_id)),
     }
 }
 
@@ -342,15 +343,21 @@ fn list(values: &[String]) -> Value {
 /// The verified claims for Envoy's RBAC and access logs, under [`METADATA_NAMESPACE`]: Envoy
 /// files them under the filter's own namespace (`envoy.filters.http.ext_authz`), so a policy reads
 /// `envoy.filters.http.ext_authz` → `ratchet` → `sub`.
-fn metadata(active: &ActiveToken) -> Struct {
+fn metadata(active: &ActiveToken, family_id: String) -> Struct {
+    // `scope` as in the token: one space-separated string (an RBAC rule matches it with a regex);
+    // `aud` a list, as in the token. Not `iss`: always this server.
     let claims = [
         ("sub", string(&active.subject)),
         ("client_id", string(&active.client_id)),
-        ("scope", list(&active.scopes)),
+        ("scope", string(&active.scopes.join(" "))),
         ("aud", list(&active.audiences)),
-        ("family_id", string(&active.family_id.to_string())),
+        (
+            "family_id",
+            Value {
+                kind: Some(Kind::StringValue(family_id)),
+            },
+        ),
         ("jti", string(&active.jti)),
-        ("iss", string(&active.issuer)),
         (
             "exp",
             Value {
