@@ -2,6 +2,10 @@
 """Turns bench/run.sh results files (JSON lines, one file per run) into the table BENCHMARKS.md
 quotes.
 
+ext_authz Check (issue 9) is compared with Introspect of the same hot token: "check /
+introspect-hot" gives, per run and K, Check's throughput as a fraction of Introspect's measured in
+that same run.
+
 With several files, every cell is the median over the runs, except errors (summed: any error in
 any run shows) and peak RSS (the highest). "% of ceiling" is computed within each run, against
 that run's own pgbench, and only then the median is taken: the machine is noisy, and a ratio
@@ -81,6 +85,14 @@ def main(paths):
         for key in sorted({k for run in per_run_ratio for k in run}):
             print(f"% of ceiling, {key[0]} K={key[1]}, per run: "
                   + ", ".join(f"{run[key]:.0f}%" for run in per_run_ratio if key in run))
+    for key_k in sorted({r["concurrency"] for runs in files for r in runs if r["scenario"] == "check"}):
+        per_run = []
+        for runs in files:
+            ops = {r["scenario"]: r["ops_per_s"] for r in runs if r["concurrency"] == key_k}
+            if "check" in ops and ops.get("introspect-hot"):
+                per_run.append(ops["check"] / ops["introspect-hot"])
+        if per_run:
+            print(f"check / introspect-hot, K={key_k}, per run: " + ", ".join(f"{x:.2f}" for x in per_run))
 
 
 if __name__ == "__main__":

@@ -26,13 +26,14 @@ else
     profile=release
     cargo build --locked --release --workspace --bins
 fi
-: "${SCENARIOS:=issue rotate introspect introspect-hot mixed}" "${DB_CONNECTIONS:=16}" "${RUNS:=1}"
+: "${SCENARIOS:=issue rotate introspect introspect-hot check mixed}" "${DB_CONNECTIONS:=16}" "${RUNS:=1}"
 base_url="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 database="ratchet_bench_$$"
 # Over loopback TLS buys nothing and costs CPU on both ends; server and pgbench use the same URL.
 bench_url="${base_url%/*}/$database?sslmode=disable"
-server_bin="target/$profile/ratchet"
-bench_bin="target/$profile/ratchet-bench"
+# Where cargo put them (CARGO_TARGET_DIR, as cargo itself reads it).
+server_bin="${CARGO_TARGET_DIR:-target}/$profile/ratchet"
+bench_bin="${CARGO_TARGET_DIR:-target}/$profile/ratchet-bench"
 scratch=$(mktemp -d /tmp/ratchet-bench.XXXXXX)
 mkdir -p bench/results
 server_pid=""

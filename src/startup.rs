@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use sqlx::Connection as _;
 use sqlx::migrate::MigrateDatabase as _;
 use sqlx::postgres::{PgConnection, Postgres};
@@ -25,6 +26,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, DatabaseConfig, GcConfig};
 use crate::config::{HttpConfig, TransportLimits};
 use crate::grpc::TokenServiceImpl;
+use crate::grpc::authz::{self, AuthorizationImpl};
 use crate::grpc::message_limit::MessageLimitLayer;
 use crate::grpc::panic::CatchPanicLayer;
 use crate::grpc::pb::{self, token_service_server::TokenServiceServer};
@@ -90,6 +92,8 @@ pub struct Application {
     issuer: String,
     store: PgStore,
     service: TokenServiceImpl<CachedStore<PgStore>>,
+    /// Envoy's ext_authz Check, on the same issuer (and caches) as the token service.
+    authorization: AuthorizationImpl<CachedStore<PgStore>>,
     /// Kept current by the revocation listener, if there is one.
     family_cache: Option<(Arc<FamilyCache>, sqlx::postgres::PgConnectOptions)>,
     db_timeout: Duration,
@@ -247,7 +251,8 @@ impl Application {
             keys_reload_interval: parts.keys_reload_interval,
             issuer: issuer_name,
             store,
-            service: TokenServiceImpl::new(issuer, parts.clock.clone()),
+            service: TokenServiceImpl::new(issuer.clone(), parts.clock.clone()),
+            authorization: AuthorizationImpl::new(issuer, parts.clock.clone()),
             family_cache,
             db_timeout: parts.pool_settings.timeout,
             clock: parts.clock,
@@ -344,6 +349,10 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
         let tokens = TokenServiceServer::new(self.service).max_decoding_message_size(MAX_REQUEST_BYTES);
+        // Its own, larger limit: an oversized Check must be a denial, not an error (see
+        // `authz::MAX_CHECK_BYTES`). Not in reflection: envoy-types ships no descriptor set.
+        let authorization =
+            AuthorizationServer::new(self.authorization).max_decoding_message_size(authz::MAX_CHECK_BYTES);
 
         tracing::info!(%addr, "serving gRPC");
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
@@ -370,6 +379,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(tokens)
+            .add_service(authorization)
             .serve_with_incoming_shutdown(incoming, async {
                 shutdown.await;
                 let _ = stop_health.send(true);
@@ -415,6 +425,7 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     // "" is the server as a whole, as grpc-health-probe asks by default.
     reporter.set_service_status("", status).await;
     reporter.set_service_status(TOKEN_SERVICE, status).await;
+    reporter.set_service_status(authz::SERVICE_NAME, status).await;
 }
 
 /// Keeps the health status in step with the database: SERVING while it answers.

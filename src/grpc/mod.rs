@@ -1,8 +1,10 @@
-//! The gRPC transport: generated code ([`pb`]), the service ([`service`]), request parsing and
+//! The gRPC transport: generated code ([`pb`]), the service ([`service`]), Envoy's external
+//! authorization ([`authz`], on Envoy's generated code from `envoy-types`), request parsing and
 //! response encoding ([`convert`]), the one mapping of domain errors to `Status` ([`status`]) and
 //! the layers around the whole server ([`message_limit`], [`panic`], [`shed`]); who is calling
 //! ([`caller`]).
 
+pub mod authz;
 pub mod caller;
 pub mod convert;
 pub mod message_limit;
@@ -20,4 +22,5 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ratchet_descriptor");
 }
 
+pub use authz::AuthorizationImpl;
 pub use service::TokenServiceImpl;

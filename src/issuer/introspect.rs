@@ -53,11 +53,16 @@ impl<S: FamilyStore> Issuer<S> {
         if RefreshToken::has_prefix(text) {
             self.introspect_refresh(text, now).await
         } else {
-            self.introspect_access(text, now).await
+            self.judge_access(text, now).await
         }
     }
 
-    async fn introspect_access(&self, text: &str, now: OffsetDateTime) -> Result<Option<ActiveToken>, Error> {
+    /// Whether `text` is a live access token of ours at `now`: signature, `typ` and `iss`
+    /// (through the verified-token cache), exact `exp`, `nbf`/`iat` within the leeway, and its
+    /// family not revoked (through the family cache: a hot token costs no database query).
+    /// Introspect and the ext_authz Check ([`super::authorize`]) both judge with this, so that
+    /// the two cannot drift apart.
+    pub(super) async fn judge_access(&self, text: &str, now: OffsetDateTime) -> Result<Option<ActiveToken>, Error> {
         let Ok(claims) = self.keys.verify(text, &self.policy.issuer) else {
             return Ok(None);
         };

@@ -1,12 +1,13 @@
 //! The use cases: issue ([`Issuer::issue`]), rotate ([`rotate`]), revoke ([`revoke`]),
-//! introspect ([`introspect`]), list sessions ([`sessions`]) and the storage cleanup
-//! ([`cleanup`]).
+//! introspect ([`introspect`]), authorize a bearer for a route ([`authorize`], behind Envoy's
+//! ext_authz), list sessions ([`sessions`]) and the storage cleanup ([`cleanup`]).
 //!
 //! Knows neither tonic nor sqlx: it takes validated inputs ([`types`]) and `now`, talks to a
 //! [`FamilyStore`] and a [`Keyring`], and returns domain results or an [`Error`]. CPU work
 //! (generating and hashing refresh tokens, sealing, signing) happens before or after the store
 //! call, never inside a database transaction.
 
+pub mod authorize;
 pub mod cleanup;
 pub mod error;
 pub mod introspect;

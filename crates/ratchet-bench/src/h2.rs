@@ -10,6 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use ratchet::grpc::pb::token_service_client::TokenServiceClient;
@@ -17,6 +18,15 @@ use tokio::net::TcpStream;
 use tonic::body::Body;
 
 pub type Client = TokenServiceClient<Connection>;
+/// Envoy's ext_authz service on the same connection.
+pub type AuthzClient = AuthorizationClient<Connection>;
+
+/// Both services' clients on one connection.
+#[derive(Clone)]
+pub struct Clients {
+    pub tokens: Client,
+    pub authz: AuthzClient,
+}
 
 /// A handle to one HTTP/2 connection; clones share it.
 #[derive(Clone)]
@@ -39,7 +49,7 @@ impl tower_service::Service<http::Request<Body>> for Connection {
 }
 
 /// Opens one connection to `addr` (`http://host:port`).
-pub async fn connect(addr: &str) -> anyhow::Result<Client> {
+pub async fn connect(addr: &str) -> anyhow::Result<Clients> {
     let origin: http::Uri = addr.parse()?;
     let authority = origin
         .authority()
@@ -54,5 +64,9 @@ pub async fn connect(addr: &str) -> anyhow::Result<Client> {
             eprintln!("connection to the server ended: {error}");
         }
     });
-    Ok(TokenServiceClient::with_origin(Connection { send }, origin))
+    let connection = Connection { send };
+    Ok(Clients {
+        tokens: TokenServiceClient::with_origin(connection.clone(), origin.clone()),
+        authz: AuthorizationClient::with_origin(connection, origin),
+    })
 }

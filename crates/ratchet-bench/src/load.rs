@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::h2::Client;
+use crate::h2::{AuthzClient, Client, Clients};
+use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use hdrhistogram::Histogram;
 use ratchet::grpc::pb::{IntrospectRequest, IssueRequest, RotateRequest};
 use tonic::{Code, Status};
@@ -20,6 +23,9 @@ pub enum Scenario {
     /// Every client introspects the same single token: a sidecar checking one caller's token on
     /// every request.
     IntrospectHot,
+    /// Envoy's ext_authz Check of the same single token, as a sidecar sends it (the headers of a
+    /// typical request): what a mesh costs per request, against `introspect-hot`.
+    Check,
     Mixed,
 }
 
@@ -102,6 +108,9 @@ pub fn issue_request(worker: usize, n: u64) -> IssueRequest {
 struct Worker {
     id: usize,
     client: Client,
+    authz: AuthzClient,
+    /// The Check request, built once (like the token text Introspect sends).
+    check_request: Option<CheckRequest>,
     plan: Arc<Plan>,
     tally: Tally,
     /// The refresh token this worker's chain continues from.
@@ -112,10 +121,12 @@ struct Worker {
 }
 
 /// Runs one worker until the plan's deadline or count.
-pub async fn run(id: usize, client: Client, plan: Arc<Plan>) -> Tally {
+pub async fn run(id: usize, clients: Clients, plan: Arc<Plan>) -> Tally {
     let mut worker = Worker {
         id,
-        client,
+        client: clients.tokens,
+        authz: clients.authz,
+        check_request: None,
         plan: plan.clone(),
         tally: Tally::new(),
         chain: None,
@@ -141,6 +152,7 @@ pub async fn run(id: usize, client: Client, plan: Arc<Plan>) -> Tally {
             Scenario::Issue => worker.issue().await.map(drop),
             Scenario::Rotate => worker.rotate().await,
             Scenario::Introspect | Scenario::IntrospectHot | Scenario::Mixed => worker.introspect().await,
+            Scenario::Check => worker.check().await,
         };
         let end = Instant::now();
         if start >= plan.measure_from && end <= plan.until {
@@ -251,5 +263,42 @@ impl Worker {
         self.tally
             .check(answer.active, || "a valid access token introspected inactive".into());
         Ok(())
+    }
+
+    async fn check(&mut self) -> Result<(), Status> {
+        let request = self
+            .check_request
+            .get_or_insert_with(|| check_request(&self.plan.access_tokens[0]))
+            .clone();
+        let answer = self.authz.check(request).await?.into_inner();
+        let allowed = answer.status.as_ref().is_some_and(|s| s.code == Code::Ok as i32)
+            && matches!(answer.http_response, Some(HttpResponse::OkResponse(_)));
+        self.tally
+            .check(allowed, || format!("a valid access token was not allowed: {answer:?}"));
+        Ok(())
+    }
+}
+
+/// The Check an Envoy sidecar sends for a plain `GET` carrying `token`, configured as
+/// docs/mesh.md recommends (`allowed_headers`: `authorization` and the `x-ratchet-` prefix): the
+/// request's line and host, and its one `authorization` header.
+fn check_request(token: &str) -> CheckRequest {
+    let headers = std::iter::once(("authorization".to_owned(), format!("Bearer {token}"))).collect();
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: "/v1/orders?page=2".into(),
+                    host: "orders.default.svc.cluster.local".into(),
+                    scheme: "http".into(),
+                    protocol: "HTTP/1.1".into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
     }
 }

@@ -16,7 +16,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum as _};
-use h2::Client;
+use h2::{Client, Clients};
 use load::{Mix, Plan, Scenario, Tally};
 use procfs::Processes;
 use serde_json::json;
@@ -119,7 +119,7 @@ fn print(text: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn connect(addr: &str, n: usize) -> anyhow::Result<Vec<Client>> {
+async fn connect(addr: &str, n: usize) -> anyhow::Result<Vec<Clients>> {
     let mut clients = Vec::with_capacity(n);
     for _ in 0..n {
         clients.push(h2::connect(addr).await?);
@@ -145,10 +145,10 @@ async fn access_token_pool(client: &mut Client, size: usize) -> anyhow::Result<V
 async fn bench(args: Args) -> anyhow::Result<bool> {
     let k = args.concurrency.max(1);
     let clients = connect(&args.addr, args.connections.unwrap_or(k.min(4)).max(1)).await?;
-    let access_tokens = if args.scenario == Scenario::IntrospectHot {
-        access_token_pool(&mut clients[0].clone(), 1).await?
+    let access_tokens = if matches!(args.scenario, Scenario::IntrospectHot | Scenario::Check) {
+        access_token_pool(&mut clients[0].tokens.clone(), 1).await?
     } else if matches!(args.scenario, Scenario::Introspect | Scenario::Mixed) {
-        access_token_pool(&mut clients[0].clone(), args.pool.max(1)).await?
+        access_token_pool(&mut clients[0].tokens.clone(), args.pool.max(1)).await?
     } else {
         vec![]
     };

@@ -1,0 +1,422 @@
+//! `envoy.service.auth.v3.Authorization`: Envoy's external authorization (ext_authz), so that a
+//! mesh sidecar checks every request's bearer token against ratchet, revocations included.
+//!
+//! Decode (find the bearer token, the route's requirements and any spoofed identity headers in
+//! the `CheckRequest`), call [`Issuer::authorize`], encode the answer: an `OkHttpResponse` that
+//! sets the `x-ratchet-*` identity headers on the upstream request, or a `DeniedHttpResponse`
+//! with an RFC 6750 challenge. The decision itself lives in [`crate::issuer::authorize`].
+//!
+//! Every problem with the request is a *denial*, never a gRPC error: with Envoy's
+//! `failure_mode_allow` on, an error would let the request through. Only a failure of ratchet's
+//! own (storage down for a family it has to look up) leaves as a gRPC error (UNAVAILABLE), so that
+//! the operator's `failure_mode_allow` decides, as intended.
+//!
+//! Credentials, decided here (RFC 6750 §2.1, §3.1):
+//! - no `authorization` header, another scheme, or a token without the scheme: no bearer
+//!   credentials at all, a bare `Bearer` challenge (no error code);
+//! - a `Bearer` scheme with no token, several tokens, a value that is not a token68, more than
+//!   one `authorization` header (Envoy joins repeats with commas in `headers`, and lists them
+//!   separately in `header_map`), or one over the token size limit: `invalid_token`, like any
+//!   token that does not verify: which token would we pick?
+//!
+//! What it leaves out: the request body, the path, the method. Routes choose their requirements
+//! through `context_extensions`, which Envoy and Istio let a route (not a client) set.
+
+use std::sync::Arc;
+
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
+    HttpResponse, HttpStatus, HttpStatusCode, OkHttpResponse,
+};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
+use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
+use envoy_types::pb::google::rpc;
+use tonic::{Code, Request, Response, Status};
+
+use crate::clock::Clock;
+use crate::issuer::authorize::{Decision, Denial, Requirements};
+use crate::issuer::types::{MAX_TOKEN_BYTES, PresentedToken};
+use crate::issuer::{ActiveToken, Issuer};
+use crate::store::FamilyStore;
+
+/// The service's full name, for the health service.
+pub const SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
+/// Largest `CheckRequest` decoded. Envoy caps a request's headers at 8 MiB
+/// (`max_request_headers_kb` ≤ 8192), so every header-only Check fits, however the operator set
+/// that limit: a Check refused for its size would be a gRPC error, and with `failure_mode_allow`
+/// an error is an allow. (With `with_request_body`, keep `max_request_bytes` under 8 MiB.)
+pub const MAX_CHECK_BYTES: usize = 16 * 1024 * 1024;
+/// Most request headers looked at; a request with more is refused (`invalid_request`). Envoy's
+/// own default is 100 (`max_headers_count`).
+pub const MAX_HEADERS: usize = 1024;
+
+/// `context_extensions` a route sets: space-separated scopes, all required.
+pub const REQUIRED_SCOPES: &str = "ratchet.required_scopes";
+/// `context_extensions` a route sets: an audience the token must carry.
+pub const AUDIENCE: &str = "ratchet.audience";
+/// Namespace (top-level key) of the verified claims in the dynamic metadata.
+pub const METADATA_NAMESPACE: &str = "ratchet";
+
+/// What the upstream request carries after an allow; each overwrites whatever the client sent.
+pub mod header {
+    pub const SUBJECT: &str = "x-ratchet-subject";
+    pub const CLIENT_ID: &str = "x-ratchet-client-id";
+    pub const SCOPES: &str = "x-ratchet-scopes";
+    pub const FAMILY_ID: &str = "x-ratchet-family-id";
+    /// Every header of ours starts so: any other the client sent is removed.
+    pub const PREFIX: &str = "x-ratchet-";
+    pub(super) const SET: [&str; 4] = [SUBJECT, CLIENT_ID, SCOPES, FAMILY_ID];
+}
+
+pub struct AuthorizationImpl<S> {
+    issuer: Arc<Issuer<S>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl<S> AuthorizationImpl<S> {
+    pub fn new(issuer: Arc<Issuer<S>>, clock: Arc<dyn Clock>) -> Self {
+        Self { issuer, clock }
+    }
+}
+
+#[tonic::async_trait]
+impl<S: FamilyStore> Authorization for AuthorizationImpl<S> {
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        let check = Check::from(request.into_inner());
+        let verdict = match check.credentials {
+            Credentials::Bearer(token) => match check.requirements {
+                Ok(requirements) => {
+                    Verdict::Decided(self.issuer.authorize(&token, &requirements, self.clock.now()).await?)
+                }
+                Err(route_misconfigured) => Verdict::Decided(Decision::Deny(route_misconfigured)),
+            },
+            other => Verdict::Refused(other),
+        };
+        Ok(Response::new(encode(verdict, check.spoofed)))
+    }
+}
+
+/// What a bearer presented.
+#[derive(Debug)]
+enum Credentials {
+    /// No bearer credentials at all.
+    Missing,
+    /// Bearer credentials that cannot be one valid token.
+    Malformed,
+    /// More headers than [`MAX_HEADERS`]: not looked at.
+    TooManyHeaders,
+    Bearer(PresentedToken),
+}
+
+/// A `CheckRequest`, parsed and bounded.
+struct Check {
+    credentials: Credentials,
+    /// The route's requirements; a route whose requirements do not parse denies everything (and
+    /// says so in the log).
+    requirements: Result<Requirements, Denial>,
+    /// `x-ratchet-*` headers the client sent that an allow does not overwrite, lower-case.
+    spoofed: Vec<String>,
+}
+
+impl From<CheckRequest> for Check {
+    fn from(request: CheckRequest) -> Self {
+        let Some(attributes) = request.attributes else {
+            return Self::refused(Credentials::Missing);
+        };
+        let extension = |name: &str| attributes.context_extensions.get(name).map_or("", String::as_str);
+        let requirements = Requirements::parse(extension(REQUIRED_SCOPES), extension(AUDIENCE)).map_err(|error| {
+            tracing::warn!(%error, "this route's ext_authz context_extensions are invalid: denying every request");
+            Denial::InsufficientScope { missing_scopes: vec![] }
+        });
+        let Some(http) = attributes.request.and_then(|request| request.http) else {
+            return Self::refused(Credentials::Missing);
+        };
+        let headers = headers(&http);
+        if headers.len() > MAX_HEADERS {
+            return Self::refused(Credentials::TooManyHeaders);
+        }
+        let mut authorization = headers
+            .iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case("authorization"));
+        let credentials = match (authorization.next(), authorization.next()) {
+            (None, _) => Credentials::Missing,
+            (Some(_), Some(_)) => Credentials::Malformed,
+            (Some((_, value)), None) => value.map_or(Credentials::Malformed, bearer),
+        };
+        let mut spoofed: Vec<String> = Vec::new();
+        for (name, _) in &headers {
+            let is_ours = name
+                .get(..header::PREFIX.len())
+                .is_some_and(|prefix| prefix.eq_ignore_ascii_case(header::PREFIX));
+            if is_ours {
+                let name = name.to_ascii_lowercase();
+                if !header::SET.contains(&name.as_str()) && !spoofed.contains(&name) {
+                    spoofed.push(name);
+                }
+            }
+        }
+        Self {
+            credentials,
+            requirements,
+            spoofed,
+        }
+    }
+}
+
+impl Check {
+    fn refused(credentials: Credentials) -> Self {
+        Self {
+            credentials,
+            requirements: Ok(Requirements::default()),
+            spoofed: Vec::new(),
+        }
+    }
+}
+
+/// The request's headers as (name, value); a value that is not UTF-8 is `None`. Envoy sends
+/// either the `headers` map or, with `encode_raw_headers`, the `header_map` list.
+fn headers(http: &HttpRequest) -> Vec<(&str, Option<&str>)> {
+    if !http.headers.is_empty() {
+        return http
+            .headers
+            .iter()
+            .take(MAX_HEADERS + 1)
+            .map(|(name, value)| (name.as_str(), Some(value.as_str())))
+            .collect();
+    }
+    let Some(map) = &http.header_map else {
+        return Vec::new();
+    };
+    map.headers
+        .iter()
+        .take(MAX_HEADERS + 1)
+        .map(|h| {
+            let value = if h.raw_value.is_empty() {
+                Some(h.value.as_str())
+            } else {
+                std::str::from_utf8(&h.raw_value).ok()
+            };
+            (h.key.as_str(), value)
+        })
+        .collect()
+}
+
+fn is_bearer(credential: &str) -> bool {
+    let scheme = credential.split([' ', '\t']).next().unwrap_or_default();
+    scheme.eq_ignore_ascii_case("bearer")
+}
+
+/// RFC 7235 token68, the syntax of a bearer token (RFC 6750 §2.1).
+fn is_token68(text: &str) -> bool {
+    let body = text.trim_end_matches('=');
+    !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+}
+
+/// One `authorization` header value, as RFC 6750 §2.1 reads it.
+fn bearer(value: &str) -> Credentials {
+    let value = value.trim_matches([' ', '\t']);
+    if value.contains(',') {
+        // Several credentials joined by Envoy: refused if any claims to be a bearer token.
+        return if value.split(',').any(|part| is_bearer(part.trim_matches([' ', '\t']))) {
+            Credentials::Malformed
+        } else {
+            Credentials::Missing
+        };
+    }
+    if !is_bearer(value) {
+        return Credentials::Missing;
+    }
+    let token = value["bearer".len()..].trim_start_matches([' ', '\t']);
+    if token.len() > MAX_TOKEN_BYTES || !is_token68(token) {
+        return Credentials::Malformed;
+    }
+    PresentedToken::parse("authorization", token.to_owned()).map_or(Credentials::Malformed, Credentials::Bearer)
+}
+
+enum Verdict {
+    Decided(Decision),
+    /// Refused before any token was judged.
+    Refused(Credentials),
+}
+
+fn encode(verdict: Verdict, spoofed: Vec<String>) -> CheckResponse {
+    match verdict {
+        Verdict::Decided(Decision::Allow(active)) => allow(&active, spoofed),
+        Verdict::Decided(Decision::Deny(Denial::InvalidToken)) | Verdict::Refused(Credentials::Malformed) => deny(
+            Code::Unauthenticated,
+            HttpStatusCode::Unauthorized,
+            "Bearer error=\"invalid_token\"".into(),
+        ),
+        Verdict::Decided(Decision::Deny(Denial::InsufficientScope { missing_scopes })) => {
+            // Scope tokens hold no '"' or '\' (checked when parsed): safe inside the quotes.
+            let challenge = if missing_scopes.is_empty() {
+                "Bearer error=\"insufficient_scope\"".to_owned()
+            } else {
+                format!(
+                    "Bearer error=\"insufficient_scope\", scope=\"{}\"",
+                    missing_scopes.join(" ")
+                )
+            };
+            deny(Code::PermissionDenied, HttpStatusCode::Forbidden, challenge)
+        }
+        Verdict::Refused(Credentials::TooManyHeaders) => deny(
+            Code::InvalidArgument,
+            HttpStatusCode::BadRequest,
+            "Bearer error=\"invalid_request\"".into(),
+        ),
+        // RFC 6750 §3.1: no error code when the request carries no authentication at all.
+        Verdict::Refused(Credentials::Missing | Credentials::Bearer(_)) => {
+            deny(Code::Unauthenticated, HttpStatusCode::Unauthorized, "Bearer".into())
+        }
+    }
+}
+
+fn set(name: &str, value: String) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: name.to_owned(),
+            value,
+            ..Default::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        // An empty value (a token without scopes or client id) must still overwrite the client's.
+        keep_empty_value: true,
+        ..Default::default()
+    }
+}
+
+fn rpc_status(code: Code) -> Option<rpc::Status> {
+    Some(rpc::Status {
+        code: code as i32,
+        ..Default::default()
+    })
+}
+
+fn allow(active: &ActiveToken, spoofed: Vec<String>) -> CheckResponse {
+    let family_id = active.family_id.to_string();
+    CheckResponse {
+        status: rpc_status(Code::Ok),
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+            headers: vec![
+                set(header::SUBJECT, active.subject.clone()),
+                set(header::CLIENT_ID, active.client_id.clone()),
+                set(header::SCOPES, active.scopes.join(" ")),
+                set(header::FAMILY_ID, family_id.clone()),
+            ],
+            // Applied after the headers above: never one of those names (see `Check::spoofed`).
+            headers_to_remove: spoofed,
+            ..Default::default()
+        })),
+        dynamic_metadata: Some(metadata(active, family_id)),
+    }
+}
+
+fn deny(code: Code, http: HttpStatusCode, challenge: String) -> CheckResponse {
+    CheckResponse {
+        status: rpc_status(code),
+        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+            status: Some(HttpStatus { code: http as i32 }),
+            headers: vec![set("www-authenticate", challenge)],
+            body: String::new(),
+        })),
+        dynamic_metadata: None,
+    }
+}
+
+fn string(value: &str) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(value.to_owned())),
+    }
+}
+
+fn list(values: &[String]) -> Value {
+    Value {
+        kind: Some(Kind::ListValue(ListValue {
+            values: values.iter().map(|v| string(v)).collect(),
+        })),
+    }
+}
+
+/// The verified claims for Envoy's RBAC and access logs, under [`METADATA_NAMESPACE`]: Envoy
+/// files them under the filter's own namespace (`envoy.filters.http.ext_authz`), so a policy reads
+/// `envoy.filters.http.ext_authz` → `ratchet` → `sub`.
+fn metadata(active: &ActiveToken, family_id: String) -> Struct {
+    // `scope` as in the token: one space-separated string (an RBAC rule matches it with a regex);
+    // `aud` a list, as in the token. Not `iss`: always this server.
+    let claims = [
+        ("sub", string(&active.subject)),
+        ("client_id", string(&active.client_id)),
+        ("scope", string(&active.scopes.join(" "))),
+        ("aud", list(&active.audiences)),
+        (
+            "family_id",
+            Value {
+                kind: Some(Kind::StringValue(family_id)),
+            },
+        ),
+        ("jti", string(&active.jti)),
+        (
+            "exp",
+            Value {
+                // f64 holds every Unix second exactly until the year 285 million.
+                kind: Some(Kind::NumberValue(active.expires_at as f64)),
+            },
+        ),
+    ];
+    let claims = Struct {
+        fields: claims.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+    };
+    Struct {
+        fields: [(
+            METADATA_NAMESPACE.to_owned(),
+            Value {
+                kind: Some(Kind::StructValue(claims)),
+            },
+        )]
+        .into_iter()
+        .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(credentials: &Credentials) -> &'static str {
+        match credentials {
+            Credentials::Missing => "missing",
+            Credentials::Malformed => "malformed",
+            Credentials::TooManyHeaders => "too many",
+            Credentials::Bearer(_) => "bearer",
+        }
+    }
+
+    #[test]
+    fn authorization_values_are_read_as_rfc_6750_says() {
+        for (value, want) in [
+            ("Bearer abc.def-ghi_jkl", "bearer"),
+            ("bearer abc", "bearer"),
+            ("BEARER  abc==", "bearer"),
+            (" Bearer\tabc ", "bearer"),
+            ("Basic dXNlcjpwYXNz", "missing"),
+            ("abc.def.ghi", "missing"),
+            ("", "missing"),
+            ("Bearerabc", "missing"),
+            ("Bearer", "malformed"),
+            ("Bearer   ", "malformed"),
+            ("Bearer a b", "malformed"),
+            ("Bearer a,Bearer b", "malformed"),
+            ("Basic x, Bearer y", "malformed"),
+            ("Basic x, Digest y", "missing"),
+            ("Bearer a\"b", "malformed"),
+            ("Bearer =", "malformed"),
+        ] {
+            assert_eq!(kind(&bearer(value)), want, "{value:?}");
+        }
+        let huge = format!("Bearer {}", "a".repeat(MAX_TOKEN_BYTES + 1));
+        assert_eq!(kind(&bearer(&huge)), "malformed");
+    }
+}

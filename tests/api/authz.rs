@@ -1,0 +1,485 @@
+//! Envoy's external authorization (issue 9): `envoy.service.auth.v3.Authorization/Check` on the
+//! server's gRPC port, called as Envoy calls it, through the client generated from Envoy's protos.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse, HeaderAppendAction, HttpResponse};
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::google::protobuf::value::Kind;
+use ratchet::grpc::pb::IssueRequest;
+use ratchet::keys::KeyAlgorithm;
+use ratchet::store::postgres::{self, PoolSettings};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use crate::helpers::{AUDIENCE, TestApp, channel, spawn_app, spawn_on_pool, test_policy};
+use crate::keys::{Forger, app_with};
+use crate::proxy::Proxy;
+
+async fn client(app: &TestApp) -> AuthorizationClient<Channel> {
+    AuthorizationClient::new(channel(app.addr).await)
+}
+
+/// A Check as Envoy sends it: the HTTP request's headers, and the route's context extensions.
+fn request(headers: &[(&str, &str)], extensions: &[(&str, &str)]) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: "/orders".into(),
+                    headers: headers
+                        .iter()
+                        .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: extensions
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..Default::default()
+        }),
+    }
+}
+
+async fn check(app: &TestApp, request: CheckRequest) -> CheckResponse {
+    client(app)
+        .await
+        .check(request)
+        .await
+        .expect("Check answers")
+        .into_inner()
+}
+
+async fn check_bearer(app: &TestApp, token: &str, extensions: &[(&str, &str)]) -> CheckResponse {
+    check(
+        app,
+        request(&[("authorization", &format!("Bearer {token}"))], extensions),
+    )
+    .await
+}
+
+/// The gRPC code inside the answer, its HTTP status and its `www-authenticate` challenge.
+fn denial(answer: &CheckResponse) -> (Code, i32, String) {
+    let code = Code::from(answer.status.as_ref().expect("a status").code);
+    let Some(HttpResponse::DeniedResponse(denied)) = &answer.http_response else {
+        panic!("not a denial: {answer:?}");
+    };
+    assert!(answer.dynamic_metadata.is_none());
+    let challenges: Vec<_> = denied
+        .headers
+        .iter()
+        .map(|h| h.header.as_ref().unwrap())
+        .filter(|h| h.key == "www-authenticate")
+        .collect();
+    assert_eq!(challenges.len(), 1, "exactly one challenge: {denied:?}");
+    (code, denied.status.as_ref().unwrap().code, challenges[0].value.clone())
+}
+
+#[track_caller]
+fn assert_no_credentials(answer: &CheckResponse, what: &str) {
+    assert_eq!(denial(answer), (Code::Unauthenticated, 401, "Bearer".into()), "{what}");
+}
+
+#[track_caller]
+fn assert_invalid_token(answer: &CheckResponse, what: &str) {
+    assert_eq!(
+        denial(answer),
+        (Code::Unauthenticated, 401, "Bearer error=\"invalid_token\"".into()),
+        "{what}"
+    );
+}
+
+/// The headers an allow sets, by name, each checked to overwrite.
+fn allowed(answer: &CheckResponse) -> (HashMap<String, String>, Vec<String>) {
+    assert_eq!(answer.status.as_ref().unwrap().code, Code::Ok as i32, "{answer:?}");
+    let Some(HttpResponse::OkResponse(ok)) = &answer.http_response else {
+        panic!("not an allow: {answer:?}");
+    };
+    let mut set = HashMap::new();
+    for option in &ok.headers {
+        assert_eq!(option.append_action, HeaderAppendAction::OverwriteIfExistsOrAdd as i32);
+        let header = option.header.as_ref().unwrap();
+        assert!(set.insert(header.key.clone(), header.value.clone()).is_none());
+    }
+    (set, ok.headers_to_remove.clone())
+}
+
+async fn issue_with(app: &TestApp, scopes: &[&str], audiences: &[&str]) -> ratchet::grpc::pb::TokenPair {
+    app.client
+        .clone()
+        .issue(IssueRequest {
+            subject: "alice".into(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            audiences: audiences.iter().map(|s| (*s).to_owned()).collect(),
+            client_id: "web".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[sqlx::test]
+async fn a_live_token_is_allowed_with_identity_headers_and_its_claims_in_the_metadata(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let app = spawn_app(options).await;
+    let pair = issue_with(&app, &["read", "write"], &[]).await;
+    let answer = check_bearer(&app, &pair.access_token, &[]).await;
+    let (set, removed) = allowed(&answer);
+    assert_eq!(set["x-ratchet-subject"], "alice");
+    assert_eq!(set["x-ratchet-client-id"], "web");
+    assert_eq!(set["x-ratchet-scopes"], "read write");
+    assert_eq!(set["x-ratchet-family-id"], pair.family_id);
+    assert_eq!(set.len(), 4);
+    assert!(removed.is_empty());
+
+    let metadata = answer.dynamic_metadata.as_ref().expect("dynamic metadata");
+    let Some(Kind::StructValue(claims)) = &metadata.fields["ratchet"].kind else {
+        panic!("claims under `ratchet`: {metadata:?}");
+    };
+    let text = |name: &str| match &claims.fields[name].kind {
+        Some(Kind::StringValue(value)) => value.clone(),
+        other => panic!("{name}: {other:?}"),
+    };
+    let list = |name: &str| match &claims.fields[name].kind {
+        Some(Kind::ListValue(list)) => list
+            .values
+            .iter()
+            .map(|v| match &v.kind {
+                Some(Kind::StringValue(s)) => s.clone(),
+                other => panic!("{name}: {other:?}"),
+            })
+            .collect::<Vec<_>>(),
+        other => panic!("{name}: {other:?}"),
+    };
+    assert_eq!(text("sub"), "alice");
+    assert_eq!(text("client_id"), "web");
+    assert_eq!(text("family_id"), pair.family_id);
+    assert!(!text("jti").is_empty());
+    assert_eq!(text("scope"), "read write");
+    assert_eq!(list("aud"), [AUDIENCE]);
+    assert_eq!(
+        claims.fields["exp"].kind,
+        Some(Kind::NumberValue((app.now().unix_timestamp() + 900) as f64))
+    );
+
+    // The scheme is case-insensitive, and so are header names (Envoy's are lower-case anyway).
+    let answer = check(
+        &app,
+        request(&[("Authorization", &format!("bEaReR {}", pair.access_token))], &[]),
+    )
+    .await;
+    assert_eq!(allowed(&answer).0["x-ratchet-subject"], "alice");
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn spoofed_identity_headers_are_overwritten_or_removed(_pool: PgPoolOptions, options: PgConnectOptions) {
+    let app = spawn_app(options).await;
+    let pair = issue_with(&app, &[], &[]).await;
+    let bearer = format!("Bearer {}", pair.access_token);
+    let answer = check(
+        &app,
+        request(
+            &[
+                ("authorization", &bearer),
+                ("x-ratchet-subject", "root"),
+                ("x-ratchet-scopes", "admin"),
+                ("x-ratchet-client-id", "trusted"),
+                ("x-ratchet-role", "admin"),
+                ("X-Ratchet-Tenant", "other"),
+                ("x-request-id", "keep-me"),
+            ],
+            &[],
+        ),
+    )
+    .await;
+    let (set, mut removed) = allowed(&answer);
+    assert_eq!(set["x-ratchet-subject"], "alice");
+    // Empty, and still set (overwriting the client's "admin"): Envoy would drop an empty header
+    // value unless told to keep it.
+    assert_eq!(set["x-ratchet-scopes"], "");
+    let Some(HttpResponse::OkResponse(ok)) = &answer.http_response else {
+        unreachable!()
+    };
+    assert!(ok.headers.iter().all(|h| h.keep_empty_value));
+    removed.sort();
+    // Envoy removes after it sets: the names it sets must not be listed.
+    assert_eq!(removed, ["x-ratchet-role", "x-ratchet-tenant"]);
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn requests_without_bearer_credentials_get_a_bare_challenge(_pool: PgPoolOptions, options: PgConnectOptions) {
+    let app = spawn_app(options).await;
+    let pair = app.issue("alice").await;
+    assert_no_credentials(&check(&app, request(&[], &[])).await, "no header");
+    assert_no_credentials(
+        &check(&app, request(&[("authorization", "Basic dXNlcjpwYXNz")], &[])).await,
+        "another scheme",
+    );
+    assert_no_credentials(
+        &check(&app, request(&[("authorization", &pair.access_token)], &[])).await,
+        "a token without the scheme",
+    );
+    assert_no_credentials(
+        &check(
+            &app,
+            request(&[("x-token", &format!("Bearer {}", pair.access_token))], &[]),
+        )
+        .await,
+        "a token in another header",
+    );
+    assert_no_credentials(&check(&app, CheckRequest::default()).await, "no attributes");
+    let no_http = CheckRequest {
+        attributes: Some(AttributeContext::default()),
+    };
+    assert_no_credentials(&check(&app, no_http).await, "no http attributes");
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn malformed_unknown_expired_and_refresh_tokens_are_invalid_token(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let app = spawn_app(options).await;
+    let pair = app.issue("alice").await;
+    let token = &pair.access_token;
+    for (what, value) in [
+        ("an empty bearer", "Bearer".to_owned()),
+        ("blanks only", "Bearer    ".to_owned()),
+        ("two tokens", format!("Bearer {token} {token}")),
+        ("two headers, joined by Envoy", format!("Bearer {token},Bearer {token}")),
+        ("not a token68", format!("Bearer \"{token}\"")),
+        ("garbage", "Bearer garbage".to_owned()),
+        ("a truncated token", format!("Bearer {}", &token[..token.len() - 4])),
+        ("a refresh token", format!("Bearer {}", pair.refresh_token)),
+    ] {
+        assert_invalid_token(&check(&app, request(&[("authorization", &value)], &[])).await, what);
+    }
+    assert_eq!(allowed(&check_bearer(&app, token, &[]).await).0.len(), 4);
+    // exp is exact, as for Introspect.
+    app.advance(time::Duration::seconds(899));
+    allowed(&check_bearer(&app, token, &[]).await);
+    app.advance(time::Duration::seconds(1));
+    assert_invalid_token(&check_bearer(&app, token, &[]).await, "expired");
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn every_forgery_is_invalid_token_for_every_algorithm(_pool: PgPoolOptions, options: PgConnectOptions) {
+    for alg in KeyAlgorithm::ALL {
+        let (app, pem) = app_with(options.clone(), alg).await;
+        let pair = app.issue("alice").await;
+        let forger = Forger::new(alg, &pem, &pair.access_token);
+        allowed(&check_bearer(&app, &forger.resigned(), &[]).await);
+        for (case, token) in forger.forgeries(&app.jwks().await, app.now().unix_timestamp()) {
+            assert_invalid_token(&check_bearer(&app, &token, &[]).await, &format!("{alg}: {case}"));
+        }
+        app.stop().await;
+    }
+}
+
+#[sqlx::test]
+async fn a_family_revoked_through_revoke_is_denied_on_the_next_check(_pool: PgPoolOptions, options: PgConnectOptions) {
+    let app = spawn_app(options).await;
+    let pair = app.issue("alice").await;
+    // Cached live first: the revocation must reach the caches, not just the database.
+    for _ in 0..2 {
+        allowed(&check_bearer(&app, &pair.access_token, &[]).await);
+    }
+    app.revoke_family(&pair.family_id).await;
+    assert_invalid_token(&check_bearer(&app, &pair.access_token, &[]).await, "revoked");
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn routes_require_scopes_and_an_audience_through_context_extensions(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let app = spawn_app(options).await;
+    let pair = issue_with(&app, &["orders:read", "profile"], &["orders", "billing"]).await;
+    let token = &pair.access_token;
+    let scopes = "ratchet.required_scopes";
+    let audience = "ratchet.audience";
+
+    allowed(&check_bearer(&app, token, &[(scopes, "orders:read"), (audience, "orders")]).await);
+    allowed(&check_bearer(&app, token, &[(scopes, " profile  orders:read ")]).await);
+    assert_eq!(
+        denial(&check_bearer(&app, token, &[(scopes, "orders:read orders:write admin")]).await),
+        (
+            Code::PermissionDenied,
+            403,
+            "Bearer error=\"insufficient_scope\", scope=\"orders:write admin\"".into()
+        ),
+        "the missing scopes are named"
+    );
+    assert_eq!(
+        denial(&check_bearer(&app, token, &[(audience, "payments")]).await),
+        (
+            Code::PermissionDenied,
+            403,
+            "Bearer error=\"insufficient_scope\"".into()
+        ),
+        "wrong audience"
+    );
+    // A route whose requirements cannot be read denies everything (fails closed).
+    assert_eq!(
+        denial(&check_bearer(&app, token, &[(scopes, "say\"hi\"")]).await).1,
+        403
+    );
+    // An invalid token is 401 whatever the route requires.
+    assert_invalid_token(
+        &check_bearer(&app, "garbage", &[(scopes, "admin")]).await,
+        "invalid beats insufficient",
+    );
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn huge_and_garbage_requests_are_denials_not_errors(_pool: PgPoolOptions, options: PgConnectOptions) {
+    let app = spawn_app(options).await;
+    let pair = app.issue("alice").await;
+    // Over the token service's 1 MiB message limit, under Envoy's 8 MiB header ceiling.
+    let big = "a".repeat(2 << 20);
+    assert_no_credentials(&check(&app, request(&[("x-big", &big)], &[])).await, "a 2 MiB header");
+    assert_invalid_token(
+        &check(&app, request(&[("authorization", &format!("Bearer {big}"))], &[])).await,
+        "a 2 MiB token",
+    );
+    let many: Vec<(String, String)> = (0..1100).map(|i| (format!("x-h{i}"), "v".to_owned())).collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    assert_eq!(
+        denial(&check(&app, request(&many, &[])).await),
+        (Code::InvalidArgument, 400, "Bearer error=\"invalid_request\"".into()),
+        "1,100 headers"
+    );
+    assert_invalid_token(
+        &check(&app, request(&[("authorization", "Bearer \u{0}\u{7f}\u{ffff}")], &[])).await,
+        "control characters",
+    );
+    let huge_scopes = "s ".repeat(100_000);
+    assert_eq!(
+        denial(&check_bearer(&app, &pair.access_token, &[("ratchet.required_scopes", &huge_scopes)]).await).1,
+        403,
+        "huge context extension"
+    );
+
+    // Envoy's `encode_raw_headers`: the headers come as a list of raw values instead.
+    let raw = |headers: &[(&str, &[u8])]| CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    header_map: Some(HeaderMap {
+                        headers: headers
+                            .iter()
+                            .map(|(k, v)| HeaderValue {
+                                key: (*k).to_owned(),
+                                raw_value: v.to_vec(),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    let bearer = format!("Bearer {}", pair.access_token);
+    allowed(&check(&app, raw(&[("authorization", bearer.as_bytes())])).await);
+    assert_invalid_token(
+        &check(
+            &app,
+            raw(&[
+                ("authorization", bearer.as_bytes()),
+                ("authorization", bearer.as_bytes()),
+            ]),
+        )
+        .await,
+        "two authorization headers",
+    );
+    assert_invalid_token(
+        &check(&app, raw(&[("authorization", b"Bearer \xff\xfe")])).await,
+        "not UTF-8",
+    );
+    // Still serving, and still allowing.
+    allowed(&check_bearer(&app, &pair.access_token, &[]).await);
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn a_hot_token_needs_no_database_and_an_uncached_family_without_one_is_unavailable(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    // The server reaches PostgreSQL only through a proxy the test cuts.
+    let settings = PoolSettings {
+        max_connections: 4,
+        timeout: Duration::from_secs(1),
+    };
+    let proxy = Proxy::in_front_of(&options).await;
+    let pool = postgres::pool(proxy.route(options.clone()), &settings);
+    let app = spawn_on_pool(pool, settings, test_policy(), options).await;
+    let hot = app.issue("alice").await;
+    let cold = app.issue("bob").await;
+    allowed(&check_bearer(&app, &hot.access_token, &[]).await);
+
+    proxy.cut().await;
+    app.wait_for_health(ServingStatus::NotServing).await;
+    // No database at all, and the hot token is still judged: signature and family both from
+    // memory, as Introspect does.
+    for _ in 0..100 {
+        allowed(&check_bearer(&app, &hot.access_token, &[]).await);
+    }
+    // A family it has never seen must be looked up: a ratchet-side failure, so a gRPC error
+    // (Envoy's failure_mode_allow decides), not a denial.
+    let status = client(&app)
+        .await
+        .check(request(
+            &[("authorization", &format!("Bearer {}", cold.access_token))],
+            &[],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // Bad input needs no database: still a denial.
+    assert_invalid_token(&check_bearer(&app, "garbage", &[]).await, "garbage while down");
+
+    proxy.restore().await;
+    app.wait_for_health(ServingStatus::Serving).await;
+    allowed(&check_bearer(&app, &cold.access_token, &[]).await);
+    app.stop().await;
+    proxy.cut().await;
+}
+
+#[sqlx::test]
+async fn the_health_service_knows_the_authorization_service(_pool: PgPoolOptions, options: PgConnectOptions) {
+    let app = spawn_app(options).await;
+    app.wait_for_health(ServingStatus::Serving).await;
+    let answer = HealthClient::new(channel(app.addr).await)
+        .check(HealthCheckRequest {
+            service: "envoy.service.auth.v3.Authorization".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.status, ServingStatus::Serving as i32);
+    app.stop().await;
+}
