@@ -93,10 +93,17 @@ pub enum KeysCommand {
     List,
     /// Make KID the signing key; the one before stays published. Wait until verifiers have the
     /// key (the JWKS max-age plus the reload interval after `generate`) before activating it.
-    Activate { kid: String },
+    Activate {
+        // A kid is base64url: one in 64 starts with `-`, which must not be taken for a flag.
+        #[arg(allow_hyphen_values = true)]
+        kid: String,
+    },
     /// Remove KID: tokens it signed stop verifying. Only after the longest access-token lifetime
     /// has passed since it stopped signing.
-    Retire { kid: String },
+    Retire {
+        #[arg(allow_hyphen_values = true)]
+        kid: String,
+    },
 }
 
 /// How ended families are cleaned up.
@@ -239,4 +246,26 @@ pub struct TransportLimitArgs {
     /// that load spreads over new replicas; `0s` never. At most 1d.
     #[arg(long, env = "RATCHET_MAX_CONNECTION_AGE", default_value = "0s")]
     pub max_connection_age: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[test]
+    fn a_kid_that_starts_with_a_hyphen_is_a_kid_not_a_flag() {
+        for command in ["activate", "retire"] {
+            let cli = Cli::try_parse_from(["ratchet", "keys", command, "-Xo3kq_abc"]).unwrap();
+            let Command::Keys(args) = cli.command else {
+                panic!("not a keys command")
+            };
+            let kid = match args.command {
+                KeysCommand::Activate { kid } | KeysCommand::Retire { kid } => kid,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(kid, "-Xo3kq_abc");
+        }
+    }
 }
