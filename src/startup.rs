@@ -25,6 +25,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::HttpConfig;
 use crate::config::{Config, DatabaseConfig, GcConfig};
 use crate::grpc::TokenServiceImpl;
+use crate::grpc::access::AccessLayer;
 use crate::grpc::message_limit::MessageLimitLayer;
 use crate::grpc::panic::CatchPanicLayer;
 use crate::grpc::pb::{self, token_service_server::TokenServiceServer};
@@ -33,6 +34,7 @@ use crate::issuer::{Issuer, Policy};
 use crate::keys::secret::SecretSource;
 use crate::keys::source::{KeySource, Origin};
 use crate::keys::{KeySet, Keyring, ServerSecret};
+use crate::policy::AccessSettings;
 use crate::store::FamilyStore as _;
 use crate::store::cached::{CachedStore, FamilyCache};
 use crate::store::pool::ConnectionPool;
@@ -77,6 +79,8 @@ pub struct Parts {
     pub cleanup: CleanupSettings,
     /// How often the background cleanup runs (zero: never; `ratchet gc` by hand instead).
     pub cleanup_interval: Duration,
+    /// Who may call what, reflection, the Rotate limit.
+    pub access: AccessSettings,
 }
 
 pub struct Application {
@@ -95,6 +99,7 @@ pub struct Application {
     cleanup: CleanupSettings,
     cleanup_interval: Duration,
     request_timeout: Duration,
+    access: AccessSettings,
 }
 
 /// Longest any RPC may run: enough for a write to wait for a connection, run, and have a lost
@@ -202,6 +207,7 @@ impl Application {
             revocations: None,
             cleanup: config.cleanup,
             cleanup_interval: config.cleanup_interval,
+            access: config.access,
         })
         .await
     }
@@ -243,13 +249,14 @@ impl Application {
             keys_reload_interval: parts.keys_reload_interval,
             issuer: issuer_name,
             store,
-            service: TokenServiceImpl::new(issuer, parts.clock.clone()),
+            service: TokenServiceImpl::new(issuer, parts.clock.clone(), parts.access.rotate_limit),
             family_cache,
             db_timeout: parts.pool_settings.timeout,
             clock: parts.clock,
             cleanup: parts.cleanup,
             cleanup_interval: parts.cleanup_interval,
             request_timeout: request_timeout(parts.pool_settings.timeout),
+            access: parts.access,
         })
     }
 
@@ -307,6 +314,20 @@ impl Application {
                 stopped.clone(),
             ))
         });
+        let policy_task = match &self.access.policy {
+            Some(file) => {
+                tracing::info!(target: "security", path = %file.path().display(), callers = file.current().len(), "caller policy in force");
+                Some(tokio::spawn(crate::policy::reload::watch(
+                    file.clone(),
+                    self.access.reload_interval,
+                    stopped.clone(),
+                )))
+            }
+            None => {
+                tracing::warn!(target: "security", "NO CALLER POLICY: anyone who can reach this port may issue any token and revoke any session; set RATCHET_POLICY (and RATCHET_REQUIRE_AUTH=true to refuse to start without one)");
+                None
+            }
+        };
         let http_task = match self.http_listener {
             Some((listener, config)) => {
                 let router = crate::http::router(
@@ -329,6 +350,7 @@ impl Application {
             None => None,
         };
 
+        let reflection = self.access.reflection;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -347,9 +369,10 @@ impl Application {
             .timeout(self.request_timeout)
             .layer(CatchPanicLayer)
             .layer(MessageLimitLayer)
+            .layer(AccessLayer::new(self.access.policy.clone()))
             .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
+            .add_optional_service(reflection.then_some(reflection_v1))
+            .add_optional_service(reflection.then_some(reflection_v1alpha))
             .add_service(tokens)
             .serve_with_incoming_shutdown(incoming, async {
                 shutdown.await;
@@ -381,7 +404,7 @@ impl Application {
         {
             task.abort();
         }
-        for task in [cleanup_task, keys_task, http_task].into_iter().flatten() {
+        for task in [cleanup_task, keys_task, policy_task, http_task].into_iter().flatten() {
             task.abort();
         }
         self.store.pool().close().await;

@@ -1,8 +1,9 @@
 //! The gRPC transport: generated code ([`pb`]), the service ([`service`]), request parsing and
 //! response encoding ([`convert`]), the one mapping of domain errors to `Status` ([`status`]) and
 //! the layers around the whole server ([`message_limit`], [`panic`]); who is calling
-//! ([`caller`]).
+//! ([`caller`]) and what they may do ([`access`]).
 
+pub mod access;
 pub mod caller;
 pub mod convert;
 pub mod message_limit;

@@ -185,6 +185,7 @@ async fn start_as(
         revocations: None,
         cleanup: test_cleanup(),
         cleanup_interval: std::time::Duration::ZERO,
+        access: ratchet::policy::AccessSettings::default(),
     };
     adjust(&mut parts);
     let app = Application::from_parts(parts).await.expect("build the application");
