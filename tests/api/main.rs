@@ -17,6 +17,7 @@ mod key_rotation;
 mod keys;
 mod limits;
 mod panics;
+mod policy;
 mod propagation;
 mod proxy;
 mod revoke;
