@@ -369,6 +369,8 @@ impl Application {
             .timeout(self.request_timeout)
             .layer(CatchPanicLayer)
             .layer(MessageLimitLayer)
+            // Reads the caller's `PeerIdentity` from the extensions: whatever puts it there
+            // (the TLS/XFCC layer) must be added before this line, i.e. outside it.
             .layer(AccessLayer::new(self.access.policy.clone()))
             .add_service(health_service)
             .add_optional_service(reflection.then_some(reflection_v1))

@@ -118,8 +118,10 @@ where
         }
         let rpc = rpc.to_owned();
         let span = tracing::info_span!("rpc", rpc = %rpc, caller = field::Empty);
+        // Taken out in open mode too: no handler ever sees a key it could log.
+        let key = take_api_key(request.headers_mut());
         if let Some(policy) = &self.policy {
-            match span.in_scope(|| admit(policy, &mut request, &rpc)) {
+            match span.in_scope(|| admit(policy, &request, key.as_deref(), &rpc)) {
                 Ok(caller) => {
                     span.record("caller", field::display(&caller.name));
                     request.extensions_mut().insert(AuthorizedCaller(caller));
@@ -132,12 +134,16 @@ where
 }
 
 /// Resolves the caller, checks the RPC and the caller's rate.
-fn admit<B>(policy: &PolicyFile, request: &mut http::Request<B>, rpc: &str) -> Result<Arc<Caller>, Status> {
-    let key = take_api_key(request.headers_mut());
+fn admit<B>(
+    policy: &PolicyFile,
+    request: &http::Request<B>,
+    key: Option<&[u8]>,
+    rpc: &str,
+) -> Result<Arc<Caller>, Status> {
     let identity = request.extensions().get::<PeerIdentity>();
     let caller = policy
         .current()
-        .resolve(identity.map(PeerIdentity::as_str), key.as_deref())
+        .resolve(identity.map(PeerIdentity::as_str), key)
         .map_err(|error: Unauthenticated| {
             // The identity is not a secret; the key never appears.
             tracing::warn!(target: "security", rpc, peer = identity.map(PeerIdentity::as_str), api_key = key.is_some(), %error, "call refused: unknown caller");

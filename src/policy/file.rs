@@ -227,6 +227,13 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_names_callers_but_never_a_key_hash() {
+        let shown = format!("{:?}", example());
+        assert!(shown.contains("gateway") && shown.contains("login"), "{shown}");
+        assert!(!shown.contains(&api_key_sha256("gw-secret")), "{shown}");
+    }
+
+    #[test]
     fn unknown_or_missing_credentials_are_unauthenticated() {
         let policy = example();
         assert_eq!(policy.resolve(None, None).unwrap_err(), Unauthenticated::NoCredentials);
