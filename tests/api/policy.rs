@@ -499,3 +499,34 @@ fn without_colours(text: &str) -> String {
     }
     out
 }
+
+#[test]
+fn access_settings_default_to_reflection_on_and_a_rotate_burst_above_64_and_are_validated() {
+    use clap::Parser as _;
+    let config = |extra: &[&str]| {
+        let mut argv = vec!["ratchet", "serve"];
+        argv.extend_from_slice(extra);
+        match ratchet::cli::Cli::try_parse_from(argv).unwrap().command {
+            ratchet::cli::Command::Serve(args) => ratchet::config::Config::from_args(*args),
+            _ => unreachable!(),
+        }
+    };
+    let defaults = config(&[]).unwrap().access;
+    assert!(defaults.policy.is_none() && defaults.reflection);
+    assert_eq!(defaults.rotate_limit.burst.get(), 100);
+    assert!(
+        defaults.rotate_limit.burst.get() > 64,
+        "the 64-way race must reach the database"
+    );
+    assert_eq!(defaults.rotate_limit.per_second.get(), 1);
+    assert!(!config(&["--reflection", "false"]).unwrap().access.reflection);
+
+    let problems = config(&["--rotate-burst", "0", "--rotate-per-second", "0", "--require-auth"]).unwrap_err();
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    for flag in ["rotate-burst:", "rotate-per-second:", "require-auth:"] {
+        assert!(problems.iter().any(|p| p.starts_with(flag)), "{flag} in {problems:?}");
+    }
+    let path = policy_file(&example_policy());
+    let with_policy = config(&["--require-auth", "--policy", path.to_str().unwrap()]).unwrap();
+    assert_eq!(with_policy.access.policy.unwrap().current().len(), 3);
+}
