@@ -31,7 +31,8 @@ use crate::helpers::{issue, spawn_app_with_settings_adjusted, test_policy};
 /// limit exists to stop (`limits.rs` tests that); here the database's behaviour is under test, so
 /// the limit is lifted.
 fn without_rotate_limit(parts: &mut ratchet::startup::Parts) {
-    let max = std::num::NonZeroU32::MAX;
+    // The largest the command line accepts (a replenish interval of a microsecond).
+    let max = std::num::NonZeroU32::new(1_000_000).unwrap();
     parts.access.rotate_limit = ratchet::policy::limits::RotateLimit {
         per_second: max,
         burst: max,
