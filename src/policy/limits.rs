@@ -13,7 +13,8 @@
 //!   token counts against the family, and a chain rotated flat out through this server runs out
 //!   after `burst` rotations.
 //!
-//! A call over either limit is refused before the spend statement, so the token is not spent and
+//! The first refusal of each token or family is a security event (once: a loop cannot flood the
+//! log). A call over either limit is refused before the spend statement, so the token is not spent and
 //! rotates normally once the bucket refills. The default burst (100) is above 64 so that 64
 //! clients racing with one token still reach the database and hear one success and 63
 //! TOKEN_REUSED; the default sustained rate (1 a second per family) is far above a legitimate
@@ -119,12 +120,17 @@ enum RotateKey {
 const MIN_HIGH_WATER: usize = 10_000;
 /// Refresh tokens remembered with their family (about 80 bytes each).
 const FAMILIES_REMEMBERED: usize = 100_000;
+/// Keys over the limit already logged.
+const REPORTED_REMEMBERED: usize = 10_000;
 
 /// The per-family Rotate limit; see the module comment.
 pub struct RotateLimiter {
     limiter: DefaultKeyedRateLimiter<RotateKey>,
     families: quick_cache::sync::Cache<TokenHash, Uuid>,
     high_water: AtomicUsize,
+    /// Keys whose refusal was logged as a security event: once each (while remembered), so
+    /// that a replay loop cannot flood the log.
+    reported: quick_cache::sync::Cache<RotateKey, ()>,
 }
 
 impl RotateLimiter {
@@ -137,6 +143,7 @@ impl RotateLimiter {
             limiter: RateLimiter::dashmap(Quota::per_second(limit.per_second).allow_burst(limit.burst)),
             families: quick_cache::sync::Cache::new(families),
             high_water: AtomicUsize::new(MIN_HIGH_WATER),
+            reported: quick_cache::sync::Cache::new(REPORTED_REMEMBERED),
         }
     }
 
@@ -164,10 +171,28 @@ impl RotateLimiter {
     }
 
     fn take(&self, key: &RotateKey) -> Result<(), RateLimited> {
-        self.limiter.check_key(key).map_err(|not_until| RateLimited {
-            what: "rotate",
-            retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+        self.limiter.check_key(key).map_err(|not_until| {
+            self.report(key);
+            RateLimited {
+                what: "rotate",
+                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+            }
         })
+    }
+
+    /// A security event the first time a key goes over the limit: a stolen token hammered, a
+    /// replay loop, or a client rotating in a loop. (In the call's span, which names the caller.)
+    fn report(&self, key: &RotateKey) {
+        if self.reported.get(key).is_some() {
+            return;
+        }
+        self.reported.insert(*key, ());
+        match key {
+            RotateKey::Family(family) => tracing::warn!(target: "security", %family,
+                "a family is rotated faster than the Rotate limit allows: refused before the database"),
+            RotateKey::Token(_) => tracing::warn!(target: "security",
+                "one refresh token presented more often than the Rotate limit allows: refused before the database"),
+        }
     }
 
     /// Remembers the family of a refresh token this server hands out.
