@@ -220,6 +220,34 @@ pub struct ServeArgs {
     /// Do not apply pending migrations at start.
     #[arg(long, env = "RATCHET_NO_MIGRATE")]
     pub no_migrate: bool,
+    #[command(flatten)]
+    pub access: AccessArgs,
+}
+
+/// Who may call what, and the abuse limits (issue 11).
+#[derive(Debug, Clone, Args)]
+pub struct AccessArgs {
+    /// The caller policy (TOML): which callers (mTLS identity or API key hash) may call which
+    /// RPCs and mint what. Re-read on SIGHUP and when it changes. Without it the server is open
+    /// to anyone who can reach it.
+    #[arg(long, env = "RATCHET_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Refuse to start without a policy file.
+    #[arg(long, env = "RATCHET_REQUIRE_AUTH")]
+    pub require_auth: bool,
+    /// How often the policy file is checked for changes (SIGHUP reads it at once). 1s to 1h.
+    #[arg(long, env = "RATCHET_POLICY_RELOAD_INTERVAL", default_value = "10s")]
+    pub policy_reload_interval: String,
+    /// Serve gRPC server reflection (`--reflection false` to turn it off).
+    #[arg(long, env = "RATCHET_REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub reflection: bool,
+    /// Rotations allowed at once per family and per presented token before RESOURCE_EXHAUSTED.
+    /// Keep it above 64 (the concurrency a legitimate client's retries can reach).
+    #[arg(long, env = "RATCHET_ROTATE_BURST", default_value_t = 100)]
+    pub rotate_burst: u32,
+    /// Sustained rotations a second per family and per presented token.
+    #[arg(long, env = "RATCHET_ROTATE_PER_SECOND", default_value_t = 1)]
+    pub rotate_per_second: u32,
 }
 
 /// Bounds on what callers can make the gRPC transport hold.

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
 
-use crate::cli::{CleanupArgs, DatabaseArgs, GcArgs, ServeArgs, TransportLimitArgs};
+use crate::cli::{AccessArgs, CleanupArgs, DatabaseArgs, GcArgs, ServeArgs, TransportLimitArgs};
 use crate::database_url::DatabaseUrl;
 use crate::issuer::Policy;
 use crate::issuer::cleanup::CleanupSettings;
 use crate::issuer::types::MAX_NAME_BYTES;
 use crate::keys::source::KeySource;
+use crate::policy::AccessSettings;
 use crate::store::postgres::PoolSettings;
 
 /// Where the database is and how to talk to it.
@@ -58,6 +59,7 @@ pub struct Config {
     pub limits: TransportLimits,
     /// Zero: no background cleanup.
     pub cleanup_interval: std::time::Duration,
+    pub access: AccessSettings,
 }
 
 /// Bounds on what callers can make the gRPC transport hold (see `TransportLimitArgs`).
@@ -151,6 +153,57 @@ impl CleanupSettings {
             batch: args.gc_batch,
             sweep_windows: Some(SWEEP_WINDOWS),
             pause: CLEANUP_PAUSE,
+        }
+    }
+}
+
+/// Below a second re-reading the policy is busywork; above an hour a change waits too long.
+const POLICY_RELOAD_INTERVAL: Bounds = Bounds {
+    min: Duration::from_secs(1),
+    max: HOUR,
+    why: "a policy change would wait that long on a server that missed its SIGHUP",
+};
+
+impl AccessSettings {
+    fn collect(args: &AccessArgs, problems: &mut Problems) -> Self {
+        let reload_interval = problems.duration(
+            "policy-reload-interval",
+            &args.policy_reload_interval,
+            &POLICY_RELOAD_INTERVAL,
+        );
+        let policy = match &args.policy {
+            Some(path) => match crate::policy::reload::PolicyFile::load(path) {
+                Ok(file) => Some(std::sync::Arc::new(file)),
+                Err(found) => {
+                    problems
+                        .0
+                        .extend(found.into_iter().map(|p| format!("policy {}: {p}", path.display())));
+                    None
+                }
+            },
+            None => {
+                problems.check(!args.require_auth, || {
+                    "require-auth: no caller policy; set --policy (RATCHET_POLICY) to a policy file".into()
+                });
+                None
+            }
+        };
+        let limit = |name: &str, value: u32, problems: &mut Problems| {
+            std::num::NonZeroU32::new(value)
+                .filter(|v| v.get() <= 1_000_000)
+                .unwrap_or_else(|| {
+                    problems.0.push(format!("{name}: must be 1 to 1000000"));
+                    std::num::NonZeroU32::MIN
+                })
+        };
+        Self {
+            policy,
+            reload_interval,
+            reflection: args.reflection,
+            rotate_limit: crate::policy::limits::RotateLimit {
+                per_second: limit("rotate-per-second", args.rotate_per_second, problems),
+                burst: limit("rotate-burst", args.rotate_burst, problems),
+            },
         }
     }
 }
@@ -431,6 +484,7 @@ impl Config {
         }
         let cleanup = CleanupSettings::collect(&args.cleanup, &mut problems);
         let limits = TransportLimits::collect(&args.limits, &mut problems);
+        let access = AccessSettings::collect(&args.access, &mut problems);
         let cleanup_interval = problems.duration("gc-interval", &args.gc_interval, &GC_INTERVAL);
         let verified_cache_bytes = match usize::try_from(args.verified_cache_bytes) {
             Ok(bytes) if args.verified_cache_bytes <= MAX_VERIFIED_CACHE_BYTES => bytes,
@@ -470,6 +524,7 @@ impl Config {
                 cleanup,
                 limits,
                 cleanup_interval,
+                access,
             }),
             _ => Err(problems.0),
         }

@@ -6,6 +6,8 @@
 //!   [`grpc`] is the tonic service. Decodes requests into domain types, calls the issuer, encodes the
 //!   answer; the only place that knows `tonic::Status` (`grpc/status.rs`); the layers around every
 //!   call (panics, the message size limit).
+//! - [`policy`]: who may call what (the caller policy file, API keys, patterns) and the abuse
+//!   limits (per-caller rates, the per-family Rotate limit). Plain Rust: [`grpc`] enforces it.
 //! - [`issuer`]: the use cases (issue, rotate, revoke, introspect, list sessions, cleanup) and the
 //!   rotation rules. Knows neither tonic nor sqlx; takes `now` as a parameter.
 //! - [`store`]: the [`store::FamilyStore`] trait, its PostgreSQL implementation (statements, rows,
@@ -27,6 +29,7 @@ pub mod grpc;
 pub mod http;
 pub mod issuer;
 pub mod keys;
+pub mod policy;
 pub mod shutdown;
 pub mod startup;
 pub mod store;

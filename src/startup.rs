@@ -26,6 +26,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, DatabaseConfig, GcConfig};
 use crate::config::{HttpConfig, TransportLimits};
 use crate::grpc::TokenServiceImpl;
+use crate::grpc::access::AccessLayer;
 use crate::grpc::authz::{self, AuthorizationImpl};
 use crate::grpc::message_limit::MessageLimitLayer;
 use crate::grpc::panic::CatchPanicLayer;
@@ -36,6 +37,7 @@ use crate::issuer::{Issuer, Policy};
 use crate::keys::secret::SecretSource;
 use crate::keys::source::{KeySource, Origin};
 use crate::keys::{KeySet, Keyring, ServerSecret};
+use crate::policy::AccessSettings;
 use crate::store::FamilyStore as _;
 use crate::store::cached::{CachedStore, FamilyCache};
 use crate::store::pool::ConnectionPool;
@@ -81,6 +83,8 @@ pub struct Parts {
     /// How often the background cleanup runs (zero: never; `ratchet gc` by hand instead).
     pub cleanup_interval: Duration,
     pub limits: TransportLimits,
+    /// Who may call what, reflection, the Rotate limit.
+    pub access: AccessSettings,
 }
 
 pub struct Application {
@@ -102,6 +106,7 @@ pub struct Application {
     cleanup_interval: Duration,
     request_timeout: Duration,
     limits: TransportLimits,
+    access: AccessSettings,
 }
 
 /// Longest any RPC may run: enough for a write to wait for a connection, run, and have a lost
@@ -210,6 +215,7 @@ impl Application {
             cleanup: config.cleanup,
             cleanup_interval: config.cleanup_interval,
             limits: config.limits,
+            access: config.access,
         })
         .await
     }
@@ -251,7 +257,7 @@ impl Application {
             keys_reload_interval: parts.keys_reload_interval,
             issuer: issuer_name,
             store,
-            service: TokenServiceImpl::new(issuer.clone(), parts.clock.clone()),
+            service: TokenServiceImpl::new(issuer.clone(), parts.clock.clone(), parts.access.rotate_limit),
             authorization: AuthorizationImpl::new(issuer, parts.clock.clone()),
             family_cache,
             db_timeout: parts.pool_settings.timeout,
@@ -260,6 +266,7 @@ impl Application {
             cleanup_interval: parts.cleanup_interval,
             request_timeout: request_timeout(parts.pool_settings.timeout),
             limits: parts.limits,
+            access: parts.access,
         })
     }
 
@@ -317,6 +324,20 @@ impl Application {
                 stopped.clone(),
             ))
         });
+        let policy_task = match &self.access.policy {
+            Some(file) => {
+                tracing::info!(target: "security", path = %file.path().display(), callers = file.current().len(), "caller policy in force");
+                Some(tokio::spawn(crate::policy::reload::watch(
+                    file.clone(),
+                    self.access.reload_interval,
+                    stopped.clone(),
+                )))
+            }
+            None => {
+                tracing::warn!(target: "security", "NO CALLER POLICY: anyone who can reach this port may issue any token and revoke any session; set RATCHET_POLICY (and RATCHET_REQUIRE_AUTH=true to refuse to start without one)");
+                None
+            }
+        };
         let http_task = match self.http_listener {
             Some((listener, config)) => {
                 let router = crate::http::router(
@@ -339,6 +360,7 @@ impl Application {
             None => None,
         };
 
+        let reflection = self.access.reflection;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -375,9 +397,12 @@ impl Application {
             .layer(CatchPanicLayer)
             .layer(ShedLayer::new(limits.max_concurrent_requests))
             .layer(MessageLimitLayer)
+            // Reads the caller's `PeerIdentity` from the extensions: whatever puts it there
+            // (the TLS/XFCC layer) must be added before this line, i.e. outside it.
+            .layer(AccessLayer::new(self.access.policy.clone()))
             .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
+            .add_optional_service(reflection.then_some(reflection_v1))
+            .add_optional_service(reflection.then_some(reflection_v1alpha))
             .add_service(tokens)
             .add_service(authorization)
             .serve_with_incoming_shutdown(incoming, async {
@@ -410,7 +435,7 @@ impl Application {
         {
             task.abort();
         }
-        for task in [cleanup_task, keys_task, http_task].into_iter().flatten() {
+        for task in [cleanup_task, keys_task, policy_task, http_task].into_iter().flatten() {
             task.abort();
         }
         self.store.pool().close().await;

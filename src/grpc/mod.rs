@@ -2,8 +2,9 @@
 //! authorization ([`authz`], on Envoy's generated code from `envoy-types`), request parsing and
 //! response encoding ([`convert`]), the one mapping of domain errors to `Status` ([`status`]) and
 //! the layers around the whole server ([`message_limit`], [`panic`], [`shed`]); who is calling
-//! ([`caller`]).
+//! ([`caller`]) and what they may do ([`access`]).
 
+pub mod access;
 pub mod authz;
 pub mod caller;
 pub mod convert;

@@ -4,12 +4,14 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
-use super::convert;
 use super::pb::{self, token_service_server::TokenService};
+use super::{access, convert};
 use crate::clock::Clock;
 use crate::issuer::types::{PresentedToken, RevokeTarget};
 use crate::issuer::{Error, Issuer};
+use crate::policy::limits::{RotateLimit, RotateLimiter};
 use crate::store::FamilyStore;
 
 /// Runs a use case that writes on a task of its own and awaits it. A caller that goes away (its
@@ -18,7 +20,8 @@ use crate::store::FamilyStore;
 async fn detached<T: Send + 'static>(
     work: impl Future<Output = Result<T, Error>> + Send + 'static,
 ) -> Result<T, Status> {
-    match tokio::spawn(work).await {
+    // In the call's span, so that the use case's logs name the RPC and the caller.
+    match tokio::spawn(work.in_current_span()).await {
         Ok(result) => result.map_err(Status::from),
         // A panic in the use case: INTERNAL with an error id, like any other bug.
         Err(join) => Err(Error::Internal(Box::new(join)).into()),
@@ -28,27 +31,40 @@ async fn detached<T: Send + 'static>(
 pub struct TokenServiceImpl<S> {
     issuer: Arc<Issuer<S>>,
     clock: Arc<dyn Clock>,
+    /// Checked before Rotate's statement; told of every refresh token handed out.
+    rotate_limit: RotateLimiter,
 }
 
 impl<S> TokenServiceImpl<S> {
-    pub fn new(issuer: Arc<Issuer<S>>, clock: Arc<dyn Clock>) -> Self {
-        Self { issuer, clock }
+    pub fn new(issuer: Arc<Issuer<S>>, clock: Arc<dyn Clock>, rotate_limit: RotateLimit) -> Self {
+        Self {
+            issuer,
+            clock,
+            rotate_limit: RotateLimiter::new(rotate_limit),
+        }
     }
 }
 
 #[tonic::async_trait]
 impl<S: FamilyStore> TokenService for TokenServiceImpl<S> {
     async fn issue(&self, request: Request<pb::IssueRequest>) -> Result<Response<pb::TokenPair>, Status> {
-        let params = convert::issue_params(request.into_inner(), &self.issuer.policy().default_audience)?;
+        let caller = access::caller(&request);
+        let default_audience = &self.issuer.policy().default_audience;
+        let params = convert::issue_params(request.into_inner(), default_audience)?;
+        access::check_issue(caller.as_deref(), &params, default_audience)?;
         let (issuer, now) = (self.issuer.clone(), self.clock.now());
         let pair = detached(async move { issuer.issue(params, now).await }).await?;
+        self.rotate_limit.handed_out(&pair);
         Ok(Response::new(pair.into()))
     }
 
     async fn rotate(&self, request: Request<pb::RotateRequest>) -> Result<Response<pb::TokenPair>, Status> {
         let token = PresentedToken::try_from(request.into_inner())?;
+        // Before the statement: over the limit, the token is not spent.
+        self.rotate_limit.check(&token)?;
         let (issuer, now) = (self.issuer.clone(), self.clock.now());
         let pair = detached(async move { issuer.rotate(token, now).await }).await?;
+        self.rotate_limit.handed_out(&pair);
         Ok(Response::new(pair.into()))
     }
 

@@ -9,6 +9,8 @@ use tonic_types::{ErrorDetails, StatusExt as _};
 
 use crate::issuer::Error;
 use crate::issuer::types::FieldError;
+use crate::policy::limits::{RateLimited, retry_after_seconds};
+use crate::policy::{Refusal, Unauthenticated};
 
 /// `google.rpc.ErrorInfo.domain` of our errors.
 pub const ERROR_DOMAIN: &str = "ratchet";
@@ -21,6 +23,14 @@ pub mod reason {
     pub const TOKEN_REUSED: &str = "TOKEN_REUSED";
     /// Not a token failure: storage stopped answering after a write was sent (DEADLINE_EXCEEDED).
     pub const OUTCOME_UNKNOWN: &str = "OUTCOME_UNKNOWN";
+    /// UNAUTHENTICATED: the call's credentials name no caller of the policy.
+    pub const CALLER_UNKNOWN: &str = "CALLER_UNKNOWN";
+    /// PERMISSION_DENIED: the caller may not call this RPC or issue this audience, scope or
+    /// claim (metadata `caller`, `refused`: rpc/audience/scope/claim, `name`).
+    pub const NOT_ALLOWED: &str = "NOT_ALLOWED";
+    /// RESOURCE_EXHAUSTED: over a rate limit (metadata `limit`: caller or rotate); nothing was
+    /// done. A `google.rpc.RetryInfo` detail and `retry-after` metadata say when to retry.
+    pub const RATE_LIMITED: &str = "RATE_LIMITED";
 }
 
 fn token_failure(reason: &str, message: &str) -> Status {
@@ -74,6 +84,52 @@ impl From<Error> for Status {
                 internal(&id)
             }
         }
+    }
+}
+
+impl From<Unauthenticated> for Status {
+    fn from(error: Unauthenticated) -> Self {
+        Status::with_error_details(
+            Code::Unauthenticated,
+            error.to_string(),
+            ErrorDetails::with_error_info(
+                reason::CALLER_UNKNOWN,
+                ERROR_DOMAIN,
+                std::collections::HashMap::<String, String>::new(),
+            ),
+        )
+    }
+}
+
+impl From<Refusal> for Status {
+    fn from(refusal: Refusal) -> Self {
+        let metadata = [
+            ("caller".to_owned(), refusal.caller.clone()),
+            ("refused".to_owned(), refusal.refused.kind().to_owned()),
+            ("name".to_owned(), refusal.refused.name().to_owned()),
+        ];
+        Status::with_error_details(
+            Code::PermissionDenied,
+            refusal.to_string(),
+            ErrorDetails::with_error_info(reason::NOT_ALLOWED, ERROR_DOMAIN, metadata),
+        )
+    }
+}
+
+impl From<RateLimited> for Status {
+    fn from(limited: RateLimited) -> Self {
+        let mut details = ErrorDetails::with_retry_info(Some(limited.retry_after));
+        details.set_error_info(
+            reason::RATE_LIMITED,
+            ERROR_DOMAIN,
+            [("limit".to_owned(), limited.what.to_owned())],
+        );
+        let mut status = Status::with_error_details(Code::ResourceExhausted, limited.to_string(), details);
+        // Clients that do not read details still see when to come back (seconds, rounded up).
+        status
+            .metadata_mut()
+            .insert("retry-after", retry_after_seconds(limited.retry_after).into());
+        status
     }
 }
 

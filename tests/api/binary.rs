@@ -250,7 +250,7 @@ fn an_absurd_duration_is_a_configuration_error_naming_the_flag() {
     }
 }
 
-async fn list_services(addr: SocketAddr) -> Vec<String> {
+pub async fn list_services(addr: SocketAddr) -> Vec<String> {
     let mut client = ServerReflectionClient::new(crate::helpers::channel(addr).await);
     let request = ServerReflectionRequest {
         host: String::new(),

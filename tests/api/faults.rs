@@ -25,7 +25,19 @@ use tonic_types::StatusExt as _;
 
 use crate::binary::{Server, free_port};
 use crate::cluster::PrivateCluster;
-use crate::helpers::{issue, spawn_app_with_settings, test_policy};
+use crate::helpers::{issue, spawn_app_with_settings_adjusted, test_policy};
+
+/// These tests rotate chains and replay tokens flat out, which is what the per-family Rotate
+/// limit exists to stop (`limits.rs` tests that); here the database's behaviour is under test, so
+/// the limit is lifted.
+fn without_rotate_limit(parts: &mut ratchet::startup::Parts) {
+    // The largest the command line accepts (a replenish interval of a microsecond).
+    let max = std::num::NonZeroU32::new(1_000_000).unwrap();
+    parts.access.rotate_limit = ratchet::policy::limits::RotateLimit {
+        per_second: max,
+        burst: max,
+    };
+}
 
 /// What the clients saw.
 #[derive(Default)]
@@ -192,7 +204,11 @@ async fn postgres_restarted_under_rotate_load_fails_fast_recovers_and_loses_noth
         reuse_grace: time::Duration::seconds(30),
         ..test_policy()
     };
-    let app = spawn_app_with_settings(options, settings, policy).await;
+    let app = spawn_app_with_settings_adjusted(options, settings, |parts| {
+        parts.policy = policy;
+        without_rotate_limit(parts);
+    })
+    .await;
     let observed = Shared::default();
     let until = Instant::now() + Duration::from_secs(6);
     let mut clients = Vec::new();
@@ -241,7 +257,13 @@ async fn ratchet_killed_with_sigkill_under_rotate_load_comes_back_with_every_cha
     let (data, log) = (scratch.join("data"), scratch.join("server.log"));
     let addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     // A client that retries a call cut by the crash gets the same pair within the grace window.
-    let env = [("RATCHET_REUSE_GRACE", "30s"), ("RATCHET_DB_TIMEOUT", "2s")];
+    let env = [
+        ("RATCHET_REUSE_GRACE", "30s"),
+        ("RATCHET_DB_TIMEOUT", "2s"),
+        // Chains rotated flat out: see `without_rotate_limit`.
+        ("RATCHET_ROTATE_BURST", "1000000"),
+        ("RATCHET_ROTATE_PER_SECOND", "1000000"),
+    ];
     let server = Server::start_with(&url, &data, &log, addr, &env);
     let client = server.client().await;
     let observed = Shared::default();
@@ -295,7 +317,7 @@ async fn many_clients_rotating_and_replaying_the_same_families_never_spend_a_tok
         timeout: Duration::from_secs(5),
     };
     // Strict: any second acceptance of a token would show.
-    let app = spawn_app_with_settings(options, settings, test_policy()).await;
+    let app = spawn_app_with_settings_adjusted(options, settings, without_rotate_limit).await;
     let families = Arc::new(Mutex::new(Vec::new()));
     for i in 0..4 {
         let pair = issue(&app.client, &format!("user{i}")).await;

@@ -113,8 +113,17 @@ pub async fn spawn_app_adjusted(options: PgConnectOptions, adjust: impl FnOnce(&
 
 /// A server whose database pool uses `settings` (its size, its timeout).
 pub async fn spawn_app_with_settings(options: PgConnectOptions, settings: PoolSettings, policy: Policy) -> TestApp {
+    spawn_app_with_settings_adjusted(options, settings, |parts| parts.policy = policy).await
+}
+
+/// As [`spawn_app_with_settings`], with `adjust` changing the other parts.
+pub async fn spawn_app_with_settings_adjusted(
+    options: PgConnectOptions,
+    settings: PoolSettings,
+    adjust: impl FnOnce(&mut Parts),
+) -> TestApp {
     let pool = postgres::pool(options.clone(), &settings);
-    start(pool, settings, options, |parts| parts.policy = policy).await
+    start(pool, settings, options, adjust).await
 }
 
 /// What replicas of one deployment share: the signing key (so that each verifies the others'
@@ -186,6 +195,7 @@ async fn start_as(
         cleanup: test_cleanup(),
         cleanup_interval: std::time::Duration::ZERO,
         limits: ratchet::config::TransportLimits::default(),
+        access: ratchet::policy::AccessSettings::default(),
     };
     adjust(&mut parts);
     let app = Application::from_parts(parts).await.expect("build the application");

@@ -192,3 +192,68 @@ async fn metadata_beyond_the_header_limit_is_refused_and_the_server_goes_on(
     issue(&app.client, "bob").await;
     app.stop().await;
 }
+
+/// Rotates until the first refusal; the number of calls that got through and the refusal.
+async fn rotate_until_refused(
+    app: &crate::helpers::TestApp,
+    mut token: String,
+    follow_chain: bool,
+) -> (usize, String, tonic::Status) {
+    for calls in 0..1_000 {
+        match app.rotate(&token).await {
+            Ok(pair) if follow_chain => token = pair.refresh_token,
+            Ok(_) => {}
+            Err(status) if status.code() == Code::ResourceExhausted => return (calls, token, status),
+            Err(_) => {}
+        }
+    }
+    panic!("1000 rotations and no limit");
+}
+
+#[track_caller]
+fn assert_rate_limited(status: &tonic::Status) {
+    use tonic_types::StatusExt as _;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let info = status.get_details_error_info().expect("an ErrorInfo");
+    assert_eq!(info.reason, ratchet::grpc::status::reason::RATE_LIMITED);
+    assert_eq!(info.metadata["limit"], "rotate");
+    assert!(status.get_details_retry_info().is_some(), "{status:?}");
+    assert!(status.metadata().get("retry-after").is_some(), "{status:?}");
+}
+
+#[sqlx::test]
+async fn a_spent_token_replayed_in_a_loop_is_stopped_within_a_few_hundred_calls(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let app = spawn_app(options).await;
+    let pair = issue(&app.client, "alice").await;
+    app.rotate(&pair.refresh_token).await.unwrap();
+    let (calls, _, status) = rotate_until_refused(&app, pair.refresh_token, false).await;
+    assert!(calls <= 300, "{calls} replays reached the database");
+    assert_rate_limited(&status);
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn a_chain_rotated_flat_out_is_stopped_and_its_token_still_rotates_after_the_pause(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    use tonic_types::StatusExt as _;
+    let app = spawn_app(options).await;
+    let pair = issue(&app.client, "alice").await;
+    let (calls, refused_token, status) = rotate_until_refused(&app, pair.refresh_token, true).await;
+    assert!((64..=300).contains(&calls), "stopped after {calls} rotations");
+    assert_rate_limited(&status);
+
+    // Refused before the statement: the token was not spent, and rotates after the pause.
+    let wait = status.get_details_retry_info().unwrap().retry_delay.unwrap();
+    tokio::time::sleep(wait + std::time::Duration::from_millis(50)).await;
+    let next = app
+        .rotate(&refused_token)
+        .await
+        .expect("the refused token was not spent");
+    assert_eq!(next.family_id, pair.family_id);
+    app.stop().await;
+}

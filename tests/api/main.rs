@@ -18,6 +18,7 @@ mod key_rotation;
 mod keys;
 mod limits;
 mod panics;
+mod policy;
 mod privileges;
 mod propagation;
 mod proxy;

@@ -1,0 +1,205 @@
+//! Who may call what, enforced around every call (issue 11).
+//!
+//! [`AccessLayer`] wraps the whole server. For each call it
+//! 1. tells the RPC from the gRPC path (`/ratchet.v1.TokenService/Issue` is `Issue`,
+//!    `/envoy.service.auth.v3.Authorization/Check` is `Check`); health and reflection are always
+//!    open, so that probes and tools work whatever the policy says;
+//! 2. resolves the caller from the transport's [`PeerIdentity`] (request extensions, put there by
+//!    the TLS/XFCC layer) and the API key (`authorization: Bearer <key>` or `x-api-key`; on
+//!    ratchet's own API a bearer is always an API key, ratchet's tokens never travel there), then
+//!    strips the key from the request so nothing after this layer can log it;
+//! 3. checks the RPC and the caller's own rate limit, before any handler, hence before any
+//!    database work;
+//! 4. runs the call in an `rpc` span carrying the RPC and the caller's name, with the caller in
+//!    the request's extensions ([`caller`]), where Issue finds it to check what it may mint.
+//!
+//! Without a policy file everything is let through (open mode, warned about at start); the span
+//! is still there.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::{Either, Ready, ready};
+use http::HeaderName;
+use tonic::Status;
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::instrument::{Instrument as _, Instrumented};
+use tracing::{Span, field};
+
+use super::caller::PeerIdentity;
+use crate::issuer::types::IssueParams;
+use crate::policy::reload::PolicyFile;
+use crate::policy::{Caller, Unauthenticated};
+
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+/// Services every peer may call, whatever the policy.
+const OPEN_SERVICES: [&str; 3] = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// The caller a call was admitted as (in the request's extensions); absent in open mode.
+#[derive(Debug, Clone)]
+pub struct AuthorizedCaller(pub Arc<Caller>);
+
+/// The caller `request` was admitted as, if a policy is in force.
+pub fn caller<T>(request: &tonic::Request<T>) -> Option<Arc<Caller>> {
+    request.extensions().get::<AuthorizedCaller>().map(|c| c.0.clone())
+}
+
+/// Whether the caller may mint what `params` asks for (anything, in open mode).
+///
+/// # Errors
+/// PERMISSION_DENIED naming the audience, scope or claim refused.
+pub fn check_issue(caller: Option<&Caller>, params: &IssueParams, default_audience: &str) -> Result<(), Status> {
+    let Some(caller) = caller else { return Ok(()) };
+    caller.check_issue(params, default_audience).map_err(|refusal| {
+        tracing::warn!(target: "security", caller = %caller.name, refused = %refusal.refused, "issue refused by the caller policy");
+        Status::from(refusal)
+    })
+}
+
+/// Puts the caller policy around every call; see the module comment.
+#[derive(Debug, Clone)]
+pub struct AccessLayer {
+    policy: Option<Arc<PolicyFile>>,
+}
+
+impl AccessLayer {
+    /// `None`: open mode, every call is let through.
+    pub fn new(policy: Option<Arc<PolicyFile>>) -> Self {
+        Self { policy }
+    }
+}
+
+impl<S> Layer<S> for AccessLayer {
+    type Service = Access<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Access {
+            inner,
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+/// See [`AccessLayer`].
+#[derive(Debug, Clone)]
+pub struct Access<S> {
+    inner: S,
+    policy: Option<Arc<PolicyFile>>,
+}
+
+/// `/package.Service/Method` to (service, method).
+fn split_path(path: &str) -> Option<(&str, &str)> {
+    path.strip_prefix('/')?.split_once('/')
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Access<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = Either<Instrumented<S::Future>, Ready<Result<http::Response<ResBody>, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        let (service, rpc) = split_path(request.uri().path()).unwrap_or(("", ""));
+        if OPEN_SERVICES.contains(&service) {
+            return Either::Left(self.inner.call(request).instrument(Span::none()));
+        }
+        let rpc = rpc.to_owned();
+        let span = tracing::info_span!("rpc", rpc = %rpc, caller = field::Empty);
+        // Taken out in open mode too: no handler ever sees a key it could log.
+        let key = take_api_key(request.headers_mut());
+        if let Some(policy) = &self.policy {
+            match span.in_scope(|| admit(policy, &request, key.as_deref(), &rpc)) {
+                Ok(caller) => {
+                    span.record("caller", field::display(&caller.name));
+                    request.extensions_mut().insert(AuthorizedCaller(caller));
+                }
+                Err(status) => return Either::Right(ready(Ok(status.into_http()))),
+            }
+        }
+        Either::Left(span.in_scope(|| self.inner.call(request)).instrument(span))
+    }
+}
+
+/// Resolves the caller, checks the RPC and the caller's rate.
+fn admit<B>(
+    policy: &PolicyFile,
+    request: &http::Request<B>,
+    key: Option<&[u8]>,
+    rpc: &str,
+) -> Result<Arc<Caller>, Status> {
+    let identity = request.extensions().get::<PeerIdentity>();
+    let caller = policy
+        .current()
+        .resolve(identity.map(PeerIdentity::as_str), key)
+        .map_err(|error: Unauthenticated| {
+            // The identity is not a secret; the key never appears.
+            tracing::warn!(target: "security", rpc, peer = identity.map(PeerIdentity::as_str), api_key = key.is_some(), %error, "call refused: unknown caller");
+            Status::from(error)
+        })?;
+    caller.check_rpc(rpc).map_err(|refusal| {
+        tracing::warn!(target: "security", caller = %caller.name, refused = %refusal.refused, "call refused by the caller policy");
+        Status::from(refusal)
+    })?;
+    if let Some(rate) = &caller.rate {
+        // Not a security event: a busy caller is not an attack, and logging every refusal
+        // would let a caller flood the log.
+        rate.check()
+            .inspect_err(|_| tracing::debug!(caller = %caller.name, rpc, "caller over its rate limit"))?;
+    }
+    Ok(caller)
+}
+
+/// The API key of a request, removed from its headers: `authorization: Bearer <key>` (scheme
+/// case-insensitive, RFC 9110 §11.1), else `x-api-key`.
+fn take_api_key(headers: &mut http::HeaderMap) -> Option<Vec<u8>> {
+    let bearer = headers.remove(http::header::AUTHORIZATION).and_then(|value| {
+        let value = value.as_bytes();
+        (value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer ")).then(|| value[7..].trim_ascii().to_vec())
+    });
+    let x_api_key = headers.remove(X_API_KEY).map(|v| v.as_bytes().trim_ascii().to_vec());
+    bearer.or(x_api_key).filter(|key| !key.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_paths_split_into_service_and_method() {
+        assert_eq!(
+            split_path("/ratchet.v1.TokenService/Issue"),
+            Some(("ratchet.v1.TokenService", "Issue"))
+        );
+        assert_eq!(
+            split_path("/envoy.service.auth.v3.Authorization/Check"),
+            Some(("envoy.service.auth.v3.Authorization", "Check"))
+        );
+        assert_eq!(split_path("nonsense"), None);
+    }
+
+    #[test]
+    fn the_api_key_comes_from_a_bearer_or_x_api_key_and_is_stripped() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::AUTHORIZATION, "bearer  k1 ".parse().unwrap());
+        headers.insert(X_API_KEY, "k2".parse().unwrap());
+        assert_eq!(take_api_key(&mut headers).as_deref(), Some(&b"k1"[..]));
+        assert!(headers.is_empty(), "no key is left for a handler to log");
+        headers.insert(X_API_KEY, "k2".parse().unwrap());
+        assert_eq!(take_api_key(&mut headers).as_deref(), Some(&b"k2"[..]));
+        headers.insert(http::header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(take_api_key(&mut headers), None);
+    }
+}

@@ -1,0 +1,363 @@
+//! The policy file (`RATCHET_POLICY`): TOML, read with the `toml` crate (the format's reference
+//! implementation for Rust, maintained by the toml-rs project that cargo itself relies on; it was
+//! already in the build through tonic-prost-build). Unknown keys are refused, so a typo such as
+//! `scope = [..]` is a configuration error instead of a caller quietly allowed nothing.
+//!
+//! ```toml
+//! [[caller]]
+//! name = "login"
+//! id = "spiffe://corp.example/ns/auth/sa/login"   # or api_key_sha256 = "<64 hex>"
+//! rpcs = ["Issue", "Rotate", "Revoke", "ListSessions"]
+//! audiences = ["api", "web-*"]
+//! scopes = ["read", "write", "admin:*"]
+//! claims = ["tenant"]
+//! rate = { per_second = 200, burst = 400 }
+//! ```
+//! Every problem in a file is reported at once.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::limits::CallerRate;
+use super::pattern::Patterns;
+use super::{Caller, CallerPolicy, RPC_NAMES};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Document {
+    #[serde(default)]
+    caller: Vec<Entry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    name: String,
+    id: Option<String>,
+    api_key_sha256: Option<String>,
+    #[serde(default)]
+    rpcs: Vec<String>,
+    #[serde(default)]
+    audiences: Vec<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    claims: Vec<String>,
+    rate: Option<Rate>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub per_second: u32,
+    /// Defaults to `per_second`.
+    pub burst: Option<u32>,
+}
+
+/// Reads and parses the policy file at `path`.
+///
+/// # Errors
+/// The file cannot be read, or every problem found in it.
+pub fn load(path: &Path, previous: Option<&CallerPolicy>) -> Result<CallerPolicy, Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| vec![format!("cannot read {}: {e}", path.display())])?;
+    parse(&text, previous)
+}
+
+/// Parses a policy. Callers that keep their name and rate over a reload keep their rate-limit
+/// state (`previous`), so a SIGHUP does not hand everyone a fresh burst.
+///
+/// # Errors
+/// Every problem found, one message each, naming the caller.
+pub fn parse(text: &str, previous: Option<&CallerPolicy>) -> Result<CallerPolicy, Vec<String>> {
+    let document: Document = toml::from_str(text).map_err(|e| vec![e.message().to_owned()])?;
+    let mut problems = Vec::new();
+    let mut policy = CallerPolicy::default();
+    let mut names = HashMap::new();
+    for (index, entry) in document.caller.into_iter().enumerate() {
+        let who = if entry.name.is_empty() {
+            format!("caller #{}", index + 1)
+        } else {
+            format!("caller {:?}", entry.name)
+        };
+        let mut problem = |p: String| problems.push(format!("{who}: {p}"));
+        if entry.name.is_empty() || entry.name.chars().any(|c| c.is_control()) {
+            problem("name must be non-empty text".into());
+        } else if names.insert(entry.name.clone(), ()).is_some() {
+            problem("a second caller of this name".into());
+        }
+        let rpcs = if entry.rpcs.iter().any(|r| r == "*") {
+            None
+        } else {
+            for rpc in entry.rpcs.iter().filter(|r| !RPC_NAMES.contains(&r.as_str())) {
+                problem(format!(
+                    "rpcs: unknown method {rpc:?} (one of {}, or \"*\")",
+                    RPC_NAMES.join(", ")
+                ));
+            }
+            Some(entry.rpcs)
+        };
+        let mut patterns = |field: &str, texts: &[String]| {
+            Patterns::parse(texts).unwrap_or_else(|bad| {
+                for b in bad {
+                    problem(format!("{field}: {b}"));
+                }
+                Patterns::default()
+            })
+        };
+        let audiences = patterns("audiences", &entry.audiences);
+        let scopes = patterns("scopes", &entry.scopes);
+        let claims = patterns("claims", &entry.claims);
+        let rate = entry.rate.and_then(|rate| {
+            let carried = previous
+                .and_then(|p| p.named(&entry.name))
+                .and_then(|c| c.rate.clone())
+                .filter(|r| r.rate() == rate);
+            carried.or_else(|| match CallerRate::new(rate) {
+                Some(limit) => Some(Arc::new(limit)),
+                None => {
+                    problem("rate: per_second and burst must be at least 1".into());
+                    None
+                }
+            })
+        });
+        let caller = Arc::new(Caller {
+            name: entry.name,
+            rpcs,
+            audiences,
+            scopes,
+            claims,
+            rate,
+        });
+        match (entry.id, entry.api_key_sha256) {
+            (Some(id), None) if !id.is_empty() => {
+                if policy.by_identity.insert(id, caller).is_some() {
+                    problem("id: another caller has the same id".into());
+                }
+            }
+            (None, Some(hex)) => match decode_hash(&hex) {
+                Some(hash) if policy.by_key.iter().any(|(h, _)| *h == hash) => {
+                    problem("api_key_sha256: another caller has the same key".into());
+                }
+                Some(hash) => policy.by_key.push((hash, caller)),
+                None => problem("api_key_sha256: must be 64 hex digits (the SHA-256 of the key)".into()),
+            },
+            _ => problem("needs exactly one of id and api_key_sha256".into()),
+        }
+    }
+    if problems.is_empty() { Ok(policy) } else { Err(problems) }
+}
+
+fn decode_hash(hex: &str) -> Option<[u8; 32]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        let text = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(text, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The SHA-256 of `key` in hex: what the policy file holds for an API key.
+pub fn api_key_sha256(key: &str) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::issuer::types::{Audiences, ClientId, ExtraClaims, IssueParams, Scopes, Subject};
+    use crate::policy::{Refused, Unauthenticated};
+
+    const EXAMPLE: &str = r#"
+        [[caller]]
+        name = "login"
+        id = "spiffe://corp.example/ns/auth/sa/login"
+        rpcs = ["Issue", "Rotate", "Revoke", "ListSessions"]
+        audiences = ["api", "web-*"]
+        scopes = ["read", "write", "admin:*"]
+        claims = ["tenant"]
+        rate = { per_second = 200, burst = 400 }
+
+        [[caller]]
+        name = "gateway"
+        api_key_sha256 = "KEYHASH"
+        rpcs = ["*"]
+        audiences = ["*"]
+    "#;
+
+    fn example() -> CallerPolicy {
+        parse(&EXAMPLE.replace("KEYHASH", &api_key_sha256("gw-secret")), None).unwrap()
+    }
+
+    fn params(audiences: &[&str], scopes: &[&str], claims: serde_json::Value) -> IssueParams {
+        let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        IssueParams {
+            subject: Subject::parse("alice".into()).unwrap(),
+            scopes: Scopes::parse(strings(scopes)).unwrap(),
+            audiences: Audiences::parse(strings(audiences), "default-api").unwrap(),
+            client_id: ClientId::parse(String::new()).unwrap(),
+            claims: ExtraClaims::parse(claims.as_object().unwrap().clone()).unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_issues_example_parses_and_callers_resolve_by_identity_or_key() {
+        let policy = example();
+        assert_eq!(policy.len(), 2);
+        let login = policy
+            .resolve(Some("spiffe://corp.example/ns/auth/sa/login"), None)
+            .unwrap();
+        assert_eq!(login.name, "login");
+        assert!(login.may_call("Issue") && !login.may_call("Introspect"));
+        let gateway = policy.resolve(None, Some(b"gw-secret")).unwrap();
+        assert_eq!(gateway.name, "gateway");
+        assert!(gateway.may_call("Check"), "* allows every RPC");
+    }
+
+    #[test]
+    fn debug_output_names_callers_but_never_a_key_hash() {
+        let shown = format!("{:?}", example());
+        assert!(shown.contains("gateway") && shown.contains("login"), "{shown}");
+        assert!(!shown.contains(&api_key_sha256("gw-secret")), "{shown}");
+    }
+
+    #[test]
+    fn unknown_or_missing_credentials_are_unauthenticated() {
+        let policy = example();
+        assert_eq!(policy.resolve(None, None).unwrap_err(), Unauthenticated::NoCredentials);
+        assert_eq!(
+            policy.resolve(Some("spiffe://x"), None).unwrap_err(),
+            Unauthenticated::UnknownIdentity
+        );
+        assert_eq!(
+            policy.resolve(None, Some(b"wrong")).unwrap_err(),
+            Unauthenticated::UnknownKey
+        );
+        // An unknown identity with a known key: the key names the caller.
+        assert_eq!(
+            policy.resolve(Some("spiffe://x"), Some(b"gw-secret")).unwrap().name,
+            "gateway"
+        );
+        // A known identity with a wrong key, or one naming another caller: refused.
+        let login = Some("spiffe://corp.example/ns/auth/sa/login");
+        assert_eq!(
+            policy.resolve(login, Some(b"wrong")).unwrap_err(),
+            Unauthenticated::UnknownKey
+        );
+        assert_eq!(
+            policy.resolve(login, Some(b"gw-secret")).unwrap_err(),
+            Unauthenticated::Conflicting
+        );
+    }
+
+    #[test]
+    fn issue_checks_every_audience_scope_and_claim_name() {
+        let policy = example();
+        let login = policy
+            .resolve(Some("spiffe://corp.example/ns/auth/sa/login"), None)
+            .unwrap();
+        let ok = params(&["api", "web-shop"], &["read", "admin:users"], json!({"tenant": "t1"}));
+        login.check_issue(&ok, "default-api").unwrap();
+        login.check_issue(&params(&[], &[], json!({})), "default-api").unwrap();
+        let refused = |p: IssueParams| login.check_issue(&p, "default-api").unwrap_err().refused;
+        assert_eq!(
+            refused(params(&["web"], &[], json!({}))),
+            Refused::Audience("web".into())
+        );
+        assert_eq!(
+            refused(params(&[], &["admin"], json!({}))),
+            Refused::Scope("admin".into())
+        );
+        assert_eq!(
+            refused(params(&[], &[], json!({"role": 1}))),
+            Refused::Claim("role".into())
+        );
+    }
+
+    #[test]
+    fn missing_lists_allow_only_the_default_audience_and_nothing_else() {
+        let policy = parse(
+            &format!(
+                "[[caller]]\nname = \"bare\"\napi_key_sha256 = \"{}\"",
+                api_key_sha256("k")
+            ),
+            None,
+        )
+        .unwrap();
+        let bare = policy.resolve(None, Some(b"k")).unwrap();
+        assert!(!bare.may_call("Issue"), "no rpcs: no RPC");
+        bare.check_issue(&params(&[], &[], json!({})), "default-api").unwrap();
+        bare.check_issue(&params(&["default-api"], &[], json!({})), "default-api")
+            .unwrap();
+        assert!(
+            bare.check_issue(&params(&["api"], &[], json!({})), "default-api")
+                .is_err()
+        );
+        assert!(
+            bare.check_issue(&params(&[], &["read"], json!({})), "default-api")
+                .is_err()
+        );
+        assert!(
+            bare.check_issue(&params(&[], &[], json!({"t": 1})), "default-api")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn every_problem_of_a_broken_file_is_reported_naming_its_caller() {
+        let problems = parse(
+            r#"
+            [[caller]]
+            name = "a"
+            id = "x"
+            api_key_sha256 = "00"
+            rpcs = ["Isue"]
+            scopes = ["a*b"]
+            rate = { per_second = 0 }
+
+            [[caller]]
+            name = "a"
+            id = "x"
+            "#,
+            None,
+        )
+        .unwrap_err();
+        let all = problems.join("\n");
+        for expected in [
+            "caller \"a\": rpcs: unknown method \"Isue\"",
+            "caller \"a\": scopes: \"a*b\"",
+            "caller \"a\": rate:",
+            "caller \"a\": needs exactly one of id and api_key_sha256",
+            "caller \"a\": a second caller of this name",
+        ] {
+            assert!(all.contains(expected), "{expected} in {all}");
+        }
+        let typo = parse("[[caller]]\nname = \"a\"\nid = \"x\"\nscope = [\"read\"]", None).unwrap_err();
+        assert!(typo[0].contains("scope"), "{typo:?}");
+        assert!(parse("not toml [", None).is_err());
+    }
+
+    #[test]
+    fn a_caller_keeps_its_rate_limit_state_over_a_reload_unless_its_rate_changed() {
+        let text =
+            |rate: u32| format!("[[caller]]\nname = \"a\"\nid = \"x\"\nrate = {{ per_second = {rate}, burst = 1 }}");
+        let first = parse(&text(1), None).unwrap();
+        let limiter = |p: &CallerPolicy| p.named("a").unwrap().rate.clone().unwrap();
+        let same = parse(&text(1), Some(&first)).unwrap();
+        assert!(Arc::ptr_eq(&limiter(&first), &limiter(&same)));
+        let changed = parse(&text(2), Some(&first)).unwrap();
+        assert!(!Arc::ptr_eq(&limiter(&first), &limiter(&changed)));
+    }
+}

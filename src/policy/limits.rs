@@ -1,0 +1,302 @@
+//! Abuse limits (issue 11): each caller's own rate ([`CallerRate`], from the policy file) and the
+//! per-family Rotate limit ([`RotateLimiter`]). Token buckets from `governor` (GCRA, lock-free,
+//! the rate limiter most of the tower/axum ecosystem uses). Both are checked before any database
+//! work, and a refused call has done nothing.
+//!
+//! # The per-family Rotate limit
+//! An opaque refresh token does not say which family it belongs to until the database is asked,
+//! and asking is what the limit must spare. So the limiter is keyed twice:
+//! - by the presented token's hash: a spent (or stolen) token replayed in a loop runs out after
+//!   `burst` calls;
+//! - by family, where this server knows it without asking: every refresh token it hands out (by
+//!   Issue or Rotate) is remembered with its family in a bounded map, so the next Rotate of that
+//!   token counts against the family, and a chain rotated flat out through this server runs out
+//!   after `burst` rotations.
+//!
+//! The first refusal of each token or family is a security event (once: a loop cannot flood the
+//! log). A call over either limit is refused before the spend statement, so the token is not spent and
+//! rotates normally once the bucket refills. The default burst (100) is above 64 so that 64
+//! clients racing with one token still reach the database and hear one success and 63
+//! TOKEN_REUSED; the default sustained rate (1 a second per family) is far above a legitimate
+//! client's (one rotation per access-token lifetime, minutes).
+//!
+//! Not covered: a chain whose tokens were handed out by *another* replica is limited per token
+//! here, not per family, until this server has handed out one of them itself (each replica keeps
+//! its own buckets).
+//!
+//! # Memory
+//! Callers come from the file, so per-caller state is bounded by it. The Rotate limiter's keys
+//! come from requests: whenever it tracks more keys than its high-water mark, it drops every key
+//! whose bucket is full again (`retain_recent`), which at 1 rotation a second is a key unused for
+//! `burst` seconds at most, and raises the mark to twice what is left (amortised O(1) a call). The
+//! token-to-family map is a fixed-capacity cache.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use governor::clock::{Clock as _, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use uuid::Uuid;
+
+use super::file::Rate;
+use crate::issuer::TokenPair;
+use crate::issuer::refresh_token::{RefreshToken, TokenHash};
+use crate::issuer::types::PresentedToken;
+
+/// A call refused by a rate limit; nothing was done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{what} rate limit exceeded: retry in {}s", retry_after_seconds(*.retry_after))]
+pub struct RateLimited {
+    /// Which limit: `caller` or `rotate`.
+    pub what: &'static str,
+    pub retry_after: Duration,
+}
+
+/// Whole seconds, rounded up (HTTP `Retry-After` has no fractions; at least 1).
+pub fn retry_after_seconds(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
+/// One caller's token bucket.
+#[derive(Debug)]
+pub struct CallerRate {
+    rate: Rate,
+    limiter: DefaultDirectRateLimiter,
+}
+
+impl CallerRate {
+    /// `None` when the rate or the burst is zero.
+    pub fn new(rate: Rate) -> Option<Self> {
+        let per_second = NonZeroU32::new(rate.per_second)?;
+        let burst = NonZeroU32::new(rate.burst.unwrap_or(rate.per_second))?;
+        Some(Self {
+            rate,
+            limiter: RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst)),
+        })
+    }
+
+    pub fn rate(&self) -> Rate {
+        self.rate
+    }
+
+    /// Takes one call from the bucket.
+    ///
+    /// # Errors
+    /// [`RateLimited`] with the wait until the next call would be allowed.
+    pub fn check(&self) -> Result<(), RateLimited> {
+        self.limiter.check().map_err(|not_until| RateLimited {
+            what: "caller",
+            retry_after: not_until.wait_time_from(self.limiter.clock().now()),
+        })
+    }
+}
+
+/// The per-family Rotate limit's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RotateLimit {
+    /// Sustained rotations a second, per family and per presented token.
+    pub per_second: NonZeroU32,
+    /// Rotations allowed at once; must stay above 64 (see the module comment).
+    pub burst: NonZeroU32,
+}
+
+impl Default for RotateLimit {
+    fn default() -> Self {
+        Self {
+            per_second: NonZeroU32::MIN,
+            burst: NonZeroU32::new(100).unwrap_or(NonZeroU32::MAX),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum RotateKey {
+    Token([u8; 32]),
+    Family(Uuid),
+}
+
+/// Keys tracked before the first pruning.
+const MIN_HIGH_WATER: usize = 10_000;
+/// Refresh tokens remembered with their family (about 80 bytes each).
+const FAMILIES_REMEMBERED: usize = 100_000;
+/// Keys over the limit already logged.
+const REPORTED_REMEMBERED: usize = 10_000;
+
+/// The per-family Rotate limit; see the module comment.
+pub struct RotateLimiter {
+    limiter: DefaultKeyedRateLimiter<RotateKey>,
+    families: quick_cache::sync::Cache<TokenHash, Uuid>,
+    high_water: AtomicUsize,
+    /// Keys whose refusal was logged as a security event: once each (while remembered), so
+    /// that a replay loop cannot flood the log.
+    reported: quick_cache::sync::Cache<RotateKey, ()>,
+}
+
+impl RotateLimiter {
+    pub fn new(limit: RotateLimit) -> Self {
+        Self::with_capacity(limit, FAMILIES_REMEMBERED)
+    }
+
+    fn with_capacity(limit: RotateLimit, families: usize) -> Self {
+        Self {
+            limiter: RateLimiter::dashmap(Quota::per_second(limit.per_second).allow_burst(limit.burst)),
+            families: quick_cache::sync::Cache::new(families),
+            high_water: AtomicUsize::new(MIN_HIGH_WATER),
+            reported: quick_cache::sync::Cache::new(REPORTED_REMEMBERED),
+        }
+    }
+
+    /// Counts a Rotate of `token` against its token and, if known, its family. A token not of
+    /// our format is let through: Rotate refuses it without asking the database.
+    ///
+    /// # Errors
+    /// [`RateLimited`]: over the limit; the token must not be spent.
+    pub fn check(&self, token: &PresentedToken) -> Result<(), RateLimited> {
+        match RefreshToken::parse(token.expose()) {
+            Some(token) => self.check_hash(token.hash()),
+            None => Ok(()),
+        }
+    }
+
+    fn check_hash(&self, hash: TokenHash) -> Result<(), RateLimited> {
+        let result = self
+            .take(&RotateKey::Token(hash.0))
+            .and_then(|()| match self.families.get(&hash) {
+                Some(family) => self.take(&RotateKey::Family(family)),
+                None => Ok(()),
+            });
+        self.prune_if_needed();
+        result
+    }
+
+    fn take(&self, key: &RotateKey) -> Result<(), RateLimited> {
+        self.limiter.check_key(key).map_err(|not_until| {
+            self.report(key);
+            RateLimited {
+                what: "rotate",
+                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+            }
+        })
+    }
+
+    /// A security event the first time a key goes over the limit: a stolen token hammered, a
+    /// replay loop, or a client rotating in a loop. (In the call's span, which names the caller.)
+    fn report(&self, key: &RotateKey) {
+        if self.reported.get(key).is_some() {
+            return;
+        }
+        self.reported.insert(*key, ());
+        match key {
+            RotateKey::Family(family) => tracing::warn!(target: "security", %family,
+                "a family is rotated faster than the Rotate limit allows: refused before the database"),
+            RotateKey::Token(_) => tracing::warn!(target: "security",
+                "one refresh token presented more often than the Rotate limit allows: refused before the database"),
+        }
+    }
+
+    /// Remembers the family of a refresh token this server hands out.
+    pub fn handed_out(&self, pair: &TokenPair) {
+        self.families
+            .insert(pair.refresh_token.hash(), pair.family_id.as_uuid());
+    }
+
+    fn prune_if_needed(&self) {
+        let mark = self.high_water.load(Ordering::Relaxed);
+        if self.limiter.len() > mark {
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
+            let left = self.limiter.len();
+            self.high_water.store((left * 2).max(MIN_HIGH_WATER), Ordering::Relaxed);
+            tracing::debug!(left, "pruned the rotate limiter");
+        }
+    }
+
+    /// Keys tracked now (for tests and metrics).
+    pub fn tracked(&self) -> usize {
+        self.limiter.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(per_second: u32, burst: u32) -> RotateLimit {
+        RotateLimit {
+            per_second: NonZeroU32::new(per_second).unwrap(),
+            burst: NonZeroU32::new(burst).unwrap(),
+        }
+    }
+
+    fn hash(n: u32) -> TokenHash {
+        let mut bytes = [0u8; 32];
+        bytes[..4].copy_from_slice(&n.to_le_bytes());
+        TokenHash(bytes)
+    }
+
+    #[test]
+    fn a_token_gets_its_burst_then_waits_at_least_a_second_rounded_up() {
+        let limiter = RotateLimiter::new(RotateLimit::default());
+        for _ in 0..100 {
+            limiter.check_hash(hash(1)).unwrap();
+        }
+        let refused = limiter.check_hash(hash(1)).unwrap_err();
+        assert!(refused.retry_after <= Duration::from_secs(1), "{refused:?}");
+        assert_eq!(retry_after_seconds(refused.retry_after), 1);
+        limiter.check_hash(hash(2)).unwrap();
+    }
+
+    #[test]
+    fn tokens_of_one_family_share_its_bucket() {
+        let limiter = RotateLimiter::new(limit(1, 3));
+        let family = Uuid::new_v4();
+        for n in 0..3 {
+            limiter.families.insert(hash(n), family);
+            limiter.check_hash(hash(n)).unwrap();
+        }
+        limiter.families.insert(hash(3), family);
+        assert_eq!(limiter.check_hash(hash(3)).unwrap_err().what, "rotate");
+    }
+
+    #[test]
+    fn memory_stays_bounded_by_pruning_refilled_keys() {
+        let limiter = RotateLimiter::new(limit(1000, 100));
+        for n in 0..u32::try_from(MIN_HIGH_WATER).unwrap() {
+            limiter.check_hash(hash(n)).unwrap();
+        }
+        // Every bucket refills within a millisecond at 1000 a second.
+        std::thread::sleep(Duration::from_millis(20));
+        for n in 0..10 {
+            limiter.check_hash(hash(1_000_000 + n)).unwrap();
+        }
+        assert!(limiter.tracked() < 100, "{} keys left", limiter.tracked());
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_seconds(Duration::from_millis(1001)), 2);
+        assert_eq!(retry_after_seconds(Duration::from_secs(3)), 3);
+        assert_eq!(retry_after_seconds(Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn a_caller_rate_refuses_past_its_burst() {
+        let rate = CallerRate::new(Rate {
+            per_second: 1,
+            burst: Some(2),
+        })
+        .unwrap();
+        rate.check().unwrap();
+        rate.check().unwrap();
+        assert_eq!(rate.check().unwrap_err().what, "caller");
+        assert!(
+            CallerRate::new(Rate {
+                per_second: 0,
+                burst: None
+            })
+            .is_none()
+        );
+    }
+}

@@ -1,0 +1,532 @@
+//! The caller policy (issue 11): who may call which RPC and mint what, through the real server.
+//! Callers authenticate with API keys here (mutual TLS is the transport's part); the mTLS path is
+//! exercised on the layer itself with a [`PeerIdentity`] put into the request's extensions.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ratchet::grpc::access::{AccessLayer, AuthorizedCaller};
+use ratchet::grpc::caller::PeerIdentity;
+use ratchet::grpc::pb::{IssueRequest, ListSessionsRequest, RotateRequest};
+use ratchet::grpc::status::reason;
+use ratchet::policy::file::api_key_sha256;
+use ratchet::policy::reload::{PolicyFile, Reloaded};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tonic::{Code, Request, Status};
+use tonic_types::StatusExt as _;
+use tower::{Layer as _, ServiceExt as _};
+
+use crate::binary::{BIN, Server, database_url, free_port, list_services};
+use crate::helpers::{AUDIENCE, TestApp, spawn_app_adjusted};
+
+pub const LOGIN_KEY: &str = "login-key-0123456789";
+pub const BARE_KEY: &str = "bare-key-0123456789";
+
+/// The issue's example, with API keys: `login` may Issue and Rotate within patterns, `bare` has
+/// no lists, `admin` may do anything.
+pub fn example_policy() -> String {
+    format!(
+        r#"
+        [[caller]]
+        name = "login"
+        api_key_sha256 = "{login}"
+        rpcs = ["Issue", "Rotate", "Revoke"]
+        audiences = ["api", "web-*"]
+        scopes = ["read", "write", "admin:*"]
+        claims = ["tenant"]
+
+        [[caller]]
+        name = "bare"
+        api_key_sha256 = "{bare}"
+        rpcs = ["Issue"]
+
+        [[caller]]
+        name = "mesh-peer"
+        id = "spiffe://corp.example/ns/auth/sa/login"
+        rpcs = ["Introspect"]
+        "#,
+        login = api_key_sha256(LOGIN_KEY),
+        bare = api_key_sha256(BARE_KEY),
+    )
+}
+
+/// A scratch file holding `text`.
+pub fn policy_file(text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ratchet-policy-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A server enforcing the policy in `text`; the file, to reload it.
+pub async fn spawn_with_policy(options: PgConnectOptions, text: &str) -> (TestApp, Arc<PolicyFile>) {
+    let file = Arc::new(PolicyFile::load(&policy_file(text)).unwrap());
+    let policy = file.clone();
+    let app = spawn_app_adjusted(options, |parts| parts.access.policy = Some(policy)).await;
+    (app, file)
+}
+
+/// `message` with `key` as `x-api-key`.
+pub fn with_key<T>(message: T, key: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert("x-api-key", key.parse().unwrap());
+    request
+}
+
+fn issue_request(audiences: &[&str], scopes: &[&str], claims: &[&str]) -> IssueRequest {
+    let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect();
+    IssueRequest {
+        subject: "alice".into(),
+        audiences: strings(audiences),
+        scopes: strings(scopes),
+        claims: Some(prost_types::Struct {
+            fields: claims
+                .iter()
+                .map(|c| {
+                    let value = prost_types::Value {
+                        kind: Some(prost_types::value::Kind::StringValue("v".into())),
+                    };
+                    ((*c).to_owned(), value)
+                })
+                .collect(),
+        }),
+        ..Default::default()
+    }
+}
+
+async fn issue_as(app: &TestApp, key: &str, request: IssueRequest) -> Result<ratchet::grpc::pb::TokenPair, Status> {
+    app.client
+        .clone()
+        .issue(with_key(request, key))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[track_caller]
+fn assert_denied(status: &Status, refused: &str, name: &str) {
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains(name), "{status:?} should name {name}");
+    let info = status.get_details_error_info().expect("an ErrorInfo");
+    assert_eq!(info.reason, reason::NOT_ALLOWED);
+    assert_eq!(info.metadata["refused"], refused);
+    assert_eq!(info.metadata["name"], name);
+}
+
+#[track_caller]
+fn assert_unknown_caller(status: &Status) {
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let info = status.get_details_error_info().expect("an ErrorInfo");
+    assert_eq!(info.reason, reason::CALLER_UNKNOWN, "not a token failure");
+}
+
+async fn families(app: &TestApp) -> i64 {
+    let (count,): (i64,) = sqlx::query_as("select count(*) from families")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    count
+}
+
+#[sqlx::test]
+async fn a_call_without_a_known_caller_is_unauthenticated_and_does_nothing(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let (app, _) = spawn_with_policy(options, &example_policy()).await;
+    let no_key = app
+        .client
+        .clone()
+        .issue(issue_request(&[], &[], &[]))
+        .await
+        .unwrap_err();
+    assert_unknown_caller(&no_key);
+    let wrong_key = issue_as(&app, "not-a-key", issue_request(&[], &[], &[]))
+        .await
+        .unwrap_err();
+    assert_unknown_caller(&wrong_key);
+    assert!(!wrong_key.message().contains("not-a-key"), "the key is never echoed");
+    let rotate = app
+        .client
+        .clone()
+        .rotate(RotateRequest {
+            refresh_token: "rt_x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_unknown_caller(&rotate);
+    assert_eq!(families(&app).await, 0);
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn api_keys_work_as_a_bearer_or_as_x_api_key(_pool: PgPoolOptions, options: PgConnectOptions) {
+    let (app, _) = spawn_with_policy(options, &example_policy()).await;
+    issue_as(&app, LOGIN_KEY, issue_request(&[], &[], &[])).await.unwrap();
+    let mut bearer = Request::new(issue_request(&[], &[], &[]));
+    bearer
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {LOGIN_KEY}").parse().unwrap());
+    app.client.clone().issue(bearer).await.unwrap();
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn an_rpc_the_caller_may_not_call_is_permission_denied_naming_it(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let (app, _) = spawn_with_policy(options, &example_policy()).await;
+    let status = app
+        .client
+        .clone()
+        .list_sessions(with_key(
+            ListSessionsRequest {
+                subject: "alice".into(),
+                ..Default::default()
+            },
+            LOGIN_KEY,
+        ))
+        .await
+        .unwrap_err();
+    assert_denied(&status, "rpc", "ListSessions");
+    assert!(status.message().contains("login"), "names the caller: {status:?}");
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn each_audience_scope_and_claim_must_match_the_callers_patterns(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let (app, _) = spawn_with_policy(options, &example_policy()).await;
+    let allowed = issue_request(&["api", "web-shop"], &["read", "admin:users"], &["tenant"]);
+    issue_as(&app, LOGIN_KEY, allowed).await.unwrap();
+    for (request, refused, name) in [
+        (issue_request(&["api", "billing"], &[], &[]), "audience", "billing"),
+        (issue_request(&["web"], &[], &[]), "audience", "web"),
+        (issue_request(&[], &["read", "delete"], &[]), "scope", "delete"),
+        (issue_request(&[], &["admin"], &[]), "scope", "admin"),
+        (issue_request(&[], &[], &["tenant", "role"]), "claim", "role"),
+    ] {
+        let status = issue_as(&app, LOGIN_KEY, request).await.unwrap_err();
+        assert_denied(&status, refused, name);
+    }
+    assert_eq!(families(&app).await, 1, "refused before any database work");
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn a_caller_without_lists_may_issue_only_the_default_audience(_pool: PgPoolOptions, options: PgConnectOptions) {
+    let (app, _) = spawn_with_policy(options, &example_policy()).await;
+    let pair = issue_as(&app, BARE_KEY, issue_request(&[], &[], &[])).await.unwrap();
+    assert_eq!(
+        crate::helpers::jwt_part(&pair.access_token, 1)["aud"],
+        serde_json::json!([AUDIENCE])
+    );
+    issue_as(&app, BARE_KEY, issue_request(&[AUDIENCE], &[], &[]))
+        .await
+        .unwrap();
+    for (request, refused, name) in [
+        (issue_request(&["api"], &[], &[]), "audience", "api"),
+        (issue_request(&[], &["read"], &[]), "scope", "read"),
+        (issue_request(&[], &[], &["tenant"]), "claim", "tenant"),
+    ] {
+        assert_denied(&issue_as(&app, BARE_KEY, request).await.unwrap_err(), refused, name);
+    }
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn star_allows_every_rpc_audience_scope_and_claim(_pool: PgPoolOptions, options: PgConnectOptions) {
+    let key = "admin-key-0123456789";
+    let text = format!(
+        "[[caller]]\nname = \"admin\"\napi_key_sha256 = \"{}\"\nrpcs = [\"*\"]\naudiences = [\"*\"]\nscopes = [\"*\"]\nclaims = [\"*\"]\n",
+        api_key_sha256(key)
+    );
+    let (app, _) = spawn_with_policy(options, &text).await;
+    issue_as(&app, key, issue_request(&["anything"], &["at:all"], &["x"]))
+        .await
+        .unwrap();
+    app.client
+        .clone()
+        .list_sessions(with_key(
+            ListSessionsRequest {
+                subject: "alice".into(),
+                ..Default::default()
+            },
+            key,
+        ))
+        .await
+        .unwrap();
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn health_and_reflection_stay_open_under_a_policy(_pool: PgPoolOptions, options: PgConnectOptions) {
+    let (app, _) = spawn_with_policy(options, &example_policy()).await;
+    app.wait_for_health(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
+    let services = list_services(app.addr).await;
+    assert!(services.contains(&"ratchet.v1.TokenService".to_owned()), "{services:?}");
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn reflection_can_be_turned_off(_pool: PgPoolOptions, options: PgConnectOptions) {
+    let app = spawn_app_adjusted(options, |parts| parts.access.reflection = false).await;
+    let mut client = tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(
+        crate::helpers::channel(app.addr).await,
+    );
+    let status = client
+        .server_reflection_info(futures::stream::iter(Vec::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn a_reload_puts_a_new_policy_in_force_and_a_broken_file_keeps_the_old_one(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let (app, file) = spawn_with_policy(options, &example_policy()).await;
+    let newcomer = "newcomer-key-0123456789";
+    assert_unknown_caller(
+        &issue_as(&app, newcomer, issue_request(&[], &[], &[]))
+            .await
+            .unwrap_err(),
+    );
+
+    let added = format!(
+        "{}\n[[caller]]\nname = \"newcomer\"\napi_key_sha256 = \"{}\"\nrpcs = [\"Issue\"]\n",
+        example_policy(),
+        api_key_sha256(newcomer)
+    );
+    std::fs::write(file.path(), &added).unwrap();
+    assert_eq!(file.reload().unwrap(), Reloaded::Changed { callers: 4 });
+    issue_as(&app, newcomer, issue_request(&[], &[], &[])).await.unwrap();
+
+    std::fs::write(file.path(), "[[caller]]\nname = \"x\"\nscopez = 1\n").unwrap();
+    assert!(file.reload().is_err());
+    issue_as(&app, newcomer, issue_request(&[], &[], &[]))
+        .await
+        .expect("the old policy is still in force");
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn over_its_rate_a_caller_is_resource_exhausted_with_retry_info_before_any_database_work(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let key = "limited-key-0123456789";
+    let text = format!(
+        "[[caller]]\nname = \"limited\"\napi_key_sha256 = \"{}\"\nrpcs = [\"Issue\"]\nrate = {{ per_second = 1, burst = 2 }}\n",
+        api_key_sha256(key)
+    );
+    let (app, _) = spawn_with_policy(options, &text).await;
+    issue_as(&app, key, issue_request(&[], &[], &[])).await.unwrap();
+    issue_as(&app, key, issue_request(&[], &[], &[])).await.unwrap();
+    let status = issue_as(&app, key, issue_request(&[], &[], &[])).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let retry = status.get_details_retry_info().expect("a RetryInfo detail");
+    assert!(retry.retry_delay.unwrap() <= Duration::from_secs(1), "{retry:?}");
+    assert_eq!(status.metadata().get("retry-after").unwrap(), "1");
+    assert_eq!(status.get_details_error_info().unwrap().reason, reason::RATE_LIMITED);
+    assert_eq!(families(&app).await, 2, "the refused call wrote nothing");
+
+    tokio::time::sleep(retry.retry_delay.unwrap()).await;
+    issue_as(&app, key, issue_request(&[], &[], &[]))
+        .await
+        .expect("allowed again after the pause");
+    app.stop().await;
+}
+
+/// The mTLS path: the transport puts a [`PeerIdentity`] into the extensions; the layer resolves
+/// it, refuses what the caller may not call, and hands the caller on to the handler.
+#[tokio::test]
+async fn a_peer_identity_from_the_transport_names_the_caller() {
+    let file = Arc::new(PolicyFile::load(&policy_file(&example_policy())).unwrap());
+    let inner = tower::service_fn(|request: http::Request<()>| async move {
+        let caller = request.extensions().get::<AuthorizedCaller>().map(|c| c.0.name.clone());
+        Ok::<_, std::convert::Infallible>(http::Response::new(caller))
+    });
+    let service = AccessLayer::new(Some(file)).layer(inner);
+    let call = |path: &str, identity: Option<&str>| {
+        let mut request = http::Request::builder().uri(path).body(()).unwrap();
+        if let Some(identity) = identity {
+            request.extensions_mut().insert(PeerIdentity(identity.to_owned()));
+        }
+        service.clone().oneshot(request)
+    };
+    let peer = Some("spiffe://corp.example/ns/auth/sa/login");
+    let admitted = call("/ratchet.v1.TokenService/Introspect", peer).await.unwrap();
+    assert_eq!(admitted.body().as_deref(), Some("mesh-peer"));
+    let denied = call("/ratchet.v1.TokenService/Issue", peer).await.unwrap();
+    assert_eq!(denied.headers()["grpc-status"], "7", "PERMISSION_DENIED");
+    let stranger = call("/ratchet.v1.TokenService/Introspect", Some("spiffe://elsewhere"))
+        .await
+        .unwrap();
+    assert_eq!(stranger.headers()["grpc-status"], "16", "UNAUTHENTICATED");
+    let check = call("/envoy.service.auth.v3.Authorization/Check", peer).await.unwrap();
+    assert_eq!(check.headers()["grpc-status"], "7", "Check is an RPC like the others");
+    let health = call("/grpc.health.v1.Health/Check", None).await.unwrap();
+    assert!(health.headers().get("grpc-status").is_none(), "health is open");
+}
+
+fn serve_refused(env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let output = std::process::Command::new(BIN)
+        .arg("serve")
+        // Never reached when the configuration is refused.
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .env("RATCHET_LISTEN", "127.0.0.1:0")
+        .env("RATCHET_DATA_DIR", std::env::temp_dir().join("ratchet-never-created"))
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn require_auth_without_a_policy_refuses_to_start_saying_why() {
+    let (code, stderr) = serve_refused(&[("RATCHET_REQUIRE_AUTH", "true")]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.contains("require-auth") && stderr.contains("RATCHET_POLICY"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_broken_policy_file_at_start_is_a_configuration_error() {
+    let path = policy_file("[[caller]]\nname = \"a\"\nid = \"x\"\nrpcs = [\"Isue\"]\n");
+    let (code, stderr) = serve_refused(&[("RATCHET_POLICY", path.to_str().unwrap())]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("Isue"), "{stderr}");
+    let (code, stderr) = serve_refused(&[("RATCHET_POLICY", "/nonexistent/policy.toml")]);
+    assert_eq!(code, Some(64), "{stderr}");
+}
+
+/// The binary: open mode warns at start; with a policy, SIGHUP reloads it and the caller's name
+/// is in the call's log lines.
+#[sqlx::test]
+async fn the_binary_warns_when_open_and_reloads_its_policy_on_sighup(_pool: PgPoolOptions, options: PgConnectOptions) {
+    let url = database_url(&options, options.get_database().unwrap());
+    let scratch = std::env::temp_dir().join(format!("ratchet-policy-bin-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&scratch).unwrap();
+
+    let open_log = scratch.join("open.log");
+    let addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let open = Server::start_with(&url, &scratch.join("data"), &open_log, addr, &[]);
+    open.client().await;
+    open.kill();
+    let log = std::fs::read_to_string(&open_log).unwrap();
+    assert!(log.contains("NO CALLER POLICY"), "{log}");
+
+    let path = policy_file(&example_policy());
+    let log_path = scratch.join("policy.log");
+    let addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let server = Server::start_with(
+        &url,
+        &scratch.join("data"),
+        &log_path,
+        addr,
+        &[("RATCHET_POLICY", path.to_str().unwrap())],
+    );
+    let client = server.client().await;
+    let newcomer = "newcomer-key-0123456789";
+    let refused = client
+        .clone()
+        .issue(with_key(issue_request(&[], &[], &[]), newcomer))
+        .await
+        .unwrap_err();
+    assert_unknown_caller(&refused);
+    client
+        .clone()
+        .issue(with_key(issue_request(&[], &[], &[]), LOGIN_KEY))
+        .await
+        .unwrap();
+
+    std::fs::write(
+        &path,
+        format!(
+            "{}\n[[caller]]\nname = \"newcomer\"\napi_key_sha256 = \"{}\"\nrpcs = [\"Issue\"]\n",
+            example_policy(),
+            api_key_sha256(newcomer)
+        ),
+    )
+    .unwrap();
+    server.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while client
+        .clone()
+        .issue(with_key(issue_request(&[], &[], &[]), newcomer))
+        .await
+        .is_err()
+    {
+        assert!(std::time::Instant::now() < deadline, "SIGHUP did not reload the policy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.kill();
+    let log = without_colours(&std::fs::read_to_string(&log_path).unwrap());
+    assert!(!log.contains("NO CALLER POLICY"), "{log}");
+    assert!(log.contains("rpc{rpc=Issue caller=login}"), "{log}");
+    assert!(log.contains("caller policy reloaded"), "{log}");
+    assert!(!log.contains(LOGIN_KEY) && !log.contains(newcomer), "no key in the log");
+    std::fs::remove_dir_all(&scratch).unwrap();
+}
+
+/// `text` without ANSI colour sequences (`ESC [ ... m`).
+fn without_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn access_settings_default_to_reflection_on_and_a_rotate_burst_above_64_and_are_validated() {
+    use clap::Parser as _;
+    let config = |extra: &[&str]| {
+        let mut argv = vec!["ratchet", "serve"];
+        argv.extend_from_slice(extra);
+        match ratchet::cli::Cli::try_parse_from(argv).unwrap().command {
+            ratchet::cli::Command::Serve(args) => ratchet::config::Config::from_args(*args),
+            _ => unreachable!(),
+        }
+    };
+    let defaults = config(&[]).unwrap().access;
+    assert!(defaults.policy.is_none() && defaults.reflection);
+    assert_eq!(defaults.rotate_limit.burst.get(), 100);
+    assert!(
+        defaults.rotate_limit.burst.get() > 64,
+        "the 64-way race must reach the database"
+    );
+    assert_eq!(defaults.rotate_limit.per_second.get(), 1);
+    assert!(!config(&["--reflection", "false"]).unwrap().access.reflection);
+
+    let problems = config(&["--rotate-burst", "0", "--rotate-per-second", "0", "--require-auth"]).unwrap_err();
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    for flag in ["rotate-burst:", "rotate-per-second:", "require-auth:"] {
+        assert!(problems.iter().any(|p| p.starts_with(flag)), "{flag} in {problems:?}");
+    }
+    let path = policy_file(&example_policy());
+    let with_policy = config(&["--require-auth", "--policy", path.to_str().unwrap()]).unwrap();
+    assert_eq!(with_policy.access.policy.unwrap().current().len(), 3);
+}
