@@ -186,6 +186,7 @@ async fn start_as(
         cleanup: test_cleanup(),
         cleanup_interval: std::time::Duration::ZERO,
         limits: ratchet::config::TransportLimits::default(),
+        transport: Default::default(),
     };
     adjust(&mut parts);
     let app = Application::from_parts(parts).await.expect("build the application");
