@@ -23,3 +23,4 @@ mod proxy;
 mod revoke;
 mod rotate;
 mod sessions;
+mod tls;
