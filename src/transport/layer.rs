@@ -149,17 +149,22 @@ mod tests {
 
     #[test]
     fn the_layer_inserts_the_identity_and_nothing_else_can() {
+        use futures_util::FutureExt as _;
         use tower_service::Service as _;
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let record = seen.clone();
         let probe: PeerProbe = Arc::new(move |identity| record.lock().unwrap().push(identity.cloned()));
         let mut service = PeerIdentityLayer::new(false, Some(probe)).layer(tower_service_fn());
-        let _ = service.call(request(Some(tls_peer("spiffe://td/a")), &[]));
+        service
+            .call(request(Some(tls_peer("spiffe://td/a")), &[]))
+            .now_or_never()
+            .unwrap()
+            .unwrap();
         let mut smuggled = request(None, &[]);
         smuggled
             .extensions_mut()
             .insert(PeerIdentity("spiffe://td/smuggled".into()));
-        let _ = service.call(smuggled);
+        service.call(smuggled).now_or_never().unwrap().unwrap();
         assert_eq!(
             *seen.lock().unwrap(),
             vec![Some(PeerIdentity("spiffe://td/a".into())), None]

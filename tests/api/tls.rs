@@ -256,9 +256,18 @@ async fn with_tls_on_a_plaintext_client_is_refused_and_a_tls_client_without_a_ce
     assert!(call(plaintext).await.is_err(), "plaintext must not be served");
     assert_eq!(seen.count(), 0, "no request got through");
 
+    // Connections that never finish their handshake do not hold up anyone else's.
+    let mut silent = Vec::new();
+    for _ in 0..8 {
+        silent.push(TcpStream::connect(app.addr).await.unwrap());
+    }
     let (channel, _) = tls_channel(app.addr, client_config(&ca, None, &[b"h2"]));
-    call(channel).await.expect("a TLS client is served");
+    tokio::time::timeout(Duration::from_secs(5), call(channel))
+        .await
+        .expect("served while others stall their handshakes")
+        .expect("a TLS client is served");
     assert_eq!(seen.last(), Some(None), "no client certificate: no identity");
+    drop(silent);
     app.stop().await;
 }
 
@@ -392,6 +401,48 @@ async fn the_http_listener_serves_the_jwks_over_tls(_pool: PgPoolOptions, option
         "plaintext HTTP must not be served"
     );
     app.stop().await;
+}
+
+#[sqlx::test]
+async fn the_binary_reads_a_rotated_certificate_on_sighup(_pool: PgPoolOptions, options: PgConnectOptions) {
+    let ca = Ca::new("server CA");
+    let files = Files::new();
+    let first = ca.server();
+    let tls = files.tls(&first, None);
+    let url = crate::binary::database_url(&options, options.get_database().unwrap());
+    let addr: SocketAddr = format!("127.0.0.1:{}", crate::binary::free_port()).parse().unwrap();
+    let (cert, key) = (tls.cert.to_str().unwrap(), tls.key.to_str().unwrap());
+    let server = crate::binary::Server::start_with(
+        &url,
+        &files.dir.join("data"),
+        &files.dir.join("server.log"),
+        addr,
+        // An interval long enough that only the signal can explain a reload.
+        &[
+            ("RATCHET_TLS_CERT", cert),
+            ("RATCHET_TLS_KEY", key),
+            ("RATCHET_TLS_RELOAD_INTERVAL", "1h"),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let served = loop {
+        match connect(addr, client_config(&ca, None, &[b"h2"])).await {
+            Ok(tls) => break tls.get_ref().1.peer_certificates().unwrap()[0].clone(),
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(error) => panic!("server never came up over TLS: {error}"),
+        }
+    };
+    assert_eq!(served, leaf_der(&first));
+
+    let second = ca.server();
+    files.install(&second);
+    server.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served_certificate(addr, &ca).await != leaf_der(&second) {
+        assert!(Instant::now() < deadline, "SIGHUP did not load the new certificate");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.kill();
 }
 
 const XFCC: &str = "x-forwarded-client-cert";
