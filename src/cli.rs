@@ -222,6 +222,8 @@ pub struct ServeArgs {
     pub no_migrate: bool,
     #[command(flatten)]
     pub access: AccessArgs,
+    #[command(flatten)]
+    pub transport: TransportArgs,
 }
 
 /// Who may call what, and the abuse limits (issue 11).
@@ -248,6 +250,29 @@ pub struct AccessArgs {
     /// Sustained rotations a second per family and per presented token.
     #[arg(long, env = "RATCHET_ROTATE_PER_SECOND", default_value_t = 1)]
     pub rotate_per_second: u32,
+}
+
+/// TLS, mutual TLS and caller identity (see README, "Transport security").
+#[derive(Debug, Clone, Args)]
+pub struct TransportArgs {
+    /// PEM certificate chain (server certificate first): serve TLS on the gRPC and HTTP
+    /// listeners. Needs --tls-key.
+    #[arg(long, env = "RATCHET_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert; must be readable by its owner only (0600 or 0400).
+    #[arg(long, env = "RATCHET_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: gRPC clients must present a certificate they issued (mutual TLS);
+    /// its SPIFFE ID (else first DNS name) is the caller's identity. Needs --tls-cert.
+    #[arg(long, env = "RATCHET_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// How often the TLS files are read again for changes (SIGHUP reads them at once). 1s to 1h.
+    #[arg(long, env = "RATCHET_TLS_RELOAD_INTERVAL", default_value = "1m")]
+    pub tls_reload_interval: String,
+    /// Take the caller's identity from the sidecar's `x-forwarded-client-cert` header (its URI=
+    /// SPIFFE ID). Only with a plaintext gRPC listener bound to loopback.
+    #[arg(long, env = "RATCHET_TRUST_XFCC")]
+    pub trust_xfcc: bool,
 }
 
 /// Bounds on what callers can make the gRPC transport hold.

@@ -17,6 +17,7 @@ use crate::issuer::types::MAX_NAME_BYTES;
 use crate::keys::source::KeySource;
 use crate::policy::AccessSettings;
 use crate::store::postgres::PoolSettings;
+use crate::transport::{Reloadable, TlsFiles, TransportConfig};
 
 /// Where the database is and how to talk to it.
 #[derive(Clone)]
@@ -60,6 +61,8 @@ pub struct Config {
     /// Zero: no background cleanup.
     pub cleanup_interval: std::time::Duration,
     pub access: AccessSettings,
+    /// TLS, mutual TLS, XFCC.
+    pub transport: TransportConfig,
 }
 
 /// Bounds on what callers can make the gRPC transport hold (see `TransportLimitArgs`).
@@ -292,6 +295,13 @@ const KEYS_RELOAD_INTERVAL: Bounds = Bounds {
     max: HOUR,
     why: "a key change would wait that long on a server that missed its SIGHUP",
 };
+/// Mesh certificates rotate hourly and are renewed well before they expire: a minute is plenty,
+/// a second is the floor of sensible polling, an hour would let a certificate expire unseen.
+const TLS_RELOAD_INTERVAL: Bounds = Bounds {
+    min: Duration::from_secs(1),
+    max: HOUR,
+    why: "short-lived certificates would expire before a server that missed its SIGHUP saw the new one",
+};
 /// Verifiers may keep the JWKS this long: a day at most, or key rotations take days.
 const JWKS_MAX_AGE: Bounds = Bounds {
     min: Duration::ZERO,
@@ -482,6 +492,7 @@ impl Config {
                 "jwks-uri: must be an http:// or https:// URL".into()
             });
         }
+        let transport = TransportConfig::collect(&args.transport, args.listen, &mut problems);
         let cleanup = CleanupSettings::collect(&args.cleanup, &mut problems);
         let limits = TransportLimits::collect(&args.limits, &mut problems);
         let access = AccessSettings::collect(&args.access, &mut problems);
@@ -525,8 +536,52 @@ impl Config {
                 limits,
                 cleanup_interval,
                 access,
+                transport,
             }),
             _ => Err(problems.0),
+        }
+    }
+}
+
+impl TransportConfig {
+    /// Checks the flags and reads the TLS files once: a file that cannot be loaded at start is a
+    /// configuration problem like any other.
+    fn collect(args: &crate::cli::TransportArgs, listen: SocketAddr, problems: &mut Problems) -> Self {
+        let tls_reload_interval =
+            problems.duration("tls-reload-interval", &args.tls_reload_interval, &TLS_RELOAD_INTERVAL);
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: args.tls_client_ca.clone(),
+            }),
+            (None, None) => {
+                problems.check(args.tls_client_ca.is_none(), || {
+                    "tls-client-ca: needs --tls-cert and --tls-key (mutual TLS is TLS first)".into()
+                });
+                None
+            }
+            _ => {
+                problems.0.push("tls-cert, tls-key: give both or neither".into());
+                None
+            }
+        };
+        if let Some(files) = &tls
+            && let Err(error) = Reloadable::load(files.clone())
+        {
+            problems.0.push(format!("tls: {error}"));
+        }
+        if args.trust_xfcc
+            && let Some(problem) =
+                crate::transport::xfcc_problem(listen, args.tls_cert.is_some() || args.tls_key.is_some())
+        {
+            problems.0.push(problem);
+        }
+        Self {
+            tls,
+            tls_reload_interval,
+            trust_xfcc: args.trust_xfcc,
+            probe: None,
         }
     }
 }
@@ -557,6 +612,47 @@ mod tests {
         assert_eq!(config.policy.leeway, time::Duration::seconds(5));
         assert_eq!(config.verified_cache_bytes, 32 * 1024 * 1024);
         assert!(config.migrate);
+    }
+
+    #[test]
+    fn tls_cert_and_key_go_together_and_a_client_ca_needs_them() {
+        let problems = problems_of(&["--tls-cert", "/nonexistent/cert.pem"]);
+        assert_eq!(problems, ["tls-cert, tls-key: give both or neither"]);
+        let problems = problems_of(&["--tls-client-ca", "/nonexistent/ca.pem"]);
+        assert!(
+            problems[0].starts_with("tls-client-ca: needs --tls-cert"),
+            "{problems:?}"
+        );
+        let problems = problems_of(&["--tls-cert", "/nonexistent/c.pem", "--tls-key", "/nonexistent/k.pem"]);
+        assert!(
+            problems.len() == 1 && problems[0].starts_with("tls: ") && problems[0].contains("/nonexistent/"),
+            "a file that cannot be loaded at start is a configuration problem: {problems:?}"
+        );
+        assert!(
+            Config::from_args(serve_args(&[])).unwrap().transport.tls.is_none(),
+            "plaintext by default"
+        );
+    }
+
+    #[test]
+    fn trust_xfcc_is_only_for_a_plaintext_loopback_listener() {
+        let config = Config::from_args(serve_args(&["--trust-xfcc", "--listen", "[::1]:50051"])).unwrap();
+        assert!(config.transport.trust_xfcc);
+        let problems = problems_of(&["--trust-xfcc", "--listen", "0.0.0.0:50051"]);
+        assert!(problems.len() == 1 && problems[0].contains("loopback"), "{problems:?}");
+        let problems = problems_of(&[
+            "--trust-xfcc",
+            "--tls-cert",
+            "/nonexistent/c",
+            "--tls-key",
+            "/nonexistent/k",
+        ]);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("trust-xfcc: ") && p.contains("TLS")),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -17,6 +17,10 @@
 //!   its reloading, the JWK Set, and the server secret that keys grace-window seals and page
 //!   tokens.
 //!
+//! - [`transport`]: TLS and mutual TLS on both listeners (reloaded as certificates rotate), and
+//!   the caller's identity (client certificate, or a trusted sidecar's XFCC header) put into each
+//!   request for the caller policy.
+//!
 //! Around them: [`cli`] and [`config`] (flags, environment, validation; [`database_url`] keeps the
 //! database password out of every printout), [`startup`] (building and running the server),
 //! [`shutdown`], [`telemetry`] and [`clock`].
@@ -34,3 +38,4 @@ pub mod shutdown;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod transport;

@@ -7,11 +7,14 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+use futures_util::future::Either;
+use futures_util::{Stream, StreamExt as _};
 use sqlx::Connection as _;
 use sqlx::migrate::MigrateDatabase as _;
 use sqlx::postgres::{PgConnection, Postgres};
@@ -42,6 +45,8 @@ use crate::store::FamilyStore as _;
 use crate::store::cached::{CachedStore, FamilyCache};
 use crate::store::pool::ConnectionPool;
 use crate::store::postgres::{self, MIGRATOR, PgStore, PoolSettings, revocations};
+use crate::transport::accept::Conn;
+use crate::transport::{self, PeerIdentityLayer, TransportConfig};
 
 /// Largest request accepted. Far above any valid request (8 KiB of claims plus 128 names of
 /// 255 bytes), so that oversized *fields* reach validation and get a named INVALID_ARGUMENT.
@@ -85,6 +90,8 @@ pub struct Parts {
     pub limits: TransportLimits,
     /// Who may call what, reflection, the Rotate limit.
     pub access: AccessSettings,
+    /// TLS, mutual TLS and caller identity; the default is plaintext.
+    pub transport: TransportConfig,
 }
 
 pub struct Application {
@@ -107,6 +114,10 @@ pub struct Application {
     request_timeout: Duration,
     limits: TransportLimits,
     access: AccessSettings,
+    /// TLS material of both listeners, if TLS is on.
+    tls: Option<Arc<transport::Reloadable>>,
+    tls_reload_interval: Duration,
+    peer_identity: PeerIdentityLayer,
 }
 
 /// Longest any RPC may run: enough for a write to wait for a connection, run, and have a lost
@@ -216,6 +227,7 @@ impl Application {
             cleanup_interval: config.cleanup_interval,
             limits: config.limits,
             access: config.access,
+            transport: config.transport,
         })
         .await
     }
@@ -223,8 +235,22 @@ impl Application {
     /// Binds the listener and wires the service.
     ///
     /// # Errors
-    /// The address cannot be bound.
+    /// The address cannot be bound, the TLS files cannot be loaded, or XFCC is to be trusted
+    /// where it cannot be.
     pub async fn from_parts(parts: Parts) -> anyhow::Result<Self> {
+        let TransportConfig {
+            tls,
+            tls_reload_interval,
+            trust_xfcc,
+            probe,
+        } = parts.transport;
+        if trust_xfcc && let Some(problem) = transport::xfcc_problem(parts.listen, tls.is_some()) {
+            anyhow::bail!(problem);
+        }
+        let tls = tls
+            .map(transport::Reloadable::load)
+            .transpose()
+            .context("cannot load the TLS files")?;
         let listener = TcpListener::bind(parts.listen)
             .await
             .with_context(|| format!("cannot listen on {}", parts.listen))?;
@@ -267,6 +293,9 @@ impl Application {
             request_timeout: request_timeout(parts.pool_settings.timeout),
             limits: parts.limits,
             access: parts.access,
+            tls,
+            tls_reload_interval,
+            peer_identity: PeerIdentityLayer::new(trust_xfcc, probe),
         })
     }
 
@@ -338,6 +367,18 @@ impl Application {
                 None
             }
         };
+        let tls_task = self
+            .tls
+            .clone()
+            .map(|tls| tokio::spawn(transport::tls::reload(tls, self.tls_reload_interval, stopped.clone())));
+        let (grpc_tls, http_tls) = match &self.tls {
+            Some(tls) => (
+                Some(tls.server_config(transport::GRPC_ALPN, true)?),
+                // No client certificates on the JWKS: it is public (see `transport`).
+                Some(tls.server_config(transport::HTTP_ALPN, false)?),
+            ),
+            None => (None, None),
+        };
         let http_task = match self.http_listener {
             Some((listener, config)) => {
                 let router = crate::http::router(
@@ -347,12 +388,20 @@ impl Application {
                     config.jwks_uri.as_deref(),
                 );
                 let mut stopped = stopped.clone();
-                tracing::info!(addr = %listener.local_addr()?, "serving the JWKS over HTTP");
+                tracing::info!(addr = %listener.local_addr()?, tls = http_tls.is_some(), "serving the JWKS over HTTP");
+                let listener = match http_tls {
+                    Some(tls) => Either::Right(transport::accept::HttpListener::new(listener, Some(tls))?),
+                    None => Either::Left(listener),
+                };
                 Some(tokio::spawn(async move {
                     let stop = async move {
                         let _ = stopped.wait_for(|stopped| *stopped).await;
                     };
-                    if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
+                    let served = match listener {
+                        Either::Left(plain) => axum::serve(plain, router).with_graceful_shutdown(stop).await,
+                        Either::Right(tls) => axum::serve(tls, router).with_graceful_shutdown(stop).await,
+                    };
+                    if let Err(error) = served {
                         tracing::error!(%error, "the HTTP listener failed");
                     }
                 }))
@@ -376,8 +425,15 @@ impl Application {
         let authorization =
             AuthorizationServer::new(self.authorization).max_decoding_message_size(authz::MAX_CHECK_BYTES);
 
-        tracing::info!(%addr, "serving gRPC");
-        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        tracing::info!(%addr, tls = grpc_tls.is_some(), mutual_tls = self.tls.as_ref().is_some_and(|tls| tls.requires_client_certificates()), "serving gRPC");
+        let incoming: Pin<Box<dyn Stream<Item = std::io::Result<Conn>> + Send>> = match grpc_tls {
+            Some(tls) => Box::pin(transport::accept::incoming(self.listener, Some(tls))),
+            None => Box::pin(
+                TcpIncoming::from(self.listener)
+                    .with_nodelay(Some(true))
+                    .map(|conn| conn.map(Conn::Plain)),
+            ),
+        };
         let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
         let limits = self.limits;
         let serve = Server::builder()
@@ -397,6 +453,7 @@ impl Application {
             .layer(CatchPanicLayer)
             .layer(ShedLayer::new(limits.max_concurrent_requests))
             .layer(MessageLimitLayer)
+            .layer(self.peer_identity)
             // Reads the caller's `PeerIdentity` from the extensions: whatever puts it there
             // (the TLS/XFCC layer) must be added before this line, i.e. outside it.
             .layer(AccessLayer::new(self.access.policy.clone()))
@@ -435,7 +492,10 @@ impl Application {
         {
             task.abort();
         }
-        for task in [cleanup_task, keys_task, policy_task, http_task].into_iter().flatten() {
+        for task in [cleanup_task, keys_task, policy_task, tls_task, http_task]
+            .into_iter()
+            .flatten()
+        {
             task.abort();
         }
         self.store.pool().close().await;

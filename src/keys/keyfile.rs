@@ -95,7 +95,7 @@ pub(super) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 
 /// Refuses a secret file that group or others may read: whoever can read it can forge or open
 /// what it protects.
-pub(super) fn refuse_if_shared(path: &Path) -> Result<(), KeyError> {
+pub(crate) fn refuse_if_shared(path: &Path) -> Result<(), KeyError> {
     let mode = fs::metadata(path)
         .map_err(|source| KeyError::Io {
             action: "inspect",

@@ -196,8 +196,10 @@ async fn start_as(
         cleanup_interval: std::time::Duration::ZERO,
         limits: ratchet::config::TransportLimits::default(),
         access: ratchet::policy::AccessSettings::default(),
+        transport: Default::default(),
     };
     adjust(&mut parts);
+    let tls = parts.transport.tls.is_some();
     let app = Application::from_parts(parts).await.expect("build the application");
     let addr = app.local_addr().unwrap();
     let http_addr = app.http_addr();
@@ -207,9 +209,18 @@ async fn start_as(
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
     }));
-    let client = TokenServiceClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect to the server");
+    // A TLS server refuses this plaintext client: TLS tests bring their own (tests/api/tls.rs).
+    let client = if tls {
+        TokenServiceClient::new(
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect_lazy(),
+        )
+    } else {
+        TokenServiceClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect to the server")
+    };
     let db = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .connect_lazy_with(inspect.clone());

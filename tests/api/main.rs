@@ -25,3 +25,4 @@ mod proxy;
 mod revoke;
 mod rotate;
 mod sessions;
+mod tls;

@@ -1,0 +1,225 @@
+//! Accepting connections: plain TCP as before, or TLS with each handshake in its own task.
+//!
+//! A handshake never runs in the accept loop: a client that opens a connection and sends nothing
+//! (slowloris) would stop everyone else. Each one is spawned, bounded by [`HANDSHAKE_TIMEOUT`],
+//! and at most [`MAX_HANDSHAKES`] run at once; finished connections are handed to the server
+//! through a channel, carrying what the handshake established ([`PeerInfo`]).
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::Stream;
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use crate::grpc::caller::PeerIdentity;
+
+/// Longest a TLS handshake may take before the connection is closed.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most handshakes in progress at once; further connections wait to be accepted (in the
+/// kernel's backlog) rather than each costing a task and a buffer.
+pub const MAX_HANDSHAKES: usize = 1024;
+
+/// What the transport knows of a connection's peer; every request on it carries a copy in its
+/// extensions (tonic's `Connected`), from which [`super::layer`] takes the identity.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub remote_addr: Option<SocketAddr>,
+    /// From its client certificate (mutual TLS); `None` on plaintext or without a certificate
+    /// that names one.
+    pub identity: Option<PeerIdentity>,
+}
+
+/// A connection as the servers see it.
+#[derive(Debug)]
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>, PeerInfo),
+}
+
+impl Conn {
+    pub fn peer_info(&self) -> PeerInfo {
+        match self {
+            Self::Plain(stream) => PeerInfo {
+                remote_addr: stream.peer_addr().ok(),
+                identity: None,
+            },
+            Self::Tls(_, info) => info.clone(),
+        }
+    }
+}
+
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        self.peer_info()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Self::Tls(stream, _) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Self::Tls(stream, _) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Self::Tls(stream, _) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            Self::Tls(stream, _) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Self::Tls(stream, _) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(stream) => stream.is_write_vectored(),
+            Self::Tls(stream, _) => stream.is_write_vectored(),
+        }
+    }
+}
+
+/// Connections from `listener`: TCP ones as they are, or, with `tls`, those that completed a
+/// handshake. Ends (and closes the listener) when the receiving side is dropped.
+pub fn incoming(listener: TcpListener, tls: Option<Arc<ServerConfig>>) -> impl Stream<Item = io::Result<Conn>> + Send {
+    let (sender, receiver) = mpsc::channel::<Conn>(64);
+    tokio::spawn(accept_loop(listener, tls.map(TlsAcceptor::from), sender));
+    futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|conn| (Ok(conn), receiver))
+    })
+}
+
+/// Accepts connections until the receiver is gone.
+async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, sender: mpsc::Sender<Conn>) {
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        // A permit first: at the limit, connections wait in the backlog.
+        let permit = tokio::select! {
+            permit = handshakes.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            () = sender.closed() => return,
+        };
+        let (stream, remote_addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(%error, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = sender.closed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let Some(acceptor) = tls.clone() else {
+            drop(permit);
+            if sender.send(Conn::Plain(stream)).await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    let identity = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(|leaf| super::identity::from_certificate(leaf));
+                    let info = PeerInfo {
+                        remote_addr: Some(remote_addr),
+                        identity,
+                    };
+                    let _ = sender.send(Conn::Tls(Box::new(tls), info)).await;
+                }
+                // Not logged above debug: scanners, health probes and plaintext clients do this
+                // all day.
+                Ok(Err(error)) => tracing::debug!(%remote_addr, %error, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%remote_addr, "TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+/// An axum listener over [`incoming`], for the HTTP (JWKS) listener.
+pub struct HttpListener {
+    local_addr: SocketAddr,
+    connections: Pin<Box<dyn Stream<Item = io::Result<Conn>> + Send>>,
+}
+
+impl HttpListener {
+    /// # Errors
+    /// The OS cannot tell the bound address.
+    pub fn new(listener: TcpListener, tls: Option<Arc<ServerConfig>>) -> io::Result<Self> {
+        Ok(Self {
+            local_addr: listener.local_addr()?,
+            connections: Box::pin(incoming(listener, tls)),
+        })
+    }
+}
+
+impl axum::serve::Listener for HttpListener {
+    type Io = Conn;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Conn, SocketAddr) {
+        use futures_util::StreamExt as _;
+        loop {
+            match self.connections.next().await {
+                Some(Ok(conn)) => {
+                    let addr = conn.peer_info().remote_addr.unwrap_or(self.local_addr);
+                    return (conn, addr);
+                }
+                Some(Err(_)) => continue,
+                // The accept loop only ends with the receiver, which is us.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local_addr)
+    }
+}

@@ -1,0 +1,537 @@
+//! TLS, mutual TLS and caller identity over real sockets, with certificates made here (rcgen): a
+//! CA, a server certificate for 127.0.0.1/localhost, client certificates with a SPIFFE ID, with
+//! only a DNS name, and one from another CA. What identity each request carried is seen through
+//! the transport's test probe (there is no caller policy to observe it through yet).
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ratchet::grpc::caller::PeerIdentity;
+use ratchet::transport::{TlsFiles, TransportConfig};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::binary::BIN;
+use crate::helpers::{TestApp, spawn_app_adjusted};
+
+/// A certificate authority of the test's own.
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+/// A certificate chain and its key, as PEM.
+struct Leaf {
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl Leaf {
+    fn chain(&self) -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    fn key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).unwrap()
+    }
+}
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        Self {
+            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
+        }
+    }
+
+    fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    fn sign(&self, mut params: CertificateParams, usage: ExtendedKeyUsagePurpose) -> Leaf {
+        params.extended_key_usages = vec![usage];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// A server certificate for 127.0.0.1 and localhost (new key, new serial, each call).
+    fn server(&self) -> Leaf {
+        let params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        self.sign(params, ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// A client certificate with these SANs.
+    fn client(&self, sans: &[SanType]) -> Leaf {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = sans.to_vec();
+        self.sign(params, ExtendedKeyUsagePurpose::ClientAuth)
+    }
+}
+
+fn uri(value: &str) -> SanType {
+    SanType::URI(value.try_into().unwrap())
+}
+
+fn dns(value: &str) -> SanType {
+    SanType::DnsName(value.try_into().unwrap())
+}
+
+const SPIFFE_ID: &str = "spiffe://ratchet.test/ns/shop/sa/frontend";
+
+/// A scratch directory holding the server's files.
+struct Files {
+    dir: PathBuf,
+}
+
+impl Files {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("ratchet-tls-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self { dir }
+    }
+
+    /// Writes the server's certificate and key the way a rotation does: each to a temporary file
+    /// renamed over the old one, so that no reader sees half a file.
+    fn install(&self, server: &Leaf) {
+        write_atomically(&self.dir.join("cert.pem"), &server.cert_pem, 0o644);
+        write_atomically(&self.dir.join("key.pem"), &server.key_pem, 0o600);
+    }
+
+    fn tls(&self, server: &Leaf, client_ca: Option<&Ca>) -> TlsFiles {
+        self.install(server);
+        let client_ca = client_ca.map(|ca| {
+            let path = self.dir.join("client-ca.pem");
+            std::fs::write(&path, ca.pem()).unwrap();
+            path
+        });
+        TlsFiles {
+            cert: self.dir.join("cert.pem"),
+            key: self.dir.join("key.pem"),
+            client_ca,
+        }
+    }
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn write_atomically(path: &Path, text: &str, mode: u32) {
+    let temporary = path.with_extension("new");
+    std::fs::write(&temporary, text).unwrap();
+    std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(mode)).unwrap();
+    std::fs::rename(&temporary, path).unwrap();
+}
+
+/// The identities the server's requests carried, in order.
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<Vec<Option<PeerIdentity>>>>);
+
+impl Seen {
+    fn last(&self) -> Option<Option<String>> {
+        self.0
+            .lock()
+            .unwrap()
+            .last()
+            .map(|seen| seen.as_ref().map(|id| id.as_str().to_owned()))
+    }
+
+    fn count(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+/// A server with `tls` (plaintext if `None`) and `trust_xfcc`, whose requests' identities `Seen`
+/// records.
+async fn spawn(options: PgConnectOptions, tls: Option<TlsFiles>, trust_xfcc: bool) -> (TestApp, Seen) {
+    let seen = Seen::default();
+    let record = seen.clone();
+    let app = spawn_app_adjusted(options, move |parts| {
+        parts.transport = TransportConfig {
+            tls,
+            tls_reload_interval: Duration::from_secs(1),
+            trust_xfcc,
+            probe: Some(Arc::new(move |identity| {
+                record.0.lock().unwrap().push(identity.cloned())
+            })),
+        };
+    })
+    .await;
+    (app, seen)
+}
+
+/// A client trusting `ca`, presenting `client`'s certificate if given, offering `alpn`.
+fn client_config(ca: &Ca, client: Option<&Leaf>, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.issuer.der().clone()).unwrap();
+    let builder = ClientConfig::builder_with_provider(ratchet::transport::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match client {
+        Some(client) => builder.with_client_auth_cert(client.chain(), client.key()).unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// A TLS connection to `addr` (as `localhost`).
+async fn connect(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    TlsConnector::from(config)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+}
+
+/// A gRPC channel over TLS that counts the connections it opens.
+fn tls_channel(addr: SocketAddr, config: Arc<ClientConfig>) -> (Channel, Arc<AtomicUsize>) {
+    let opened = Arc::new(AtomicUsize::new(0));
+    let counter = opened.clone();
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_with_connector_lazy(tower::service_fn(move |_: tonic::transport::Uri| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let config = config.clone();
+            async move { connect(addr, config).await.map(hyper_util::rt::TokioIo::new) }
+        }));
+    (channel, opened)
+}
+
+/// One health check over `channel`: any answer means the call got through.
+async fn call(channel: Channel) -> Result<(), tonic::Status> {
+    HealthClient::new(channel)
+        .check(HealthCheckRequest { service: String::new() })
+        .await
+        .map(|_| ())
+}
+
+/// The leaf certificate the server presents to a new connection.
+async fn served_certificate(addr: SocketAddr, ca: &Ca) -> CertificateDer<'static> {
+    let tls = connect(addr, client_config(ca, None, &[b"h2"])).await.unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+}
+
+fn leaf_der(leaf: &Leaf) -> CertificateDer<'static> {
+    leaf.chain().remove(0)
+}
+
+#[sqlx::test]
+async fn with_tls_on_a_plaintext_client_is_refused_and_a_tls_client_without_a_certificate_is_served_unnamed(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let ca = Ca::new("server CA");
+    let files = Files::new();
+    let (app, seen) = spawn(options, Some(files.tls(&ca.server(), None)), false).await;
+
+    let plaintext = Endpoint::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .connect_lazy();
+    assert!(call(plaintext).await.is_err(), "plaintext must not be served");
+    assert_eq!(seen.count(), 0, "no request got through");
+
+    // Connections that never finish their handshake do not hold up anyone else's.
+    let mut silent = Vec::new();
+    for _ in 0..8 {
+        silent.push(TcpStream::connect(app.addr).await.unwrap());
+    }
+    let (channel, _) = tls_channel(app.addr, client_config(&ca, None, &[b"h2"]));
+    tokio::time::timeout(Duration::from_secs(5), call(channel))
+        .await
+        .expect("served while others stall their handshakes")
+        .expect("a TLS client is served");
+    assert_eq!(seen.last(), Some(None), "no client certificate: no identity");
+    drop(silent);
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn with_a_client_ca_the_callers_spiffe_id_or_dns_name_reaches_every_request(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let server_ca = Ca::new("server CA");
+    let client_ca = Ca::new("client CA");
+    let files = Files::new();
+    let (app, seen) = spawn(options, Some(files.tls(&server_ca.server(), Some(&client_ca))), false).await;
+
+    // SPIFFE ID first, whatever comes before it.
+    let spiffe = client_ca.client(&[dns("frontend.shop"), uri("https://not.spiffe"), uri(SPIFFE_ID)]);
+    let (channel, _) = tls_channel(app.addr, client_config(&server_ca, Some(&spiffe), &[b"h2"]));
+    call(channel.clone())
+        .await
+        .expect("a client of the client CA is served");
+    assert_eq!(seen.last(), Some(Some(SPIFFE_ID.to_owned())));
+    call(channel).await.unwrap();
+    assert_eq!(
+        seen.last(),
+        Some(Some(SPIFFE_ID.to_owned())),
+        "every request on the connection"
+    );
+
+    let named = client_ca.client(&[dns("batch.internal"), dns("other.internal")]);
+    let (channel, _) = tls_channel(app.addr, client_config(&server_ca, Some(&named), &[b"h2"]));
+    call(channel).await.unwrap();
+    assert_eq!(
+        seen.last(),
+        Some(Some("batch.internal".to_owned())),
+        "else the first DNS name"
+    );
+
+    let nameless = client_ca.client(&[]);
+    let (channel, _) = tls_channel(app.addr, client_config(&server_ca, Some(&nameless), &[b"h2"]));
+    call(channel)
+        .await
+        .expect("no name is for the policy to judge, not the transport");
+    assert_eq!(seen.last(), Some(None));
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn with_a_client_ca_clients_without_its_certificate_are_refused_at_the_handshake(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let server_ca = Ca::new("server CA");
+    let client_ca = Ca::new("client CA");
+    let files = Files::new();
+    let (app, seen) = spawn(options, Some(files.tls(&server_ca.server(), Some(&client_ca))), false).await;
+
+    let stranger = Ca::new("another CA").client(&[uri(SPIFFE_ID)]);
+    for client in [Some(&stranger), None] {
+        let (channel, _) = tls_channel(app.addr, client_config(&server_ca, client, &[b"h2"]));
+        assert!(call(channel).await.is_err(), "refused");
+    }
+    assert_eq!(seen.count(), 0, "no request got through");
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn a_rotated_certificate_is_served_to_new_connections_while_established_ones_keep_working(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let ca = Ca::new("server CA");
+    let client_ca = Ca::new("client CA");
+    let files = Files::new();
+    let first = ca.server();
+    let (app, seen) = spawn(options, Some(files.tls(&first, Some(&client_ca))), false).await;
+    let client = client_ca.client(&[uri(SPIFFE_ID)]);
+    let (established, opened) = tls_channel(app.addr, client_config(&ca, Some(&client), &[b"h2"]));
+    call(established.clone()).await.unwrap();
+    assert_eq!(served_certificate(app.addr, &ca).await, leaf_der(&first));
+
+    // A half-rotated pair (the new certificate, the old key) is refused; the old pair stays.
+    write_atomically(&files.dir.join("cert.pem"), &ca.server().cert_pem, 0o644);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        served_certificate(app.addr, &ca).await,
+        leaf_der(&first),
+        "a bad pair is not loaded"
+    );
+
+    let second = ca.server();
+    files.install(&second);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while served_certificate(app.addr, &ca).await != leaf_der(&second) {
+        assert!(Instant::now() < deadline, "the new certificate was never served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    call(established).await.expect("the established connection still works");
+    assert_eq!(
+        opened.load(Ordering::SeqCst),
+        1,
+        "on the same connection, not a new one"
+    );
+    assert_eq!(seen.last(), Some(Some(SPIFFE_ID.to_owned())));
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn the_http_listener_serves_the_jwks_over_tls(_pool: PgPoolOptions, options: PgConnectOptions) {
+    let ca = Ca::new("server CA");
+    let client_ca = Ca::new("client CA");
+    let files = Files::new();
+    let (app, _) = spawn(options, Some(files.tls(&ca.server(), Some(&client_ca))), false).await;
+    let http = app.http_addr.unwrap();
+
+    // No client certificate needed: the JWKS is public.
+    let mut tls = connect(http, client_config(&ca, None, &[b"http/1.1"])).await.unwrap();
+    tls.write_all(b"GET /.well-known/jwks.json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    // Whether the server closes with close_notify or not, what it sent is in `raw`.
+    let _ = tls.read_to_end(&mut raw).await;
+    let answer = String::from_utf8_lossy(&raw);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"keys\""), "{answer}");
+
+    let plaintext = crate::helpers::http_get(http, "/.well-known/jwks.json", &[]);
+    let refused = tokio::time::timeout(Duration::from_secs(5), tokio::spawn(plaintext)).await;
+    assert!(
+        !matches!(refused, Ok(Ok(ref answer)) if answer.status == 200),
+        "plaintext HTTP must not be served"
+    );
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn the_binary_reads_a_rotated_certificate_on_sighup(_pool: PgPoolOptions, options: PgConnectOptions) {
+    let ca = Ca::new("server CA");
+    let files = Files::new();
+    let first = ca.server();
+    let tls = files.tls(&first, None);
+    let url = crate::binary::database_url(&options, options.get_database().unwrap());
+    let addr: SocketAddr = format!("127.0.0.1:{}", crate::binary::free_port()).parse().unwrap();
+    let (cert, key) = (tls.cert.to_str().unwrap(), tls.key.to_str().unwrap());
+    let server = crate::binary::Server::start_with(
+        &url,
+        &files.dir.join("data"),
+        &files.dir.join("server.log"),
+        addr,
+        // An interval long enough that only the signal can explain a reload.
+        &[
+            ("RATCHET_TLS_CERT", cert),
+            ("RATCHET_TLS_KEY", key),
+            ("RATCHET_TLS_RELOAD_INTERVAL", "1h"),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let served = loop {
+        match connect(addr, client_config(&ca, None, &[b"h2"])).await {
+            Ok(tls) => break tls.get_ref().1.peer_certificates().unwrap()[0].clone(),
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(error) => panic!("server never came up over TLS: {error}"),
+        }
+    };
+    assert_eq!(served, leaf_der(&first));
+
+    let second = ca.server();
+    files.install(&second);
+    server.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served_certificate(addr, &ca).await != leaf_der(&second) {
+        assert!(Instant::now() < deadline, "SIGHUP did not load the new certificate");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.kill();
+}
+
+const XFCC: &str = "x-forwarded-client-cert";
+
+/// A plaintext health check with an XFCC header.
+async fn call_with_xfcc(addr: SocketAddr, header: &str) {
+    let mut request = tonic::Request::new(HealthCheckRequest { service: String::new() });
+    request.metadata_mut().insert(XFCC, header.parse().unwrap());
+    HealthClient::new(crate::helpers::channel(addr).await)
+        .check(request)
+        .await
+        .unwrap();
+}
+
+#[sqlx::test]
+async fn a_trusted_sidecars_xfcc_header_names_the_caller(_pool: PgPoolOptions, options: PgConnectOptions) {
+    let (app, seen) = spawn(options, None, true).await;
+    let header = format!(
+        r#"By=spiffe://ratchet.test/ns/auth/sa/ratchet;Hash=6f1c;Subject="CN=frontend,O=Shop";URI={SPIFFE_ID};DNS=frontend.shop"#
+    );
+    call_with_xfcc(app.addr, &header).await;
+    assert_eq!(seen.last(), Some(Some(SPIFFE_ID.to_owned())));
+    // APPEND_FORWARD: the last element is our sidecar's; what the client sent before it is not.
+    call_with_xfcc(
+        app.addr,
+        &format!("URI=spiffe://ratchet.test/forged,By=spiffe://b;URI={SPIFFE_ID}"),
+    )
+    .await;
+    assert_eq!(seen.last(), Some(Some(SPIFFE_ID.to_owned())));
+    call(crate::helpers::channel(app.addr).await).await.unwrap();
+    assert_eq!(seen.last(), Some(None), "no header, no identity");
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn an_xfcc_header_is_ignored_unless_trusted(_pool: PgPoolOptions, options: PgConnectOptions) {
+    let (app, seen) = spawn(options, None, false).await;
+    call_with_xfcc(app.addr, &format!("URI={SPIFFE_ID}")).await;
+    assert_eq!(seen.last(), Some(None));
+    app.stop().await;
+}
+
+#[test]
+fn trusting_xfcc_with_tls_or_off_loopback_is_a_configuration_error() {
+    let ca = Ca::new("server CA");
+    let files = Files::new();
+    let tls = files.tls(&ca.server(), None);
+    let cert = tls.cert.to_str().unwrap();
+    let key = tls.key.to_str().unwrap();
+    for (args, why) in [
+        (vec!["--listen", "0.0.0.0:0"], "loopback"),
+        (
+            vec!["--listen", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", key],
+            "TLS",
+        ),
+    ] {
+        let output = std::process::Command::new(BIN)
+            .arg("serve")
+            .args(&args)
+            .env("RATCHET_TRUST_XFCC", "true")
+            // Never reached when the configuration is refused.
+            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+            .env("RATCHET_DATA_DIR", std::env::temp_dir().join("ratchet-never-created"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("trust-xfcc") && stderr.contains(why),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_tls_key_others_may_read_is_a_configuration_error() {
+    let ca = Ca::new("server CA");
+    let files = Files::new();
+    let tls = files.tls(&ca.server(), None);
+    std::fs::set_permissions(&tls.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("RATCHET_TLS_CERT", &tls.cert)
+        .env("RATCHET_TLS_KEY", &tls.key)
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .env("RATCHET_DATA_DIR", std::env::temp_dir().join("ratchet-never-created"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("tls: ") && stderr.contains("key.pem"), "{stderr}");
+}
