@@ -535,3 +535,59 @@ fn a_tls_key_others_may_read_is_a_configuration_error() {
     assert_eq!(output.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("tls: ") && stderr.contains("key.pem"), "{stderr}");
 }
+
+#[sqlx::test]
+async fn the_caller_policy_judges_the_mtls_identity_end_to_end(_pool: PgPoolOptions, options: PgConnectOptions) {
+    use ratchet::grpc::pb::IssueRequest;
+    use ratchet::grpc::pb::token_service_client::TokenServiceClient;
+    use ratchet::policy::reload::PolicyFile;
+
+    let server_ca = Ca::new("server CA");
+    let client_ca = Ca::new("client CA");
+    let files = Files::new();
+    let tls = files.tls(&server_ca.server(), Some(&client_ca));
+    let policy = std::sync::Arc::new(
+        PolicyFile::load(&crate::policy::policy_file(&format!(
+            "[[caller]]\nname = \"frontend\"\nid = \"{SPIFFE_ID}\"\nrpcs = [\"Issue\"]\n"
+        )))
+        .unwrap(),
+    );
+    let app = spawn_app_adjusted(options, move |parts| {
+        parts.transport = TransportConfig {
+            tls: Some(tls),
+            tls_reload_interval: Duration::from_secs(60),
+            trust_xfcc: false,
+            probe: None,
+        };
+        parts.access.policy = Some(policy);
+    })
+    .await;
+    let issue = |channel: Channel| async move {
+        TokenServiceClient::new(channel)
+            .issue(IssueRequest {
+                subject: "alice".into(),
+                ..Default::default()
+            })
+            .await
+    };
+
+    // The named workload may Issue, and only Issue.
+    let frontend = client_ca.client(&[uri(SPIFFE_ID)]);
+    let (channel, _) = tls_channel(app.addr, client_config(&server_ca, Some(&frontend), &[b"h2"]));
+    issue(channel.clone()).await.expect("the policy's caller may issue");
+    let refused = TokenServiceClient::new(channel)
+        .list_sessions(ratchet::grpc::pb::ListSessionsRequest {
+            subject: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
+    // A certificate of the same CA for another workload: a caller the policy does not know.
+    let stranger = client_ca.client(&[uri("spiffe://ratchet.test/ns/shop/sa/other")]);
+    let (channel, _) = tls_channel(app.addr, client_config(&server_ca, Some(&stranger), &[b"h2"]));
+    let unknown = issue(channel).await.unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::Unauthenticated, "{unknown:?}");
+    app.stop().await;
+}
