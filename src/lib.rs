@@ -23,7 +23,8 @@
 //!
 //! Around them: [`cli`] and [`config`] (flags, environment, validation; [`database_url`] keeps the
 //! database password out of every printout), [`startup`] (building and running the server),
-//! [`shutdown`], [`telemetry`] and [`clock`].
+//! [`shutdown`], [`reload`] (when to re-read keys, certificates and the policy), [`telemetry`] and
+//! [`clock`].
 
 pub mod cli;
 pub mod clock;
@@ -34,6 +35,7 @@ pub mod http;
 pub mod issuer;
 pub mod keys;
 pub mod policy;
+pub mod reload;
 pub mod shutdown;
 pub mod startup;
 pub mod store;

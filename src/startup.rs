@@ -544,26 +544,9 @@ async fn watch_health(store: PgStore, reporter: HealthReporter, mut stopped: wat
 /// A server still on a legacy key switches over when `ratchet keys` creates the directory around
 /// it. A directory that fails to load (a half-copied secret, a key file with the wrong mode) is
 /// logged and ignored: the server keeps the keys it has rather than stop signing.
-async fn reload_keys(keys: Arc<Keyring>, source: KeySource, interval: Duration, mut stopped: watch::Receiver<bool>) {
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(signal) => Some(signal),
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGHUP; keys are re-read every interval only");
-            None
-        }
-    };
-    loop {
-        let hangup = async {
-            match hangup.as_mut() {
-                Some(signal) => signal.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = tokio::time::sleep(interval) => {}
-            _ = hangup => tracing::info!("SIGHUP: reading the key directory"),
-            _ = stopped.changed() => return,
-        }
+async fn reload_keys(keys: Arc<Keyring>, source: KeySource, interval: Duration, stopped: watch::Receiver<bool>) {
+    let mut trigger = crate::reload::ReloadTrigger::new("the key directory", interval, stopped);
+    while trigger.next().await {
         let reading = source.clone();
         match tokio::task::spawn_blocking(move || reading.load_directory()).await {
             Ok(Ok(Some(set))) => {

@@ -78,26 +78,9 @@ fn read(path: &Path) -> Result<String, Vec<String>> {
 }
 
 /// Reloads `file` on SIGHUP and every `interval` until stopped.
-pub async fn watch(file: Arc<PolicyFile>, interval: Duration, mut stopped: watch::Receiver<bool>) {
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(signal) => Some(signal),
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGHUP; the policy is re-read every interval only");
-            None
-        }
-    };
-    loop {
-        let hangup = async {
-            match hangup.as_mut() {
-                Some(signal) => signal.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = tokio::time::sleep(interval) => {}
-            _ = hangup => tracing::info!("SIGHUP: reading the policy file"),
-            _ = stopped.changed() => return,
-        }
+pub async fn watch(file: Arc<PolicyFile>, interval: Duration, stopped: watch::Receiver<bool>) {
+    let mut trigger = crate::reload::ReloadTrigger::new("the policy file", interval, stopped);
+    while trigger.next().await {
         log_reload(&file, file.reload());
     }
 }

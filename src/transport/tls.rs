@@ -272,26 +272,9 @@ impl ClientCertVerifier for CurrentVerifier {
 
 /// Reads the TLS files again on SIGHUP and every `interval` (as `startup::reload_keys` does for
 /// the key directory); a reading that fails is logged and the current material stays.
-pub async fn reload(material: Arc<Reloadable>, interval: Duration, mut stopped: watch::Receiver<bool>) {
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(signal) => Some(signal),
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGHUP; TLS files are re-read every interval only");
-            None
-        }
-    };
-    loop {
-        let hangup = async {
-            match hangup.as_mut() {
-                Some(signal) => signal.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = tokio::time::sleep(interval) => {}
-            _ = hangup => tracing::info!("SIGHUP: reading the TLS files"),
-            _ = stopped.changed() => return,
-        }
+pub async fn reload(material: Arc<Reloadable>, interval: Duration, stopped: watch::Receiver<bool>) {
+    let mut trigger = crate::reload::ReloadTrigger::new("the TLS files", interval, stopped);
+    while trigger.next().await {
         let reading = material.clone();
         match tokio::task::spawn_blocking(move || reading.reload()).await {
             Ok(Ok(Reloaded::Changed)) => tracing::info!(target: "security", "TLS certificate reloaded"),
