@@ -1,6 +1,7 @@
 //! Fuzzing everything that parses untrusted input: access tokens (JWT headers, payloads and
-//! signatures), refresh tokens, every request field, page tokens, and the key directory's
-//! manifest. Each target runs random and structured inputs for `FUZZ_SECONDS` (default 5; CI's
+//! signatures), refresh tokens, every request field, the key directory's manifest, caller policy
+//! files, XFCC headers and ext_authz route requirements (and Check itself, end to end, in
+//! `tests/api/authz.rs`). Each target runs random and structured inputs for `FUZZ_SECONDS` (default 5; CI's
 //! run of the suite uses the default, well under its 60 s bound) and must never panic; Introspect's
 //! verifier must never accept anything it did not sign.
 //!
@@ -245,4 +246,46 @@ fn a_key_manifest_of_any_content_is_refused_or_loaded_never_a_panic() {
         let _ = directory.list();
     });
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn policy_files_of_any_content_are_refused_or_loaded_never_a_panic() {
+    let line = prop_oneof![
+        Just("[[caller]]".to_string()),
+        "(name|id|api_key_sha256|rpcs|audiences|scopes|claims|rate) = .{0,60}",
+        "(name|id) = \"[a-z:/.*-]{0,30}\"",
+        "(rpcs|scopes|audiences|claims) = \\[(\"[A-Za-z*:-]{0,10}\", ?){0,4}\\]",
+        "rate = \\{ per_second = -?[0-9]{1,12}, burst = -?[0-9]{1,12} \\}",
+        "api_key_sha256 = \"[0-9a-fA-F]{60,68}\"",
+        ".{0,80}",
+    ];
+    fuzz(proptest::collection::vec(line, 0..20), |lines| {
+        let _ = ratchet::policy::file::parse(&lines.join("\n"), None);
+    });
+}
+
+#[test]
+fn xfcc_headers_of_any_content_never_panic() {
+    let element = prop_oneof![
+        "(By|Hash|Cert|Chain|Subject|URI|DNS)=\"?[^,;]{0,40}\"?",
+        "URI=spiffe://[a-z./]{0,30}",
+        ".{0,60}",
+    ];
+    let header = proptest::collection::vec(proptest::collection::vec(element, 0..5), 0..4).prop_map(|elements| {
+        elements
+            .into_iter()
+            .map(|fields| fields.join(";"))
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    fuzz(header, |value| {
+        let _ = ratchet::transport::xfcc::identity(&value);
+    });
+}
+
+#[test]
+fn route_requirements_of_any_content_never_panic() {
+    fuzz((".{0,600}", ".{0,300}"), |(scopes, audience)| {
+        let _ = ratchet::issuer::authorize::Requirements::parse(&scopes, &audience);
+    });
 }

@@ -483,3 +483,73 @@ async fn the_health_service_knows_the_authorization_service(_pool: PgPoolOptions
     assert_eq!(answer.status, ServingStatus::Serving as i32);
     app.stop().await;
 }
+
+/// Fuzzing Check end to end (issue 11: everything that parses untrusted input): random header
+/// names and values, bearer-ish credentials and route extensions, for `FUZZ_SECONDS` (default 5).
+/// Whatever comes in, the answer is a decision (never a gRPC error: with `failure_mode_allow` an
+/// error would be an allow), and never an allow: no input here carries a token we signed.
+#[sqlx::test]
+async fn fuzzed_checks_are_always_answered_with_a_denial(_pool: PgPoolOptions, options: PgConnectOptions) {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let app = spawn_app(options).await;
+    let mut client = client(&app).await;
+    let header = (
+        prop_oneof![
+            Just("authorization".to_string()),
+            Just("Authorization".to_string()),
+            Just("x-ratchet-subject".to_string()),
+            "[a-zA-Z0-9-]{0,20}"
+        ],
+        prop_oneof![
+            "Bearer [A-Za-z0-9._~+/=-]{0,400}",
+            "(bearer|BEARER|Basic|Bearer ) ?.{0,100}",
+            ".{0,200}",
+            "eyJ[A-Za-z0-9_-]{0,80}\\.[A-Za-z0-9_-]{0,200}\\.[A-Za-z0-9_-]{0,90}"
+        ],
+    );
+    let extension = (
+        prop_oneof![
+            Just("ratchet.required_scopes".to_string()),
+            Just("ratchet.audience".to_string()),
+            ".{0,20}"
+        ],
+        ".{0,300}",
+    );
+    let strategy = (
+        proptest::collection::vec(header, 0..12),
+        proptest::collection::vec(extension, 0..4),
+        any::<bool>(),
+    );
+    let mut runner = TestRunner::new(Config {
+        cases: 32,
+        ..Config::default()
+    });
+    let budget = std::env::var("FUZZ_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(budget);
+    let mut checked = 0;
+    while std::time::Instant::now() < deadline {
+        let (headers, extensions, no_http) =
+            proptest::strategy::ValueTree::current(&strategy.new_tree(&mut runner).unwrap());
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let extensions: Vec<(&str, &str)> = extensions.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let mut input = request(&headers, &extensions);
+        if no_http && let Some(attributes) = input.attributes.as_mut() {
+            attributes.request = None;
+        }
+        let answer = client
+            .check(input.clone())
+            .await
+            .unwrap_or_else(|status| panic!("an error, not a decision, for {input:?}: {status:?}"))
+            .into_inner();
+        let code = answer.status.as_ref().map_or(0, |status| status.code);
+        assert_ne!(code, Code::Ok as i32, "allowed {input:?}");
+        checked += 1;
+    }
+    assert!(checked > 10, "{checked} checks");
+    app.stop().await;
+}
