@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use futures_util::future::Either;
 use futures_util::{Stream, StreamExt as _};
 use sqlx::Connection as _;
@@ -30,7 +29,7 @@ use crate::config::{Config, DatabaseConfig, GcConfig};
 use crate::config::{HttpConfig, TransportLimits};
 use crate::grpc::TokenServiceImpl;
 use crate::grpc::access::AccessLayer;
-use crate::grpc::authz::{self, AuthorizationImpl};
+use crate::grpc::authz::{self, AuthorizationImpl, AuthorizationService};
 use crate::grpc::message_limit::MessageLimitLayer;
 use crate::grpc::panic::CatchPanicLayer;
 use crate::grpc::pb::{self, token_service_server::TokenServiceServer};
@@ -422,8 +421,7 @@ impl Application {
         let tokens = TokenServiceServer::new(self.service).max_decoding_message_size(MAX_REQUEST_BYTES);
         // Its own, larger limit: an oversized Check must be a denial, not an error (see
         // `authz::MAX_CHECK_BYTES`). Not in reflection: envoy-types ships no descriptor set.
-        let authorization =
-            AuthorizationServer::new(self.authorization).max_decoding_message_size(authz::MAX_CHECK_BYTES);
+        let authorization = AuthorizationService::new(self.authorization, authz::MAX_CHECK_BYTES);
 
         tracing::info!(%addr, tls = grpc_tls.is_some(), mutual_tls = self.tls.as_ref().is_some_and(|tls| tls.requires_client_certificates()), "serving gRPC");
         let incoming: Pin<Box<dyn Stream<Item = std::io::Result<Conn>> + Send>> = match grpc_tls {

@@ -25,19 +25,21 @@
 use std::sync::Arc;
 
 use envoy_types::ext_authz::v3::pb::{
-    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
-    HttpResponse, HttpStatus, HttpStatusCode, OkHttpResponse,
+    CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption, HttpResponse,
+    HttpStatus, HttpStatusCode,
 };
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
-use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 use tonic::{Code, Request, Response, Status};
 
 use crate::clock::Clock;
+use crate::issuer::Issuer;
 use crate::issuer::authorize::{Decision, Denial, Requirements};
 use crate::issuer::types::{MAX_TOKEN_BYTES, PresentedToken};
-use crate::issuer::{ActiveToken, Issuer};
 use crate::store::FamilyStore;
+pub use wire::{AuthorizationService, CheckAnswer};
+
+mod wire;
 
 /// The service's full name, for the health service.
 pub const SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
@@ -79,9 +81,13 @@ impl<S> AuthorizationImpl<S> {
     }
 }
 
-#[tonic::async_trait]
-impl<S: FamilyStore> Authorization for AuthorizationImpl<S> {
-    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+impl<S: FamilyStore> AuthorizationImpl<S> {
+    /// `Check`, served by [`AuthorizationService`].
+    ///
+    /// # Errors
+    /// UNAVAILABLE (or INTERNAL) when the token's family had to be looked up and storage did not
+    /// answer; every problem with the request is a denial.
+    pub async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckAnswer>, Status> {
         let check = Check::from(request.into_inner());
         let verdict = match check.credentials {
             Credentials::Bearer(token) => match check.requirements {
@@ -242,9 +248,9 @@ enum Verdict {
     Refused(Credentials),
 }
 
-fn encode(verdict: Verdict, spoofed: Vec<String>) -> CheckResponse {
-    match verdict {
-        Verdict::Decided(Decision::Allow(active)) => allow(&active, spoofed),
+fn encode(verdict: Verdict, spoofed: Vec<String>) -> CheckAnswer {
+    let denial = match verdict {
+        Verdict::Decided(Decision::Allow(active)) => return CheckAnswer::Encoded(wire::allow(&active, &spoofed)),
         Verdict::Decided(Decision::Deny(Denial::InvalidToken)) | Verdict::Refused(Credentials::Malformed) => deny(
             Code::Unauthenticated,
             HttpStatusCode::Unauthorized,
@@ -271,7 +277,8 @@ fn encode(verdict: Verdict, spoofed: Vec<String>) -> CheckResponse {
         Verdict::Refused(Credentials::Missing | Credentials::Bearer(_)) => {
             deny(Code::Unauthenticated, HttpStatusCode::Unauthorized, "Bearer".into())
         }
-    }
+    };
+    CheckAnswer::Message(Box::new(denial))
 }
 
 fn set(name: &str, value: String) -> HeaderValueOption {
@@ -295,25 +302,6 @@ fn rpc_status(code: Code) -> Option<rpc::Status> {
     })
 }
 
-fn allow(active: &ActiveToken, spoofed: Vec<String>) -> CheckResponse {
-    let family_id = active.family_id.to_string();
-    CheckResponse {
-        status: rpc_status(Code::Ok),
-        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-            headers: vec![
-                set(header::SUBJECT, active.subject.clone()),
-                set(header::CLIENT_ID, active.client_id.clone()),
-                set(header::SCOPES, active.scopes.join(" ")),
-                set(header::FAMILY_ID, family_id.clone()),
-            ],
-            // Applied after the headers above: never one of those names (see `Check::spoofed`).
-            headers_to_remove: spoofed,
-            ..Default::default()
-        })),
-        dynamic_metadata: Some(metadata(active, family_id)),
-    }
-}
-
 fn deny(code: Code, http: HttpStatusCode, challenge: String) -> CheckResponse {
     CheckResponse {
         status: rpc_status(code),
@@ -323,61 +311,6 @@ fn deny(code: Code, http: HttpStatusCode, challenge: String) -> CheckResponse {
             body: String::new(),
         })),
         dynamic_metadata: None,
-    }
-}
-
-fn string(value: &str) -> Value {
-    Value {
-        kind: Some(Kind::StringValue(value.to_owned())),
-    }
-}
-
-fn list(values: &[String]) -> Value {
-    Value {
-        kind: Some(Kind::ListValue(ListValue {
-            values: values.iter().map(|v| string(v)).collect(),
-        })),
-    }
-}
-
-/// The verified claims for Envoy's RBAC and access logs, under [`METADATA_NAMESPACE`]: Envoy
-/// files them under the filter's own namespace (`envoy.filters.http.ext_authz`), so a policy reads
-/// `envoy.filters.http.ext_authz` → `ratchet` → `sub`.
-fn metadata(active: &ActiveToken, family_id: String) -> Struct {
-    // `scope` as in the token: one space-separated string (an RBAC rule matches it with a regex);
-    // `aud` a list, as in the token. Not `iss`: always this server.
-    let claims = [
-        ("sub", string(&active.subject)),
-        ("client_id", string(&active.client_id)),
-        ("scope", string(&active.scopes.join(" "))),
-        ("aud", list(&active.audiences)),
-        (
-            "family_id",
-            Value {
-                kind: Some(Kind::StringValue(family_id)),
-            },
-        ),
-        ("jti", string(&active.jti)),
-        (
-            "exp",
-            Value {
-                // f64 holds every Unix second exactly until the year 285 million.
-                kind: Some(Kind::NumberValue(active.expires_at as f64)),
-            },
-        ),
-    ];
-    let claims = Struct {
-        fields: claims.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-    };
-    Struct {
-        fields: [(
-            METADATA_NAMESPACE.to_owned(),
-            Value {
-                kind: Some(Kind::StructValue(claims)),
-            },
-        )]
-        .into_iter()
-        .collect(),
     }
 }
 
