@@ -10,21 +10,21 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use ratchet::grpc::pb::token_service_client::TokenServiceClient;
 use tokio::net::TcpStream;
 use tonic::body::Body;
 
+use crate::authz::AuthzClient;
+
 pub type Client = TokenServiceClient<Connection>;
-/// Envoy's ext_authz service on the same connection.
-pub type AuthzClient = AuthorizationClient<Connection>;
 
 /// Both services' clients on one connection.
 #[derive(Clone)]
 pub struct Clients {
     pub tokens: Client,
+    /// Envoy's ext_authz service on the same connection.
     pub authz: AuthzClient,
 }
 
@@ -67,6 +67,6 @@ pub async fn connect(addr: &str) -> anyhow::Result<Clients> {
     let connection = Connection { send };
     Ok(Clients {
         tokens: TokenServiceClient::with_origin(connection.clone(), origin.clone()),
-        authz: AuthorizationClient::with_origin(connection, origin),
+        authz: AuthzClient::new(connection, origin),
     })
 }

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::h2::{AuthzClient, Client, Clients};
-use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
+use crate::authz::{AuthzClient, Encoded};
+use crate::h2::{Client, Clients};
+use envoy_types::ext_authz::v3::pb::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use hdrhistogram::Histogram;
@@ -109,8 +110,8 @@ struct Worker {
     id: usize,
     client: Client,
     authz: AuthzClient,
-    /// The Check request, built once (like the token text Introspect sends).
-    check_request: Option<CheckRequest>,
+    /// The Check request, encoded once (see `authz`).
+    check_request: Option<Encoded>,
     plan: Arc<Plan>,
     tally: Tally,
     /// The refresh token this worker's chain continues from.
@@ -268,11 +269,10 @@ impl Worker {
     async fn check(&mut self) -> Result<(), Status> {
         let request = self
             .check_request
-            .get_or_insert_with(|| check_request(&self.plan.access_tokens[0]))
+            .get_or_insert_with(|| Encoded::new(&check_request(&self.plan.access_tokens[0])))
             .clone();
-        let answer = self.authz.check(request).await?.into_inner();
-        let allowed = answer.status.as_ref().is_some_and(|s| s.code == Code::Ok as i32)
-            && matches!(answer.http_response, Some(HttpResponse::OkResponse(_)));
+        let answer = self.authz.check(request).await?;
+        let allowed = answer.status.as_ref().is_some_and(|s| s.code == Code::Ok as i32) && answer.ok_response.is_some();
         self.tally
             .check(allowed, || format!("a valid access token was not allowed: {answer:?}"));
         Ok(())

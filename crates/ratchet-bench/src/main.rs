@@ -5,6 +5,7 @@
 //! failed or any correctness check did (every rotation returns a new token; a sample of spent
 //! tokens replayed is refused as reuse; pooled access tokens introspect active).
 
+mod authz;
 mod h2;
 mod load;
 mod pgbench;
