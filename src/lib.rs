@@ -13,6 +13,9 @@
 //! - [`store`]: the [`store::FamilyStore`] trait, its PostgreSQL implementation (statements, rows,
 //!   and running a statement to a definite outcome), the connection pool, the family cache and
 //!   the listener that keeps it current with revocations made by other replicas.
+//! - [`domain`]: the identifiers both [`issuer`] and [`store`] speak of (family id, token hash,
+//!   seal) and the error a field that breaks a rule is refused with. Imports nothing of the
+//!   crate, so the store never needs the issuer.
 //! - [`keys`]: signing and verifying access tokens (EdDSA, ES256, RS256), the key directory and
 //!   its reloading, the JWK Set, and the server secret that keys grace-window seals and page
 //!   tokens.
@@ -30,6 +33,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod database_url;
+pub mod domain;
 pub mod grpc;
 pub mod http;
 pub mod issuer;

@@ -28,8 +28,7 @@ use std::future::Future;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
-use crate::issuer::refresh_token::{Seal, TokenHash};
-use crate::issuer::types::FamilyId;
+use crate::domain::{FamilyId, Seal, TokenHash};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -127,9 +126,8 @@ pub struct RefreshTokenRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Successor {
     pub hash: TokenHash,
-    /// The successor's secret sealed under the spent token's (see
-    /// [`crate::issuer::refresh_token`]); kept only while the reuse grace window may need it and
-    /// cleared when the successor is spent.
+    /// The successor's secret sealed under the spent token's ([`Seal`]); kept only while the
+    /// reuse grace window may need it and cleared when the successor is spent.
     pub seal: Option<Seal>,
     pub expires_at: OffsetDateTime,
     pub spent: bool,

@@ -28,8 +28,7 @@ use super::{
     FamilyStatus, FamilyStore, IdleWindow, NewFamily, Purged, RefreshTokenRecord, Revocation, RevokeReason,
     SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError,
 };
-use crate::issuer::refresh_token::TokenHash;
-use crate::issuer::types::FamilyId;
+use crate::domain::{FamilyId, TokenHash};
 
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgNotification, PgPoolOptions};
 use tokio::sync::watch;
 
-use crate::issuer::types::FamilyId;
+use crate::domain::FamilyId;
 use crate::store::cached::FamilyCache;
 
 /// The channel the trigger notifies on; the payload is the family id.
