@@ -1,4 +1,4 @@
-//! Starting a real server for a test: its own database (from `#[sqlx::test]`), a throwaway
+//! Starting a real server for a test: its own database (from `#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]`), a throwaway
 //! signing key, a clock the test controls, a real socket on 127.0.0.1:0 and a connected client.
 
 use std::net::SocketAddr;

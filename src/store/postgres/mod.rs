@@ -30,8 +30,10 @@ use super::{
 };
 use crate::domain::{FamilyId, TokenHash};
 
-/// The migrations in `migrations/`, embedded in the binary.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+/// The migrations in `migrations/postgres/`, embedded in the binary. Each backend has a folder of
+/// its own (their SQL differs), so `#[sqlx::test]` finds none by itself: PostgreSQL tests name
+/// this migrator (`#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
 /// How connections are opened and how long anything may take.
 #[derive(Debug, Clone)]
@@ -392,7 +394,7 @@ mod tests {
     use super::*;
     use crate::store::{FamilyRecord, NewRefreshToken};
 
-    #[sqlx::test]
+    #[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
     async fn a_value_the_database_refuses_is_invalid_data_not_internal(
         _pool: sqlx::postgres::PgPoolOptions,
         options: PgConnectOptions,
