@@ -10,7 +10,7 @@ use ratchet::issuer::Policy;
 use ratchet::store::postgres::revocations::{APPLICATION_NAME, CHANNEL};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 
-use crate::helpers::{TestApp, spawn_app_adjusted, test_policy};
+use crate::helpers::{TestApp, listen_via, spawn_app_adjusted, test_policy};
 use crate::proxy::Proxy;
 
 /// Far longer than any test: a cached "live" never expires by itself here.
@@ -259,7 +259,7 @@ async fn a_revocation_while_the_listener_is_cut_off_is_seen_as_soon_as_it_is_bac
     let b = a
         .spawn_replica(|parts| {
             parts.family_cache_ttl = HOUR;
-            parts.revocations = Some(proxy.route(options.clone()).application_name("listener-of-b"));
+            listen_via(parts, proxy.route(options.clone()).application_name("listener-of-b"));
         })
         .await;
     wait_for_listeners(&a, "listener-of-b", 1).await;
@@ -291,7 +291,7 @@ async fn while_the_listener_is_cut_off_a_cached_live_is_trusted_no_longer_than_t
     let b = a
         .spawn_replica(|parts| {
             parts.family_cache_ttl = TTL;
-            parts.revocations = Some(proxy.route(options.clone()).application_name("listener-of-b"));
+            listen_via(parts, proxy.route(options.clone()).application_name("listener-of-b"));
         })
         .await;
     wait_for_listeners(&a, "listener-of-b", 1).await;

@@ -11,23 +11,30 @@ mod rows;
 mod run;
 mod sql;
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgArguments, PgConnectOptions, PgQueryResult, Postgres};
+use sqlx::Connection as _;
+use sqlx::migrate::MigrateDatabase as _;
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgQueryResult, Postgres};
 use sqlx::query::{Query, QueryAs};
 use sqlx::types::Json;
 use time::OffsetDateTime;
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use self::rows::{SessionRow, TokenRow};
 use self::run::Kind;
 pub use self::run::RetryPolicy;
 pub use self::sql::{CREATE_FAMILY, SPEND};
+use super::cached::FamilyCache;
 use super::pool::ConnectionPool;
 use super::{
-    FamilyStatus, FamilyStore, IdleWindow, NewFamily, Purged, RefreshTokenRecord, Revocation, RevokeReason,
-    SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError,
+    FamilyStatus, FamilyStore, IdleWindow, MigrateError, NewFamily, Purged, RefreshTokenRecord, Revocation,
+    RevokeReason, SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError,
 };
+use crate::database_url::DatabaseUrl;
 use crate::domain::{FamilyId, TokenHash};
 
 /// The migrations in `migrations/postgres/`, embedded in the binary. Each backend has a folder of
@@ -73,12 +80,71 @@ pub fn pool(options: PgConnectOptions, settings: &PoolSettings) -> ConnectionPoo
     ConnectionPool::new(tune(options, settings), settings.max_connections, settings.timeout)
 }
 
+/// Where a PostgreSQL database is and how to talk to it: what `--database-url` and the pool flags
+/// resolve to.
+#[derive(Clone)]
+pub struct PgTarget {
+    /// Kept to create the database if it is missing.
+    pub url: DatabaseUrl,
+    pub options: PgConnectOptions,
+    pub settings: PoolSettings,
+}
+
+/// By hand: `PgConnectOptions`' own `Debug` prints the password; the redacted URL says the same.
+impl fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgTarget")
+            .field("url", &self.url)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Creates the database if it is missing, then applies pending migrations ([`MIGRATOR`]).
+///
+/// # Errors
+/// The database cannot be reached, created or migrated.
+pub async fn migrate(target: &PgTarget) -> Result<(), MigrateError> {
+    let url = target.url.expose();
+    if !Postgres::database_exists(url)
+        .await
+        .map_err(|e| MigrateError::Unreachable(e.into()))?
+    {
+        Postgres::create_database(url)
+            .await
+            .map_err(|e| MigrateError::Create(e.into()))?;
+        tracing::info!("created the database");
+    }
+    let options = tune(target.options.clone(), &target.settings);
+    let mut connection = PgConnection::connect_with(&options)
+        .await
+        .map_err(|e| MigrateError::Unreachable(e.into()))?;
+    MIGRATOR
+        .run(&mut connection)
+        .await
+        .map_err(|e| MigrateError::Apply(e.into()))?;
+    connection.close().await.map_err(|e| MigrateError::Close(e.into()))
+}
+
 /// PostgreSQL-backed [`FamilyStore`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PgStore {
     pool: ConnectionPool,
     timeout: Duration,
     retry: RetryPolicy,
+    /// Where the revocation listener connects, when not where the pool does.
+    listener: Option<Arc<PgConnectOptions>>,
+}
+
+/// By hand: `PgConnectOptions`' own `Debug` prints the password.
+impl fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgStore")
+            .field("pool", &self.pool)
+            .field("timeout", &self.timeout)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PgStore {
@@ -87,11 +153,42 @@ impl PgStore {
             pool,
             timeout: settings.timeout,
             retry: RetryPolicy::default(),
+            listener: None,
         }
+    }
+
+    /// A store on `target`, its pool opened lazily: nothing is connected yet, so this works (and
+    /// the server reports NOT_SERVING) while the database is down.
+    pub fn open(target: &PgTarget) -> Self {
+        Self::new(pool(target.options.clone(), &target.settings), &target.settings)
+    }
+
+    /// The revocation listener connects with `options` instead of the pool's: LISTEN needs a
+    /// session of its own, which a transaction-pooling proxy in front of the pool does not give
+    /// (and tests route it through a proxy they can cut).
+    #[must_use]
+    pub fn with_listener_options(mut self, options: PgConnectOptions) -> Self {
+        self.listener = Some(Arc::new(options));
+        self
     }
 
     pub fn pool(&self) -> &ConnectionPool {
         &self.pool
+    }
+
+    /// Bound on any one statement, waiting for a connection included.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Keeps `cache` current with the revocations committed anywhere, until `stopped` changes;
+    /// see [`revocations`].
+    pub async fn listen_for_revocations(&self, cache: Arc<FamilyCache>, stopped: watch::Receiver<bool>) {
+        let options = match &self.listener {
+            Some(options) => PgConnectOptions::clone(options),
+            None => revocations::options(self.pool.options()),
+        };
+        revocations::listen(options, cache, self.timeout, stopped).await;
     }
 
     /// Runs the statement `query` builds (afresh for every attempt) and returns its result.
