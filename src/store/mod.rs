@@ -23,6 +23,8 @@
 
 mod backend;
 pub mod cached;
+#[cfg(test)]
+mod contract;
 pub mod pool;
 pub mod postgres;
 
