@@ -305,6 +305,17 @@ impl TestApp {
             .sessions
     }
 
+    /// How many live families `subject` has at the server's `now`, read through the server's own
+    /// store: for tests whose caller policy would refuse ListSessions, on any backend.
+    pub async fn live_families(&self, subject: &str) -> usize {
+        use ratchet::store::FamilyStore as _;
+        self.store
+            .live_families(subject, self.now(), None, 1000)
+            .await
+            .expect("list live families")
+            .len()
+    }
+
     /// Revokes one family by id through the API.
     pub async fn revoke_family(&self, family_id: &str) {
         self.client

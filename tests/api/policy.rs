@@ -121,12 +121,10 @@ fn assert_unknown_caller(status: &Status) {
     assert_eq!(info.reason, reason::CALLER_UNKNOWN, "not a token failure");
 }
 
-async fn families(app: &TestApp) -> i64 {
-    let (count,): (i64,) = sqlx::query_as("select count(*) from families")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    count
+/// Alice's sessions: every request here issues for her. Through the store, not ListSessions,
+/// which the policy under test may refuse.
+async fn families(app: &TestApp) -> usize {
+    app.live_families("alice").await
 }
 
 #[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
