@@ -10,9 +10,14 @@
 //!   limits (per-caller rates, the per-family Rotate limit). Plain Rust: [`grpc`] enforces it.
 //! - [`issuer`]: the use cases (issue, rotate, revoke, introspect, list sessions, cleanup) and the
 //!   rotation rules. Knows neither tonic nor sqlx; takes `now` as a parameter.
-//! - [`store`]: the [`store::FamilyStore`] trait, its PostgreSQL implementation (statements, rows,
-//!   and running a statement to a definite outcome), the connection pool, the family cache and
-//!   the listener that keeps it current with revocations made by other replicas.
+//! - [`store`]: the [`store::FamilyStore`] trait, [`store::Backend`] (the backend chosen at run
+//!   time, and what only a whole backend does: open, migrate, close), its PostgreSQL
+//!   implementation (statements, rows, and running a statement to a definite outcome), the
+//!   connection pool, the family cache and the listener that keeps it current with revocations
+//!   made by other replicas.
+//! - [`domain`]: the identifiers both [`issuer`] and [`store`] speak of (family id, token hash,
+//!   seal) and the error a field that breaks a rule is refused with. Imports nothing of the
+//!   crate, so the store never needs the issuer.
 //! - [`keys`]: signing and verifying access tokens (EdDSA, ES256, RS256), the key directory and
 //!   its reloading, the JWK Set, and the server secret that keys grace-window seals and page
 //!   tokens.
@@ -30,6 +35,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod database_url;
+pub mod domain;
 pub mod grpc;
 pub mod http;
 pub mod issuer;

@@ -14,9 +14,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures_util::future::Either;
 use futures_util::{Stream, StreamExt as _};
-use sqlx::Connection as _;
-use sqlx::migrate::MigrateDatabase as _;
-use sqlx::postgres::{PgConnection, Postgres};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
@@ -35,15 +32,14 @@ use crate::grpc::panic::CatchPanicLayer;
 use crate::grpc::pb::{self, token_service_server::TokenServiceServer};
 use crate::grpc::shed::ShedLayer;
 use crate::issuer::cleanup::{self, CleanupReport, CleanupSettings, Sweep};
-use crate::issuer::{Issuer, Policy};
+use crate::issuer::{Issuer, Policy, RuntimeIssuer};
 use crate::keys::secret::SecretSource;
 use crate::keys::source::{KeySource, Origin};
 use crate::keys::{KeySet, Keyring, ServerSecret};
 use crate::policy::AccessSettings;
-use crate::store::FamilyStore as _;
 use crate::store::cached::{CachedStore, FamilyCache};
-use crate::store::pool::ConnectionPool;
-use crate::store::postgres::{self, MIGRATOR, PgStore, PoolSettings, revocations};
+use crate::store::postgres::PgTarget;
+use crate::store::{Backend, FamilyStore as _, RuntimeStore, Target};
 use crate::transport::accept::Conn;
 use crate::transport::{self, PeerIdentityLayer, TransportConfig};
 
@@ -63,8 +59,8 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// Everything a server is made of.
 pub struct Parts {
     pub listen: SocketAddr,
-    pub pool: ConnectionPool,
-    pub pool_settings: PoolSettings,
+    /// Where families and tokens are kept ([`Backend::open`]).
+    pub store: Backend,
     pub keys: KeySet,
     /// Where to read the keys again (on SIGHUP and every `keys_reload_interval`); `None`: the
     /// keys never change.
@@ -81,8 +77,6 @@ pub struct Parts {
     /// How long Introspect trusts a cached "family is live" while revocations made elsewhere are
     /// not known to reach this server (zero: always ask the database, and no listener).
     pub family_cache_ttl: Duration,
-    /// Where the revocation listener connects; `None`: where the pool does.
-    pub revocations: Option<sqlx::postgres::PgConnectOptions>,
     pub cleanup: CleanupSettings,
     /// How often the background cleanup runs (zero: never; `ratchet gc` by hand instead).
     pub cleanup_interval: Duration,
@@ -100,13 +94,12 @@ pub struct Application {
     key_source: Option<KeySource>,
     keys_reload_interval: Duration,
     issuer: String,
-    store: PgStore,
-    service: TokenServiceImpl<CachedStore<PgStore>>,
+    store: Backend,
+    service: TokenServiceImpl<RuntimeStore>,
     /// Envoy's ext_authz Check, on the same issuer (and caches) as the token service.
-    authorization: AuthorizationImpl<CachedStore<PgStore>>,
+    authorization: AuthorizationImpl<RuntimeStore>,
     /// Kept current by the revocation listener, if there is one.
-    family_cache: Option<(Arc<FamilyCache>, sqlx::postgres::PgConnectOptions)>,
-    db_timeout: Duration,
+    family_cache: Option<Arc<FamilyCache>>,
     clock: Arc<dyn Clock>,
     cleanup: CleanupSettings,
     cleanup_interval: Duration,
@@ -120,10 +113,19 @@ pub struct Application {
 }
 
 /// Longest any RPC may run: enough for a write to wait for a connection, run, and have a lost
-/// answer resolved (each bounded by the database timeout; see `store::postgres::run`), so that
+/// answer resolved (each bounded by the store's timeout; see `store::postgres::run`), so that
 /// the server's own limit never cuts a write short of its outcome.
 fn request_timeout(db_timeout: Duration) -> Duration {
     (db_timeout * 4 + Duration::from_secs(5)).max(MIN_REQUEST_TIMEOUT)
+}
+
+/// Where the configured database is: the one place the configuration becomes a [`Target`].
+fn target(database: &DatabaseConfig) -> Target {
+    Target::Postgres(PgTarget {
+        url: database.url.clone(),
+        options: database.options.clone(),
+        settings: database.pool.clone(),
+    })
 }
 
 /// Creates the database if it is missing, then applies pending migrations.
@@ -131,21 +133,7 @@ fn request_timeout(db_timeout: Duration) -> Duration {
 /// # Errors
 /// The database cannot be reached, created or migrated.
 pub async fn migrate(database: &DatabaseConfig) -> anyhow::Result<()> {
-    if !Postgres::database_exists(database.url.expose())
-        .await
-        .context("cannot reach the database")?
-    {
-        Postgres::create_database(database.url.expose())
-            .await
-            .context("cannot create the database")?;
-        tracing::info!("created the database");
-    }
-    let options = postgres::tune(database.options.clone(), &database.pool);
-    let mut connection = PgConnection::connect_with(&options)
-        .await
-        .context("cannot reach the database")?;
-    MIGRATOR.run(&mut connection).await.context("cannot apply migrations")?;
-    connection.close().await.context("cannot close the connection")?;
+    Backend::migrate(&target(database)).await?;
     tracing::info!("database schema is up to date");
     Ok(())
 }
@@ -155,10 +143,9 @@ pub async fn migrate(database: &DatabaseConfig) -> anyhow::Result<()> {
 /// # Errors
 /// The database cannot be reached or the pass fails.
 pub async fn collect_garbage(config: &GcConfig) -> anyhow::Result<CleanupReport> {
-    let pool = postgres::pool(config.database.options.clone(), &config.database.pool);
-    let store = PgStore::new(pool.clone(), &config.database.pool);
+    let store = Backend::open(&target(&config.database));
     let report = cleanup::collect_garbage(&store, SystemClock.now(), &config.cleanup, &mut Sweep::default()).await;
-    pool.close().await;
+    store.close().await;
     report.context("cleanup failed")
 }
 
@@ -199,19 +186,13 @@ impl Application {
             }
             None => config.keys.server_secret(&keys, &origin)?,
         };
-        let pool = postgres::pool(config.database.options, &config.database.pool);
-        let store = PgStore::new(pool.clone(), &config.database.pool);
-        // Refuse to serve on a database session that is not SERIALIZABLE; any other failure
-        // (the database is down) only means NOT_SERVING until it is back.
-        if let Err(error) = store.ping().await
-            && postgres::is_misconfigured(&error)
-        {
-            return Err(anyhow::Error::new(error).context("refusing to serve"));
-        }
+        let store = Backend::open(&target(&config.database));
+        // Refuse to serve on a misconfigured database (a session that is not SERIALIZABLE); one
+        // that is down only means NOT_SERVING until it is back.
+        store.check_configuration().await.context("refusing to serve")?;
         Self::from_parts(Parts {
             listen: config.listen,
-            pool,
-            pool_settings: config.database.pool,
+            store,
             keys,
             key_source: Some(config.keys),
             keys_reload_interval: config.keys_reload_interval,
@@ -221,7 +202,6 @@ impl Application {
             policy: config.policy,
             clock: Arc::new(SystemClock),
             family_cache_ttl: config.family_cache_ttl,
-            revocations: None,
             cleanup: config.cleanup,
             cleanup_interval: config.cleanup_interval,
             limits: config.limits,
@@ -262,18 +242,14 @@ impl Application {
             )),
             None => None,
         };
+        let store = parts.store;
+        let db_timeout = store.timeout();
+        let cached: RuntimeStore = CachedStore::new(store.clone(), FAMILY_CACHE_CAPACITY, parts.family_cache_ttl);
         // Without a cache there is nothing for revocations to reach.
-        let listener_options = (!parts.family_cache_ttl.is_zero()).then(|| {
-            parts
-                .revocations
-                .unwrap_or_else(|| revocations::options(parts.pool.options()))
-        });
-        let store = PgStore::new(parts.pool, &parts.pool_settings);
-        let cached = CachedStore::new(store.clone(), FAMILY_CACHE_CAPACITY, parts.family_cache_ttl);
-        let family_cache = listener_options.map(|options| (cached.cache(), options));
+        let family_cache = (!parts.family_cache_ttl.is_zero()).then(|| cached.cache());
         let keys = Arc::new(Keyring::new(parts.keys, parts.verified_cache_bytes));
         let issuer_name = parts.policy.issuer.clone();
-        let issuer = Arc::new(Issuer::new(cached, keys.clone(), parts.secret, parts.policy));
+        let issuer: Arc<RuntimeIssuer> = Arc::new(Issuer::new(cached, keys.clone(), parts.secret, parts.policy));
         Ok(Self {
             listener,
             http_listener,
@@ -285,11 +261,10 @@ impl Application {
             service: TokenServiceImpl::new(issuer.clone(), parts.clock.clone(), parts.access.rotate_limit),
             authorization: AuthorizationImpl::new(issuer, parts.clock.clone()),
             family_cache,
-            db_timeout: parts.pool_settings.timeout,
             clock: parts.clock,
             cleanup: parts.cleanup,
             cleanup_interval: parts.cleanup_interval,
-            request_timeout: request_timeout(parts.pool_settings.timeout),
+            request_timeout: request_timeout(db_timeout),
             limits: parts.limits,
             access: parts.access,
             tls,
@@ -299,7 +274,7 @@ impl Application {
     }
 
     /// The store the server runs on (for maintenance such as [`cleanup::collect_garbage`]).
-    pub fn store(&self) -> PgStore {
+    pub fn store(&self) -> Backend {
         self.store.clone()
     }
 
@@ -332,8 +307,10 @@ impl Application {
         set_health(&reporter, ServingStatus::NotServing).await;
         let (stop_health, stopped) = watch::channel(false);
         let health_task = tokio::spawn(watch_health(self.store.clone(), reporter.clone(), stopped.clone()));
-        let listener_task = self.family_cache.map(|(cache, options)| {
-            tokio::spawn(revocations::listen(options, cache, self.db_timeout, stopped.clone()))
+        let listener_task = self.family_cache.map(|cache| {
+            let store = self.store.clone();
+            let stopped = stopped.clone();
+            tokio::spawn(async move { store.listen_for_revocations(cache, stopped).await })
         });
         let cleanup_task = (!self.cleanup_interval.is_zero()).then(|| {
             tokio::spawn(clean_periodically(
@@ -496,7 +473,7 @@ impl Application {
         {
             task.abort();
         }
-        self.store.pool().close().await;
+        self.store.close().await;
         tracing::info!("stopped");
         result.context("gRPC transport failed")
     }
@@ -512,7 +489,7 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
 }
 
 /// Keeps the health status in step with the database: SERVING while it answers.
-async fn watch_health(store: PgStore, reporter: HealthReporter, mut stopped: watch::Receiver<bool>) {
+async fn watch_health(store: Backend, reporter: HealthReporter, mut stopped: watch::Receiver<bool>) {
     let mut last = None;
     loop {
         let status = match tokio::time::timeout(HEALTH_INTERVAL, store.ping()).await {
@@ -566,7 +543,7 @@ async fn reload_keys(keys: Arc<Keyring>, source: KeySource, interval: Duration, 
 /// Runs a cleanup pass every `interval` until stopped. A failed pass is logged and retried at the
 /// next interval; replicas each run their own (the batches are idempotent).
 async fn clean_periodically(
-    store: PgStore,
+    store: Backend,
     clock: Arc<dyn Clock>,
     settings: CleanupSettings,
     interval: Duration,

@@ -64,6 +64,9 @@ pub struct TokenPair {
     pub family_id: FamilyId,
 }
 
+/// The issuer a server runs: over the family cache and whichever backend is configured.
+pub type RuntimeIssuer = Issuer<crate::store::RuntimeStore>;
+
 /// The token service's use cases over a store and a keyring.
 pub struct Issuer<S> {
     store: S,

@@ -16,6 +16,7 @@ use std::fmt;
 
 use aws_lc_rs::digest::{SHA256, digest};
 
+pub use crate::domain::{Seal, TokenHash};
 use crate::keys::ServerSecret;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -32,14 +33,6 @@ const SEAL_LABEL: &[u8] = b"ratchet/v1/refresh-successor-seal";
 pub struct RefreshToken {
     secret: [u8; SECRET_BYTES],
 }
-
-/// SHA-256 of a refresh token's secret: what storage knows a token by.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TokenHash(pub [u8; 32]);
-
-/// A successor's secret sealed under its parent's secret and the server secret.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Seal(pub [u8; SECRET_BYTES]);
 
 impl RefreshToken {
     /// A fresh token from the operating system's CSPRNG.
@@ -106,18 +99,6 @@ impl RefreshToken {
 impl fmt::Debug for RefreshToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("RefreshToken(..)")
-    }
-}
-
-impl fmt::Debug for Seal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Seal(..)")
-    }
-}
-
-impl fmt::Debug for TokenHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TokenHash(..)")
     }
 }
 

@@ -7,7 +7,10 @@
 use std::fmt;
 
 use serde_json::{Map, Value};
-use uuid::Uuid;
+
+/// Defined below the use cases so that the store can name them too; the use cases' inputs speak
+/// of them, so they are at home here as well.
+pub use crate::domain::{FamilyId, FieldError};
 
 /// Longest subject, client id, scope or audience, in bytes.
 pub const MAX_NAME_BYTES: usize = 255;
@@ -55,23 +58,6 @@ pub const RESERVED_CLAIMS: [&str; 21] = [
     // The JWT type belongs in the header (RFC 9068 §2.1); a claim of that name only confuses.
     "typ",
 ];
-
-/// A request field that breaks a rule. Shown to the caller, so it never contains a secret.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {problem}")]
-pub struct FieldError {
-    pub field: String,
-    pub problem: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            problem: problem.into(),
-        }
-    }
-}
 
 fn bounded(field: &str, value: String, allow_empty: bool) -> Result<String, FieldError> {
     if value.is_empty() && !allow_empty {
@@ -309,38 +295,6 @@ pub struct IssueParams {
     pub audiences: Audiences,
     pub client_id: ClientId,
     pub claims: ExtraClaims,
-}
-
-/// A family (login session) id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FamilyId(Uuid);
-
-impl FamilyId {
-    pub fn new_random() -> Self {
-        Self(Uuid::new_v4())
-    }
-
-    /// # Errors
-    /// `value` is not a UUID.
-    pub fn parse(field: &str, value: &str) -> Result<Self, FieldError> {
-        Uuid::try_parse(value)
-            .map(Self)
-            .map_err(|_| FieldError::new(field, "must be a UUID"))
-    }
-
-    pub fn from_uuid(id: Uuid) -> Self {
-        Self(id)
-    }
-
-    pub fn as_uuid(&self) -> Uuid {
-        self.0
-    }
-}
-
-impl fmt::Display for FamilyId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
 }
 
 /// A token presented to Rotate, Revoke or Introspect, checked only for size: what kind of token

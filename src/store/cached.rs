@@ -37,8 +37,7 @@ use super::{
     FamilyStatus, FamilyStore, IdleWindow, NewFamily, Purged, RefreshTokenRecord, Revocation, RevokeReason,
     SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError,
 };
-use crate::issuer::refresh_token::TokenHash;
-use crate::issuer::types::FamilyId;
+use crate::domain::{FamilyId, TokenHash};
 
 /// Longest a cached "live" is trusted even while revocations are known to reach this server: a
 /// backstop for a revocation that bypassed the notification (an operator's SQL with triggers

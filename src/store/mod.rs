@@ -1,4 +1,6 @@
-//! Where families and refresh tokens live: the [`FamilyStore`] trait, and [`postgres`].
+//! Where families and refresh tokens live: the [`FamilyStore`] trait, [`postgres`], and
+//! [`Backend`], the one type through which the server opens, migrates, watches and closes
+//! whichever backend its configuration names.
 //!
 //! The trait speaks in domain records and leaves the policy (what is expired, what the grace
 //! window allows) to the issuer, with the exceptions that atomicity forces, all in
@@ -19,7 +21,10 @@
 //! Introspect of an access token needs no database round trip for a family it has seen;
 //! [`postgres::revocations`] keeps it current with revocations committed anywhere.
 
+mod backend;
 pub mod cached;
+#[cfg(test)]
+mod contract;
 pub mod pool;
 pub mod postgres;
 
@@ -28,8 +33,13 @@ use std::future::Future;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
-use crate::issuer::refresh_token::{Seal, TokenHash};
-use crate::issuer::types::FamilyId;
+pub use self::backend::{Backend, Target};
+use crate::domain::{FamilyId, Seal, TokenHash};
+
+/// The store a server runs on: the family cache in front of the backend chosen at run time. The
+/// transport and the use cases are generic over [`FamilyStore`]; this is the one type startup
+/// fixes them to, whichever backend the configuration names.
+pub type RuntimeStore = cached::CachedStore<Backend>;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -54,6 +64,19 @@ pub enum StoreError {
     /// A bug or a broken invariant; not the caller's fault and not worth retrying.
     #[error("storage failure")]
     Internal(#[source] BoxError),
+}
+
+/// Why `migrate` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("cannot reach the database")]
+    Unreachable(#[source] BoxError),
+    #[error("cannot create the database")]
+    Create(#[source] BoxError),
+    #[error("cannot apply migrations")]
+    Apply(#[source] BoxError),
+    #[error("cannot close the connection")]
+    Close(#[source] BoxError),
 }
 
 /// Why a family was revoked.
@@ -127,9 +150,8 @@ pub struct RefreshTokenRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Successor {
     pub hash: TokenHash,
-    /// The successor's secret sealed under the spent token's (see
-    /// [`crate::issuer::refresh_token`]); kept only while the reuse grace window may need it and
-    /// cleared when the successor is spent.
+    /// The successor's secret sealed under the spent token's ([`Seal`]); kept only while the
+    /// reuse grace window may need it and cleared when the successor is spent.
     pub seal: Option<Seal>,
     pub expires_at: OffsetDateTime,
     pub spent: bool,

@@ -84,7 +84,7 @@ async fn rotate_chain(app: &TestApp, length: usize) -> Vec<TokenPair> {
     chain
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_database_dump_and_old_refresh_tokens_do_not_lead_to_later_ones(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -119,7 +119,7 @@ async fn a_database_dump_and_old_refresh_tokens_do_not_lead_to_later_ones(
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn without_a_grace_window_no_seal_is_stored_at_all(_pool: PgPoolOptions, options: PgConnectOptions) {
     let app = spawn_app_with_grace(options, time::Duration::ZERO).await;
     rotate_chain(&app, 3).await;
@@ -132,7 +132,7 @@ async fn without_a_grace_window_no_seal_is_stored_at_all(_pool: PgPoolOptions, o
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_seal_is_cleared_when_the_token_it_seals_is_spent(_pool: PgPoolOptions, options: PgConnectOptions) {
     let app = spawn_app_with_grace(options, time::Duration::seconds(60)).await;
     let chain = rotate_chain(&app, 4).await;
@@ -169,7 +169,7 @@ async fn behind(proxy: &Proxy, options: PgConnectOptions, grace: time::Duration)
     .await
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_replay_whose_caller_hangs_up_before_the_answer_still_revokes_the_family(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -204,7 +204,7 @@ async fn a_replay_whose_caller_hangs_up_before_the_answer_still_revokes_the_fami
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn an_answer_lost_after_the_spend_was_sent_never_turns_the_retry_into_reuse(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -238,7 +238,7 @@ async fn an_answer_lost_after_the_spend_was_sent_never_turns_the_retry_into_reus
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn an_issue_whose_answer_was_lost_is_resolved_into_one_session(_pool: PgPoolOptions, options: PgConnectOptions) {
     let proxy = Proxy::in_front_of(&options).await;
     let app = behind(&proxy, options, time::Duration::ZERO).await;
@@ -266,7 +266,7 @@ async fn an_issue_whose_answer_was_lost_is_resolved_into_one_session(_pool: PgPo
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_statement_past_the_database_timeout_is_unavailable_and_did_nothing(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -286,7 +286,7 @@ async fn a_statement_past_the_database_timeout_is_unavailable_and_did_nothing(
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn the_database_refuses_a_second_successor_or_a_second_first_token(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -316,7 +316,7 @@ async fn the_database_refuses_a_second_successor_or_a_second_first_token(
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_session_that_is_not_serializable_is_never_used(_pool: PgPoolOptions, options: PgConnectOptions) {
     // A pooler in front of PostgreSQL that drops startup parameters, ours included.
     let proxy = Proxy::in_front_of(&options).await;

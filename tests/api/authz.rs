@@ -130,7 +130,7 @@ async fn issue_with(app: &TestApp, scopes: &[&str], audiences: &[&str]) -> ratch
         .into_inner()
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_live_token_is_allowed_with_identity_headers_and_its_claims_in_the_metadata(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -186,7 +186,7 @@ async fn a_live_token_is_allowed_with_identity_headers_and_its_claims_in_the_met
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn spoofed_identity_headers_are_overwritten_or_removed(_pool: PgPoolOptions, options: PgConnectOptions) {
     let app = spawn_app(options).await;
     let pair = issue_with(&app, &[], &[]).await;
@@ -222,7 +222,7 @@ async fn spoofed_identity_headers_are_overwritten_or_removed(_pool: PgPoolOption
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn requests_without_bearer_credentials_get_a_bare_challenge(_pool: PgPoolOptions, options: PgConnectOptions) {
     let app = spawn_app(options).await;
     let pair = app.issue("alice").await;
@@ -251,7 +251,7 @@ async fn requests_without_bearer_credentials_get_a_bare_challenge(_pool: PgPoolO
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn malformed_unknown_expired_and_refresh_tokens_are_invalid_token(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -280,7 +280,7 @@ async fn malformed_unknown_expired_and_refresh_tokens_are_invalid_token(
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn every_forgery_is_invalid_token_for_every_algorithm(_pool: PgPoolOptions, options: PgConnectOptions) {
     for alg in KeyAlgorithm::ALL {
         let (app, pem) = app_with(options.clone(), alg).await;
@@ -294,7 +294,7 @@ async fn every_forgery_is_invalid_token_for_every_algorithm(_pool: PgPoolOptions
     }
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_family_revoked_through_revoke_is_denied_on_the_next_check(_pool: PgPoolOptions, options: PgConnectOptions) {
     let app = spawn_app(options).await;
     let pair = app.issue("alice").await;
@@ -307,7 +307,7 @@ async fn a_family_revoked_through_revoke_is_denied_on_the_next_check(_pool: PgPo
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn routes_require_scopes_and_an_audience_through_context_extensions(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -351,7 +351,7 @@ async fn routes_require_scopes_and_an_audience_through_context_extensions(
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn huge_and_garbage_requests_are_denials_not_errors(_pool: PgPoolOptions, options: PgConnectOptions) {
     let app = spawn_app(options).await;
     let pair = app.issue("alice").await;
@@ -424,7 +424,7 @@ async fn huge_and_garbage_requests_are_denials_not_errors(_pool: PgPoolOptions, 
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_hot_token_needs_no_database_and_an_uncached_family_without_one_is_unavailable(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -469,7 +469,7 @@ async fn a_hot_token_needs_no_database_and_an_uncached_family_without_one_is_una
     proxy.cut().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn the_health_service_knows_the_authorization_service(_pool: PgPoolOptions, options: PgConnectOptions) {
     let app = spawn_app(options).await;
     app.wait_for_health(ServingStatus::Serving).await;
@@ -488,7 +488,7 @@ async fn the_health_service_knows_the_authorization_service(_pool: PgPoolOptions
 /// names and values, bearer-ish credentials and route extensions, for `FUZZ_SECONDS` (default 5).
 /// Whatever comes in, the answer is a decision (never a gRPC error: with `failure_mode_allow` an
 /// error would be an allow), and never an allow: no input here carries a token we signed.
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn fuzzed_checks_are_always_answered_with_a_denial(_pool: PgPoolOptions, options: PgConnectOptions) {
     use proptest::prelude::*;
     use proptest::test_runner::{Config, TestRunner};

@@ -54,7 +54,7 @@ async fn with_no_database_calls_fail_fast_with_unavailable() {
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn losing_the_database_mid_flight_is_unavailable_and_recoverable(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -96,7 +96,7 @@ async fn losing_the_database_mid_flight_is_unavailable_and_recoverable(
     proxy.cut().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn endless_serialization_conflicts_end_in_unavailable_within_the_timeout_and_spend_nothing(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -117,7 +117,7 @@ async fn endless_serialization_conflicts_end_in_unavailable_within_the_timeout_a
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_caller_that_gives_up_mid_rotation_gets_the_missed_pair_on_retry_within_the_grace_window(
     _pool: PgPoolOptions,
     options: PgConnectOptions,

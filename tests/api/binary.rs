@@ -267,7 +267,7 @@ pub async fn list_services(addr: SocketAddr) -> Vec<String> {
     }
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn serve_refuses_a_database_session_that_is_not_serializable(_pool: PgPoolOptions, options: PgConnectOptions) {
     // Behind a pooler that drops startup parameters, ours included.
     let proxy = Proxy::in_front_of(&options).await;
@@ -299,7 +299,7 @@ async fn serve_refuses_a_database_session_that_is_not_serializable(_pool: PgPool
 /// Issue 8, literally: two `ratchet serve` processes on one database, sharing the signing key
 /// (the second reuses the key the first generated in the shared data directory), each caching
 /// "live" for an hour. A revocation through one shows in the other's Introspect within a second.
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn two_server_processes_on_one_database_see_each_others_revocations_within_a_second(
     _pool: PgPoolOptions,
     options: PgConnectOptions,

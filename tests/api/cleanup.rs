@@ -16,7 +16,7 @@ fn retention(retention: Duration) -> CleanupSettings {
     }
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn cleanup_removes_families_that_ended_and_keeps_live_ones_rotating(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -75,7 +75,7 @@ async fn cleanup_removes_families_that_ended_and_keeps_live_ones_rotating(
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_family_that_ended_within_the_retention_is_kept(_pool: PgPoolOptions, options: PgConnectOptions) {
     let app = spawn_app_with(options, test_policy()).await;
     let pair = app.issue("alice").await;
@@ -98,7 +98,7 @@ async fn a_family_that_ended_within_the_retention_is_kept(_pool: PgPoolOptions, 
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn cleanup_goes_in_small_batches_through_long_chains_and_sweeps_for_idle_ones(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -131,7 +131,7 @@ async fn cleanup_goes_in_small_batches_through_long_chains_and_sweeps_for_idle_o
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn seals_left_over_after_the_grace_window_are_cleared(_pool: PgPoolOptions, options: PgConnectOptions) {
     let policy = ratchet::issuer::Policy {
         reuse_grace: Duration::seconds(60),

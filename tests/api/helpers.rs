@@ -1,4 +1,4 @@
-//! Starting a real server for a test: its own database (from `#[sqlx::test]`), a throwaway
+//! Starting a real server for a test: its own database (from `#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]`), a throwaway
 //! signing key, a clock the test controls, a real socket on 127.0.0.1:0 and a connected client.
 
 use std::net::SocketAddr;
@@ -12,6 +12,7 @@ use ratchet::issuer::Policy;
 use ratchet::issuer::cleanup::{CleanupReport, CleanupSettings};
 use ratchet::keys::{DEFAULT_VERIFIED_CACHE_BYTES, KeyAlgorithm, KeySet, Keyring, ServerSecret, SigningKey};
 use ratchet::startup::{Application, Parts};
+use ratchet::store::Backend;
 use ratchet::store::pool::ConnectionPool;
 use ratchet::store::postgres::{self, PgStore, PoolSettings};
 use sqlx::postgres::{PgConnectOptions, PgPool};
@@ -60,7 +61,7 @@ pub struct TestApp {
     pub client: TokenServiceClient<Channel>,
     pub clock: Arc<ManualClock>,
     /// The server's own store, for maintenance the binary runs outside the API (`ratchet gc`).
-    pub store: PgStore,
+    pub store: Backend,
     /// A second pool on the same database, for looking behind the API (what is stored).
     pub db: PgPool,
     /// What a replica needs to share with it ([`TestApp::spawn_replica`]).
@@ -108,7 +109,7 @@ pub async fn spawn_app_adjusted(options: PgConnectOptions, adjust: impl FnOnce(&
         timeout: std::time::Duration::from_secs(5),
     };
     let pool = postgres::pool(options.clone(), &settings);
-    start(pool, settings, options, adjust).await
+    start(on(pool, &settings), options, adjust).await
 }
 
 /// A server whose database pool uses `settings` (its size, its timeout).
@@ -123,7 +124,7 @@ pub async fn spawn_app_with_settings_adjusted(
     adjust: impl FnOnce(&mut Parts),
 ) -> TestApp {
     let pool = postgres::pool(options.clone(), &settings);
-    start(pool, settings, options, adjust).await
+    start(on(pool, &settings), options, adjust).await
 }
 
 /// What replicas of one deployment share: the signing key (so that each verifies the others'
@@ -150,22 +151,27 @@ pub async fn spawn_on_pool(
     policy: Policy,
     inspect: PgConnectOptions,
 ) -> TestApp {
-    start(pool, settings, inspect, |parts| parts.policy = policy).await
+    start(on(pool, &settings), inspect, |parts| parts.policy = policy).await
 }
 
-async fn start(
-    pool: ConnectionPool,
-    settings: PoolSettings,
-    inspect: PgConnectOptions,
-    adjust: impl FnOnce(&mut Parts),
-) -> TestApp {
-    start_as(Identity::generate(), pool, settings, inspect, adjust).await
+/// The store a server on `pool` runs on.
+fn on(pool: ConnectionPool, settings: &PoolSettings) -> Backend {
+    Backend::Postgres(PgStore::new(pool, settings))
+}
+
+/// Has the server's revocation listener connect with `options` instead of where its pool does.
+pub fn listen_via(parts: &mut Parts, options: PgConnectOptions) {
+    let Backend::Postgres(store) = &parts.store;
+    parts.store = Backend::Postgres(store.clone().with_listener_options(options));
+}
+
+async fn start(store: Backend, inspect: PgConnectOptions, adjust: impl FnOnce(&mut Parts)) -> TestApp {
+    start_as(Identity::generate(), store, inspect, adjust).await
 }
 
 async fn start_as(
     identity: Identity,
-    pool: ConnectionPool,
-    settings: PoolSettings,
+    store: Backend,
     inspect: PgConnectOptions,
     adjust: impl FnOnce(&mut Parts),
 ) -> TestApp {
@@ -176,8 +182,7 @@ async fn start_as(
     ));
     let mut parts = Parts {
         listen: "127.0.0.1:0".parse().unwrap(),
-        pool,
-        pool_settings: settings,
+        store,
         keys: KeySet::single(SigningKey::from_pkcs8_der(&identity.key_der).unwrap()),
         key_source: None,
         keys_reload_interval: std::time::Duration::from_secs(60),
@@ -191,7 +196,6 @@ async fn start_as(
         policy: test_policy(),
         clock: clock.clone(),
         family_cache_ttl: std::time::Duration::from_secs(60),
-        revocations: None,
         cleanup: test_cleanup(),
         cleanup_interval: std::time::Duration::ZERO,
         limits: ratchet::config::TransportLimits::default(),
@@ -257,7 +261,7 @@ impl TestApp {
             timeout: std::time::Duration::from_secs(5),
         };
         let pool = postgres::pool(self.options.clone(), &settings);
-        let replica = start_as(self.identity.clone(), pool, settings, self.options.clone(), adjust).await;
+        let replica = start_as(self.identity.clone(), on(pool, &settings), self.options.clone(), adjust).await;
         replica.clock.set(self.now());
         replica
     }
@@ -299,6 +303,17 @@ impl TestApp {
             .expect("list sessions")
             .into_inner()
             .sessions
+    }
+
+    /// How many live families `subject` has at the server's `now`, read through the server's own
+    /// store: for tests whose caller policy would refuse ListSessions, on any backend.
+    pub async fn live_families(&self, subject: &str) -> usize {
+        use ratchet::store::FamilyStore as _;
+        self.store
+            .live_families(subject, self.now(), None, 1000)
+            .await
+            .expect("list live families")
+            .len()
     }
 
     /// Revokes one family by id through the API.

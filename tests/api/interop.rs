@@ -56,7 +56,7 @@ fn pyjwt_verify(jwks_uri: &str, tokens: &[(&'static str, String)]) -> serde_json
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn pyjwt_verifies_every_algorithm_against_the_http_jwks_and_refuses_every_forgery(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -91,7 +91,7 @@ async fn pyjwt_verifies_every_algorithm_against_the_http_jwks_and_refuses_every_
     }
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn ratchet_verify_accepts_every_algorithm_from_the_http_jwks_and_refuses_every_forgery(
     _pool: PgPoolOptions,
     options: PgConnectOptions,

@@ -6,7 +6,7 @@ use time::Duration;
 
 use crate::helpers::{AUDIENCE, ISSUER, assert_invalid_argument, jwt_part, spawn_app};
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_fresh_access_token_introspects_active_with_every_field(_pool: PgPoolOptions, options: PgConnectOptions) {
     let app = spawn_app(options).await;
     let pair = app
@@ -62,7 +62,7 @@ async fn a_fresh_access_token_introspects_active_with_every_field(_pool: PgPoolO
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn access_tokens_are_inactive_from_their_exp_second_on(_pool: PgPoolOptions, options: PgConnectOptions) {
     let app = spawn_app(options).await;
     let pair = app.issue("alice").await;
@@ -77,7 +77,7 @@ async fn access_tokens_are_inactive_from_their_exp_second_on(_pool: PgPoolOption
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn future_nbf_is_tolerated_only_within_the_leeway(_pool: PgPoolOptions, options: PgConnectOptions) {
     let app = spawn_app(options).await;
     let pair = app.issue("alice").await;
@@ -96,7 +96,7 @@ fn b64(json: &serde_json::Value) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(json).unwrap())
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn garbage_forged_tampered_and_alg_none_tokens_are_inactive_not_errors(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -143,7 +143,7 @@ async fn garbage_forged_tampered_and_alg_none_tokens_are_inactive_not_errors(
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn an_empty_token_is_invalid_argument(_pool: PgPoolOptions, options: PgConnectOptions) {
     let app = spawn_app(options).await;
     let status = app

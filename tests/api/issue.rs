@@ -35,7 +35,7 @@ fn header(jwt: &str) -> serde_json::Value {
     jwt_part(jwt, 0)
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn issue_returns_a_pair_and_an_rfc_9068_access_token(_pool: PgPoolOptions, options: PgConnectOptions) {
     let app = spawn_app(options).await;
     let pair = app
@@ -82,7 +82,7 @@ async fn issue_returns_a_pair_and_an_rfc_9068_access_token(_pool: PgPoolOptions,
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn refresh_tokens_are_stored_only_as_hashes(_pool: PgPoolOptions, options: PgConnectOptions) {
     let app = spawn_app(options).await;
     let pair = app.issue("alice").await;
@@ -108,7 +108,7 @@ async fn refresh_tokens_are_stored_only_as_hashes(_pool: PgPoolOptions, options:
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn empty_audiences_get_the_default_audience(_pool: PgPoolOptions, options: PgConnectOptions) {
     let app = spawn_app(options).await;
     let pair = app.issue("bob").await;
@@ -117,7 +117,7 @@ async fn empty_audiences_get_the_default_audience(_pool: PgPoolOptions, options:
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn malformed_issue_requests_are_invalid_argument_naming_the_field(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -234,7 +234,7 @@ async fn malformed_issue_requests_are_invalid_argument_naming_the_field(
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn control_characters_anywhere_in_an_issue_request_are_invalid_argument_naming_the_field(
     _pool: PgPoolOptions,
     options: PgConnectOptions,

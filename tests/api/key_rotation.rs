@@ -103,7 +103,7 @@ fn url_of(options: &PgConnectOptions) -> String {
     database_url(options, options.get_database().unwrap())
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn two_servers_sharing_a_key_directory_rotate_keys_together(_pool: PgPoolOptions, options: PgConnectOptions) {
     let scratch = Scratch::new();
     let url = url_of(&options);
@@ -180,7 +180,7 @@ async fn two_servers_sharing_a_key_directory_rotate_keys_together(_pool: PgPoolO
     assert_eq!(scratch.keys_ok(&["list"]).lines().count(), 2);
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn servers_starting_together_on_an_empty_directory_share_one_new_key(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -205,7 +205,7 @@ async fn servers_starting_together_on_an_empty_directory_share_one_new_key(
     }
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_signing_key_from_before_key_directories_keeps_signing_and_is_adopted(
     _pool: PgPoolOptions,
     options: PgConnectOptions,

@@ -59,7 +59,7 @@ fn alg_header(alg: KeyAlgorithm) -> jsonwebtoken::Algorithm {
     }
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn the_jwks_is_served_over_grpc_and_http_with_caching_headers_and_no_private_part(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -117,7 +117,7 @@ async fn the_jwks_is_served_over_grpc_and_http_with_caching_headers_and_no_priva
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn every_algorithm_signs_tokens_that_introspect_and_match_their_jwk(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -248,7 +248,7 @@ impl Forger {
     }
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn introspect_refuses_every_forgery_for_every_algorithm(_pool: PgPoolOptions, options: PgConnectOptions) {
     for alg in KeyAlgorithm::ALL {
         let (app, pem) = app_with(options.clone(), alg).await;
@@ -288,7 +288,7 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     }
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_rotation_through_the_key_directory_keeps_every_token_valid_until_its_key_retires(
     _pool: PgPoolOptions,
     options: PgConnectOptions,

@@ -23,7 +23,7 @@ fn claims_of(bytes: usize) -> prost_types::Struct {
     }
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_request_over_the_size_limit_is_resource_exhausted_and_the_connection_lives_on(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -70,7 +70,7 @@ fn many_small_claims() -> serde_json::Map<String, serde_json::Value> {
         .collect()
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn introspecting_thousands_of_large_access_tokens_keeps_memory_near_the_cache_budget(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -124,7 +124,7 @@ async fn introspecting_thousands_of_large_access_tokens_keeps_memory_near_the_ca
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn beyond_the_concurrency_limit_calls_are_shed_at_once_and_health_still_answers(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -172,7 +172,7 @@ async fn beyond_the_concurrency_limit_calls_are_shed_at_once_and_health_still_an
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn metadata_beyond_the_header_limit_is_refused_and_the_server_goes_on(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -221,7 +221,7 @@ fn assert_rate_limited(status: &tonic::Status) {
     assert!(status.metadata().get("retry-after").is_some(), "{status:?}");
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_spent_token_replayed_in_a_loop_is_stopped_within_a_few_hundred_calls(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -235,7 +235,7 @@ async fn a_spent_token_replayed_in_a_loop_is_stopped_within_a_few_hundred_calls(
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_chain_rotated_flat_out_is_stopped_and_its_token_still_rotates_after_the_pause(
     _pool: PgPoolOptions,
     options: PgConnectOptions,

@@ -121,15 +121,13 @@ fn assert_unknown_caller(status: &Status) {
     assert_eq!(info.reason, reason::CALLER_UNKNOWN, "not a token failure");
 }
 
-async fn families(app: &TestApp) -> i64 {
-    let (count,): (i64,) = sqlx::query_as("select count(*) from families")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    count
+/// Alice's sessions: every request here issues for her. Through the store, not ListSessions,
+/// which the policy under test may refuse.
+async fn families(app: &TestApp) -> usize {
+    app.live_families("alice").await
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_call_without_a_known_caller_is_unauthenticated_and_does_nothing(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -160,7 +158,7 @@ async fn a_call_without_a_known_caller_is_unauthenticated_and_does_nothing(
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn api_keys_work_as_a_bearer_or_as_x_api_key(_pool: PgPoolOptions, options: PgConnectOptions) {
     let (app, _) = spawn_with_policy(options, &example_policy()).await;
     issue_as(&app, LOGIN_KEY, issue_request(&[], &[], &[])).await.unwrap();
@@ -172,7 +170,7 @@ async fn api_keys_work_as_a_bearer_or_as_x_api_key(_pool: PgPoolOptions, options
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn an_rpc_the_caller_may_not_call_is_permission_denied_naming_it(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -195,7 +193,7 @@ async fn an_rpc_the_caller_may_not_call_is_permission_denied_naming_it(
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn each_audience_scope_and_claim_must_match_the_callers_patterns(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -217,7 +215,7 @@ async fn each_audience_scope_and_claim_must_match_the_callers_patterns(
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_caller_without_lists_may_issue_only_the_default_audience(_pool: PgPoolOptions, options: PgConnectOptions) {
     let (app, _) = spawn_with_policy(options, &example_policy()).await;
     let pair = issue_as(&app, BARE_KEY, issue_request(&[], &[], &[])).await.unwrap();
@@ -238,7 +236,7 @@ async fn a_caller_without_lists_may_issue_only_the_default_audience(_pool: PgPoo
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn star_allows_every_rpc_audience_scope_and_claim(_pool: PgPoolOptions, options: PgConnectOptions) {
     let key = "admin-key-0123456789";
     let text = format!(
@@ -263,7 +261,7 @@ async fn star_allows_every_rpc_audience_scope_and_claim(_pool: PgPoolOptions, op
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn health_and_reflection_stay_open_under_a_policy(_pool: PgPoolOptions, options: PgConnectOptions) {
     let (app, _) = spawn_with_policy(options, &example_policy()).await;
     app.wait_for_health(tonic_health::pb::health_check_response::ServingStatus::Serving)
@@ -273,7 +271,7 @@ async fn health_and_reflection_stay_open_under_a_policy(_pool: PgPoolOptions, op
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn reflection_can_be_turned_off(_pool: PgPoolOptions, options: PgConnectOptions) {
     let app = spawn_app_adjusted(options, |parts| parts.access.reflection = false).await;
     let mut client = tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(
@@ -287,7 +285,7 @@ async fn reflection_can_be_turned_off(_pool: PgPoolOptions, options: PgConnectOp
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_reload_puts_a_new_policy_in_force_and_a_broken_file_keeps_the_old_one(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -317,7 +315,7 @@ async fn a_reload_puts_a_new_policy_in_force_and_a_broken_file_keeps_the_old_one
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn over_its_rate_a_caller_is_resource_exhausted_with_retry_info_before_any_database_work(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -415,7 +413,7 @@ fn a_broken_policy_file_at_start_is_a_configuration_error() {
 
 /// The binary: open mode warns at start; with a policy, SIGHUP reloads it and the caller's name
 /// is in the call's log lines.
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn the_binary_warns_when_open_and_reloads_its_policy_on_sighup(_pool: PgPoolOptions, options: PgConnectOptions) {
     let url = database_url(&options, options.get_database().unwrap());
     let scratch = std::env::temp_dir().join(format!("ratchet-policy-bin-{}", uuid::Uuid::new_v4().simple()));

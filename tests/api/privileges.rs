@@ -62,7 +62,7 @@ impl Drop for RuntimeRole {
     }
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn the_whole_api_runs_on_the_runtime_role_which_can_do_nothing_else(
     _pool: PgPoolOptions,
     options: PgConnectOptions,

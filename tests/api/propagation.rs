@@ -10,7 +10,7 @@ use ratchet::issuer::Policy;
 use ratchet::store::postgres::revocations::{APPLICATION_NAME, CHANNEL};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 
-use crate::helpers::{TestApp, spawn_app_adjusted, test_policy};
+use crate::helpers::{TestApp, listen_via, spawn_app_adjusted, test_policy};
 use crate::proxy::Proxy;
 
 /// Far longer than any test: a cached "live" never expires by itself here.
@@ -102,7 +102,7 @@ async fn stop(a: TestApp, b: TestApp) {
     a.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_family_revoked_by_id_on_one_server_is_inactive_on_another_within_a_second(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -115,7 +115,7 @@ async fn a_family_revoked_by_id_on_one_server_is_inactive_on_another_within_a_se
     stop(a, b).await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_family_revoked_by_refresh_or_access_token_on_one_server_is_inactive_on_another_within_a_second(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -132,7 +132,7 @@ async fn a_family_revoked_by_refresh_or_access_token_on_one_server_is_inactive_o
     stop(a, b).await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_subject_revoked_on_one_server_is_inactive_on_another_within_a_second(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -154,7 +154,7 @@ async fn a_subject_revoked_on_one_server_is_inactive_on_another_within_a_second(
     stop(a, b).await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_family_revoked_for_refresh_token_reuse_on_one_server_is_inactive_on_another_within_a_second(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -169,7 +169,7 @@ async fn a_family_revoked_for_refresh_token_reuse_on_one_server_is_inactive_on_a
     stop(a, b).await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_family_evicted_by_the_sessions_cap_on_one_server_is_inactive_on_another_within_a_second(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -187,7 +187,7 @@ async fn a_family_evicted_by_the_sessions_cap_on_one_server_is_inactive_on_anoth
     stop(a, b).await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_family_revoked_by_hand_in_sql_is_inactive_on_every_server_within_a_second(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -206,7 +206,7 @@ async fn a_family_revoked_by_hand_in_sql_is_inactive_on_every_server_within_a_se
     stop(a, b).await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn rotation_announces_nothing_and_each_revocation_announces_its_family_once(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -248,7 +248,7 @@ async fn rotation_announces_nothing_and_each_revocation_announces_its_family_onc
     a.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_revocation_while_the_listener_is_cut_off_is_seen_as_soon_as_it_is_back(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -259,7 +259,7 @@ async fn a_revocation_while_the_listener_is_cut_off_is_seen_as_soon_as_it_is_bac
     let b = a
         .spawn_replica(|parts| {
             parts.family_cache_ttl = HOUR;
-            parts.revocations = Some(proxy.route(options.clone()).application_name("listener-of-b"));
+            listen_via(parts, proxy.route(options.clone()).application_name("listener-of-b"));
         })
         .await;
     wait_for_listeners(&a, "listener-of-b", 1).await;
@@ -280,7 +280,7 @@ async fn a_revocation_while_the_listener_is_cut_off_is_seen_as_soon_as_it_is_bac
     stop(a, b).await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn while_the_listener_is_cut_off_a_cached_live_is_trusted_no_longer_than_the_ttl(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -291,7 +291,7 @@ async fn while_the_listener_is_cut_off_a_cached_live_is_trusted_no_longer_than_t
     let b = a
         .spawn_replica(|parts| {
             parts.family_cache_ttl = TTL;
-            parts.revocations = Some(proxy.route(options.clone()).application_name("listener-of-b"));
+            listen_via(parts, proxy.route(options.clone()).application_name("listener-of-b"));
         })
         .await;
     wait_for_listeners(&a, "listener-of-b", 1).await;
@@ -313,7 +313,7 @@ async fn while_the_listener_is_cut_off_a_cached_live_is_trusted_no_longer_than_t
     stop(a, b).await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_listener_whose_backend_is_terminated_subscribes_again_and_revocations_flow_again(
     _pool: PgPoolOptions,
     options: PgConnectOptions,

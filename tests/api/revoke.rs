@@ -17,7 +17,7 @@ async fn revoke(app: &TestApp, target: Target) -> Result<u32, tonic::Status> {
         .map(|r| r.into_inner().families_revoked)
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn revoking_by_refresh_token_kills_the_family_and_twice_is_fine(_pool: PgPoolOptions, options: PgConnectOptions) {
     let app = spawn_app(options).await;
     let first = app.issue("alice").await;
@@ -39,7 +39,7 @@ async fn revoking_by_refresh_token_kills_the_family_and_twice_is_fine(_pool: PgP
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn revoking_by_access_token_works_even_after_its_exp(_pool: PgPoolOptions, options: PgConnectOptions) {
     let app = spawn_app(options).await;
     let pair = app.issue("alice").await;
@@ -52,7 +52,7 @@ async fn revoking_by_access_token_works_even_after_its_exp(_pool: PgPoolOptions,
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn revoking_by_family_id(_pool: PgPoolOptions, options: PgConnectOptions) {
     let app = spawn_app(options).await;
     let pair = app.issue("alice").await;
@@ -71,7 +71,7 @@ async fn revoking_by_family_id(_pool: PgPoolOptions, options: PgConnectOptions) 
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn revoking_by_subject_ends_every_session_of_that_subject_only(_pool: PgPoolOptions, options: PgConnectOptions) {
     let app = spawn_app(options).await;
     let a1 = app.issue("alice").await;
@@ -90,7 +90,7 @@ async fn revoking_by_subject_ends_every_session_of_that_subject_only(_pool: PgPo
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn unknown_tokens_revoke_nothing_and_bad_requests_name_the_field(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -129,7 +129,7 @@ async fn unknown_tokens_revoke_nothing_and_bad_requests_name_the_field(
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn revoking_a_subject_with_a_hundred_thousand_sessions_stays_within_the_statement_timeout(
     _pool: PgPoolOptions,
     options: PgConnectOptions,

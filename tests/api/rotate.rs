@@ -9,7 +9,7 @@ use crate::helpers::{
     assert_invalid_argument, assert_token_error, spawn_app, spawn_app_with, spawn_app_with_grace, test_policy,
 };
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn rotation_spends_the_old_token_and_the_new_pair_works(_pool: PgPoolOptions, options: PgConnectOptions) {
     let app = spawn_app(options).await;
     let first = app.issue("alice").await;
@@ -35,7 +35,7 @@ async fn rotation_spends_the_old_token_and_the_new_pair_works(_pool: PgPoolOptio
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn reused_refresh_token_revokes_the_whole_family(_pool: PgPoolOptions, options: PgConnectOptions) {
     let app = spawn_app(options).await;
     let first = app.issue("alice").await;
@@ -66,7 +66,7 @@ async fn reused_refresh_token_revokes_the_whole_family(_pool: PgPoolOptions, opt
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn sixty_four_concurrent_rotations_of_one_token_let_exactly_one_win(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -96,7 +96,7 @@ async fn sixty_four_concurrent_rotations_of_one_token_let_exactly_one_win(
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn within_the_grace_window_concurrent_retries_all_get_the_same_refresh_token(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -132,7 +132,7 @@ async fn within_the_grace_window_concurrent_retries_all_get_the_same_refresh_tok
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_retry_after_the_grace_window_is_reuse(_pool: PgPoolOptions, options: PgConnectOptions) {
     let app = spawn_app_with_grace(options, Duration::seconds(10)).await;
     let first = app.issue("alice").await;
@@ -153,7 +153,7 @@ async fn a_retry_after_the_grace_window_is_reuse(_pool: PgPoolOptions, options: 
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_retry_after_the_successor_was_used_is_reuse_even_within_the_grace_window(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -170,7 +170,7 @@ async fn a_retry_after_the_successor_was_used_is_reuse_even_within_the_grace_win
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn refresh_tokens_expire_after_the_idle_lifetime(_pool: PgPoolOptions, options: PgConnectOptions) {
     let app = spawn_app_with(
         options,
@@ -195,7 +195,7 @@ async fn refresh_tokens_expire_after_the_idle_lifetime(_pool: PgPoolOptions, opt
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn no_rotation_outlives_the_family(_pool: PgPoolOptions, options: PgConnectOptions) {
     let policy = ratchet::issuer::Policy {
         refresh_ttl: Duration::hours(1),
@@ -226,7 +226,7 @@ async fn no_rotation_outlives_the_family(_pool: PgPoolOptions, options: PgConnec
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn garbage_truncated_and_tampered_refresh_tokens_are_invalid(_pool: PgPoolOptions, options: PgConnectOptions) {
     let app = spawn_app(options).await;
     let pair = app.issue("alice").await;
@@ -252,7 +252,7 @@ async fn garbage_truncated_and_tampered_refresh_tokens_are_invalid(_pool: PgPool
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn an_empty_or_huge_refresh_token_is_invalid_argument(_pool: PgPoolOptions, options: PgConnectOptions) {
     let app = spawn_app(options).await;
     assert_invalid_argument(&app.rotate("").await.unwrap_err(), "refresh_token");

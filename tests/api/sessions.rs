@@ -7,7 +7,7 @@ use tonic::Status;
 
 use crate::helpers::{TestApp, assert_invalid_argument, assert_token_error, spawn_app_with, test_policy};
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn list_sessions_shows_live_families_newest_first(_pool: PgPoolOptions, options: PgConnectOptions) {
     let policy = ratchet::issuer::Policy {
         refresh_ttl: Duration::hours(1),
@@ -57,7 +57,7 @@ async fn list_sessions_shows_live_families_newest_first(_pool: PgPoolOptions, op
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn list_sessions_needs_a_subject_without_control_characters(_pool: PgPoolOptions, options: PgConnectOptions) {
     let app = spawn_app_with(options, test_policy()).await;
     for subject in ["", "alice\u{0}"] {
@@ -95,7 +95,7 @@ async fn page(
         })
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn sessions_come_in_pages_that_walk_the_whole_list_once(_pool: PgPoolOptions, options: PgConnectOptions) {
     let app = spawn_app_with(options, test_policy()).await;
     let mut issued = Vec::new();
@@ -126,7 +126,7 @@ async fn sessions_come_in_pages_that_walk_the_whole_list_once(_pool: PgPoolOptio
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_negative_page_size_or_a_foreign_page_token_is_invalid_argument(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -149,7 +149,7 @@ async fn a_negative_page_size_or_a_foreign_page_token_is_invalid_argument(
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn beyond_the_sessions_cap_issue_revokes_the_oldest_session_of_that_client(
     _pool: PgPoolOptions,
     options: PgConnectOptions,

@@ -241,7 +241,7 @@ fn leaf_der(leaf: &Leaf) -> CertificateDer<'static> {
     leaf.chain().remove(0)
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn with_tls_on_a_plaintext_client_is_refused_and_a_tls_client_without_a_certificate_is_served_unnamed(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -271,7 +271,7 @@ async fn with_tls_on_a_plaintext_client_is_refused_and_a_tls_client_without_a_ce
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn with_a_client_ca_the_callers_spiffe_id_or_dns_name_reaches_every_request(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -313,7 +313,7 @@ async fn with_a_client_ca_the_callers_spiffe_id_or_dns_name_reaches_every_reques
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn with_a_client_ca_clients_without_its_certificate_are_refused_at_the_handshake(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -332,7 +332,7 @@ async fn with_a_client_ca_clients_without_its_certificate_are_refused_at_the_han
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_rotated_certificate_is_served_to_new_connections_while_established_ones_keep_working(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
@@ -374,7 +374,7 @@ async fn a_rotated_certificate_is_served_to_new_connections_while_established_on
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn the_http_listener_serves_the_jwks_over_tls(_pool: PgPoolOptions, options: PgConnectOptions) {
     let ca = Ca::new("server CA");
     let client_ca = Ca::new("client CA");
@@ -403,7 +403,7 @@ async fn the_http_listener_serves_the_jwks_over_tls(_pool: PgPoolOptions, option
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn the_binary_reads_a_rotated_certificate_on_sighup(_pool: PgPoolOptions, options: PgConnectOptions) {
     let ca = Ca::new("server CA");
     let files = Files::new();
@@ -457,7 +457,7 @@ async fn call_with_xfcc(addr: SocketAddr, header: &str) {
         .unwrap();
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_trusted_sidecars_xfcc_header_names_the_caller(_pool: PgPoolOptions, options: PgConnectOptions) {
     let (app, seen) = spawn(options, None, true).await;
     let header = format!(
@@ -477,7 +477,7 @@ async fn a_trusted_sidecars_xfcc_header_names_the_caller(_pool: PgPoolOptions, o
     app.stop().await;
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn an_xfcc_header_is_ignored_unless_trusted(_pool: PgPoolOptions, options: PgConnectOptions) {
     let (app, seen) = spawn(options, None, false).await;
     call_with_xfcc(app.addr, &format!("URI={SPIFFE_ID}")).await;
@@ -536,7 +536,7 @@ fn a_tls_key_others_may_read_is_a_configuration_error() {
     assert!(stderr.contains("tls: ") && stderr.contains("key.pem"), "{stderr}");
 }
 
-#[sqlx::test]
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn the_caller_policy_judges_the_mtls_identity_end_to_end(_pool: PgPoolOptions, options: PgConnectOptions) {
     use ratchet::grpc::pb::IssueRequest;
     use ratchet::grpc::pb::token_service_client::TokenServiceClient;

@@ -11,28 +11,36 @@ mod rows;
 mod run;
 mod sql;
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgArguments, PgConnectOptions, PgQueryResult, Postgres};
+use sqlx::Connection as _;
+use sqlx::migrate::MigrateDatabase as _;
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgQueryResult, Postgres};
 use sqlx::query::{Query, QueryAs};
 use sqlx::types::Json;
 use time::OffsetDateTime;
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use self::rows::{SessionRow, TokenRow};
 use self::run::Kind;
 pub use self::run::RetryPolicy;
 pub use self::sql::{CREATE_FAMILY, SPEND};
+use super::cached::FamilyCache;
 use super::pool::ConnectionPool;
 use super::{
-    FamilyStatus, FamilyStore, IdleWindow, NewFamily, Purged, RefreshTokenRecord, Revocation, RevokeReason,
-    SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError,
+    FamilyStatus, FamilyStore, IdleWindow, MigrateError, NewFamily, Purged, RefreshTokenRecord, Revocation,
+    RevokeReason, SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError,
 };
-use crate::issuer::refresh_token::TokenHash;
-use crate::issuer::types::FamilyId;
+use crate::database_url::DatabaseUrl;
+use crate::domain::{FamilyId, TokenHash};
 
-/// The migrations in `migrations/`, embedded in the binary.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+/// The migrations in `migrations/postgres/`, embedded in the binary. Each backend has a folder of
+/// its own (their SQL differs), so `#[sqlx::test]` finds none by itself: PostgreSQL tests name
+/// this migrator (`#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
 /// How connections are opened and how long anything may take.
 #[derive(Debug, Clone)]
@@ -72,12 +80,71 @@ pub fn pool(options: PgConnectOptions, settings: &PoolSettings) -> ConnectionPoo
     ConnectionPool::new(tune(options, settings), settings.max_connections, settings.timeout)
 }
 
+/// Where a PostgreSQL database is and how to talk to it: what `--database-url` and the pool flags
+/// resolve to.
+#[derive(Clone)]
+pub struct PgTarget {
+    /// Kept to create the database if it is missing.
+    pub url: DatabaseUrl,
+    pub options: PgConnectOptions,
+    pub settings: PoolSettings,
+}
+
+/// By hand: `PgConnectOptions`' own `Debug` prints the password; the redacted URL says the same.
+impl fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgTarget")
+            .field("url", &self.url)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Creates the database if it is missing, then applies pending migrations ([`MIGRATOR`]).
+///
+/// # Errors
+/// The database cannot be reached, created or migrated.
+pub async fn migrate(target: &PgTarget) -> Result<(), MigrateError> {
+    let url = target.url.expose();
+    if !Postgres::database_exists(url)
+        .await
+        .map_err(|e| MigrateError::Unreachable(e.into()))?
+    {
+        Postgres::create_database(url)
+            .await
+            .map_err(|e| MigrateError::Create(e.into()))?;
+        tracing::info!("created the database");
+    }
+    let options = tune(target.options.clone(), &target.settings);
+    let mut connection = PgConnection::connect_with(&options)
+        .await
+        .map_err(|e| MigrateError::Unreachable(e.into()))?;
+    MIGRATOR
+        .run(&mut connection)
+        .await
+        .map_err(|e| MigrateError::Apply(e.into()))?;
+    connection.close().await.map_err(|e| MigrateError::Close(e.into()))
+}
+
 /// PostgreSQL-backed [`FamilyStore`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PgStore {
     pool: ConnectionPool,
     timeout: Duration,
     retry: RetryPolicy,
+    /// Where the revocation listener connects, when not where the pool does.
+    listener: Option<Arc<PgConnectOptions>>,
+}
+
+/// By hand: `PgConnectOptions`' own `Debug` prints the password.
+impl fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgStore")
+            .field("pool", &self.pool)
+            .field("timeout", &self.timeout)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PgStore {
@@ -86,11 +153,42 @@ impl PgStore {
             pool,
             timeout: settings.timeout,
             retry: RetryPolicy::default(),
+            listener: None,
         }
+    }
+
+    /// A store on `target`, its pool opened lazily: nothing is connected yet, so this works (and
+    /// the server reports NOT_SERVING) while the database is down.
+    pub fn open(target: &PgTarget) -> Self {
+        Self::new(pool(target.options.clone(), &target.settings), &target.settings)
+    }
+
+    /// The revocation listener connects with `options` instead of the pool's: LISTEN needs a
+    /// session of its own, which a transaction-pooling proxy in front of the pool does not give
+    /// (and tests route it through a proxy they can cut).
+    #[must_use]
+    pub fn with_listener_options(mut self, options: PgConnectOptions) -> Self {
+        self.listener = Some(Arc::new(options));
+        self
     }
 
     pub fn pool(&self) -> &ConnectionPool {
         &self.pool
+    }
+
+    /// Bound on any one statement, waiting for a connection included.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Keeps `cache` current with the revocations committed anywhere, until `stopped` changes;
+    /// see [`revocations`].
+    pub async fn listen_for_revocations(&self, cache: Arc<FamilyCache>, stopped: watch::Receiver<bool>) {
+        let options = match &self.listener {
+            Some(options) => PgConnectOptions::clone(options),
+            None => revocations::options(self.pool.options()),
+        };
+        revocations::listen(options, cache, self.timeout, stopped).await;
     }
 
     /// Runs the statement `query` builds (afresh for every attempt) and returns its result.
@@ -393,7 +491,36 @@ mod tests {
     use super::*;
     use crate::store::{FamilyRecord, NewRefreshToken};
 
-    #[sqlx::test]
+    #[test]
+    fn released_migrations_keep_the_checksums_databases_recorded() {
+        // SHA-384 of each file as released: what every database migrated since holds in
+        // `_sqlx_migrations`. sqlx refuses to migrate a database whose applied migration has
+        // changed, so moving or reformatting a released file must leave this list as it is.
+        let released = [
+            (
+                20261126000001,
+                "5188482fec45e40720c7a8db7238047adf057923c602ead5acefb02cb390d58fc8257b0309eb354f28600fb7b091d1cc",
+            ),
+            (
+                20261130000001,
+                "d42a49866b0bdb792d13d2aec3f52207b353aa579f608a2d28112177aaa47e76f24e24c4a6ebaf36b27dca2dc6668d5b",
+            ),
+            (
+                20261201000001,
+                "65b875e5f09835e20f53429b0119c019f38245ce501ccaf329d63443f01c26957b97c03b959f8f839c58edfeedc9ead8",
+            ),
+        ];
+        let embedded: Vec<(i64, String)> = MIGRATOR
+            .iter()
+            .map(|m| (m.version, m.checksum.iter().map(|b| format!("{b:02x}")).collect()))
+            .collect();
+        assert!(embedded.len() >= released.len(), "{embedded:?}");
+        for ((version, checksum), (released_version, released_checksum)) in embedded.iter().zip(released) {
+            assert_eq!((*version, checksum.as_str()), (released_version, released_checksum));
+        }
+    }
+
+    #[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
     async fn a_value_the_database_refuses_is_invalid_data_not_internal(
         _pool: sqlx::postgres::PgPoolOptions,
         options: PgConnectOptions,

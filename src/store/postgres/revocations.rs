@@ -1,6 +1,6 @@
 //! The revocation listener: a task per server that LISTENs on the channel the database announces
-//! every revoked family on (the trigger in `migrations/20261201000001_revocation_notify.sql`) and
-//! marks each one revoked in this server's [`FamilyCache`]. That is how a revocation made through
+//! every revoked family on (the trigger in `migrations/postgres/20261201000001_revocation_notify.sql`)
+//! and marks each one revoked in this server's [`FamilyCache`]. That is how a revocation made through
 //! another replica, or by an operator's SQL, reaches this server's Introspect within
 //! milliseconds, without Introspect asking the database about families it knows to be live.
 //!
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgNotification, PgPoolOptions};
 use tokio::sync::watch;
 
-use crate::issuer::types::FamilyId;
+use crate::domain::FamilyId;
 use crate::store::cached::FamilyCache;
 
 /// The channel the trigger notifies on; the payload is the family id.

@@ -5,8 +5,7 @@ use sqlx::types::Json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::issuer::refresh_token::{Seal, TokenHash};
-use crate::issuer::types::FamilyId;
+use crate::domain::{FamilyId, Seal, TokenHash};
 use crate::store::{FamilyRecord, RefreshTokenRecord, SessionRecord, Successor};
 
 #[derive(sqlx::FromRow)]

@@ -1,0 +1,195 @@
+//! [`Backend`]: the store the server runs on, chosen at run time from the configuration.
+//!
+//! [`FamilyStore`] returns `impl Future` (no boxing per call), so it cannot be a `dyn` trait
+//! object. An enum that delegates costs one match per call instead, and lets startup, the health
+//! watcher, `ratchet migrate` and `ratchet gc` work with whichever backend is configured without
+//! a generic parameter reaching the transport ([`super::RuntimeStore`] is the one concrete type).
+//! What only a whole backend does, and the trait does not, is here too: where it is
+//! ([`Target`]), migrating, telling a misconfigured database from one that is down, the
+//! revocation listener, closing.
+//!
+//! A new backend (SQLite) is a variant of [`Target`] and of [`Backend`], an arm in each match
+//! below, and one line in the contract suite (`store::contract`) that every backend passes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use super::cached::FamilyCache;
+use super::postgres::{self, PgStore, PgTarget};
+use super::{
+    FamilyStatus, FamilyStore, IdleWindow, MigrateError, NewFamily, Purged, RefreshTokenRecord, Revocation,
+    RevokeReason, SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError,
+};
+use crate::domain::{FamilyId, TokenHash};
+
+/// Which backend, and where: what the database configuration resolves to.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Postgres(PgTarget),
+}
+
+/// One of the backends, behind the one [`FamilyStore`]. Cheap to clone (it shares its pool).
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Postgres(PgStore),
+}
+
+impl Backend {
+    /// The store at `target`. Connects lazily: this succeeds, and the server starts reporting
+    /// NOT_SERVING, while the database is down.
+    pub fn open(target: &Target) -> Self {
+        match target {
+            Target::Postgres(target) => Self::Postgres(PgStore::open(target)),
+        }
+    }
+
+    /// Creates the database at `target` if it is missing, then applies pending migrations.
+    ///
+    /// # Errors
+    /// The database cannot be reached, created or migrated.
+    pub async fn migrate(target: &Target) -> Result<(), MigrateError> {
+        match target {
+            Target::Postgres(target) => postgres::migrate(target).await,
+        }
+    }
+
+    /// Asks the database once, and fails only if it answers but is configured so that serving
+    /// would be wrong (for PostgreSQL: a session that is not SERIALIZABLE). A database that does
+    /// not answer is no reason to refuse to start: health says NOT_SERVING until it is back.
+    ///
+    /// # Errors
+    /// The misconfiguration.
+    pub async fn check_configuration(&self) -> Result<(), StoreError> {
+        match self.ping().await {
+            Err(error) if self.is_misconfigured(&error) => Err(error),
+            _ => Ok(()),
+        }
+    }
+
+    fn is_misconfigured(&self, error: &StoreError) -> bool {
+        match self {
+            Self::Postgres(_) => postgres::is_misconfigured(error),
+        }
+    }
+
+    /// Bound on any one storage operation; the server's own request timeout is derived from it.
+    pub fn timeout(&self) -> Duration {
+        match self {
+            Self::Postgres(store) => store.timeout(),
+        }
+    }
+
+    /// Keeps `cache` current with revocations committed by anyone else sharing the database
+    /// (other replicas, an operator), until `stopped` changes.
+    pub async fn listen_for_revocations(&self, cache: Arc<FamilyCache>, stopped: watch::Receiver<bool>) {
+        match self {
+            Self::Postgres(store) => store.listen_for_revocations(cache, stopped).await,
+        }
+    }
+
+    /// Closes every connection; waits for those in use to come back.
+    pub async fn close(&self) {
+        match self {
+            Self::Postgres(store) => store.pool().close().await,
+        }
+    }
+}
+
+/// Every method is one match and a call: no boxing, no allocation.
+impl FamilyStore for Backend {
+    async fn create_family(&self, new: &NewFamily) -> Result<Vec<FamilyId>, StoreError> {
+        match self {
+            Self::Postgres(store) => store.create_family(new).await,
+        }
+    }
+
+    async fn spend(&self, request: &SpendRequest) -> Result<SpendOutcome, StoreError> {
+        match self {
+            Self::Postgres(store) => store.spend(request).await,
+        }
+    }
+
+    async fn refresh_token(&self, hash: &TokenHash) -> Result<Option<RefreshTokenRecord>, StoreError> {
+        match self {
+            Self::Postgres(store) => store.refresh_token(hash).await,
+        }
+    }
+
+    async fn family_status(&self, id: FamilyId) -> Result<Option<FamilyStatus>, StoreError> {
+        match self {
+            Self::Postgres(store) => store.family_status(id).await,
+        }
+    }
+
+    async fn revoke_family(
+        &self,
+        id: FamilyId,
+        now: OffsetDateTime,
+        reason: RevokeReason,
+    ) -> Result<Revocation, StoreError> {
+        match self {
+            Self::Postgres(store) => store.revoke_family(id, now, reason).await,
+        }
+    }
+
+    async fn revoke_subject(
+        &self,
+        subject: &str,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<FamilyId>, StoreError> {
+        match self {
+            Self::Postgres(store) => store.revoke_subject(subject, now, limit).await,
+        }
+    }
+
+    async fn live_families(
+        &self,
+        subject: &str,
+        now: OffsetDateTime,
+        after: Option<SessionCursor>,
+        limit: u32,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        match self {
+            Self::Postgres(store) => store.live_families(subject, now, after, limit).await,
+        }
+    }
+
+    async fn revoked_families(&self, revoked_before: OffsetDateTime, limit: u32) -> Result<Vec<FamilyId>, StoreError> {
+        match self {
+            Self::Postgres(store) => store.revoked_families(revoked_before, limit).await,
+        }
+    }
+
+    async fn idle_window(
+        &self,
+        after: Option<FamilyId>,
+        window: u32,
+        ended_before: OffsetDateTime,
+    ) -> Result<IdleWindow, StoreError> {
+        match self {
+            Self::Postgres(store) => store.idle_window(after, window, ended_before).await,
+        }
+    }
+
+    async fn purge_families(&self, families: &[FamilyId], limit: u32) -> Result<Purged, StoreError> {
+        match self {
+            Self::Postgres(store) => store.purge_families(families, limit).await,
+        }
+    }
+
+    async fn clear_seals(&self, sealed_before: OffsetDateTime, limit: u32) -> Result<u64, StoreError> {
+        match self {
+            Self::Postgres(store) => store.clear_seals(sealed_before, limit).await,
+        }
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(store) => store.ping().await,
+        }
+    }
+}

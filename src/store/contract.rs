@@ -1,0 +1,663 @@
+//! The store contract: what every [`FamilyStore`] must do, written once and run against each
+//! implementation by [`contract!`] (one line per backend, at the bottom).
+//!
+//! Each test is a generic `async fn(&S)` over the trait alone, so it says what the trait
+//! promises and nothing about how a backend keeps it; time is a parameter (`now`), so expiry
+//! needs no sleeps. The caching decorator runs the same suite over a real backend: a cache that
+//! answered a stale "live" after a revocation it saw would fail here like a backend would.
+//!
+//! Why here (the library's unit-test binary) and not a `tests/` binary of its own: the style
+//! guide asks for few test binaries (each one is another link of the whole crate), this binary
+//! already runs `#[sqlx::test]`s on private databases, and from inside the crate a backend can
+//! join before it is public.
+//!
+//! What it leaves out: what a row looks like (the backends' own tests) and everything above the
+//! store (the API tests).
+
+use std::future::Future;
+use std::time::Duration as StdDuration;
+
+use futures::future::join_all;
+use serde_json::Map;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use time::{Duration, OffsetDateTime};
+
+use super::cached::CachedStore;
+use super::postgres::{PgStore, PoolSettings, pool};
+use super::{
+    Backend, FamilyRecord, FamilyStore, IdleWindow, NewFamily, NewRefreshToken, Purged, Revocation, RevokeReason,
+    SessionCursor, SpendOutcome, SpendRequest,
+};
+use crate::domain::{FamilyId, Seal, TokenHash};
+
+/// Runs every contract test against the store `$open` builds, in module `$backend`. `$harness`
+/// is the test attribute that makes a private database and hands the test `$args`; `$open` may
+/// use them.
+macro_rules! contract {
+    ($backend:ident, #[$harness:meta], $args:tt => $open:expr) => {
+        contract!(@tests $backend, #[$harness], $args => $open;
+            a_token_is_spent_exactly_once_however_many_spend_it_at_once,
+            a_spent_token_presented_again_revokes_its_family_in_the_same_call,
+            the_same_spend_delivered_twice_is_done_once_and_is_not_reuse,
+            within_the_grace_window_a_spent_token_is_a_retry_and_after_it_reuse,
+            once_its_successor_is_spent_a_retry_is_reuse,
+            a_token_past_its_idle_expiry_is_refused_without_revoking_its_family,
+            a_successor_never_outlives_its_family_and_nothing_is_spent_after_its_end,
+            revoking_a_family_says_what_it_found_and_stops_its_tokens,
+            revoking_a_subject_goes_in_batches_and_spares_others_and_ended_families,
+            beyond_max_live_a_new_family_evicts_the_oldest_of_its_subject_and_client,
+            live_sessions_are_paged_newest_first_without_gaps_or_repeats,
+            cleanup_finds_ended_families_and_purges_them_with_every_token,
+            seals_go_when_their_token_is_spent_or_cleared_and_without_one_a_retry_is_reuse,
+            a_family_never_branches_however_its_tokens_are_raced,
+        );
+    };
+    (@tests $backend:ident, #[$harness:meta], $args:tt => $open:expr; $($test:ident,)*) => {
+        mod $backend {
+            use super::*;
+            $(
+                #[$harness]
+                async fn $test $args {
+                    let store = $open;
+                    super::$test(&store).await;
+                    Fixture::close(&store).await;
+                }
+            )*
+        }
+    };
+}
+
+// One line per backend, and one per backend behind the cache (the runtime store, through the
+// `Backend` enum, so that its delegation is covered too).
+contract!(postgres, #[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")],
+    (_pool: PgPoolOptions, options: PgConnectOptions) => pg(options));
+contract!(cached_postgres, #[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")],
+    (_pool: PgPoolOptions, options: PgConnectOptions) => cached(Backend::Postgres(pg(options))));
+
+fn pg(options: PgConnectOptions) -> PgStore {
+    let settings = PoolSettings::default();
+    PgStore::new(pool(options, &settings), &settings)
+}
+
+/// A cache that trusts "live" far longer than any test: a stale answer cannot hide behind it.
+fn cached<S: FamilyStore>(store: S) -> CachedStore<S> {
+    CachedStore::new(store, 1024, StdDuration::from_secs(3600))
+}
+
+/// What a test needs of a store beyond the trait: to let go of its connections, so that the
+/// private database can be dropped.
+trait Fixture: FamilyStore {
+    fn close(&self) -> impl Future<Output = ()>;
+}
+
+impl Fixture for PgStore {
+    async fn close(&self) {
+        self.pool().close().await;
+    }
+}
+
+impl Fixture for Backend {
+    async fn close(&self) {
+        Backend::close(self).await;
+    }
+}
+
+impl<S: Fixture> Fixture for CachedStore<S> {
+    async fn close(&self) {
+        self.inner().close().await;
+    }
+}
+
+/// Idle lifetime of a refresh token in these tests.
+const IDLE: Duration = Duration::hours(1);
+/// Absolute lifetime of a family.
+const LIFE: Duration = Duration::days(1);
+const GRACE: Duration = Duration::minutes(1);
+
+/// A fixed, whole-second start.
+fn start() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
+}
+
+fn new_token() -> TokenHash {
+    TokenHash(rand::random())
+}
+
+/// A family of `subject` for client `app` created at `now`, its first token good for [`IDLE`].
+fn new_family(subject: &str, now: OffsetDateTime) -> NewFamily {
+    NewFamily {
+        family: FamilyRecord {
+            id: FamilyId::new_random(),
+            subject: subject.into(),
+            client_id: "app".into(),
+            scopes: vec!["read".into(), "write".into()],
+            audiences: vec!["api".into()],
+            claims: Map::new(),
+            created_at: now,
+            last_rotated_at: now,
+            refresh_expires_at: now + IDLE,
+            expires_at: now + LIFE,
+            revoked_at: None,
+        },
+        first: NewRefreshToken {
+            hash: new_token(),
+            expires_at: now + IDLE,
+        },
+        max_live: 100,
+    }
+}
+
+/// Stores `new`; returns its id and first token.
+async fn create<S: FamilyStore>(store: &S, new: NewFamily) -> (FamilyId, TokenHash) {
+    store.create_family(&new).await.unwrap();
+    (new.family.id, new.first.hash)
+}
+
+async fn issue<S: FamilyStore>(store: &S, subject: &str, now: OffsetDateTime) -> (FamilyId, TokenHash) {
+    create(store, new_family(subject, now)).await
+}
+
+/// Spend `presented` at `now` into a fresh successor good for [`IDLE`], strictly (no grace).
+fn spend_of(presented: TokenHash, now: OffsetDateTime) -> SpendRequest {
+    SpendRequest {
+        presented,
+        successor: NewRefreshToken {
+            hash: new_token(),
+            expires_at: now + IDLE,
+        },
+        successor_seal: None,
+        now,
+        retry_after: now,
+    }
+}
+
+/// As [`spend_of`], on a server with a [`GRACE`] window: the successor is sealed.
+fn graceful(presented: TokenHash, now: OffsetDateTime) -> SpendRequest {
+    SpendRequest {
+        successor_seal: Some(Seal(rand::random())),
+        retry_after: now - GRACE,
+        ..spend_of(presented, now)
+    }
+}
+
+async fn spent<S: FamilyStore>(store: &S, request: &SpendRequest) -> OffsetDateTime {
+    match store.spend(request).await.unwrap() {
+        SpendOutcome::Spent {
+            successor_expires_at, ..
+        } => successor_expires_at,
+        other => panic!("not spent: {other:?}"),
+    }
+}
+
+/// Asserts the spend is refused and whether it revoked the family; returns the token as it was.
+#[track_caller]
+fn refused(outcome: SpendOutcome, revoked: bool) -> super::RefreshTokenRecord {
+    match outcome {
+        SpendOutcome::Refused {
+            token: Some(token),
+            revoked_for_reuse,
+        } if revoked_for_reuse == revoked => token,
+        other => panic!("expected a refusal that revoked_for_reuse={revoked}: {other:?}"),
+    }
+}
+
+async fn revoked<S: FamilyStore>(store: &S, id: FamilyId) -> bool {
+    store.family_status(id).await.unwrap().expect("a known family").revoked
+}
+
+async fn a_token_is_spent_exactly_once_however_many_spend_it_at_once<S: FamilyStore>(store: &S) {
+    let now = start();
+    let (family, first) = issue(store, "alice", now).await;
+    let requests: Vec<SpendRequest> = (0..32).map(|_| spend_of(first, now)).collect();
+    let outcomes: Vec<SpendOutcome> = join_all(requests.iter().map(|request| store.spend(request)))
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+
+    let winners: Vec<usize> = (0..outcomes.len())
+        .filter(|&i| matches!(outcomes[i], SpendOutcome::Spent { .. }))
+        .collect();
+    assert_eq!(winners.len(), 1, "{outcomes:#?}");
+    let winner = &requests[winners[0]];
+    // Every loser presented a spent token (strictly: reuse), and the first to see that revoked
+    // the family; the others found it revoked.
+    let revokers = outcomes
+        .iter()
+        .filter(|outcome| {
+            matches!(
+                outcome,
+                SpendOutcome::Refused {
+                    revoked_for_reuse: true,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(revokers, 1, "{outcomes:#?}");
+    assert!(revoked(store, family).await);
+
+    let token = store.refresh_token(&first).await.unwrap().unwrap();
+    assert_eq!(token.spent_at, Some(now));
+    assert_eq!(token.successor.map(|s| s.hash), Some(winner.successor.hash));
+    for (i, request) in requests.iter().enumerate() {
+        let stored = store.refresh_token(&request.successor.hash).await.unwrap();
+        assert_eq!(stored.is_some(), i == winners[0], "successor {i}");
+    }
+}
+
+async fn a_spent_token_presented_again_revokes_its_family_in_the_same_call<S: FamilyStore>(store: &S) {
+    let now = start();
+    let (family, first) = issue(store, "alice", now).await;
+    let rotation = spend_of(first, now);
+    spent(store, &rotation).await;
+    // Seen live first, so that a cache in front has something to get wrong.
+    assert!(!revoked(store, family).await);
+
+    let later = now + Duration::minutes(5);
+    let token = refused(store.spend(&spend_of(first, later)).await.unwrap(), true);
+    assert_eq!(token.family.id, family);
+    assert_eq!(token.spent_at, Some(now));
+    assert!(revoked(store, family).await, "revoked by the replay itself");
+
+    // The thief's or the client's successor: dead either way.
+    let token = refused(
+        store.spend(&spend_of(rotation.successor.hash, later)).await.unwrap(),
+        false,
+    );
+    assert_eq!(token.family.revoked_at, Some(later));
+    assert_eq!(token.spent_at, None);
+    // Once revoked, a replay revokes nothing more.
+    refused(
+        store.spend(&spend_of(first, later + Duration::SECOND)).await.unwrap(),
+        false,
+    );
+    assert_eq!(
+        store.revoke_family(family, later, RevokeReason::Revoke).await.unwrap(),
+        Revocation::AlreadyRevoked
+    );
+}
+
+async fn the_same_spend_delivered_twice_is_done_once_and_is_not_reuse<S: FamilyStore>(store: &S) {
+    let now = start();
+    let (family, first) = issue(store, "alice", now).await;
+    let request = spend_of(first, now + Duration::MINUTE);
+    let (first_answer, second_answer) = (
+        store.spend(&request).await.unwrap(),
+        store.spend(&request).await.unwrap(),
+    );
+    let expiry = |outcome: &SpendOutcome| match outcome {
+        SpendOutcome::Spent {
+            successor_expires_at, ..
+        } => *successor_expires_at,
+        other => panic!("not spent: {other:?}"),
+    };
+    assert_eq!(expiry(&first_answer), request.successor.expires_at);
+    assert_eq!(expiry(&second_answer), request.successor.expires_at);
+    if let SpendOutcome::Spent { family: record, .. } = &first_answer {
+        assert_eq!(record.id, family);
+        assert_eq!(record.last_rotated_at, request.now);
+        assert_eq!(record.refresh_expires_at, request.successor.expires_at);
+    }
+    assert!(!revoked(store, family).await);
+    spent(store, &spend_of(request.successor.hash, request.now)).await;
+}
+
+async fn within_the_grace_window_a_spent_token_is_a_retry_and_after_it_reuse<S: FamilyStore>(store: &S) {
+    let now = start();
+    let (family, first) = issue(store, "alice", now).await;
+    let rotation = graceful(first, now);
+    spent(store, &rotation).await;
+
+    let retry = graceful(first, now + GRACE - Duration::SECOND);
+    let token = refused(store.spend(&retry).await.unwrap(), false);
+    let successor = token.successor.expect("a spent token knows its successor");
+    assert_eq!(successor.hash, rotation.successor.hash);
+    assert_eq!(
+        successor.seal, rotation.successor_seal,
+        "the retry gets the same successor"
+    );
+    assert!(!successor.spent);
+    assert!(store.refresh_token(&retry.successor.hash).await.unwrap().is_none());
+    assert!(!revoked(store, family).await);
+
+    let late = graceful(first, now + GRACE + Duration::SECOND);
+    refused(store.spend(&late).await.unwrap(), true);
+    assert!(revoked(store, family).await);
+}
+
+async fn once_its_successor_is_spent_a_retry_is_reuse<S: FamilyStore>(store: &S) {
+    let now = start();
+    let (family, first) = issue(store, "alice", now).await;
+    let rotation = graceful(first, now);
+    spent(store, &rotation).await;
+    spent(store, &graceful(rotation.successor.hash, now + Duration::SECOND)).await;
+    // Well within the window, but the successor has moved on: only a thief replays now.
+    refused(
+        store.spend(&graceful(first, now + Duration::seconds(2))).await.unwrap(),
+        true,
+    );
+    assert!(revoked(store, family).await);
+}
+
+async fn a_token_past_its_idle_expiry_is_refused_without_revoking_its_family<S: FamilyStore>(store: &S) {
+    let now = start();
+    let (family, first) = issue(store, "alice", now).await;
+    let end = now + IDLE;
+    let live = |at| async move { store.live_families("alice", at, None, 10).await.unwrap().len() };
+    assert_eq!(live(end - Duration::SECOND).await, 1);
+    assert_eq!(live(end).await, 0, "idle-expired families are not sessions");
+
+    let token = refused(store.spend(&spend_of(first, end)).await.unwrap(), false);
+    assert_eq!(token.spent_at, None);
+    assert_eq!(token.expires_at, end);
+    assert!(!revoked(store, family).await);
+    // A second before its end it would have been spent: the boundary is `now < expires_at`.
+    spent(store, &spend_of(first, end - Duration::SECOND)).await;
+}
+
+async fn a_successor_never_outlives_its_family_and_nothing_is_spent_after_its_end<S: FamilyStore>(store: &S) {
+    let now = start();
+    let mut new = new_family("alice", now);
+    // A first token that lasts as long as the family, so that it can be spent near the end.
+    new.first.expires_at = new.family.expires_at;
+    new.family.refresh_expires_at = new.family.expires_at;
+    let end = new.family.expires_at;
+    let (family, first) = create(store, new).await;
+
+    let rotation = spend_of(first, end - Duration::minutes(30));
+    assert_eq!(spent(store, &rotation).await, end, "capped at the family's end");
+    let token = refused(
+        store.spend(&spend_of(rotation.successor.hash, end)).await.unwrap(),
+        false,
+    );
+    assert_eq!(token.expires_at, end);
+    // Not even a replay revokes a family that has ended: there is nothing left to protect.
+    refused(store.spend(&spend_of(first, end)).await.unwrap(), false);
+    assert!(!revoked(store, family).await);
+    assert_eq!(store.family_status(family).await.unwrap().unwrap().expires_at, end);
+}
+
+async fn revoking_a_family_says_what_it_found_and_stops_its_tokens<S: FamilyStore>(store: &S) {
+    let now = start();
+    let (family, first) = issue(store, "alice", now).await;
+    let (other, _) = issue(store, "alice", now).await;
+    assert!(!revoked(store, family).await);
+
+    let at = now + Duration::MINUTE;
+    let revoke = |id| store.revoke_family(id, at, RevokeReason::Revoke);
+    assert_eq!(revoke(family).await.unwrap(), Revocation::Revoked);
+    assert_eq!(revoke(family).await.unwrap(), Revocation::AlreadyRevoked);
+    assert_eq!(revoke(FamilyId::new_random()).await.unwrap(), Revocation::Unknown);
+    assert!(store.family_status(FamilyId::new_random()).await.unwrap().is_none());
+    assert!(revoked(store, family).await);
+    assert!(!revoked(store, other).await);
+
+    let token = refused(store.spend(&spend_of(first, at)).await.unwrap(), false);
+    assert_eq!(token.family.revoked_at, Some(at));
+    assert_eq!(store.revoked_families(at, 10).await.unwrap(), vec![family]);
+    assert!(
+        store
+            .revoked_families(at - Duration::SECOND, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn revoking_a_subject_goes_in_batches_and_spares_others_and_ended_families<S: FamilyStore>(store: &S) {
+    let now = start();
+    let mut alice = Vec::new();
+    for _ in 0..5 {
+        alice.push(issue(store, "alice", now).await.0);
+    }
+    let (bob, _) = issue(store, "bob", now).await;
+    let mut short = new_family("alice", now);
+    short.family.expires_at = now + Duration::seconds(30);
+    short.family.refresh_expires_at = short.family.expires_at;
+    short.first.expires_at = short.family.expires_at;
+    let (ended, _) = create(store, short).await;
+    for &id in alice.iter().chain([&bob, &ended]) {
+        assert!(!revoked(store, id).await);
+    }
+
+    let at = now + Duration::MINUTE;
+    let mut batches = Vec::new();
+    loop {
+        let batch = store.revoke_subject("alice", at, 2).await.unwrap();
+        batches.push(batch.len());
+        if batch.len() < 2 {
+            break;
+        }
+    }
+    assert_eq!(batches, [2, 2, 1]);
+    for &id in &alice {
+        assert!(revoked(store, id).await);
+    }
+    assert!(!revoked(store, bob).await, "another subject");
+    assert!(!revoked(store, ended).await, "an ended family is left as it ended");
+    assert!(store.revoke_subject("alice", at, 2).await.unwrap().is_empty());
+}
+
+async fn beyond_max_live_a_new_family_evicts_the_oldest_of_its_subject_and_client<S: FamilyStore>(store: &S) {
+    let now = start();
+    let capped = |at| NewFamily {
+        max_live: 2,
+        ..new_family("alice", at)
+    };
+    let (oldest, _) = create(store, capped(now)).await;
+    let (middle, _) = create(store, capped(now + Duration::SECOND)).await;
+    let mut elsewhere = capped(now);
+    elsewhere.family.client_id = "other-app".into();
+    let (other_client, _) = create(store, elsewhere).await;
+    assert!(!revoked(store, oldest).await);
+
+    let newest = capped(now + Duration::seconds(2));
+    assert_eq!(store.create_family(&newest).await.unwrap(), vec![oldest]);
+    assert!(revoked(store, oldest).await);
+    assert!(!revoked(store, middle).await);
+    assert!(!revoked(store, newest.family.id).await);
+    assert!(
+        !revoked(store, other_client).await,
+        "another client's sessions count apart"
+    );
+}
+
+async fn live_sessions_are_paged_newest_first_without_gaps_or_repeats<S: FamilyStore>(store: &S) {
+    let now = start();
+    let mut expected = Vec::new();
+    for i in 0..5 {
+        expected.push(issue(store, "alice", now + Duration::seconds(i)).await.0);
+    }
+    // Two created in the same instant: the id breaks the tie, and paging must not lose one.
+    for _ in 0..2 {
+        expected.push(issue(store, "alice", now + Duration::seconds(5)).await.0);
+    }
+    let (gone, _) = issue(store, "alice", now + Duration::seconds(6)).await;
+    store.revoke_family(gone, now, RevokeReason::Revoke).await.unwrap();
+    let mut idle = new_family("alice", now);
+    idle.family.refresh_expires_at = now + Duration::seconds(9);
+    idle.first.expires_at = idle.family.refresh_expires_at;
+    create(store, idle).await;
+    issue(store, "bob", now).await;
+    // Newest first: created_at descending, then id descending.
+    let created = |id: FamilyId| now + Duration::seconds(expected.iter().position(|&e| e == id).unwrap().min(5) as i64);
+    let mut order = expected.clone();
+    order.sort_by_key(|&id| std::cmp::Reverse((created(id), id.as_uuid())));
+
+    let at = now + Duration::seconds(10);
+    let mut listed = Vec::new();
+    let mut after: Option<SessionCursor> = None;
+    for _ in 0..10 {
+        let page = store.live_families("alice", at, after, 3).await.unwrap();
+        for session in &page {
+            assert_eq!(session.client_id, "app");
+            assert_eq!(session.scopes, ["read", "write"]);
+            assert_eq!(session.created_at, created(session.id));
+            assert_eq!(session.expires_at, session.created_at + LIFE);
+            assert_eq!(session.refresh_expires_at, session.created_at + IDLE);
+        }
+        listed.extend(page.iter().map(|session| session.id));
+        match page.last() {
+            Some(last) if page.len() == 3 => {
+                after = Some(SessionCursor {
+                    created_at: last.created_at,
+                    id: last.id,
+                })
+            }
+            _ => break,
+        }
+    }
+    assert_eq!(listed, order);
+}
+
+async fn cleanup_finds_ended_families_and_purges_them_with_every_token<S: FamilyStore>(store: &S) {
+    let now = start();
+    // A family rotated three times, then revoked: four tokens.
+    let (revoked_family, first) = issue(store, "alice", now).await;
+    let mut chain = vec![first];
+    for i in 1..=3 {
+        let rotation = spend_of(*chain.last().unwrap(), now + Duration::seconds(i));
+        spent(store, &rotation).await;
+        chain.push(rotation.successor.hash);
+    }
+    let revoked_at = now + Duration::minutes(1);
+    store
+        .revoke_family(revoked_family, revoked_at, RevokeReason::Revoke)
+        .await
+        .unwrap();
+    // One that went idle, and one that is live.
+    let mut idle = new_family("bob", now);
+    idle.family.refresh_expires_at = now + Duration::minutes(2);
+    idle.first.expires_at = idle.family.refresh_expires_at;
+    let (idle_family, idle_token) = create(store, idle).await;
+    let (live_family, live_token) = issue(store, "carol", now).await;
+
+    let at = now + Duration::minutes(3);
+    assert_eq!(store.revoked_families(at, 10).await.unwrap(), vec![revoked_family]);
+    // The sweep, two families a window, from the start until it says it is done.
+    let mut ended = Vec::new();
+    let mut after = None;
+    for _ in 0..10 {
+        let IdleWindow { ended: window, last } = store.idle_window(after, 2, at).await.unwrap();
+        ended.extend(window);
+        after = last;
+        if after.is_none() {
+            break;
+        }
+    }
+    assert!(after.is_none(), "the sweep never ended");
+    assert_eq!(ended, vec![idle_family]);
+
+    // Batches of one token: the chain goes in several statements.
+    let purged = store.purge_families(&[revoked_family, idle_family], 1).await.unwrap();
+    assert_eq!(purged, Purged { families: 2, tokens: 5 });
+    for hash in chain.iter().chain([&idle_token]) {
+        assert!(store.refresh_token(hash).await.unwrap().is_none());
+    }
+    assert!(store.refresh_token(&live_token).await.unwrap().is_some());
+    assert!(!revoked(store, live_family).await);
+    assert_eq!(
+        store.purge_families(&[revoked_family, idle_family], 1).await.unwrap(),
+        Purged::default(),
+        "purging again finds nothing"
+    );
+    assert!(store.revoked_families(at, 10).await.unwrap().is_empty());
+}
+
+async fn seals_go_when_their_token_is_spent_or_cleared_and_without_one_a_retry_is_reuse<S: FamilyStore>(store: &S) {
+    let now = start();
+    let (_, first) = issue(store, "alice", now).await;
+    let rotation = graceful(first, now);
+    spent(store, &rotation).await;
+    // Spending the successor drops its seal; only the newest token's remains.
+    spent(store, &graceful(rotation.successor.hash, now + Duration::SECOND)).await;
+    assert_eq!(
+        store.clear_seals(now, 10).await.unwrap(),
+        0,
+        "none made before the cutoff"
+    );
+    assert_eq!(store.clear_seals(now + Duration::SECOND, 10).await.unwrap(), 1);
+    assert_eq!(store.clear_seals(now + Duration::SECOND, 10).await.unwrap(), 0);
+
+    let (family, first) = issue(store, "bob", now).await;
+    let rotation = graceful(first, now);
+    spent(store, &rotation).await;
+    assert_eq!(store.clear_seals(now, 10).await.unwrap(), 1);
+    // Within the window, but with no seal the retry cannot be answered: it is reuse.
+    refused(
+        store.spend(&graceful(first, now + Duration::SECOND)).await.unwrap(),
+        true,
+    );
+    assert!(revoked(store, family).await);
+}
+
+async fn a_family_never_branches_however_its_tokens_are_raced<S: FamilyStore>(store: &S) {
+    let now = start();
+    let (family, first) = issue(store, "alice", now).await;
+    let mut chain = vec![first];
+    let mut losers = Vec::new();
+    // Each round, eight spends of the newest token at once: one moves the chain on, the others
+    // are retries within the grace window (answered, not stored, not reuse).
+    for round in 1..=8 {
+        let at = now + Duration::seconds(round);
+        let requests: Vec<SpendRequest> = (0..8).map(|_| graceful(*chain.last().unwrap(), at)).collect();
+        let outcomes: Vec<SpendOutcome> = join_all(requests.iter().map(|request| store.spend(request)))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let mut winner = None;
+        for (request, outcome) in requests.iter().zip(outcomes) {
+            match outcome {
+                SpendOutcome::Spent { .. } => {
+                    assert!(winner.is_none(), "round {round}: a second winner");
+                    winner = Some(request.successor.hash);
+                }
+                outcome => {
+                    refused(outcome, false);
+                    losers.push(request.successor.hash);
+                }
+            }
+        }
+        chain.push(winner.unwrap_or_else(|| panic!("round {round}: no winner")));
+    }
+    assert!(!revoked(store, family).await);
+
+    // Then the newest token and the first (long spent, its successor too: reuse) at once.
+    let at = now + Duration::seconds(20);
+    let newest = *chain.last().unwrap();
+    let requests: Vec<SpendRequest> = (0..16)
+        .map(|i| graceful(if i % 2 == 0 { newest } else { first }, at))
+        .collect();
+    let outcomes: Vec<SpendOutcome> = join_all(requests.iter().map(|request| store.spend(request)))
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let mut revokers = 0;
+    for (request, outcome) in requests.iter().zip(&outcomes) {
+        match outcome {
+            SpendOutcome::Spent { .. } => chain.push(request.successor.hash),
+            SpendOutcome::Refused { revoked_for_reuse, .. } => {
+                revokers += usize::from(*revoked_for_reuse);
+                losers.push(request.successor.hash);
+            }
+        }
+    }
+    assert_eq!(revokers, 1, "{outcomes:#?}");
+    assert!(chain.len() <= 10, "the newest token was spent twice: {outcomes:#?}");
+    assert!(revoked(store, family).await);
+
+    // One chain: each token's successor is the next, only the last is unspent, and no losing
+    // successor was ever stored.
+    for pair in chain.windows(2) {
+        let token = store.refresh_token(&pair[0]).await.unwrap().unwrap();
+        assert_eq!(token.successor.map(|s| s.hash), Some(pair[1]));
+    }
+    let last = store.refresh_token(chain.last().unwrap()).await.unwrap().unwrap();
+    assert_eq!(last.spent_at, None);
+    for loser in &losers {
+        assert!(store.refresh_token(loser).await.unwrap().is_none());
+    }
+}
