@@ -299,6 +299,11 @@ pub struct TransportLimitArgs {
     /// that load spreads over new replicas; `0s` never. At most 1d.
     #[arg(long, env = "RATCHET_MAX_CONNECTION_AGE", default_value = "0s")]
     pub max_connection_age: String,
+    /// A connection with no call in flight for this long is closed (GOAWAY; the client opens a
+    /// new one for its next call). Keepalive PINGs do not count; a long call is never cut. `0s`
+    /// never; at most 1d.
+    #[arg(long, env = "RATCHET_IDLE_TIMEOUT", default_value = "5m")]
+    pub idle_timeout: String,
 }
 
 #[cfg(test)]

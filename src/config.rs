@@ -76,6 +76,8 @@ pub struct TransportLimits {
     pub http2_keepalive_timeout: Duration,
     /// Zero: connections live as long as their peers keep them.
     pub max_connection_age: Duration,
+    /// Zero: idle connections stay open.
+    pub idle_timeout: Duration,
 }
 
 impl Default for TransportLimits {
@@ -87,6 +89,7 @@ impl Default for TransportLimits {
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(10),
             max_connection_age: Duration::ZERO,
+            idle_timeout: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -117,6 +120,7 @@ impl TransportLimits {
                 &KEEPALIVE_TIMEOUT,
             ),
             max_connection_age: problems.duration("max-connection-age", &args.max_connection_age, &CONNECTION_AGE),
+            idle_timeout: problems.duration("idle-timeout", &args.idle_timeout, &IDLE_TIMEOUT),
         }
     }
 }
@@ -326,7 +330,12 @@ const CONNECTION_AGE: Bounds = Bounds {
     max: DAY,
     why: "longer is the same as never",
 };
-
+/// Zero keeps idle connections; past a day is the same as never.
+const IDLE_TIMEOUT: Bounds = Bounds {
+    min: Duration::ZERO,
+    max: DAY,
+    why: "longer is the same as never",
+};
 /// Ended families are kept at most as long as the longest family lives.
 const GC_RETENTION: Bounds = Bounds {
     min: Duration::ZERO,
@@ -735,12 +744,16 @@ mod tests {
     fn transport_limits_have_bounds_and_defaults() {
         let config = Config::from_args(serve_args(&[])).unwrap();
         assert_eq!(config.limits, TransportLimits::default());
+        assert_eq!(config.limits.idle_timeout, Duration::from_secs(5 * 60));
+        let off = Config::from_args(serve_args(&["--idle-timeout", "0s"])).unwrap();
+        assert_eq!(off.limits.idle_timeout, Duration::ZERO, "0s turns the idle timeout off");
         for (flag, value) in [
             ("--max-concurrent-requests", "0"),
             ("--max-streams-per-connection", "20000"),
             ("--max-header-bytes", "100"),
             ("--http2-keepalive-timeout", "0s"),
             ("--max-connection-age", "2d"),
+            ("--idle-timeout", "2d"),
         ] {
             let problems = problems_of(&[flag, value]);
             assert!(

@@ -7,21 +7,18 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use futures_util::future::Either;
-use futures_util::{Stream, StreamExt as _};
 use sqlx::Connection as _;
 use sqlx::migrate::MigrateDatabase as _;
 use sqlx::postgres::{PgConnection, Postgres};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -45,7 +42,7 @@ use crate::store::FamilyStore as _;
 use crate::store::cached::{CachedStore, FamilyCache};
 use crate::store::pool::ConnectionPool;
 use crate::store::postgres::{self, MIGRATOR, PgStore, PoolSettings, revocations};
-use crate::transport::accept::Conn;
+use crate::transport::idle::ActivityLayer;
 use crate::transport::{self, PeerIdentityLayer, TransportConfig};
 
 /// Largest request accepted. Far above any valid request (8 KiB of claims plus 128 names of
@@ -426,17 +423,10 @@ impl Application {
             AuthorizationServer::new(self.authorization).max_decoding_message_size(authz::MAX_CHECK_BYTES);
 
         tracing::info!(%addr, tls = grpc_tls.is_some(), mutual_tls = self.tls.as_ref().is_some_and(|tls| tls.requires_client_certificates()), "serving gRPC");
-        let incoming: Pin<Box<dyn Stream<Item = std::io::Result<Conn>> + Send>> = match grpc_tls {
-            Some(tls) => Box::pin(transport::accept::incoming(self.listener, Some(tls))),
-            None => Box::pin(
-                TcpIncoming::from(self.listener)
-                    .with_nodelay(Some(true))
-                    .map(|conn| conn.map(Conn::Plain)),
-            ),
-        };
+        let incoming = transport::accept::connections(self.listener, grpc_tls);
         let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
         let limits = self.limits;
-        let serve = Server::builder()
+        let router = Server::builder()
             .timeout(self.request_timeout)
             .max_concurrent_streams(limits.max_streams_per_connection)
             .http2_max_header_list_size(limits.max_header_bytes)
@@ -450,6 +440,8 @@ impl Application {
             } else {
                 limits.max_connection_age
             })
+            // Outermost: a call is in flight (the connection not idle) until its answer is sent.
+            .layer(ActivityLayer)
             .layer(CatchPanicLayer)
             .layer(ShedLayer::new(limits.max_concurrent_requests))
             .layer(MessageLimitLayer)
@@ -461,14 +453,15 @@ impl Application {
             .add_optional_service(reflection.then_some(reflection_v1))
             .add_optional_service(reflection.then_some(reflection_v1alpha))
             .add_service(tokens)
-            .add_service(authorization)
-            .serve_with_incoming_shutdown(incoming, async {
-                shutdown.await;
-                let _ = stop_health.send(true);
-                set_health(&reporter, ServingStatus::NotServing).await;
-                tracing::info!("draining in-flight calls");
-                let _ = draining.send(());
-            });
+            .add_service(authorization);
+        let idle_timeout = (!limits.idle_timeout.is_zero()).then_some(limits.idle_timeout);
+        let serve = transport::serve::grpc(router, incoming, idle_timeout, async {
+            shutdown.await;
+            let _ = stop_health.send(true);
+            set_health(&reporter, ServingStatus::NotServing).await;
+            tracing::info!("draining in-flight calls");
+            let _ = draining.send(());
+        });
         // A client that never closes its connection must not keep the process alive forever.
         let drain_deadline = async {
             if drain_started.await.is_ok() {
@@ -477,13 +470,12 @@ impl Application {
                 std::future::pending::<()>().await;
             }
         };
-        let result = tokio::select! {
-            result = serve => result,
+        tokio::select! {
+            () = serve => {},
             () = drain_deadline => {
                 tracing::warn!(timeout = ?DRAIN_TIMEOUT, "drain timed out; closing the remaining connections");
-                Ok(())
             }
-        };
+        }
         health_task.abort();
         // Stopped by now: the shutdown signalled it, or the transport failed and dropped the
         // sender. It closes its connection; waiting is bounded in case the database hangs.
@@ -500,7 +492,7 @@ impl Application {
         }
         self.store.pool().close().await;
         tracing::info!("stopped");
-        result.context("gRPC transport failed")
+        Ok(())
     }
 }
 

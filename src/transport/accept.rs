@@ -20,6 +20,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use super::idle::Activity;
 use crate::grpc::caller::PeerIdentity;
 
 /// Longest a TLS handshake may take before the connection is closed.
@@ -36,23 +37,38 @@ pub struct PeerInfo {
     /// From its client certificate (mutual TLS); `None` on plaintext or without a certificate
     /// that names one.
     pub identity: Option<PeerIdentity>,
+    /// Its requests in flight, for the idle timeout (see [`super::idle`]); `None`: not watched.
+    pub activity: Option<Activity>,
 }
 
 /// A connection as the servers see it.
 #[derive(Debug)]
 pub enum Conn {
-    Plain(TcpStream),
+    Plain(TcpStream, PeerInfo),
     Tls(Box<TlsStream<TcpStream>>, PeerInfo),
 }
 
 impl Conn {
+    /// A plaintext connection.
+    pub fn plain(stream: TcpStream) -> Self {
+        let info = PeerInfo {
+            remote_addr: stream.peer_addr().ok(),
+            identity: None,
+            activity: None,
+        };
+        Self::Plain(stream, info)
+    }
+
     pub fn peer_info(&self) -> PeerInfo {
         match self {
-            Self::Plain(stream) => PeerInfo {
-                remote_addr: stream.peer_addr().ok(),
-                identity: None,
-            },
-            Self::Tls(_, info) => info.clone(),
+            Self::Plain(_, info) | Self::Tls(_, info) => info.clone(),
+        }
+    }
+
+    /// Has every request on this connection counted on `activity`.
+    pub fn track(&mut self, activity: Activity) {
+        match self {
+            Self::Plain(_, info) | Self::Tls(_, info) => info.activity = Some(activity),
         }
     }
 }
@@ -68,7 +84,7 @@ impl tonic::transport::server::Connected for Conn {
 impl AsyncRead for Conn {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Self::Plain(stream, _) => Pin::new(stream).poll_read(cx, buf),
             Self::Tls(stream, _) => Pin::new(stream.as_mut()).poll_read(cx, buf),
         }
     }
@@ -77,21 +93,21 @@ impl AsyncRead for Conn {
 impl AsyncWrite for Conn {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Self::Plain(stream, _) => Pin::new(stream).poll_write(cx, buf),
             Self::Tls(stream, _) => Pin::new(stream.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Self::Plain(stream, _) => Pin::new(stream).poll_flush(cx),
             Self::Tls(stream, _) => Pin::new(stream.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            Self::Plain(stream, _) => Pin::new(stream).poll_shutdown(cx),
             Self::Tls(stream, _) => Pin::new(stream.as_mut()).poll_shutdown(cx),
         }
     }
@@ -102,16 +118,34 @@ impl AsyncWrite for Conn {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Self::Plain(stream, _) => Pin::new(stream).poll_write_vectored(cx, bufs),
             Self::Tls(stream, _) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            Self::Plain(stream) => stream.is_write_vectored(),
+            Self::Plain(stream, _) => stream.is_write_vectored(),
             Self::Tls(stream, _) => stream.is_write_vectored(),
         }
+    }
+}
+
+/// Connections from `listener`, for either server: with `tls`, those that completed a handshake
+/// ([`incoming`]); without, TCP connections accepted only as the server asks for the next one (so
+/// that one at its connection cap leaves them in the kernel's backlog).
+pub fn connections(
+    listener: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
+) -> Pin<Box<dyn Stream<Item = io::Result<Conn>> + Send>> {
+    use futures_util::StreamExt as _;
+    match tls {
+        Some(tls) => Box::pin(incoming(listener, Some(tls))),
+        None => Box::pin(
+            tonic::transport::server::TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .map(|accepted| accepted.map(Conn::plain)),
+        ),
     }
 }
 
@@ -152,7 +186,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, sender: mp
         let _ = stream.set_nodelay(true);
         let Some(acceptor) = tls.clone() else {
             drop(permit);
-            if sender.send(Conn::Plain(stream)).await.is_err() {
+            if sender.send(Conn::plain(stream)).await.is_err() {
                 return;
             }
             continue;
@@ -171,6 +205,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, sender: mp
                     let info = PeerInfo {
                         remote_addr: Some(remote_addr),
                         identity,
+                        activity: None,
                     };
                     let _ = sender.send(Conn::Tls(Box::new(tls), info)).await;
                 }

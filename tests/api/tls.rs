@@ -591,3 +591,42 @@ async fn the_caller_policy_judges_the_mtls_identity_end_to_end(_pool: PgPoolOpti
     assert_eq!(unknown.code(), tonic::Code::Unauthenticated, "{unknown:?}");
     app.stop().await;
 }
+
+/// A TLS server with the given gRPC idle timeout.
+async fn spawn_with_idle_timeout(options: PgConnectOptions, tls: TlsFiles, idle: Duration) -> TestApp {
+    spawn_app_adjusted(options, move |parts| {
+        parts.transport = TransportConfig {
+            tls: Some(tls),
+            tls_reload_interval: Duration::from_secs(60),
+            trust_xfcc: false,
+            probe: None,
+        };
+        parts.limits.idle_timeout = idle;
+    })
+    .await
+}
+
+#[sqlx::test]
+async fn over_tls_an_idle_grpc_connection_is_closed_and_the_client_reconnects(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let ca = Ca::new("server CA");
+    let files = Files::new();
+    let idle = Duration::from_secs(1);
+    let app = spawn_with_idle_timeout(options, files.tls(&ca.server(), None), idle).await;
+    let (channel, opened) = tls_channel(app.addr, client_config(&ca, None, &[b"h2"]));
+    call(channel.clone()).await.unwrap();
+    tokio::time::sleep(idle / 2).await;
+    call(channel.clone()).await.unwrap();
+    assert_eq!(opened.load(Ordering::SeqCst), 1, "busy within the timeout: kept");
+
+    tokio::time::sleep(idle * 2).await;
+    call(channel).await.expect("the client reconnects after the idle close");
+    assert_eq!(
+        opened.load(Ordering::SeqCst),
+        2,
+        "idle past the timeout: closed, so a new connection"
+    );
+    app.stop().await;
+}

@@ -1,0 +1,191 @@
+//! Connection limits over real sockets: idle gRPC connections are closed (and busy ones never).
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use ratchet::grpc::pb::RotateRequest;
+use ratchet::grpc::pb::token_service_client::TokenServiceClient;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tonic::transport::Channel;
+
+use crate::helpers::{channel, issue, spawn_app_adjusted};
+
+/// The connections a [`watched_channel`] opened, and how many of them have ended.
+#[derive(Default)]
+struct Watch {
+    opened: AtomicUsize,
+    ended: AtomicUsize,
+}
+
+impl Watch {
+    fn opened(&self) -> usize {
+        self.opened.load(Ordering::SeqCst)
+    }
+
+    fn ended(&self) -> usize {
+        self.ended.load(Ordering::SeqCst)
+    }
+}
+
+/// A TCP stream that counts on its [`Watch`] when it ends: when it reads the end of the stream
+/// (the server closed it), or is dropped (the client closed it, as tonic's does once the server's
+/// GOAWAY leaves it no call to wait for).
+struct Watched {
+    stream: TcpStream,
+    watch: Arc<Watch>,
+    ended: bool,
+}
+
+impl Watched {
+    fn end(&mut self) {
+        if !self.ended {
+            self.ended = true;
+            self.watch.ended.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if matches!(read, Poll::Ready(Ok(()))) && buf.filled().len() == before {
+            this.end();
+        }
+        read
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// A plaintext channel to `addr` whose connections are watched: opened, and ended by the server.
+async fn watched_channel(addr: SocketAddr) -> (Channel, Arc<Watch>) {
+    let watch = Arc::new(Watch::default());
+    let counter = watch.clone();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let watch = counter.clone();
+            async move {
+                let stream = TcpStream::connect(addr).await?;
+                watch.opened.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(Watched {
+                    stream,
+                    watch,
+                    ended: false,
+                }))
+            }
+        }))
+        .await
+        .unwrap();
+    (channel, watch)
+}
+
+/// Waits (at most `limit`) until `done`; whether it came.
+async fn eventually(limit: Duration, done: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+const IDLE: Duration = Duration::from_secs(1);
+
+#[sqlx::test]
+async fn an_idle_grpc_connection_is_closed_after_the_idle_timeout_whatever_its_keepalive_pings(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let app = spawn_app_adjusted(options, |parts| {
+        parts.limits.idle_timeout = IDLE;
+        // Five PINGs a second, answered by the client: they must not count as activity.
+        parts.limits.http2_keepalive_interval = Duration::from_millis(200);
+    })
+    .await;
+    let (watched, watch) = watched_channel(app.addr).await;
+    let client = TokenServiceClient::new(watched);
+    issue(&client, "alice").await;
+    tokio::time::sleep(IDLE / 2).await;
+    assert_eq!(watch.ended(), 0, "closed before it was idle for the timeout");
+
+    assert!(
+        eventually(3 * IDLE, || watch.ended() == 1).await,
+        "an idle connection is still open"
+    );
+    // The client was told (GOAWAY) and closed the connection; it opens a new one for its next
+    // call, and a fresh channel is served as well.
+    issue(&client, "alice").await;
+    assert_eq!(watch.opened(), 2);
+    issue(&TokenServiceClient::new(channel(app.addr).await), "bob").await;
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn a_call_longer_than_the_idle_timeout_is_not_cut_and_the_connection_is_idle_from_its_end(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let app = spawn_app_adjusted(options, |parts| parts.limits.idle_timeout = IDLE).await;
+    let pair = app.issue("alice").await;
+    // A Rotate held up in the database for two and a half idle timeouts.
+    app.hook_spends("perform pg_sleep(2.5); return new;").await;
+    let (watched, watch) = watched_channel(app.addr).await;
+    let started = Instant::now();
+    // Kept: dropping the last handle on a channel closes its connection.
+    let mut client = TokenServiceClient::new(watched);
+    client
+        .rotate(RotateRequest {
+            refresh_token: pair.refresh_token,
+        })
+        .await
+        .expect("a call in flight is never cut");
+    assert!(started.elapsed() >= 2 * IDLE, "{:?}", started.elapsed());
+    assert_eq!(
+        (watch.opened(), watch.ended()),
+        (1, 0),
+        "the call's connection stayed open"
+    );
+
+    let ended = Instant::now();
+    assert!(
+        eventually(3 * IDLE, || watch.ended() == 1).await,
+        "idle after the call, yet still open"
+    );
+    assert!(
+        ended.elapsed() >= IDLE / 2,
+        "closed {:?} after the call",
+        ended.elapsed()
+    );
+    drop(client);
+    app.unhook_spends().await;
+    app.stop().await;
+}
