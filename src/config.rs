@@ -17,6 +17,7 @@ use crate::issuer::types::MAX_NAME_BYTES;
 use crate::keys::source::KeySource;
 use crate::policy::AccessSettings;
 use crate::store::postgres::PoolSettings;
+use crate::transport::serve::HttpLimits;
 use crate::transport::{Reloadable, TlsFiles, TransportConfig};
 
 /// Where the database is and how to talk to it.
@@ -125,6 +126,23 @@ impl TransportLimits {
     }
 }
 
+impl HttpLimits {
+    fn collect(args: &TransportLimitArgs, problems: &mut Problems) -> Self {
+        problems.check((1..=100_000).contains(&args.http_max_connections), || {
+            "http-max-connections: must be 1 to 100000".into()
+        });
+        Self {
+            header_read_timeout: problems.duration(
+                "http-header-read-timeout",
+                &args.http_header_read_timeout,
+                &HTTP_HEADER_READ_TIMEOUT,
+            ),
+            idle_timeout: problems.duration("http-idle-timeout", &args.http_idle_timeout, &HTTP_IDLE_TIMEOUT),
+            max_connections: usize::try_from(args.http_max_connections).unwrap_or(1024),
+        }
+    }
+}
+
 /// The JWKS and discovery HTTP listener.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
@@ -133,6 +151,8 @@ pub struct HttpConfig {
     pub jwks_max_age: Duration,
     /// The `jwks_uri` discovery announces; `None`: from the request's Host header.
     pub jwks_uri: Option<String>,
+    /// Header read timeout, idle timeout, connection cap.
+    pub limits: HttpLimits,
 }
 
 /// What `ratchet gc` needs.
@@ -336,6 +356,20 @@ const IDLE_TIMEOUT: Bounds = Bounds {
     max: DAY,
     why: "longer is the same as never",
 };
+/// A real client sends its request head in one go; under a second a slow network is cut, over
+/// five minutes a slowloris client holds its connection that long.
+const HTTP_HEADER_READ_TIMEOUT: Bounds = Bounds {
+    min: Duration::from_secs(1),
+    max: Duration::from_secs(5 * 60),
+    why: "a client dribbling its headers would hold a connection that long",
+};
+/// Verifiers fetch the JWKS every few minutes: keeping an idle connection longer saves nothing.
+const HTTP_IDLE_TIMEOUT: Bounds = Bounds {
+    min: Duration::from_secs(1),
+    max: HOUR,
+    why: "idle connections would hold their place under the connection cap that long",
+};
+
 /// Ended families are kept at most as long as the longest family lives.
 const GC_RETENTION: Bounds = Bounds {
     min: Duration::ZERO,
@@ -480,6 +514,7 @@ impl Config {
             &KEYS_RELOAD_INTERVAL,
         );
         let jwks_max_age = problems.duration("jwks-max-age", &args.jwks_max_age, &JWKS_MAX_AGE);
+        let http_limits = HttpLimits::collect(&args.limits, &mut problems);
         let http = match args.http_listen.as_str() {
             "off" => None,
             listen => match listen.parse() {
@@ -487,6 +522,7 @@ impl Config {
                     listen,
                     jwks_max_age,
                     jwks_uri: args.jwks_uri.clone(),
+                    limits: http_limits,
                 }),
                 Err(_) => {
                     problems.0.push(format!(
@@ -745,6 +781,7 @@ mod tests {
         let config = Config::from_args(serve_args(&[])).unwrap();
         assert_eq!(config.limits, TransportLimits::default());
         assert_eq!(config.limits.idle_timeout, Duration::from_secs(5 * 60));
+        assert_eq!(config.http.unwrap().limits, HttpLimits::default());
         let off = Config::from_args(serve_args(&["--idle-timeout", "0s"])).unwrap();
         assert_eq!(off.limits.idle_timeout, Duration::ZERO, "0s turns the idle timeout off");
         for (flag, value) in [
@@ -754,6 +791,10 @@ mod tests {
             ("--http2-keepalive-timeout", "0s"),
             ("--max-connection-age", "2d"),
             ("--idle-timeout", "2d"),
+            ("--http-header-read-timeout", "0s"),
+            ("--http-header-read-timeout", "6m"),
+            ("--http-idle-timeout", "0s"),
+            ("--http-max-connections", "0"),
         ] {
             let problems = problems_of(&[flag, value]);
             assert!(

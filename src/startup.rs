@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
-use futures_util::future::Either;
 use sqlx::Connection as _;
 use sqlx::migrate::MigrateDatabase as _;
 use sqlx::postgres::{PgConnection, Postgres};
@@ -386,22 +385,15 @@ impl Application {
                 );
                 let mut stopped = stopped.clone();
                 tracing::info!(addr = %listener.local_addr()?, tls = http_tls.is_some(), "serving the JWKS over HTTP");
-                let listener = match http_tls {
-                    Some(tls) => Either::Right(transport::accept::HttpListener::new(listener, Some(tls))?),
-                    None => Either::Left(listener),
-                };
-                Some(tokio::spawn(async move {
-                    let stop = async move {
+                let connections = transport::accept::connections(listener, http_tls);
+                Some(tokio::spawn(transport::serve::http(
+                    router,
+                    connections,
+                    config.limits,
+                    async move {
                         let _ = stopped.wait_for(|stopped| *stopped).await;
-                    };
-                    let served = match listener {
-                        Either::Left(plain) => axum::serve(plain, router).with_graceful_shutdown(stop).await,
-                        Either::Right(tls) => axum::serve(tls, router).with_graceful_shutdown(stop).await,
-                    };
-                    if let Err(error) = served {
-                        tracing::error!(%error, "the HTTP listener failed");
-                    }
-                }))
+                    },
+                )))
             }
             None => None,
         };

@@ -1,4 +1,5 @@
-//! Connection limits over real sockets: idle gRPC connections are closed (and busy ones never).
+//! Connection limits over real sockets: idle gRPC connections are closed (and busy ones never),
+//! and the HTTP (JWKS) listener drops slowloris clients and caps its connections.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -9,12 +10,13 @@ use std::time::{Duration, Instant};
 
 use ratchet::grpc::pb::RotateRequest;
 use ratchet::grpc::pb::token_service_client::TokenServiceClient;
+use ratchet::http::JWKS_PATH;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 use tonic::transport::Channel;
 
-use crate::helpers::{channel, issue, spawn_app_adjusted};
+use crate::helpers::{channel, http_get, issue, spawn_app_adjusted};
 
 /// The connections a [`watched_channel`] opened, and how many of them have ended.
 #[derive(Default)]
@@ -187,5 +189,69 @@ async fn a_call_longer_than_the_idle_timeout_is_not_cut_and_the_connection_is_id
     );
     drop(client);
     app.unhook_spends().await;
+    app.stop().await;
+}
+
+/// Reads until the server closes `stream` (or resets it); how long after `opened` that was, or
+/// `None` if it was still open after `limit`.
+async fn closed_within(mut stream: TcpStream, opened: Instant, limit: Duration) -> Option<Duration> {
+    let mut answer = Vec::new();
+    tokio::time::timeout(limit, stream.read_to_end(&mut answer))
+        .await
+        .ok()
+        .map(|_| opened.elapsed())
+}
+
+#[sqlx::test]
+async fn a_slowloris_http_client_is_disconnected_after_the_header_read_timeout(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let app = spawn_app_adjusted(options, |parts| {
+        parts.http.as_mut().unwrap().limits.header_read_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let http = app.http_addr.unwrap();
+    let opened = Instant::now();
+    // Half a request head, then nothing; and a client that sends nothing at all.
+    let mut dribbling = TcpStream::connect(http).await.unwrap();
+    dribbling
+        .write_all(b"GET /.well-known/jwks.json HTTP/1.1\r\nHost: ratchet\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let silent = TcpStream::connect(http).await.unwrap();
+    for (client, stream) in [("dribbling", dribbling), ("silent", silent)] {
+        let after = closed_within(stream, opened, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("the {client} client is still connected after 5 s"));
+        assert!(after >= Duration::from_millis(800), "{client}: closed after {after:?}");
+    }
+    assert_eq!(app.http_get(JWKS_PATH, &[]).await.status, 200, "others are served");
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn beyond_the_http_connection_cap_a_new_connection_waits_for_a_free_one(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let app = spawn_app_adjusted(options, |parts| {
+        parts.http.as_mut().unwrap().limits.max_connections = 2;
+    })
+    .await;
+    let http = app.http_addr.unwrap();
+    let first = TcpStream::connect(http).await.unwrap();
+    let _second = TcpStream::connect(http).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let waiting = tokio::spawn(http_get(http, JWKS_PATH, &[]));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!waiting.is_finished(), "served beyond the cap of 2 connections");
+    drop(first);
+    let answer = tokio::time::timeout(Duration::from_secs(3), waiting)
+        .await
+        .expect("served once a connection was free")
+        .unwrap();
+    assert_eq!(answer.status, 200);
     app.stop().await;
 }
