@@ -322,7 +322,8 @@ impl Application {
     /// closes the pool.
     ///
     /// # Errors
-    /// The transport fails.
+    /// The bound address cannot be read, or the TLS or reflection services cannot be set up (a
+    /// connection that fails is logged, never an error of the server).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
         let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -469,8 +470,8 @@ impl Application {
             }
         }
         health_task.abort();
-        // Stopped by now: the shutdown signalled it, or the transport failed and dropped the
-        // sender. It closes its connection; waiting is bounded in case the database hangs.
+        // Stopped by now: the shutdown signalled it. It closes its connection; waiting is bounded
+        // in case the database hangs.
         if let Some(mut task) = listener_task
             && tokio::time::timeout(Duration::from_secs(2), &mut task).await.is_err()
         {
