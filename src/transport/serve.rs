@@ -222,8 +222,14 @@ async fn http_connection(
     }
 }
 
-/// Out of file descriptors and the like: pause rather than spin.
+/// A peer that gave up before it was accepted is nothing to report; out of file descriptors and
+/// the like, pause rather than spin.
 async fn accept_failed(error: &io::Error) {
+    use io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(error.kind(), ConnectionAborted | ConnectionRefused | ConnectionReset) {
+        tracing::debug!(%error, "a connection ended before it was accepted");
+        return;
+    }
     tracing::warn!(%error, "cannot accept a connection");
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
