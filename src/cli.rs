@@ -299,6 +299,23 @@ pub struct TransportLimitArgs {
     /// that load spreads over new replicas; `0s` never. At most 1d.
     #[arg(long, env = "RATCHET_MAX_CONNECTION_AGE", default_value = "0s")]
     pub max_connection_age: String,
+    /// A connection with no call in flight for this long is closed (GOAWAY; the client opens a
+    /// new one for its next call). Keepalive PINGs do not count; a long call is never cut. `0s`
+    /// never; at most 1d.
+    #[arg(long, env = "RATCHET_IDLE_TIMEOUT", default_value = "5m")]
+    pub idle_timeout: String,
+    /// HTTP (JWKS) listener: a client must send a complete request head within this, from
+    /// connecting or from its previous answer, or is disconnected (slowloris). 1s to 5m.
+    #[arg(long, env = "RATCHET_HTTP_HEADER_READ_TIMEOUT", default_value = "10s")]
+    pub http_header_read_timeout: String,
+    /// HTTP (JWKS) listener: a connection with no request in flight for this long is closed.
+    /// 1s to 1h.
+    #[arg(long, env = "RATCHET_HTTP_IDLE_TIMEOUT", default_value = "1m")]
+    pub http_idle_timeout: String,
+    /// HTTP (JWKS) listener: connections served at once; further ones wait to be accepted (in
+    /// the kernel's backlog). 1 to 100000.
+    #[arg(long, env = "RATCHET_HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub http_max_connections: u32,
 }
 
 #[cfg(test)]

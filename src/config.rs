@@ -17,6 +17,7 @@ use crate::issuer::types::MAX_NAME_BYTES;
 use crate::keys::source::KeySource;
 use crate::policy::AccessSettings;
 use crate::store::postgres::PoolSettings;
+use crate::transport::serve::HttpLimits;
 use crate::transport::{Reloadable, TlsFiles, TransportConfig};
 
 /// Where the database is and how to talk to it.
@@ -76,6 +77,8 @@ pub struct TransportLimits {
     pub http2_keepalive_timeout: Duration,
     /// Zero: connections live as long as their peers keep them.
     pub max_connection_age: Duration,
+    /// Zero: idle connections stay open.
+    pub idle_timeout: Duration,
 }
 
 impl Default for TransportLimits {
@@ -87,6 +90,7 @@ impl Default for TransportLimits {
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(10),
             max_connection_age: Duration::ZERO,
+            idle_timeout: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -117,6 +121,24 @@ impl TransportLimits {
                 &KEEPALIVE_TIMEOUT,
             ),
             max_connection_age: problems.duration("max-connection-age", &args.max_connection_age, &CONNECTION_AGE),
+            idle_timeout: problems.duration("idle-timeout", &args.idle_timeout, &IDLE_TIMEOUT),
+        }
+    }
+}
+
+impl HttpLimits {
+    fn collect(args: &TransportLimitArgs, problems: &mut Problems) -> Self {
+        problems.check((1..=100_000).contains(&args.http_max_connections), || {
+            "http-max-connections: must be 1 to 100000".into()
+        });
+        Self {
+            header_read_timeout: problems.duration(
+                "http-header-read-timeout",
+                &args.http_header_read_timeout,
+                &HTTP_HEADER_READ_TIMEOUT,
+            ),
+            idle_timeout: problems.duration("http-idle-timeout", &args.http_idle_timeout, &HTTP_IDLE_TIMEOUT),
+            max_connections: usize::try_from(args.http_max_connections).unwrap_or(1024),
         }
     }
 }
@@ -129,6 +151,8 @@ pub struct HttpConfig {
     pub jwks_max_age: Duration,
     /// The `jwks_uri` discovery announces; `None`: from the request's Host header.
     pub jwks_uri: Option<String>,
+    /// Header read timeout, idle timeout, connection cap.
+    pub limits: HttpLimits,
 }
 
 /// What `ratchet gc` needs.
@@ -326,6 +350,25 @@ const CONNECTION_AGE: Bounds = Bounds {
     max: DAY,
     why: "longer is the same as never",
 };
+/// Zero keeps idle connections; past a day is the same as never.
+const IDLE_TIMEOUT: Bounds = Bounds {
+    min: Duration::ZERO,
+    max: DAY,
+    why: "longer is the same as never",
+};
+/// A real client sends its request head in one go; under a second a slow network is cut, over
+/// five minutes a slowloris client holds its connection that long.
+const HTTP_HEADER_READ_TIMEOUT: Bounds = Bounds {
+    min: Duration::from_secs(1),
+    max: Duration::from_secs(5 * 60),
+    why: "a client dribbling its headers would hold a connection that long",
+};
+/// Verifiers fetch the JWKS every few minutes: keeping an idle connection longer saves nothing.
+const HTTP_IDLE_TIMEOUT: Bounds = Bounds {
+    min: Duration::from_secs(1),
+    max: HOUR,
+    why: "idle connections would hold their place under the connection cap that long",
+};
 
 /// Ended families are kept at most as long as the longest family lives.
 const GC_RETENTION: Bounds = Bounds {
@@ -471,6 +514,7 @@ impl Config {
             &KEYS_RELOAD_INTERVAL,
         );
         let jwks_max_age = problems.duration("jwks-max-age", &args.jwks_max_age, &JWKS_MAX_AGE);
+        let http_limits = HttpLimits::collect(&args.limits, &mut problems);
         let http = match args.http_listen.as_str() {
             "off" => None,
             listen => match listen.parse() {
@@ -478,6 +522,7 @@ impl Config {
                     listen,
                     jwks_max_age,
                     jwks_uri: args.jwks_uri.clone(),
+                    limits: http_limits,
                 }),
                 Err(_) => {
                     problems.0.push(format!(
@@ -735,12 +780,21 @@ mod tests {
     fn transport_limits_have_bounds_and_defaults() {
         let config = Config::from_args(serve_args(&[])).unwrap();
         assert_eq!(config.limits, TransportLimits::default());
+        assert_eq!(config.limits.idle_timeout, Duration::from_secs(5 * 60));
+        assert_eq!(config.http.unwrap().limits, HttpLimits::default());
+        let off = Config::from_args(serve_args(&["--idle-timeout", "0s"])).unwrap();
+        assert_eq!(off.limits.idle_timeout, Duration::ZERO, "0s turns the idle timeout off");
         for (flag, value) in [
             ("--max-concurrent-requests", "0"),
             ("--max-streams-per-connection", "20000"),
             ("--max-header-bytes", "100"),
             ("--http2-keepalive-timeout", "0s"),
             ("--max-connection-age", "2d"),
+            ("--idle-timeout", "2d"),
+            ("--http-header-read-timeout", "0s"),
+            ("--http-header-read-timeout", "6m"),
+            ("--http-idle-timeout", "0s"),
+            ("--http-max-connections", "0"),
         ] {
             let problems = problems_of(&[flag, value]);
             assert!(

@@ -22,9 +22,10 @@
 //!   its reloading, the JWK Set, and the server secret that keys grace-window seals and page
 //!   tokens.
 //!
-//! - [`transport`]: TLS and mutual TLS on both listeners (reloaded as certificates rotate), and
-//!   the caller's identity (client certificate, or a trusted sidecar's XFCC header) put into each
-//!   request for the caller policy.
+//! - [`transport`]: TLS and mutual TLS on both listeners (reloaded as certificates rotate), the
+//!   caller's identity (client certificate, or a trusted sidecar's XFCC header) put into each
+//!   request for the caller policy, and serving each connection within its limits (idle
+//!   timeouts; the HTTP listener's header read timeout and connection cap).
 //!
 //! Around them: [`cli`] and [`config`] (flags, environment, validation; [`database_url`] keeps the
 //! database password out of every printout), [`startup`] (building and running the server),

@@ -7,17 +7,13 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use futures_util::future::Either;
-use futures_util::{Stream, StreamExt as _};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -40,7 +36,7 @@ use crate::policy::AccessSettings;
 use crate::store::cached::{CachedStore, FamilyCache};
 use crate::store::postgres::PgTarget;
 use crate::store::{Backend, FamilyStore as _, RuntimeStore, Target};
-use crate::transport::accept::Conn;
+use crate::transport::idle::ActivityLayer;
 use crate::transport::{self, PeerIdentityLayer, TransportConfig};
 
 /// Largest request accepted. Far above any valid request (8 KiB of claims plus 128 names of
@@ -300,7 +296,8 @@ impl Application {
     /// closes the pool.
     ///
     /// # Errors
-    /// The transport fails.
+    /// The bound address cannot be read, or the TLS or reflection services cannot be set up (a
+    /// connection that fails is logged, never an error of the server).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
         let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -365,22 +362,15 @@ impl Application {
                 );
                 let mut stopped = stopped.clone();
                 tracing::info!(addr = %listener.local_addr()?, tls = http_tls.is_some(), "serving the JWKS over HTTP");
-                let listener = match http_tls {
-                    Some(tls) => Either::Right(transport::accept::HttpListener::new(listener, Some(tls))?),
-                    None => Either::Left(listener),
-                };
-                Some(tokio::spawn(async move {
-                    let stop = async move {
+                let connections = transport::accept::connections(listener, http_tls);
+                Some(tokio::spawn(transport::serve::http(
+                    router,
+                    connections,
+                    config.limits,
+                    async move {
                         let _ = stopped.wait_for(|stopped| *stopped).await;
-                    };
-                    let served = match listener {
-                        Either::Left(plain) => axum::serve(plain, router).with_graceful_shutdown(stop).await,
-                        Either::Right(tls) => axum::serve(tls, router).with_graceful_shutdown(stop).await,
-                    };
-                    if let Err(error) = served {
-                        tracing::error!(%error, "the HTTP listener failed");
-                    }
-                }))
+                    },
+                )))
             }
             None => None,
         };
@@ -401,17 +391,10 @@ impl Application {
         let authorization = AuthorizationService::new(self.authorization, authz::MAX_CHECK_BYTES);
 
         tracing::info!(%addr, tls = grpc_tls.is_some(), mutual_tls = self.tls.as_ref().is_some_and(|tls| tls.requires_client_certificates()), "serving gRPC");
-        let incoming: Pin<Box<dyn Stream<Item = std::io::Result<Conn>> + Send>> = match grpc_tls {
-            Some(tls) => Box::pin(transport::accept::incoming(self.listener, Some(tls))),
-            None => Box::pin(
-                TcpIncoming::from(self.listener)
-                    .with_nodelay(Some(true))
-                    .map(|conn| conn.map(Conn::Plain)),
-            ),
-        };
+        let incoming = transport::accept::connections(self.listener, grpc_tls);
         let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
         let limits = self.limits;
-        let serve = Server::builder()
+        let router = Server::builder()
             .timeout(self.request_timeout)
             .max_concurrent_streams(limits.max_streams_per_connection)
             .http2_max_header_list_size(limits.max_header_bytes)
@@ -425,6 +408,8 @@ impl Application {
             } else {
                 limits.max_connection_age
             })
+            // Outermost: a call is in flight (the connection not idle) until its answer is sent.
+            .layer(ActivityLayer)
             .layer(CatchPanicLayer)
             .layer(ShedLayer::new(limits.max_concurrent_requests))
             .layer(MessageLimitLayer)
@@ -436,14 +421,15 @@ impl Application {
             .add_optional_service(reflection.then_some(reflection_v1))
             .add_optional_service(reflection.then_some(reflection_v1alpha))
             .add_service(tokens)
-            .add_service(authorization)
-            .serve_with_incoming_shutdown(incoming, async {
-                shutdown.await;
-                let _ = stop_health.send(true);
-                set_health(&reporter, ServingStatus::NotServing).await;
-                tracing::info!("draining in-flight calls");
-                let _ = draining.send(());
-            });
+            .add_service(authorization);
+        let idle_timeout = (!limits.idle_timeout.is_zero()).then_some(limits.idle_timeout);
+        let serve = transport::serve::grpc(router, incoming, idle_timeout, async {
+            shutdown.await;
+            let _ = stop_health.send(true);
+            set_health(&reporter, ServingStatus::NotServing).await;
+            tracing::info!("draining in-flight calls");
+            let _ = draining.send(());
+        });
         // A client that never closes its connection must not keep the process alive forever.
         let drain_deadline = async {
             if drain_started.await.is_ok() {
@@ -452,16 +438,15 @@ impl Application {
                 std::future::pending::<()>().await;
             }
         };
-        let result = tokio::select! {
-            result = serve => result,
+        tokio::select! {
+            () = serve => {},
             () = drain_deadline => {
                 tracing::warn!(timeout = ?DRAIN_TIMEOUT, "drain timed out; closing the remaining connections");
-                Ok(())
             }
-        };
+        }
         health_task.abort();
-        // Stopped by now: the shutdown signalled it, or the transport failed and dropped the
-        // sender. It closes its connection; waiting is bounded in case the database hangs.
+        // Stopped by now: the shutdown signalled it. It closes its connection; waiting is bounded
+        // in case the database hangs.
         if let Some(mut task) = listener_task
             && tokio::time::timeout(Duration::from_secs(2), &mut task).await.is_err()
         {
@@ -475,7 +460,7 @@ impl Application {
         }
         self.store.close().await;
         tracing::info!("stopped");
-        result.context("gRPC transport failed")
+        Ok(())
     }
 }
 

@@ -20,6 +20,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use super::idle::Activity;
 use crate::grpc::caller::PeerIdentity;
 
 /// Longest a TLS handshake may take before the connection is closed.
@@ -36,23 +37,38 @@ pub struct PeerInfo {
     /// From its client certificate (mutual TLS); `None` on plaintext or without a certificate
     /// that names one.
     pub identity: Option<PeerIdentity>,
+    /// Its requests in flight, for the idle timeout (see [`super::idle`]); `None`: not watched.
+    pub activity: Option<Activity>,
 }
 
 /// A connection as the servers see it.
 #[derive(Debug)]
 pub enum Conn {
-    Plain(TcpStream),
+    Plain(TcpStream, PeerInfo),
     Tls(Box<TlsStream<TcpStream>>, PeerInfo),
 }
 
 impl Conn {
+    /// A plaintext connection.
+    pub fn plain(stream: TcpStream) -> Self {
+        let info = PeerInfo {
+            remote_addr: stream.peer_addr().ok(),
+            identity: None,
+            activity: None,
+        };
+        Self::Plain(stream, info)
+    }
+
     pub fn peer_info(&self) -> PeerInfo {
         match self {
-            Self::Plain(stream) => PeerInfo {
-                remote_addr: stream.peer_addr().ok(),
-                identity: None,
-            },
-            Self::Tls(_, info) => info.clone(),
+            Self::Plain(_, info) | Self::Tls(_, info) => info.clone(),
+        }
+    }
+
+    /// Has every request on this connection counted on `activity`.
+    pub fn track(&mut self, activity: Activity) {
+        match self {
+            Self::Plain(_, info) | Self::Tls(_, info) => info.activity = Some(activity),
         }
     }
 }
@@ -68,7 +84,7 @@ impl tonic::transport::server::Connected for Conn {
 impl AsyncRead for Conn {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Self::Plain(stream, _) => Pin::new(stream).poll_read(cx, buf),
             Self::Tls(stream, _) => Pin::new(stream.as_mut()).poll_read(cx, buf),
         }
     }
@@ -77,21 +93,21 @@ impl AsyncRead for Conn {
 impl AsyncWrite for Conn {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Self::Plain(stream, _) => Pin::new(stream).poll_write(cx, buf),
             Self::Tls(stream, _) => Pin::new(stream.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Self::Plain(stream, _) => Pin::new(stream).poll_flush(cx),
             Self::Tls(stream, _) => Pin::new(stream.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            Self::Plain(stream, _) => Pin::new(stream).poll_shutdown(cx),
             Self::Tls(stream, _) => Pin::new(stream.as_mut()).poll_shutdown(cx),
         }
     }
@@ -102,7 +118,7 @@ impl AsyncWrite for Conn {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Self::Plain(stream, _) => Pin::new(stream).poll_write_vectored(cx, bufs),
             Self::Tls(stream, _) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
@@ -116,6 +132,24 @@ impl AsyncWrite for Conn {
     /// Copying a payload under 1 KiB costs far less than a system call.
     fn is_write_vectored(&self) -> bool {
         false
+    }
+}
+
+/// Connections from `listener`, for either server: with `tls`, those that completed a handshake
+/// ([`incoming`]); without, TCP connections accepted only as the server asks for the next one (so
+/// that one at its connection cap leaves them in the kernel's backlog).
+pub fn connections(
+    listener: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
+) -> Pin<Box<dyn Stream<Item = io::Result<Conn>> + Send>> {
+    use futures_util::StreamExt as _;
+    match tls {
+        Some(tls) => Box::pin(incoming(listener, Some(tls))),
+        None => Box::pin(
+            tonic::transport::server::TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .map(|accepted| accepted.map(Conn::plain)),
+        ),
     }
 }
 
@@ -156,7 +190,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, sender: mp
         let _ = stream.set_nodelay(true);
         let Some(acceptor) = tls.clone() else {
             drop(permit);
-            if sender.send(Conn::Plain(stream)).await.is_err() {
+            if sender.send(Conn::plain(stream)).await.is_err() {
                 return;
             }
             continue;
@@ -175,6 +209,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, sender: mp
                     let info = PeerInfo {
                         remote_addr: Some(remote_addr),
                         identity,
+                        activity: None,
                     };
                     let _ = sender.send(Conn::Tls(Box::new(tls), info)).await;
                 }
@@ -184,46 +219,5 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, sender: mp
                 Err(_) => tracing::debug!(%remote_addr, "TLS handshake timed out"),
             }
         });
-    }
-}
-
-/// An axum listener over [`incoming`], for the HTTP (JWKS) listener.
-pub struct HttpListener {
-    local_addr: SocketAddr,
-    connections: Pin<Box<dyn Stream<Item = io::Result<Conn>> + Send>>,
-}
-
-impl HttpListener {
-    /// # Errors
-    /// The OS cannot tell the bound address.
-    pub fn new(listener: TcpListener, tls: Option<Arc<ServerConfig>>) -> io::Result<Self> {
-        Ok(Self {
-            local_addr: listener.local_addr()?,
-            connections: Box::pin(incoming(listener, tls)),
-        })
-    }
-}
-
-impl axum::serve::Listener for HttpListener {
-    type Io = Conn;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Conn, SocketAddr) {
-        use futures_util::StreamExt as _;
-        loop {
-            match self.connections.next().await {
-                Some(Ok(conn)) => {
-                    let addr = conn.peer_info().remote_addr.unwrap_or(self.local_addr);
-                    return (conn, addr);
-                }
-                Some(Err(_)) => continue,
-                // The accept loop only ends with the receiver, which is us.
-                None => std::future::pending::<()>().await,
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local_addr)
     }
 }

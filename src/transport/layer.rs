@@ -124,6 +124,7 @@ mod tests {
         PeerInfo {
             remote_addr: None,
             identity: Some(PeerIdentity(identity.into())),
+            activity: None,
         }
     }
 

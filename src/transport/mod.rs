@@ -4,6 +4,8 @@
 //! - [`tls`]: the certificate, key and client CA, read from PEM files and swapped on SIGHUP or
 //!   when they change, without dropping a connection.
 //! - [`accept`]: the accept loop; TLS handshakes run each in their own bounded task.
+//! - [`serve`] and [`idle`]: serving each connection, closed gracefully once idle; the HTTP
+//!   listener's header read timeout and connection cap.
 //! - [`identity`] and [`xfcc`]: a caller's identity from its client certificate (SPIFFE ID, else
 //!   first DNS name) or from a trusted sidecar's `x-forwarded-client-cert` header.
 //! - [`layer`]: puts that identity into each request's extensions as
@@ -15,7 +17,9 @@
 
 pub mod accept;
 pub mod identity;
+pub mod idle;
 pub mod layer;
+pub mod serve;
 pub mod tls;
 pub mod xfcc;
 

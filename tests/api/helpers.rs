@@ -190,6 +190,7 @@ async fn start_as(
             listen: "127.0.0.1:0".parse().unwrap(),
             jwks_max_age: std::time::Duration::from_secs(300),
             jwks_uri: None,
+            limits: Default::default(),
         }),
         verified_cache_bytes: DEFAULT_VERIFIED_CACHE_BYTES,
         secret: identity.secret.clone(),

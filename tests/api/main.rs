@@ -9,6 +9,7 @@ mod availability;
 mod binary;
 mod cleanup;
 mod cluster;
+mod connections;
 mod faults;
 mod helpers;
 mod interop;

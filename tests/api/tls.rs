@@ -591,3 +591,66 @@ async fn the_caller_policy_judges_the_mtls_identity_end_to_end(_pool: PgPoolOpti
     assert_eq!(unknown.code(), tonic::Code::Unauthenticated, "{unknown:?}");
     app.stop().await;
 }
+
+/// A TLS server with the given gRPC idle timeout and HTTP header read timeout.
+async fn spawn_with_timeouts(options: PgConnectOptions, tls: TlsFiles, idle: Duration, header: Duration) -> TestApp {
+    spawn_app_adjusted(options, move |parts| {
+        parts.transport = TransportConfig {
+            tls: Some(tls),
+            tls_reload_interval: Duration::from_secs(60),
+            trust_xfcc: false,
+            probe: None,
+        };
+        parts.limits.idle_timeout = idle;
+        parts.http.as_mut().unwrap().limits.header_read_timeout = header;
+    })
+    .await
+}
+
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
+async fn over_tls_an_idle_grpc_connection_is_closed_and_the_client_reconnects(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let ca = Ca::new("server CA");
+    let files = Files::new();
+    let idle = Duration::from_secs(1);
+    let app = spawn_with_timeouts(options, files.tls(&ca.server(), None), idle, Duration::from_secs(10)).await;
+    let (channel, opened) = tls_channel(app.addr, client_config(&ca, None, &[b"h2"]));
+    call(channel.clone()).await.unwrap();
+    tokio::time::sleep(idle / 2).await;
+    call(channel.clone()).await.unwrap();
+    assert_eq!(opened.load(Ordering::SeqCst), 1, "busy within the timeout: kept");
+
+    tokio::time::sleep(idle * 2).await;
+    call(channel).await.expect("the client reconnects after the idle close");
+    assert_eq!(
+        opened.load(Ordering::SeqCst),
+        2,
+        "idle past the timeout: closed, so a new connection"
+    );
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
+async fn over_tls_an_http_client_dribbling_its_request_head_is_disconnected(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let ca = Ca::new("server CA");
+    let files = Files::new();
+    let header = Duration::from_secs(1);
+    let app = spawn_with_timeouts(options, files.tls(&ca.server(), None), Duration::ZERO, header).await;
+    let mut tls = connect(app.http_addr.unwrap(), client_config(&ca, None, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    tls.write_all(b"GET /.well-known/jwks.json HTTP/1.1\r\nHost: local")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut raw = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut raw)).await;
+    assert!(closed.is_ok(), "still connected after 5 s");
+    assert!(started.elapsed() >= header / 2, "closed after {:?}", started.elapsed());
+    app.stop().await;
+}
