@@ -488,13 +488,18 @@ async fn the_health_service_knows_the_authorization_service(_pool: PgPoolOptions
 /// names and values, bearer-ish credentials and route extensions, for `FUZZ_SECONDS` (default 5).
 /// Whatever comes in, the answer is a decision (never a gRPC error: with `failure_mode_allow` an
 /// error would be an allow), and never an allow: no input here carries a token we signed.
+///
+/// Driven by proptest's runner, like `tests/fuzz.rs`: a failing input is shrunk and written to
+/// `tests/api/authz.regressions`, which is replayed first on every later run (commit it: a crash
+/// input becomes a regression test). The runner is synchronous, so it runs on a thread of its
+/// own with its own client runtime while this test's runtime serves the app.
 #[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn fuzzed_checks_are_always_answered_with_a_denial(_pool: PgPoolOptions, options: PgConnectOptions) {
     use proptest::prelude::*;
-    use proptest::test_runner::{Config, TestRunner};
+    use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
 
     let app = spawn_app(options).await;
-    let mut client = client(&app).await;
+    let addr = app.addr;
     let header = (
         prop_oneof![
             Just("authorization".to_string()),
@@ -522,34 +527,48 @@ async fn fuzzed_checks_are_always_answered_with_a_denial(_pool: PgPoolOptions, o
         proptest::collection::vec(extension, 0..4),
         any::<bool>(),
     );
-    let mut runner = TestRunner::new(Config {
-        cases: 32,
-        ..Config::default()
-    });
     let budget = std::env::var("FUZZ_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
-    let deadline = std::time::Instant::now() + Duration::from_secs(budget);
-    let mut checked = 0;
-    while std::time::Instant::now() < deadline {
-        let (headers, extensions, no_http) =
-            proptest::strategy::ValueTree::current(&strategy.new_tree(&mut runner).unwrap());
-        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-        let extensions: Vec<(&str, &str)> = extensions.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-        let mut input = request(&headers, &extensions);
-        if no_http && let Some(attributes) = input.attributes.as_mut() {
-            attributes.request = None;
+    let checked = tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = runtime.block_on(async { AuthorizationClient::new(channel(addr).await) });
+        let mut runner = TestRunner::new(Config {
+            cases: 32,
+            failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
+            source_file: Some(file!()),
+            ..Config::default()
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(budget);
+        let mut checked = 0;
+        while std::time::Instant::now() < deadline || checked == 0 {
+            let outcome = runner.run(&strategy, |(headers, extensions, no_http)| {
+                let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                let extensions: Vec<(&str, &str)> = extensions.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                let mut input = request(&headers, &extensions);
+                if no_http && let Some(attributes) = input.attributes.as_mut() {
+                    attributes.request = None;
+                }
+                let answer = runtime.block_on(client.clone().check(input));
+                let answer =
+                    answer.map_err(|status| TestCaseError::fail(format!("an error, not a decision: {status:?}")))?;
+                let code = answer.into_inner().status.map_or(0, |status| status.code);
+                prop_assert_ne!(code, Code::Ok as i32, "allowed");
+                Ok(())
+            });
+            if let Err(failure) = outcome {
+                panic!("{failure}");
+            }
+            checked += 32;
         }
-        let answer = client
-            .check(input.clone())
-            .await
-            .unwrap_or_else(|status| panic!("an error, not a decision, for {input:?}: {status:?}"))
-            .into_inner();
-        let code = answer.status.as_ref().map_or(0, |status| status.code);
-        assert_ne!(code, Code::Ok as i32, "allowed {input:?}");
-        checked += 1;
-    }
+        checked
+    })
+    .await
+    .unwrap();
     assert!(checked > 10, "{checked} checks");
     app.stop().await;
 }
