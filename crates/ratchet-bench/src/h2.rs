@@ -32,6 +32,8 @@ pub struct Clients {
 #[derive(Clone)]
 pub struct Connection {
     send: http2::SendRequest<Body>,
+    /// `x-api-key`, added to every request.
+    api_key: Option<http::HeaderValue>,
 }
 
 impl tower_service::Service<http::Request<Body>> for Connection {
@@ -43,13 +45,16 @@ impl tower_service::Service<http::Request<Body>> for Connection {
         self.send.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        if let Some(key) = &self.api_key {
+            request.headers_mut().insert("x-api-key", key.clone());
+        }
         Box::pin(self.send.send_request(request))
     }
 }
 
 /// Opens one connection to `addr` (`http://host:port`).
-pub async fn connect(addr: &str) -> anyhow::Result<Clients> {
+pub async fn connect(addr: &str, api_key: Option<&str>) -> anyhow::Result<Clients> {
     let origin: http::Uri = addr.parse()?;
     let authority = origin
         .authority()
@@ -64,7 +69,8 @@ pub async fn connect(addr: &str) -> anyhow::Result<Clients> {
             eprintln!("connection to the server ended: {error}");
         }
     });
-    let connection = Connection { send };
+    let api_key = api_key.map(http::HeaderValue::from_str).transpose()?;
+    let connection = Connection { send, api_key };
     Ok(Clients {
         tokens: TokenServiceClient::with_origin(connection.clone(), origin.clone()),
         authz: AuthzClient::new(connection, origin),

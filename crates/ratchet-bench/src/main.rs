@@ -71,6 +71,9 @@ struct Args {
     /// Print the pgbench script of the given statement and exit.
     #[arg(long, value_parser = ["rotate", "issue"])]
     print_pgbench: Option<String>,
+    /// Send this API key (`x-api-key`) with every call: for a server run with a caller policy.
+    #[arg(long)]
+    api_key: Option<String>,
     /// A label for this run in the JSON line.
     #[arg(long, default_value = "")]
     label: String,
@@ -120,10 +123,10 @@ fn print(text: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn connect(addr: &str, n: usize) -> anyhow::Result<Vec<Clients>> {
+async fn connect(addr: &str, n: usize, api_key: Option<&str>) -> anyhow::Result<Vec<Clients>> {
     let mut clients = Vec::with_capacity(n);
     for _ in 0..n {
-        clients.push(h2::connect(addr).await?);
+        clients.push(h2::connect(addr, api_key).await?);
     }
     Ok(clients)
 }
@@ -145,7 +148,12 @@ async fn access_token_pool(client: &mut Client, size: usize) -> anyhow::Result<V
 /// Runs the benchmark; `Ok(false)` when calls failed or checks did.
 async fn bench(args: Args) -> anyhow::Result<bool> {
     let k = args.concurrency.max(1);
-    let clients = connect(&args.addr, args.connections.unwrap_or(k.min(4)).max(1)).await?;
+    let clients = connect(
+        &args.addr,
+        args.connections.unwrap_or(k.min(4)).max(1),
+        args.api_key.as_deref(),
+    )
+    .await?;
     let access_tokens = if matches!(args.scenario, Scenario::IntrospectHot | Scenario::Check) {
         access_token_pool(&mut clients[0].tokens.clone(), 1).await?
     } else if matches!(args.scenario, Scenario::Introspect | Scenario::Mixed) {
