@@ -77,7 +77,7 @@ contract!(cached_postgres, #[sqlx::test(migrator = "crate::store::postgres::MIGR
 
 // SQLite: a fresh database file per test, removed by `Fixture::close`.
 contract!(sqlite, #[tokio::test], () => sqlite_store().await);
-contract!(cached_sqlite, #[tokio::test], () => cached(sqlite_store().await));
+contract!(cached_sqlite, #[tokio::test], () => cached(Backend::Sqlite(sqlite_store().await)));
 
 fn pg(options: PgConnectOptions) -> PgStore {
     let settings = PoolSettings::default();
@@ -131,6 +131,9 @@ impl Fixture for SqliteStore {
 impl Fixture for Backend {
     async fn close(&self) {
         Backend::close(self).await;
+        if let Backend::Sqlite(store) = self {
+            remove_sqlite_files(store.path());
+        }
     }
 }
 

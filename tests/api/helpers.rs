@@ -161,7 +161,9 @@ fn on(pool: ConnectionPool, settings: &PoolSettings) -> Backend {
 
 /// Has the server's revocation listener connect with `options` instead of where its pool does.
 pub fn listen_via(parts: &mut Parts, options: PgConnectOptions) {
-    let Backend::Postgres(store) = &parts.store;
+    let Backend::Postgres(store) = &parts.store else {
+        panic!("only PostgreSQL has a revocation listener")
+    };
     parts.store = Backend::Postgres(store.clone().with_listener_options(options));
 }
 
