@@ -1,7 +1,9 @@
-//! Starting a real server for a test: its own database (from `#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]`), a throwaway
-//! signing key, a clock the test controls, a real socket on 127.0.0.1:0 and a connected client.
+//! Starting a real server for a test: its own database (from `#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]`,
+//! or a SQLite file of its own: [`spawn_sqlite_app`]), a throwaway signing key, a clock the test
+//! controls, a real socket on 127.0.0.1:0 and a connected client.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Once};
 
 use ratchet::clock::{Clock as _, ManualClock};
@@ -15,6 +17,7 @@ use ratchet::startup::{Application, Parts};
 use ratchet::store::Backend;
 use ratchet::store::pool::ConnectionPool;
 use ratchet::store::postgres::{self, PgStore, PoolSettings};
+use ratchet::store::sqlite::{self, SqliteSettings, SqliteStore, SqliteTarget};
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use time::{Duration, OffsetDateTime};
 use tokio::sync::oneshot;
@@ -62,12 +65,15 @@ pub struct TestApp {
     pub clock: Arc<ManualClock>,
     /// The server's own store, for maintenance the binary runs outside the API (`ratchet gc`).
     pub store: Backend,
-    /// A second pool on the same database, for looking behind the API (what is stored).
-    pub db: PgPool,
+    /// On PostgreSQL, a second pool on the same database, for looking behind the API (what is
+    /// stored); see [`TestApp::db`].
+    db: Option<PgPool>,
     /// What a replica needs to share with it ([`TestApp::spawn_replica`]).
     identity: Identity,
-    /// Where its database is.
-    options: PgConnectOptions,
+    /// Where its PostgreSQL database is.
+    options: Option<PgConnectOptions>,
+    /// Its SQLite database file, removed when it stops.
+    sqlite: Option<PathBuf>,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<anyhow::Result<()>>,
 }
@@ -144,6 +150,22 @@ impl Identity {
     }
 }
 
+/// A server on a SQLite database file of its own under the temporary directory (removed by
+/// [`TestApp::stop`]), with the test defaults and then `adjust` applied: what `ratchet serve` runs
+/// on with no `DATABASE_URL`.
+pub async fn spawn_sqlite_app(adjust: impl FnOnce(&mut Parts)) -> TestApp {
+    let name = format!("ratchet-api-{}.db", uuid::Uuid::new_v4().simple());
+    let target = SqliteTarget {
+        path: std::env::temp_dir().join(name),
+        settings: SqliteSettings::default(),
+    };
+    sqlite::migrate(&target).await.expect("migrate the SQLite database");
+    let store = Backend::Sqlite(SqliteStore::open(&target));
+    let mut app = start_as(Identity::generate(), store, None, adjust).await;
+    app.sqlite = Some(target.path);
+    app
+}
+
 /// A server on `pool` (which may point anywhere, even at nothing).
 pub async fn spawn_on_pool(
     pool: ConnectionPool,
@@ -168,13 +190,13 @@ pub fn listen_via(parts: &mut Parts, options: PgConnectOptions) {
 }
 
 async fn start(store: Backend, inspect: PgConnectOptions, adjust: impl FnOnce(&mut Parts)) -> TestApp {
-    start_as(Identity::generate(), store, inspect, adjust).await
+    start_as(Identity::generate(), store, Some(inspect), adjust).await
 }
 
 async fn start_as(
     identity: Identity,
     store: Backend,
-    inspect: PgConnectOptions,
+    inspect: Option<PgConnectOptions>,
     adjust: impl FnOnce(&mut Parts),
 ) -> TestApp {
     init_logs();
@@ -228,9 +250,11 @@ async fn start_as(
             .await
             .expect("connect to the server")
     };
-    let db = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect_lazy_with(inspect.clone());
+    let db = inspect.clone().map(|inspect| {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect_lazy_with(inspect)
+    });
     TestApp {
         addr,
         http_addr,
@@ -241,6 +265,7 @@ async fn start_as(
         db,
         identity,
         options: inspect,
+        sqlite: None,
         stop: Some(stop),
         server,
     }
@@ -253,9 +278,25 @@ impl TestApp {
             let _ = stop.send(());
         }
         (&mut self.server).await.expect("server task").expect("server result");
-        self.db.close().await;
+        if let Some(db) = &self.db {
+            db.close().await;
+        }
+        if let Some(database) = &self.sqlite {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut path = database.clone().into_os_string();
+                path.push(suffix);
+                let _ = std::fs::remove_file(path);
+            }
+        }
     }
 
+    /// The second pool on its PostgreSQL database, for tests that look at what is stored (or
+    /// change the schema under the server). Every such test runs on PostgreSQL only.
+    pub fn db(&self) -> &PgPool {
+        self.db
+            .as_ref()
+            .expect("a server on PostgreSQL (this one is on SQLite)")
+    }
     /// Another server process of the same deployment: the same database, signing key and server
     /// secret, its own pool, cache, revocation listener and clock; `adjust` changes its parts.
     pub async fn spawn_replica(&self, adjust: impl FnOnce(&mut Parts)) -> TestApp {
@@ -263,8 +304,9 @@ impl TestApp {
             max_connections: 8,
             timeout: std::time::Duration::from_secs(5),
         };
-        let pool = postgres::pool(self.options.clone(), &settings);
-        let replica = start_as(self.identity.clone(), on(pool, &settings), self.options.clone(), adjust).await;
+        let options = self.options.clone().expect("replicas share a PostgreSQL database");
+        let pool = postgres::pool(options.clone(), &settings);
+        let replica = start_as(self.identity.clone(), on(pool, &settings), Some(options), adjust).await;
         replica.clock.set(self.now());
         replica
     }
@@ -339,14 +381,14 @@ impl TestApp {
              create trigger spend_hook before update on refresh_tokens
              for each row execute function spend_hook();"
         )))
-        .execute(&self.db)
+        .execute(self.db())
         .await
         .unwrap();
     }
 
     pub async fn unhook_spends(&self) {
         sqlx::raw_sql("drop trigger spend_hook on refresh_tokens; drop function spend_hook();")
-            .execute(&self.db)
+            .execute(self.db())
             .await
             .unwrap();
     }

@@ -92,7 +92,7 @@ async fn refresh_tokens_are_stored_only_as_hashes(_pool: PgPoolOptions, options:
               || coalesce(encode(parent_hash, 'escape'), '') from refresh_tokens
          union all select encode(seal, 'escape') from seals",
     )
-    .fetch_all(&app.db)
+    .fetch_all(app.db())
     .await
     .unwrap();
     assert_eq!(dump.len(), 2);
@@ -101,7 +101,7 @@ async fn refresh_tokens_are_stored_only_as_hashes(_pool: PgPoolOptions, options:
         assert!(dump.iter().all(|(row,)| !row.contains(secret)));
     }
     let hashes: Vec<(Vec<u8>,)> = sqlx::query_as("select hash from refresh_tokens")
-        .fetch_all(&app.db)
+        .fetch_all(app.db())
         .await
         .unwrap();
     assert!(hashes.iter().all(|(h,)| h.len() == 32));
@@ -227,7 +227,7 @@ async fn malformed_issue_requests_are_invalid_argument_naming_the_field(
         assert_invalid_argument(&status, &format!("claims.{reserved}"));
     }
     let families: (i64,) = sqlx::query_as("select count(*) from families")
-        .fetch_one(&app.db)
+        .fetch_one(app.db())
         .await
         .unwrap();
     assert_eq!(families.0, 0, "a refused request must leave nothing behind");

@@ -150,7 +150,7 @@ async fn revoking_a_subject_with_a_hundred_thousand_sessions_stays_within_the_st
          from generate_series(1, 100000) i, families f;
          analyze families;",
     )
-    .execute(&app.db)
+    .execute(app.db())
     .await
     .unwrap();
     let revoked = app

@@ -56,7 +56,7 @@ async fn reused_refresh_token_revokes_the_whole_family(_pool: PgPoolOptions, opt
     // ... and the revocation was committed, not rolled back with the error.
     let (reason,): (String,) = sqlx::query_as("select revoked_reason from families where id = $1::uuid")
         .bind(&first.family_id)
-        .fetch_one(&app.db)
+        .fetch_one(app.db())
         .await
         .unwrap();
     assert_eq!(reason, "reuse");
@@ -89,7 +89,7 @@ async fn sixty_four_concurrent_rotations_of_one_token_let_exactly_one_win(
     assert!(!app.introspect(&winners[0].refresh_token).await.active);
     let (children,): (i64,) = sqlx::query_as("select count(*) from refresh_tokens where family_id = $1::uuid")
         .bind(&pair.family_id)
-        .fetch_one(&app.db)
+        .fetch_one(app.db())
         .await
         .unwrap();
     assert_eq!(children, 2, "the family never branched");
@@ -125,7 +125,7 @@ async fn within_the_grace_window_concurrent_retries_all_get_the_same_refresh_tok
     let next = successes[0].refresh_token.clone();
     assert!(app.introspect(&next).await.active);
     let (rows,): (i64,) = sqlx::query_as("select count(*) from refresh_tokens")
-        .fetch_one(&app.db)
+        .fetch_one(app.db())
         .await
         .unwrap();
     assert_eq!(rows, 2);
