@@ -166,6 +166,64 @@ pub async fn spawn_sqlite_app(adjust: impl FnOnce(&mut Parts)) -> TestApp {
     app
 }
 
+/// Where a test that runs on every backend ([`on_every_backend!`]) starts its server.
+#[expect(clippy::large_enum_variant, reason = "one per test")]
+pub enum Db {
+    /// A fresh PostgreSQL database of the test's own (from `#[sqlx::test]`).
+    Postgres(PgConnectOptions),
+    /// A fresh SQLite file.
+    Sqlite,
+}
+
+impl Db {
+    pub async fn spawn(self) -> TestApp {
+        self.spawn_adjusted(|_| {}).await
+    }
+
+    pub async fn spawn_with(self, policy: Policy) -> TestApp {
+        self.spawn_adjusted(|parts| parts.policy = policy).await
+    }
+
+    pub async fn spawn_with_grace(self, grace: Duration) -> TestApp {
+        self.spawn_with(Policy {
+            reuse_grace: grace,
+            ..test_policy()
+        })
+        .await
+    }
+
+    pub async fn spawn_adjusted(self, adjust: impl FnOnce(&mut Parts)) -> TestApp {
+        match self {
+            Self::Postgres(options) => spawn_app_adjusted(options, adjust).await,
+            Self::Sqlite => spawn_sqlite_app(adjust).await,
+        }
+    }
+}
+
+/// Runs each `async fn name(db: Db)` of the calling module twice, as `postgres::name` (on a
+/// `#[sqlx::test]` database) and `sqlite::name`: one test, every backend, no copies.
+macro_rules! on_every_backend {
+    ($($test:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
+                async fn $test(_pool: sqlx::postgres::PgPoolOptions, options: sqlx::postgres::PgConnectOptions) {
+                    super::$test($crate::helpers::Db::Postgres(options)).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test($crate::helpers::Db::Sqlite).await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use on_every_backend;
+
 /// A server on `pool` (which may point anywhere, even at nothing).
 pub async fn spawn_on_pool(
     pool: ConnectionPool,
@@ -287,6 +345,45 @@ impl TestApp {
                 path.push(suffix);
                 let _ = std::fs::remove_file(path);
             }
+        }
+    }
+
+    /// Why `family_id` was revoked, as stored (`None`: it is not), read behind the API on either
+    /// backend.
+    pub async fn revoked_reason(&self, family_id: &str) -> Option<String> {
+        match (&self.db, &self.sqlite) {
+            (Some(db), _) => sqlx::query_scalar("select revoked_reason from families where id = $1::uuid")
+                .bind(family_id)
+                .fetch_one(db)
+                .await
+                .unwrap(),
+            (None, Some(file)) => sqlx::query_scalar("select revoked_reason from families where id = ?1")
+                .bind(family_id)
+                .fetch_one(&mut inspect_sqlite(file).await)
+                .await
+                .unwrap(),
+            (None, None) => unreachable!("every server has a database"),
+        }
+    }
+
+    /// How many refresh tokens are stored, spent ones included, in `family_id` or (`None`) in all.
+    pub async fn stored_refresh_tokens(&self, family_id: Option<&str>) -> i64 {
+        match (&self.db, &self.sqlite) {
+            (Some(db), _) => {
+                sqlx::query_scalar("select count(*) from refresh_tokens where $1::uuid is null or family_id = $1::uuid")
+                    .bind(family_id)
+                    .fetch_one(db)
+                    .await
+                    .unwrap()
+            }
+            (None, Some(file)) => {
+                sqlx::query_scalar("select count(*) from refresh_tokens where ?1 is null or family_id = ?1")
+                    .bind(family_id)
+                    .fetch_one(&mut inspect_sqlite(file).await)
+                    .await
+                    .unwrap()
+            }
+            (None, None) => unreachable!("every server has a database"),
         }
     }
 
@@ -440,6 +537,13 @@ impl TestApp {
     pub async fn introspect(&self, token: &str) -> ratchet::grpc::pb::IntrospectResponse {
         introspect(&self.client, token).await
     }
+}
+
+/// A read-only connection to a test server's SQLite file, beside the server's own.
+async fn inspect_sqlite(file: &std::path::Path) -> sqlx::sqlite::SqliteConnection {
+    use sqlx::Connection as _;
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(file).read_only(true);
+    sqlx::sqlite::SqliteConnection::connect_with(&options).await.unwrap()
 }
 
 /// Issues a pair for `subject` with nothing else set.

@@ -1,108 +1,21 @@
-//! The same server on SQLite (issue 10): what `ratchet serve` runs with no `DATABASE_URL`. Through
-//! the public API of an in-process server on a SQLite file of its own ([`spawn_sqlite_app`]), and
-//! through the real binary: the one log line naming the store, a second server on the same data
-//! directory refused, and state surviving SIGKILL.
+//! The server on SQLite (issue 10) as an operator runs it: the real binary with no
+//! `DATABASE_URL`, the one log line naming the store, a second server on the same data directory
+//! refused, and state surviving SIGKILL.
 //!
-//! What it leaves out: everything the store contract already proves on SQLite
-//! (`store::contract`, run on every backend).
+//! What it leaves out, because it is not copied per backend: the API itself on SQLite, which the
+//! `rotate`, `revoke`, `introspect` and `sessions` modules run on every backend
+//! (`on_every_backend!`: e.g. `rotate::sqlite::sixty_four_concurrent_rotations_of_one_token_let_exactly_one_win`),
+//! and what the store contract proves below the API (`store::contract`).
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration as StdDuration, Instant};
+use std::time::{Duration, Instant};
 
-use futures::future::join_all;
-use ratchet::grpc::pb::{RevokeRequest, RotateRequest, revoke_request};
+use ratchet::grpc::pb::RotateRequest;
 use ratchet::grpc::status::reason;
-use time::Duration;
 
 use crate::binary::{BIN, Server, free_port};
-use crate::helpers::{assert_token_error, issue, spawn_sqlite_app, test_policy};
-
-#[tokio::test]
-async fn issue_rotate_introspect_and_revoke_work_on_sqlite() {
-    let app = spawn_sqlite_app(|_| {}).await;
-    let first = app.issue("alice").await;
-    app.advance(Duration::minutes(1));
-    let second = app.rotate(&first.refresh_token).await.unwrap();
-    assert_eq!(second.family_id, first.family_id);
-    assert_eq!(
-        second.refresh_expires_at,
-        (app.now() + Duration::days(7)).unix_timestamp()
-    );
-    assert!(!app.introspect(&first.refresh_token).await.active, "spent");
-    let live = app.introspect(&second.refresh_token).await;
-    assert!(live.active);
-    assert_eq!(live.subject, "alice");
-    assert!(app.introspect(&second.access_token).await.active);
-    assert_eq!(app.sessions("alice").await.len(), 1);
-
-    app.client
-        .clone()
-        .revoke(RevokeRequest {
-            target: Some(revoke_request::Target::FamilyId(second.family_id.clone())),
-        })
-        .await
-        .unwrap();
-    assert!(!app.introspect(&second.access_token).await.active);
-    assert_token_error(
-        &app.rotate(&second.refresh_token).await.unwrap_err(),
-        reason::TOKEN_REVOKED,
-    );
-    assert!(app.sessions("alice").await.is_empty());
-    app.stop().await;
-}
-
-#[tokio::test]
-async fn sixty_four_concurrent_rotations_of_one_token_on_sqlite_give_one_pair_and_sixty_three_reuses() {
-    let app = spawn_sqlite_app(|_| {}).await;
-    let pair = app.issue("alice").await;
-    let attempts = (0..64).map(|_| {
-        let app = &app;
-        let token = pair.refresh_token.clone();
-        async move { app.rotate(&token).await }
-    });
-    let results = join_all(attempts).await;
-
-    let winners: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
-    assert_eq!(winners.len(), 1, "exactly one rotation succeeds");
-    let losers: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert_eq!(losers.len(), 63);
-    for status in losers {
-        // Contention is a queue on SQLite, never UNAVAILABLE.
-        assert_token_error(status, reason::TOKEN_REUSED);
-    }
-    // Theft was detected, so the winner's tokens died with the family.
-    assert!(!app.introspect(&winners[0].refresh_token).await.active);
-    assert!(!app.introspect(&winners[0].access_token).await.active);
-    assert!(app.sessions("alice").await.is_empty(), "the family is revoked");
-    app.stop().await;
-}
-
-#[tokio::test]
-async fn within_the_grace_window_a_retry_on_sqlite_gets_the_same_pair_and_after_it_is_reuse() {
-    let app = spawn_sqlite_app(|parts| {
-        parts.policy = ratchet::issuer::Policy {
-            reuse_grace: Duration::seconds(10),
-            ..test_policy()
-        }
-    })
-    .await;
-    let first = app.issue("alice").await;
-    let second = app.rotate(&first.refresh_token).await.unwrap();
-    app.advance(Duration::seconds(9));
-    let retry = app.rotate(&first.refresh_token).await.unwrap();
-    assert_eq!(retry.refresh_token, second.refresh_token, "the same successor");
-    assert_eq!(retry.family_id, second.family_id);
-    assert!(app.introspect(&second.refresh_token).await.active);
-
-    app.advance(Duration::seconds(2));
-    assert_token_error(
-        &app.rotate(&first.refresh_token).await.unwrap_err(),
-        reason::TOKEN_REUSED,
-    );
-    assert!(!app.introspect(&second.refresh_token).await.active);
-    app.stop().await;
-}
+use crate::helpers::{assert_token_error, issue};
 
 /// A data directory of its own, removed at the end.
 struct DataDir(PathBuf);
@@ -204,10 +117,10 @@ async fn on_sqlite_nothing_is_lost_across_a_sigkill() {
     assert_token_error(&replay, reason::TOKEN_REUSED);
 
     // And the lock went with the killed process: the second start needed nothing cleaned up.
-    let deadline = Instant::now() + StdDuration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(5);
     while !dir.log("second.log").contains("store: SQLite at") {
         assert!(Instant::now() < deadline, "{}", dir.log("second.log"));
-        tokio::time::sleep(StdDuration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(server.terminate().await.success());
 }
