@@ -130,7 +130,9 @@ impl SqliteTarget {
             path: path.clone(),
             source,
         };
-        prepare_directory(&self.path).map_err(io)?;
+        // The database too, so that it is private even when `--no-migrate` leaves creating it
+        // to SQLite (which would use the umask).
+        prepare_file(&self.path).map_err(io)?;
         let mut file = fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -874,5 +876,22 @@ mod tests {
         );
         drop(lock);
         scratch.0.lock().unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_database_and_its_lock_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = std::env::temp_dir().join(format!("ratchet-mode-{}", Uuid::new_v4().simple()));
+        let target = SqliteTarget {
+            path: path.join("ratchet.db"),
+            settings: SqliteSettings::default(),
+        };
+        let lock = target.lock().unwrap();
+        for file in [target.path.clone(), target.lock_path()] {
+            let mode = fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", file.display());
+        }
+        drop(lock);
+        fs::remove_dir_all(path).unwrap();
     }
 }
