@@ -1,7 +1,7 @@
 use ratchet::grpc::pb::IssueRequest;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::helpers::{AUDIENCE, ISSUER, assert_invalid_argument, jwt_part, spawn_app};
+use crate::helpers::{AUDIENCE, Db, ISSUER, assert_invalid_argument, jwt_part, on_every_backend, spawn_app};
 
 fn claims(json: serde_json::Value) -> prost_types::Struct {
     fn value(v: serde_json::Value) -> prost_types::Value {
@@ -35,9 +35,8 @@ fn header(jwt: &str) -> serde_json::Value {
     jwt_part(jwt, 0)
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn issue_returns_a_pair_and_an_rfc_9068_access_token(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app(options).await;
+async fn issue_returns_a_pair_and_an_rfc_9068_access_token(db: Db) {
+    let app = db.spawn().await;
     let pair = app
         .client
         .clone()
@@ -108,9 +107,8 @@ async fn refresh_tokens_are_stored_only_as_hashes(_pool: PgPoolOptions, options:
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn empty_audiences_get_the_default_audience(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app(options).await;
+async fn empty_audiences_get_the_default_audience(db: Db) {
+    let app = db.spawn().await;
     let pair = app.issue("bob").await;
     assert_eq!(payload(&pair.access_token)["aud"], serde_json::json!([AUDIENCE]));
     assert!(payload(&pair.access_token).get("client_id").is_none());
@@ -234,12 +232,8 @@ async fn malformed_issue_requests_are_invalid_argument_naming_the_field(
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn control_characters_anywhere_in_an_issue_request_are_invalid_argument_naming_the_field(
-    _pool: PgPoolOptions,
-    options: PgConnectOptions,
-) {
-    let app = spawn_app(options).await;
+async fn control_characters_anywhere_in_an_issue_request_are_invalid_argument_naming_the_field(db: Db) {
+    let app = db.spawn().await;
     let ok = || IssueRequest {
         subject: "alice".into(),
         ..Default::default()
@@ -300,3 +294,9 @@ async fn control_characters_anywhere_in_an_issue_request_are_invalid_argument_na
     }
     app.stop().await;
 }
+
+on_every_backend!(
+    issue_returns_a_pair_and_an_rfc_9068_access_token,
+    empty_audiences_get_the_default_audience,
+    control_characters_anywhere_in_an_issue_request_are_invalid_argument_naming_the_field,
+);
