@@ -7,14 +7,18 @@
 //! (`on_every_backend!`: e.g. `rotate::sqlite::sixty_four_concurrent_rotations_of_one_token_let_exactly_one_win`),
 //! and what the store contract proves below the API (`store::contract`).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use ratchet::grpc::pb::RotateRequest;
+use ratchet::grpc::pb::token_service_client::TokenServiceClient;
 use ratchet::grpc::status::reason;
 
 use crate::binary::{BIN, Server, free_port};
 use crate::helpers::{assert_token_error, issue};
+use tonic::transport::Channel;
 
 /// A data directory of its own, removed at the end.
 struct DataDir(PathBuf);
@@ -26,10 +30,37 @@ impl DataDir {
         Self(root)
     }
 
-    /// `ratchet serve` with no DATABASE_URL, keeping everything in `data/`.
-    fn serve(&self, log: &str) -> Server {
-        let addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        Server::start_on_sqlite(&self.0.join("data"), &self.0.join(log), addr)
+    /// `ratchet serve` with no DATABASE_URL, keeping everything in `data/`, and a client
+    /// connected to *it*; returns the name of its log. `free_port` only finds a port that was free
+    /// a moment ago: a server of another test may take it first, and then this one exits ("cannot
+    /// listen") while the client reaches the other one, which knows none of this test's tokens.
+    /// The log line saying this server serves on that address settles it; a taken port is tried
+    /// again with another.
+    async fn serve(&self, name: &str) -> (Server, TokenServiceClient<Channel>, String) {
+        for attempt in 0..5 {
+            let log = format!("{name}.{attempt}");
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let mut server = Server::start_on_sqlite(&self.0.join("data"), &self.0.join(&log), addr);
+            let client = server.client().await;
+            let serving = format!("{addr}");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let text = self.log(&log);
+                if text
+                    .lines()
+                    .any(|line| line.contains("serving gRPC") && line.contains(&serving))
+                {
+                    return (server, client, log);
+                }
+                if text.contains("cannot listen") {
+                    assert!(server.wait(Duration::from_secs(5)).await.is_some(), "{text}");
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{text}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        panic!("no free port in five attempts")
     }
 
     fn log(&self, name: &str) -> String {
@@ -46,8 +77,7 @@ impl Drop for DataDir {
 #[tokio::test]
 async fn serve_without_a_database_url_runs_on_sqlite_and_refuses_a_second_server_on_it() {
     let dir = DataDir::new();
-    let server = dir.serve("first.log");
-    let mut client = server.client().await;
+    let (server, mut client, first) = dir.serve("first.log").await;
     let pair = issue(&client, "alice").await;
     let rotated = client
         .rotate(RotateRequest {
@@ -59,7 +89,7 @@ async fn serve_without_a_database_url_runs_on_sqlite_and_refuses_a_second_server
     assert_eq!(rotated.family_id, pair.family_id);
     let database = dir.0.join("data").join("ratchet.db");
     assert!(database.is_file());
-    let log = dir.log("first.log");
+    let log = dir.log(&first);
     assert_eq!(
         log.matches("store: SQLite at").count(),
         1,
@@ -97,20 +127,21 @@ async fn serve_without_a_database_url_runs_on_sqlite_and_refuses_a_second_server
 #[tokio::test]
 async fn on_sqlite_nothing_is_lost_across_a_sigkill() {
     let dir = DataDir::new();
-    let server = dir.serve("first.log");
-    let client = server.client().await;
+    let (server, client, first) = dir.serve("first.log").await;
     let pair = issue(&client, "alice").await;
     // No drain, no checkpoint, no close: only what each commit put on disk.
     server.kill();
 
-    let server = dir.serve("second.log");
-    let mut client = server.client().await;
+    let (server, mut client, second) = dir.serve("second.log").await;
     let rotate = |refresh_token: String| RotateRequest { refresh_token };
-    let next = client
-        .rotate(rotate(pair.refresh_token.clone()))
-        .await
-        .unwrap()
-        .into_inner();
+    let next = match client.rotate(rotate(pair.refresh_token.clone())).await {
+        Ok(next) => next.into_inner(),
+        Err(status) => panic!(
+            "{status:?}\n--- first ---\n{}\n--- second ---\n{}",
+            dir.log(&first),
+            dir.log(&second)
+        ),
+    };
     assert_eq!(next.family_id, pair.family_id, "the family issued before the kill");
     let replay = client.rotate(rotate(pair.refresh_token.clone())).await.unwrap_err();
     assert_token_error(&replay, reason::TOKEN_REUSED);
