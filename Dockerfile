@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # Build: docker build -t ratchet .
 # Run:   docker run -e DATABASE_URL=postgres://user:pass@db:5432/ratchet -v ratchet-data:/var/lib/ratchet -p 50051:50051 -p 8080:8080 ratchet
+#        (without DATABASE_URL: SQLite in the volume, /var/lib/ratchet/ratchet.db; one container only)
 # Keys:  the key directory is /var/lib/ratchet/keys (or mount one at RATCHET_KEYS_DIR, the same for
 #        every replica); manage it with `docker run ... ratchet keys list|generate|activate|retire`.
 

@@ -12,8 +12,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::database_url::DatabaseUrl;
 
-/// The local PostgreSQL of a development machine; `serve` and `migrate` create the database.
-pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/ratchet";
+/// Where state is kept on disk unless configured otherwise: the SQLite database (without a
+/// `DATABASE_URL`) and the key directory.
+pub const DEFAULT_DATA_DIR: &str = "ratchet-data";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,7 +41,7 @@ pub enum Command {
     /// Run the gRPC server (applies pending migrations first unless --no-migrate).
     Serve(Box<ServeArgs>),
     /// Apply pending database migrations, then exit.
-    Migrate(DatabaseArgs),
+    Migrate(MigrateArgs),
     /// Run one cleanup pass (what `serve` does every --gc-interval), print what it removed, exit.
     Gc(GcArgs),
     /// Manage signing keys: generate, list, activate, retire. Running servers pick changes up on
@@ -60,9 +61,10 @@ pub struct KeySourceArgs {
     /// command.
     #[arg(long, env = "RATCHET_SIGNING_KEY")]
     pub signing_key: Option<PathBuf>,
-    /// Directory for state kept on disk (the key directory by default, and the key earlier
-    /// versions generated, `signing-key.pem`).
-    #[arg(long, env = "RATCHET_DATA_DIR", default_value = "ratchet-data")]
+    /// Directory for state kept on disk: the SQLite database `ratchet.db` (when no
+    /// DATABASE_URL is set), the key directory by default, and the key earlier versions
+    /// generated, `signing-key.pem`.
+    #[arg(long, env = "RATCHET_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
 }
 
@@ -124,15 +126,29 @@ pub struct GcArgs {
     pub database: DatabaseArgs,
     #[command(flatten)]
     pub cleanup: CleanupArgs,
+    /// Where the SQLite database is when no DATABASE_URL is set (as for `serve`).
+    #[arg(long, env = "RATCHET_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Where the SQLite database is when no DATABASE_URL is set (as for `serve`).
+    #[arg(long, env = "RATCHET_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
-    /// PostgreSQL URL. `serve` (unless --no-migrate) and `migrate` create the database if it
-    /// does not exist.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
-    pub database_url: DatabaseUrl,
-    /// Most pooled database connections.
+    /// PostgreSQL URL (`postgres://...`): for replicas and production. `serve` (unless
+    /// --no-migrate) and `migrate` create the database if it does not exist. Unset (or empty):
+    /// an embedded SQLite database, `ratchet.db` in the data directory, for one process
+    /// (development, small single-node installs); `sqlite:PATH` names another SQLite file.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<DatabaseUrl>,
+    /// Most pooled database connections (on SQLite: reading connections; it writes through one).
     #[arg(long, env = "RATCHET_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
     /// Bound on any one database operation, waiting for a connection included; past it the

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
 use std::time::Duration;
 
@@ -17,26 +17,43 @@ use crate::issuer::types::MAX_NAME_BYTES;
 use crate::keys::source::KeySource;
 use crate::policy::AccessSettings;
 use crate::store::postgres::PoolSettings;
+use crate::store::sqlite::{DATABASE_FILE, SqliteSettings};
 use crate::transport::serve::HttpLimits;
 use crate::transport::{Reloadable, TlsFiles, TransportConfig};
 
-/// Where the database is and how to talk to it.
+/// Where the database is and how to talk to it: PostgreSQL when `DATABASE_URL` names one,
+/// SQLite in the data directory when it is unset.
+#[expect(clippy::large_enum_variant, reason = "made once at start: boxing would save nothing")]
 #[derive(Clone)]
-pub struct DatabaseConfig {
-    /// Kept to create the database if missing.
-    pub url: DatabaseUrl,
-    pub options: PgConnectOptions,
-    pub pool: PoolSettings,
+pub enum DatabaseConfig {
+    Postgres {
+        /// Kept to create the database if missing.
+        url: DatabaseUrl,
+        options: PgConnectOptions,
+        pool: PoolSettings,
+    },
+    Sqlite {
+        path: PathBuf,
+        settings: SqliteSettings,
+    },
 }
 
 /// By hand: `PgConnectOptions`' own `Debug` prints the password. The options come from the URL,
 /// whose redacted form says the same.
 impl fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DatabaseConfig")
-            .field("url", &self.url)
-            .field("pool", &self.pool)
-            .finish_non_exhaustive()
+        match self {
+            Self::Postgres { url, pool, .. } => f
+                .debug_struct("Postgres")
+                .field("url", url)
+                .field("pool", pool)
+                .finish_non_exhaustive(),
+            Self::Sqlite { path, settings } => f
+                .debug_struct("Sqlite")
+                .field("path", path)
+                .field("settings", settings)
+                .finish(),
+        }
     }
 }
 
@@ -240,7 +257,7 @@ impl GcConfig {
     /// Every problem found, one message each.
     pub fn from_args(args: &GcArgs) -> Result<Self, Vec<String>> {
         let mut problems = Problems::default();
-        let database = DatabaseConfig::collect(&args.database, &mut problems);
+        let database = DatabaseConfig::collect(&args.database, &args.data_dir, &mut problems);
         let cleanup = CleanupSettings::collect(&args.cleanup, &mut problems);
         match database {
             // By hand, the whole table is swept.
@@ -446,9 +463,9 @@ impl Problems {
 impl DatabaseConfig {
     /// # Errors
     /// Every problem found, one message each.
-    pub fn from_args(args: &DatabaseArgs) -> Result<Self, Vec<String>> {
+    pub fn from_args(args: &DatabaseArgs, data_dir: &Path) -> Result<Self, Vec<String>> {
         let mut problems = Problems::default();
-        let config = Self::collect(args, &mut problems);
+        let config = Self::collect(args, data_dir, &mut problems);
         if problems.0.is_empty() {
             config.ok_or_else(Vec::new)
         } else {
@@ -456,15 +473,36 @@ impl DatabaseConfig {
         }
     }
 
-    fn collect(args: &DatabaseArgs, problems: &mut Problems) -> Option<Self> {
+    fn collect(args: &DatabaseArgs, data_dir: &Path, problems: &mut Problems) -> Option<Self> {
         problems.check(args.db_max_connections >= 1, || {
             "db-max-connections: must be at least 1".into()
         });
         let timeout = problems.duration("db-timeout", &args.db_timeout, &DB_TIMEOUT);
+        let sqlite = |path: PathBuf| Self::Sqlite {
+            path,
+            settings: SqliteSettings {
+                readers: args.db_max_connections,
+                timeout,
+            },
+        };
+        // An empty DATABASE_URL (`DATABASE_URL= ratchet serve`) is no URL.
+        let Some(url) = args.database_url.as_ref().filter(|url| !url.expose().is_empty()) else {
+            return Some(sqlite(data_dir.join(DATABASE_FILE)));
+        };
+        if let Some(rest) = url.expose().strip_prefix("sqlite:") {
+            // `sqlite://PATH` or `sqlite:PATH`, as sqlx writes them; a file, never in memory
+            // (nothing would survive a restart) and without options (the store sets its own).
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            let usable = !path.is_empty() && !path.contains('?') && !path.contains(":memory:");
+            problems.check(usable, || {
+                "database-url: a sqlite: URL names a database file (sqlite:PATH), without options".into()
+            });
+            return usable.then(|| sqlite(PathBuf::from(path)));
+        }
         // The URL may hold a password: never echo it.
-        match PgConnectOptions::from_str(args.database_url.expose()) {
-            Ok(options) => Some(Self {
-                url: args.database_url.clone(),
+        match PgConnectOptions::from_str(url.expose()) {
+            Ok(options) => Some(Self::Postgres {
+                url: url.clone(),
                 options,
                 pool: PoolSettings {
                     max_connections: args.db_max_connections,
@@ -495,7 +533,7 @@ impl Config {
     /// Every problem found, one message each.
     pub fn from_args(args: ServeArgs) -> Result<Self, Vec<String>> {
         let mut problems = Problems::default();
-        let database = DatabaseConfig::collect(&args.database, &mut problems);
+        let database = DatabaseConfig::collect(&args.database, &args.keys.data_dir, &mut problems);
         let access_ttl = problems.time_duration("access-ttl", &args.access_ttl, &ACCESS_TTL);
         let refresh_ttl = problems.time_duration("refresh-ttl", &args.refresh_ttl, &SESSION_TTL);
         let family_ttl = problems.time_duration("family-ttl", &args.family_ttl, &SESSION_TTL);
@@ -821,6 +859,41 @@ mod tests {
         assert!(problems.iter().all(|p| !p.contains("notaport")));
     }
 
+    #[test]
+    fn without_a_database_url_the_store_is_sqlite_in_the_data_directory() {
+        let database = |extra: &[&str]| {
+            let mut args = serve_args(extra);
+            args.database.database_url = None;
+            Config::from_args(args).unwrap().database
+        };
+        let DatabaseConfig::Sqlite { path, settings } = database(&["--data-dir", "/srv/ratchet"]) else {
+            panic!("no URL is SQLite")
+        };
+        assert_eq!(path, Path::new("/srv/ratchet/ratchet.db"));
+        assert_eq!(settings.timeout, Duration::from_secs(5));
+        let empty = serve_args(&["--database-url", "", "--data-dir", "/srv/ratchet"]);
+        assert!(matches!(
+            Config::from_args(empty).unwrap().database,
+            DatabaseConfig::Sqlite { .. }
+        ));
+        for (url, file) in [("sqlite:///var/lib/r.db", "/var/lib/r.db"), ("sqlite:r.db", "r.db")] {
+            match Config::from_args(serve_args(&["--database-url", url]))
+                .unwrap()
+                .database
+            {
+                DatabaseConfig::Sqlite { path, .. } => assert_eq!(path, Path::new(file)),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        for url in ["sqlite::memory:", "sqlite://r.db?mode=ro", "sqlite:"] {
+            let problems = problems_of(&["--database-url", url]);
+            assert!(
+                problems.len() == 1 && problems[0].starts_with("database-url: "),
+                "{url}: {problems:?}"
+            );
+        }
+    }
+
     const WITH_PASSWORD: &str = "postgres://app:hunter2-secret@db.internal:5432/ratchet";
 
     #[test]
@@ -836,7 +909,10 @@ mod tests {
             let shown = format!("{config:?} {config:#?} {:?}", config.database);
             assert!(!shown.contains("hunter2"), "{shown}");
             assert!(shown.contains("db.internal"), "still useful: {shown}");
-            assert_eq!(config.database.url.expose(), url, "connecting still has it");
+            let DatabaseConfig::Postgres { url: configured, .. } = &config.database else {
+                panic!("a postgres URL is PostgreSQL")
+            };
+            assert_eq!(configured.expose(), url, "connecting still has it");
         }
     }
 

@@ -9,6 +9,7 @@ use ratchet::keys::directory::Imported;
 use ratchet::keys::source::KeySource;
 use ratchet::keys::{KeyAlgorithm, KeyError};
 use ratchet::startup::{self, Application};
+use ratchet::store::sqlite::LockError;
 use ratchet::{shutdown, telemetry};
 
 /// EX_USAGE from sysexits.h: the configuration is wrong, retrying will not help.
@@ -29,7 +30,7 @@ fn main() -> ExitCode {
             Ok(config) => runtime.block_on(serve(config)),
             Err(problems) => return usage(&problems),
         },
-        Command::Migrate(args) => match DatabaseConfig::from_args(&args) {
+        Command::Migrate(args) => match DatabaseConfig::from_args(&args.database, &args.data_dir) {
             Ok(database) => runtime.block_on(startup::migrate(&database)),
             Err(problems) => return usage(&problems),
         },
@@ -48,7 +49,13 @@ fn main() -> ExitCode {
         Err(error) => {
             tracing::error!("{error:#}");
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            // Another server on the same SQLite database: a deployment mistake that retrying
+            // will not fix (replicas need PostgreSQL), like a bad flag.
+            if matches!(error.downcast_ref::<LockError>(), Some(LockError::InUse { .. })) {
+                ExitCode::from(EX_USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

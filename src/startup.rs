@@ -35,6 +35,7 @@ use crate::keys::{KeySet, Keyring, ServerSecret};
 use crate::policy::AccessSettings;
 use crate::store::cached::{CachedStore, FamilyCache};
 use crate::store::postgres::PgTarget;
+use crate::store::sqlite::{DatabaseLock, SqliteTarget};
 use crate::store::{Backend, FamilyStore as _, RuntimeStore, Target};
 use crate::transport::idle::ActivityLayer;
 use crate::transport::{self, PeerIdentityLayer, TransportConfig};
@@ -106,6 +107,8 @@ pub struct Application {
     tls: Option<Arc<transport::Reloadable>>,
     tls_reload_interval: Duration,
     peer_identity: PeerIdentityLayer,
+    /// On SQLite, this process's claim on the database, held until the server stops.
+    database_lock: Option<DatabaseLock>,
 }
 
 /// Longest any RPC may run: enough for a write to wait for a connection, run, and have a lost
@@ -117,11 +120,17 @@ fn request_timeout(db_timeout: Duration) -> Duration {
 
 /// Where the configured database is: the one place the configuration becomes a [`Target`].
 fn target(database: &DatabaseConfig) -> Target {
-    Target::Postgres(PgTarget {
-        url: database.url.clone(),
-        options: database.options.clone(),
-        settings: database.pool.clone(),
-    })
+    match database {
+        DatabaseConfig::Postgres { url, options, pool } => Target::Postgres(PgTarget {
+            url: url.clone(),
+            options: options.clone(),
+            settings: pool.clone(),
+        }),
+        DatabaseConfig::Sqlite { path, settings } => Target::Sqlite(SqliteTarget {
+            path: path.clone(),
+            settings: settings.clone(),
+        }),
+    }
 }
 
 /// Creates the database if it is missing, then applies pending migrations.
@@ -129,7 +138,11 @@ fn target(database: &DatabaseConfig) -> Target {
 /// # Errors
 /// The database cannot be reached, created or migrated.
 pub async fn migrate(database: &DatabaseConfig) -> anyhow::Result<()> {
-    Backend::migrate(&target(database)).await?;
+    migrate_target(&target(database)).await
+}
+
+async fn migrate_target(target: &Target) -> anyhow::Result<()> {
+    Backend::migrate(target).await?;
     tracing::info!("database schema is up to date");
     Ok(())
 }
@@ -151,8 +164,17 @@ impl Application {
     /// # Errors
     /// Migrations fail, the key cannot be loaded or created, or the address cannot be bound.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let target = target(&config.database);
+        match &target {
+            Target::Postgres(_) => tracing::info!("store: {target}"),
+            Target::Sqlite(_) => {
+                tracing::info!("store: {target} (one process; set DATABASE_URL to run replicas on PostgreSQL)")
+            }
+        }
+        // Before migrating: a second server on the same SQLite file stops here.
+        let database_lock = Backend::claim(&target)?;
         if config.migrate {
-            migrate(&config.database).await?;
+            migrate_target(&target).await?;
         }
         let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         let (keys, origin) = config.keys.load_at_start(&now)?;
@@ -182,11 +204,11 @@ impl Application {
             }
             None => config.keys.server_secret(&keys, &origin)?,
         };
-        let store = Backend::open(&target(&config.database));
+        let store = Backend::open(&target);
         // Refuse to serve on a misconfigured database (a session that is not SERIALIZABLE); one
         // that is down only means NOT_SERVING until it is back.
         store.check_configuration().await.context("refusing to serve")?;
-        Self::from_parts(Parts {
+        let mut app = Self::from_parts(Parts {
             listen: config.listen,
             store,
             keys,
@@ -204,7 +226,9 @@ impl Application {
             access: config.access,
             transport: config.transport,
         })
-        .await
+        .await?;
+        app.database_lock = database_lock;
+        Ok(app)
     }
 
     /// Binds the listener and wires the service.
@@ -266,6 +290,7 @@ impl Application {
             tls,
             tls_reload_interval,
             peer_identity: PeerIdentityLayer::new(trust_xfcc, probe),
+            database_lock: None,
         })
     }
 
@@ -459,6 +484,8 @@ impl Application {
             task.abort();
         }
         self.store.close().await;
+        // Only now may another server open the SQLite database.
+        drop(self.database_lock);
         tracing::info!("stopped");
         Ok(())
     }

@@ -8,9 +8,11 @@
 //! ([`Target`]), migrating, telling a misconfigured database from one that is down, the
 //! revocation listener, closing.
 //!
-//! A new backend (SQLite) is a variant of [`Target`] and of [`Backend`], an arm in each match
-//! below, and one line in the contract suite (`store::contract`) that every backend passes.
+//! A backend is a variant of [`Target`] and of [`Backend`], an arm in each match below, and one
+//! line in the contract suite (`store::contract`) that every backend passes: PostgreSQL (replicas,
+//! production) and SQLite (one process: development, small single-node installs).
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +21,7 @@ use tokio::sync::watch;
 
 use super::cached::FamilyCache;
 use super::postgres::{self, PgStore, PgTarget};
+use super::sqlite::{self, DatabaseLock, LockError, SqliteStore, SqliteTarget};
 use super::{
     FamilyStatus, FamilyStore, IdleWindow, MigrateError, NewFamily, Purged, RefreshTokenRecord, Revocation,
     RevokeReason, SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError,
@@ -26,15 +29,28 @@ use super::{
 use crate::domain::{FamilyId, TokenHash};
 
 /// Which backend, and where: what the database configuration resolves to.
+#[expect(clippy::large_enum_variant, reason = "made once at start: boxing would save nothing")]
 #[derive(Debug, Clone)]
 pub enum Target {
     Postgres(PgTarget),
+    Sqlite(SqliteTarget),
+}
+
+/// Which store and where, for the log: never a password (the URL is shown redacted).
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Postgres(target) => write!(f, "PostgreSQL at {}", target.url),
+            Self::Sqlite(target) => write!(f, "SQLite at {}", target.path.display()),
+        }
+    }
 }
 
 /// One of the backends, behind the one [`FamilyStore`]. Cheap to clone (it shares its pool).
 #[derive(Debug, Clone)]
 pub enum Backend {
     Postgres(PgStore),
+    Sqlite(SqliteStore),
 }
 
 impl Backend {
@@ -43,6 +59,20 @@ impl Backend {
     pub fn open(target: &Target) -> Self {
         match target {
             Target::Postgres(target) => Self::Postgres(PgStore::open(target)),
+            Target::Sqlite(target) => Self::Sqlite(SqliteStore::open(target)),
+        }
+    }
+
+    /// Claims the database at `target` for this process, for as long as the returned lock lives:
+    /// a SQLite database serves one process ([`SqliteTarget::lock`]). PostgreSQL needs no claim:
+    /// replicas share it.
+    ///
+    /// # Errors
+    /// Another process holds the SQLite database, or its lock file cannot be taken.
+    pub fn claim(target: &Target) -> Result<Option<DatabaseLock>, LockError> {
+        match target {
+            Target::Postgres(_) => Ok(None),
+            Target::Sqlite(target) => target.lock().map(Some),
         }
     }
 
@@ -53,6 +83,7 @@ impl Backend {
     pub async fn migrate(target: &Target) -> Result<(), MigrateError> {
         match target {
             Target::Postgres(target) => postgres::migrate(target).await,
+            Target::Sqlite(target) => sqlite::migrate(target).await,
         }
     }
 
@@ -72,6 +103,8 @@ impl Backend {
     fn is_misconfigured(&self, error: &StoreError) -> bool {
         match self {
             Self::Postgres(_) => postgres::is_misconfigured(error),
+            // Every setting that matters is ours (see `sqlite`), set on each connection.
+            Self::Sqlite(_) => false,
         }
     }
 
@@ -79,6 +112,7 @@ impl Backend {
     pub fn timeout(&self) -> Duration {
         match self {
             Self::Postgres(store) => store.timeout(),
+            Self::Sqlite(store) => store.timeout(),
         }
     }
 
@@ -87,6 +121,8 @@ impl Backend {
     pub async fn listen_for_revocations(&self, cache: Arc<FamilyCache>, stopped: watch::Receiver<bool>) {
         match self {
             Self::Postgres(store) => store.listen_for_revocations(cache, stopped).await,
+            // One process: every revocation passes through its own cache. Nothing to listen to.
+            Self::Sqlite(_) => drop((cache, stopped)),
         }
     }
 
@@ -94,6 +130,7 @@ impl Backend {
     pub async fn close(&self) {
         match self {
             Self::Postgres(store) => store.pool().close().await,
+            Self::Sqlite(store) => store.close().await,
         }
     }
 }
@@ -103,24 +140,28 @@ impl FamilyStore for Backend {
     async fn create_family(&self, new: &NewFamily) -> Result<Vec<FamilyId>, StoreError> {
         match self {
             Self::Postgres(store) => store.create_family(new).await,
+            Self::Sqlite(store) => store.create_family(new).await,
         }
     }
 
     async fn spend(&self, request: &SpendRequest) -> Result<SpendOutcome, StoreError> {
         match self {
             Self::Postgres(store) => store.spend(request).await,
+            Self::Sqlite(store) => store.spend(request).await,
         }
     }
 
     async fn refresh_token(&self, hash: &TokenHash) -> Result<Option<RefreshTokenRecord>, StoreError> {
         match self {
             Self::Postgres(store) => store.refresh_token(hash).await,
+            Self::Sqlite(store) => store.refresh_token(hash).await,
         }
     }
 
     async fn family_status(&self, id: FamilyId) -> Result<Option<FamilyStatus>, StoreError> {
         match self {
             Self::Postgres(store) => store.family_status(id).await,
+            Self::Sqlite(store) => store.family_status(id).await,
         }
     }
 
@@ -132,6 +173,7 @@ impl FamilyStore for Backend {
     ) -> Result<Revocation, StoreError> {
         match self {
             Self::Postgres(store) => store.revoke_family(id, now, reason).await,
+            Self::Sqlite(store) => store.revoke_family(id, now, reason).await,
         }
     }
 
@@ -143,6 +185,7 @@ impl FamilyStore for Backend {
     ) -> Result<Vec<FamilyId>, StoreError> {
         match self {
             Self::Postgres(store) => store.revoke_subject(subject, now, limit).await,
+            Self::Sqlite(store) => store.revoke_subject(subject, now, limit).await,
         }
     }
 
@@ -155,12 +198,14 @@ impl FamilyStore for Backend {
     ) -> Result<Vec<SessionRecord>, StoreError> {
         match self {
             Self::Postgres(store) => store.live_families(subject, now, after, limit).await,
+            Self::Sqlite(store) => store.live_families(subject, now, after, limit).await,
         }
     }
 
     async fn revoked_families(&self, revoked_before: OffsetDateTime, limit: u32) -> Result<Vec<FamilyId>, StoreError> {
         match self {
             Self::Postgres(store) => store.revoked_families(revoked_before, limit).await,
+            Self::Sqlite(store) => store.revoked_families(revoked_before, limit).await,
         }
     }
 
@@ -172,24 +217,28 @@ impl FamilyStore for Backend {
     ) -> Result<IdleWindow, StoreError> {
         match self {
             Self::Postgres(store) => store.idle_window(after, window, ended_before).await,
+            Self::Sqlite(store) => store.idle_window(after, window, ended_before).await,
         }
     }
 
     async fn purge_families(&self, families: &[FamilyId], limit: u32) -> Result<Purged, StoreError> {
         match self {
             Self::Postgres(store) => store.purge_families(families, limit).await,
+            Self::Sqlite(store) => store.purge_families(families, limit).await,
         }
     }
 
     async fn clear_seals(&self, sealed_before: OffsetDateTime, limit: u32) -> Result<u64, StoreError> {
         match self {
             Self::Postgres(store) => store.clear_seals(sealed_before, limit).await,
+            Self::Sqlite(store) => store.clear_seals(sealed_before, limit).await,
         }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
         match self {
             Self::Postgres(store) => store.ping().await,
+            Self::Sqlite(store) => store.ping().await,
         }
     }
 }

@@ -24,6 +24,7 @@ use time::{Duration, OffsetDateTime};
 
 use super::cached::CachedStore;
 use super::postgres::{PgStore, PoolSettings, pool};
+use super::sqlite::{SqliteSettings, SqliteStore, SqliteTarget};
 use super::{
     Backend, FamilyRecord, FamilyStore, IdleWindow, NewFamily, NewRefreshToken, Purged, Revocation, RevokeReason,
     SessionCursor, SpendOutcome, SpendRequest,
@@ -74,9 +75,33 @@ contract!(postgres, #[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
 contract!(cached_postgres, #[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")],
     (_pool: PgPoolOptions, options: PgConnectOptions) => cached(Backend::Postgres(pg(options))));
 
+// SQLite: a fresh database file per test, removed by `Fixture::close`.
+contract!(sqlite, #[tokio::test], () => sqlite_store().await);
+contract!(cached_sqlite, #[tokio::test], () => cached(Backend::Sqlite(sqlite_store().await)));
+
 fn pg(options: PgConnectOptions) -> PgStore {
     let settings = PoolSettings::default();
     PgStore::new(pool(options, &settings), &settings)
+}
+
+/// A migrated SQLite database in a file of its own under the temporary directory.
+async fn sqlite_store() -> SqliteStore {
+    let name = format!("ratchet-contract-{}.db", uuid::Uuid::new_v4().simple());
+    let target = SqliteTarget {
+        path: std::env::temp_dir().join(name),
+        settings: SqliteSettings::default(),
+    };
+    crate::store::sqlite::migrate(&target).await.unwrap();
+    SqliteStore::open(&target)
+}
+
+/// Removes a test's SQLite database with its WAL and shared-memory files.
+fn remove_sqlite_files(database: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = database.as_os_str().to_owned();
+        path.push(suffix);
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// A cache that trusts "live" far longer than any test: a stale answer cannot hide behind it.
@@ -96,9 +121,19 @@ impl Fixture for PgStore {
     }
 }
 
+impl Fixture for SqliteStore {
+    async fn close(&self) {
+        SqliteStore::close(self).await;
+        remove_sqlite_files(self.path());
+    }
+}
+
 impl Fixture for Backend {
     async fn close(&self) {
         Backend::close(self).await;
+        if let Backend::Sqlite(store) = self {
+            remove_sqlite_files(store.path());
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! Where families and refresh tokens live: the [`FamilyStore`] trait, [`postgres`], and
+//! Where families and refresh tokens live: the [`FamilyStore`] trait, [`postgres`], [`sqlite`], and
 //! [`Backend`], the one type through which the server opens, migrates, watches and closes
 //! whichever backend its configuration names.
 //!
@@ -27,6 +27,7 @@ pub mod cached;
 mod contract;
 pub mod pool;
 pub mod postgres;
+pub mod sqlite;
 
 use std::future::Future;
 

@@ -36,7 +36,7 @@ async fn dump_values(app: &TestApp) -> HashSet<Vec<u8>> {
          union all select row_to_json(f)::text from families f
          union all select row_to_json(x)::text from seals x",
     )
-    .fetch_all(&app.db)
+    .fetch_all(app.db())
     .await
     .unwrap();
     let mut values = HashSet::new();
@@ -125,7 +125,7 @@ async fn without_a_grace_window_no_seal_is_stored_at_all(_pool: PgPoolOptions, o
     rotate_chain(&app, 3).await;
     // Looking at the table itself: this is about what a dump holds.
     let (sealed,): (i64,) = sqlx::query_as("select count(*) from seals")
-        .fetch_one(&app.db)
+        .fetch_one(app.db())
         .await
         .unwrap();
     assert_eq!(sealed, 0);
@@ -137,7 +137,7 @@ async fn a_seal_is_cleared_when_the_token_it_seals_is_spent(_pool: PgPoolOptions
     let app = spawn_app_with_grace(options, time::Duration::seconds(60)).await;
     let chain = rotate_chain(&app, 4).await;
     let (sealed,): (i64,) = sqlx::query_as("select count(*) from seals")
-        .fetch_one(&app.db)
+        .fetch_one(app.db())
         .await
         .unwrap();
     assert_eq!(
@@ -304,7 +304,7 @@ async fn the_database_refuses_a_second_successor_or_a_second_first_token(
         )
         .bind(&first.family_id)
         .bind(parent)
-        .execute(&app.db)
+        .execute(app.db())
         .await
         .expect_err(name);
         assert_eq!(

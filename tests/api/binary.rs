@@ -55,10 +55,23 @@ impl Server {
 
     /// `ratchet serve --no-migrate` on `addr`, with `env` on top of the test defaults.
     pub fn start_with(url: &str, data_dir: &Path, log: &Path, addr: SocketAddr, env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(BIN);
+        command.args(["serve", "--no-migrate"]).env("DATABASE_URL", url);
+        Self::spawn(command, data_dir, log, addr, env)
+    }
+
+    /// `ratchet serve` on `addr` with no `DATABASE_URL`, as on a fresh machine: SQLite in
+    /// `data_dir`, migrated at start.
+    pub fn start_on_sqlite(data_dir: &Path, log: &Path, addr: SocketAddr) -> Self {
+        let mut command = Command::new(BIN);
+        command.arg("serve").env_remove("DATABASE_URL");
+        Self::spawn(command, data_dir, log, addr, &[])
+    }
+
+    fn spawn(mut command: Command, data_dir: &Path, log: &Path, addr: SocketAddr, env: &[(&str, &str)]) -> Self {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let child = Command::new(BIN)
-            .args(["serve", "--no-migrate", "--issuer", "https://bin.test"])
-            .env("DATABASE_URL", url)
+        let child = command
+            .args(["--issuer", "https://bin.test"])
             .env("RATCHET_LISTEN", addr.to_string())
             .env("RATCHET_DATA_DIR", data_dir)
             .env("RATCHET_HTTP_LISTEN", http.to_string())
@@ -112,7 +125,7 @@ impl Server {
 
     /// SIGTERM, then the exit status. Waits asynchronously: our own client connections must keep
     /// being driven to answer the server's GOAWAY while it drains.
-    async fn terminate(mut self) -> std::process::ExitStatus {
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
         Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()

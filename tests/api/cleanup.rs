@@ -4,10 +4,9 @@
 
 use ratchet::grpc::status::reason;
 use ratchet::issuer::cleanup::{CleanupReport, CleanupSettings};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use time::Duration;
 
-use crate::helpers::{assert_token_error, spawn_app_with, test_cleanup, test_policy};
+use crate::helpers::{Db, assert_token_error, on_every_backend, test_cleanup, test_policy};
 
 fn retention(retention: Duration) -> CleanupSettings {
     CleanupSettings {
@@ -16,16 +15,12 @@ fn retention(retention: Duration) -> CleanupSettings {
     }
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn cleanup_removes_families_that_ended_and_keeps_live_ones_rotating(
-    _pool: PgPoolOptions,
-    options: PgConnectOptions,
-) {
+async fn cleanup_removes_families_that_ended_and_keeps_live_ones_rotating(db: Db) {
     let policy = ratchet::issuer::Policy {
         refresh_ttl: Duration::hours(1),
         ..test_policy()
     };
-    let app = spawn_app_with(options, policy).await;
+    let app = db.spawn_with(policy).await;
     let settings = retention(Duration::hours(1));
     // Idle-expires an hour after its one rotation: two tokens.
     let idle = app.issue("alice").await;
@@ -75,9 +70,8 @@ async fn cleanup_removes_families_that_ended_and_keeps_live_ones_rotating(
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn a_family_that_ended_within_the_retention_is_kept(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app_with(options, test_policy()).await;
+async fn a_family_that_ended_within_the_retention_is_kept(db: Db) {
+    let app = db.spawn_with(test_policy()).await;
     let pair = app.issue("alice").await;
     let next = app.rotate(&pair.refresh_token).await.unwrap();
     // Reuse revokes the family; a day's retention keeps the evidence.
@@ -98,12 +92,8 @@ async fn a_family_that_ended_within_the_retention_is_kept(_pool: PgPoolOptions, 
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn cleanup_goes_in_small_batches_through_long_chains_and_sweeps_for_idle_ones(
-    _pool: PgPoolOptions,
-    options: PgConnectOptions,
-) {
-    let app = spawn_app_with(options, test_policy()).await;
+async fn cleanup_goes_in_small_batches_through_long_chains_and_sweeps_for_idle_ones(db: Db) {
+    let app = db.spawn_with(test_policy()).await;
     let mut chains = Vec::new();
     for i in 0..5 {
         let mut pair = app.issue(&format!("user{i}")).await;
@@ -131,13 +121,12 @@ async fn cleanup_goes_in_small_batches_through_long_chains_and_sweeps_for_idle_o
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn seals_left_over_after_the_grace_window_are_cleared(_pool: PgPoolOptions, options: PgConnectOptions) {
+async fn seals_left_over_after_the_grace_window_are_cleared(db: Db) {
     let policy = ratchet::issuer::Policy {
         reuse_grace: Duration::seconds(60),
         ..test_policy()
     };
-    let app = spawn_app_with(options, policy).await;
+    let app = db.spawn_with(policy).await;
     let pair = app.issue("alice").await;
     let next = app.rotate(&pair.refresh_token).await.unwrap();
     // Within the longest possible window (10 minutes) the seal stays ...
@@ -149,3 +138,10 @@ async fn seals_left_over_after_the_grace_window_are_cleared(_pool: PgPoolOptions
     app.rotate(&next.refresh_token).await.unwrap();
     app.stop().await;
 }
+
+on_every_backend!(
+    cleanup_removes_families_that_ended_and_keeps_live_ones_rotating,
+    a_family_that_ended_within_the_retention_is_kept,
+    cleanup_goes_in_small_batches_through_long_chains_and_sweeps_for_idle_ones,
+    seals_left_over_after_the_grace_window_are_cleared,
+);

@@ -243,7 +243,7 @@ async fn postgres_restarted_under_rotate_load_fails_fast_recovers_and_loses_noth
         "an UNAVAILABLE took {:?}",
         observed.slowest_unavailable
     );
-    check_invariants(&app.db, &observed).await;
+    check_invariants(app.db(), &observed).await;
     app.stop().await;
 }
 
@@ -400,6 +400,6 @@ async fn many_clients_rotating_and_replaying_the_same_families_never_spend_a_tok
     for answers in observed.answers.values() {
         assert_eq!(answers.len(), 1, "a refresh token was accepted {} times", answers.len());
     }
-    check_invariants(&app.db, &observed).await;
+    check_invariants(app.db(), &observed).await;
     app.stop().await;
 }

@@ -1,7 +1,9 @@
-//! Starting a real server for a test: its own database (from `#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]`), a throwaway
-//! signing key, a clock the test controls, a real socket on 127.0.0.1:0 and a connected client.
+//! Starting a real server for a test: its own database (from `#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]`,
+//! or a SQLite file of its own: [`spawn_sqlite_app`]), a throwaway signing key, a clock the test
+//! controls, a real socket on 127.0.0.1:0 and a connected client.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Once};
 
 use ratchet::clock::{Clock as _, ManualClock};
@@ -15,6 +17,7 @@ use ratchet::startup::{Application, Parts};
 use ratchet::store::Backend;
 use ratchet::store::pool::ConnectionPool;
 use ratchet::store::postgres::{self, PgStore, PoolSettings};
+use ratchet::store::sqlite::{self, SqliteSettings, SqliteStore, SqliteTarget};
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use time::{Duration, OffsetDateTime};
 use tokio::sync::oneshot;
@@ -62,12 +65,15 @@ pub struct TestApp {
     pub clock: Arc<ManualClock>,
     /// The server's own store, for maintenance the binary runs outside the API (`ratchet gc`).
     pub store: Backend,
-    /// A second pool on the same database, for looking behind the API (what is stored).
-    pub db: PgPool,
+    /// On PostgreSQL, a second pool on the same database, for looking behind the API (what is
+    /// stored); see [`TestApp::db`].
+    db: Option<PgPool>,
     /// What a replica needs to share with it ([`TestApp::spawn_replica`]).
     identity: Identity,
-    /// Where its database is.
-    options: PgConnectOptions,
+    /// Where its PostgreSQL database is.
+    options: Option<PgConnectOptions>,
+    /// Its SQLite database file, removed when it stops.
+    sqlite: Option<PathBuf>,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<anyhow::Result<()>>,
 }
@@ -144,6 +150,80 @@ impl Identity {
     }
 }
 
+/// A server on a SQLite database file of its own under the temporary directory (removed by
+/// [`TestApp::stop`]), with the test defaults and then `adjust` applied: what `ratchet serve` runs
+/// on with no `DATABASE_URL`.
+pub async fn spawn_sqlite_app(adjust: impl FnOnce(&mut Parts)) -> TestApp {
+    let name = format!("ratchet-api-{}.db", uuid::Uuid::new_v4().simple());
+    let target = SqliteTarget {
+        path: std::env::temp_dir().join(name),
+        settings: SqliteSettings::default(),
+    };
+    sqlite::migrate(&target).await.expect("migrate the SQLite database");
+    let store = Backend::Sqlite(SqliteStore::open(&target));
+    let mut app = start_as(Identity::generate(), store, None, adjust).await;
+    app.sqlite = Some(target.path);
+    app
+}
+
+/// Where a test that runs on every backend ([`on_every_backend!`]) starts its server.
+#[expect(clippy::large_enum_variant, reason = "one per test")]
+pub enum Db {
+    /// A fresh PostgreSQL database of the test's own (from `#[sqlx::test]`).
+    Postgres(PgConnectOptions),
+    /// A fresh SQLite file.
+    Sqlite,
+}
+
+impl Db {
+    pub async fn spawn(self) -> TestApp {
+        self.spawn_adjusted(|_| {}).await
+    }
+
+    pub async fn spawn_with(self, policy: Policy) -> TestApp {
+        self.spawn_adjusted(|parts| parts.policy = policy).await
+    }
+
+    pub async fn spawn_with_grace(self, grace: Duration) -> TestApp {
+        self.spawn_with(Policy {
+            reuse_grace: grace,
+            ..test_policy()
+        })
+        .await
+    }
+
+    pub async fn spawn_adjusted(self, adjust: impl FnOnce(&mut Parts)) -> TestApp {
+        match self {
+            Self::Postgres(options) => spawn_app_adjusted(options, adjust).await,
+            Self::Sqlite => spawn_sqlite_app(adjust).await,
+        }
+    }
+}
+
+/// Runs each `async fn name(db: Db)` of the calling module twice, as `postgres::name` (on a
+/// `#[sqlx::test]` database) and `sqlite::name`: one test, every backend, no copies.
+macro_rules! on_every_backend {
+    ($($test:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
+                async fn $test(_pool: sqlx::postgres::PgPoolOptions, options: sqlx::postgres::PgConnectOptions) {
+                    super::$test($crate::helpers::Db::Postgres(options)).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test($crate::helpers::Db::Sqlite).await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use on_every_backend;
+
 /// A server on `pool` (which may point anywhere, even at nothing).
 pub async fn spawn_on_pool(
     pool: ConnectionPool,
@@ -161,18 +241,20 @@ fn on(pool: ConnectionPool, settings: &PoolSettings) -> Backend {
 
 /// Has the server's revocation listener connect with `options` instead of where its pool does.
 pub fn listen_via(parts: &mut Parts, options: PgConnectOptions) {
-    let Backend::Postgres(store) = &parts.store;
+    let Backend::Postgres(store) = &parts.store else {
+        panic!("only PostgreSQL has a revocation listener")
+    };
     parts.store = Backend::Postgres(store.clone().with_listener_options(options));
 }
 
 async fn start(store: Backend, inspect: PgConnectOptions, adjust: impl FnOnce(&mut Parts)) -> TestApp {
-    start_as(Identity::generate(), store, inspect, adjust).await
+    start_as(Identity::generate(), store, Some(inspect), adjust).await
 }
 
 async fn start_as(
     identity: Identity,
     store: Backend,
-    inspect: PgConnectOptions,
+    inspect: Option<PgConnectOptions>,
     adjust: impl FnOnce(&mut Parts),
 ) -> TestApp {
     init_logs();
@@ -226,9 +308,11 @@ async fn start_as(
             .await
             .expect("connect to the server")
     };
-    let db = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect_lazy_with(inspect.clone());
+    let db = inspect.clone().map(|inspect| {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect_lazy_with(inspect)
+    });
     TestApp {
         addr,
         http_addr,
@@ -239,6 +323,7 @@ async fn start_as(
         db,
         identity,
         options: inspect,
+        sqlite: None,
         stop: Some(stop),
         server,
     }
@@ -251,9 +336,64 @@ impl TestApp {
             let _ = stop.send(());
         }
         (&mut self.server).await.expect("server task").expect("server result");
-        self.db.close().await;
+        if let Some(db) = &self.db {
+            db.close().await;
+        }
+        if let Some(database) = &self.sqlite {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut path = database.clone().into_os_string();
+                path.push(suffix);
+                let _ = std::fs::remove_file(path);
+            }
+        }
     }
 
+    /// Why `family_id` was revoked, as stored (`None`: it is not), read behind the API on either
+    /// backend.
+    pub async fn revoked_reason(&self, family_id: &str) -> Option<String> {
+        match (&self.db, &self.sqlite) {
+            (Some(db), _) => sqlx::query_scalar("select revoked_reason from families where id = $1::uuid")
+                .bind(family_id)
+                .fetch_one(db)
+                .await
+                .unwrap(),
+            (None, Some(file)) => sqlx::query_scalar("select revoked_reason from families where id = ?1")
+                .bind(family_id)
+                .fetch_one(&mut inspect_sqlite(file).await)
+                .await
+                .unwrap(),
+            (None, None) => unreachable!("every server has a database"),
+        }
+    }
+
+    /// How many refresh tokens are stored, spent ones included, in `family_id` or (`None`) in all.
+    pub async fn stored_refresh_tokens(&self, family_id: Option<&str>) -> i64 {
+        match (&self.db, &self.sqlite) {
+            (Some(db), _) => {
+                sqlx::query_scalar("select count(*) from refresh_tokens where $1::uuid is null or family_id = $1::uuid")
+                    .bind(family_id)
+                    .fetch_one(db)
+                    .await
+                    .unwrap()
+            }
+            (None, Some(file)) => {
+                sqlx::query_scalar("select count(*) from refresh_tokens where ?1 is null or family_id = ?1")
+                    .bind(family_id)
+                    .fetch_one(&mut inspect_sqlite(file).await)
+                    .await
+                    .unwrap()
+            }
+            (None, None) => unreachable!("every server has a database"),
+        }
+    }
+
+    /// The second pool on its PostgreSQL database, for tests that look at what is stored (or
+    /// change the schema under the server). Every such test runs on PostgreSQL only.
+    pub fn db(&self) -> &PgPool {
+        self.db
+            .as_ref()
+            .expect("a server on PostgreSQL (this one is on SQLite)")
+    }
     /// Another server process of the same deployment: the same database, signing key and server
     /// secret, its own pool, cache, revocation listener and clock; `adjust` changes its parts.
     pub async fn spawn_replica(&self, adjust: impl FnOnce(&mut Parts)) -> TestApp {
@@ -261,8 +401,9 @@ impl TestApp {
             max_connections: 8,
             timeout: std::time::Duration::from_secs(5),
         };
-        let pool = postgres::pool(self.options.clone(), &settings);
-        let replica = start_as(self.identity.clone(), on(pool, &settings), self.options.clone(), adjust).await;
+        let options = self.options.clone().expect("replicas share a PostgreSQL database");
+        let pool = postgres::pool(options.clone(), &settings);
+        let replica = start_as(self.identity.clone(), on(pool, &settings), Some(options), adjust).await;
         replica.clock.set(self.now());
         replica
     }
@@ -337,14 +478,14 @@ impl TestApp {
              create trigger spend_hook before update on refresh_tokens
              for each row execute function spend_hook();"
         )))
-        .execute(&self.db)
+        .execute(self.db())
         .await
         .unwrap();
     }
 
     pub async fn unhook_spends(&self) {
         sqlx::raw_sql("drop trigger spend_hook on refresh_tokens; drop function spend_hook();")
-            .execute(&self.db)
+            .execute(self.db())
             .await
             .unwrap();
     }
@@ -396,6 +537,13 @@ impl TestApp {
     pub async fn introspect(&self, token: &str) -> ratchet::grpc::pb::IntrospectResponse {
         introspect(&self.client, token).await
     }
+}
+
+/// A read-only connection to a test server's SQLite file, beside the server's own.
+async fn inspect_sqlite(file: &std::path::Path) -> sqlx::sqlite::SqliteConnection {
+    use sqlx::Connection as _;
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(file).read_only(true);
+    sqlx::sqlite::SqliteConnection::connect_with(&options).await.unwrap()
 }
 
 /// Issues a pair for `subject` with nothing else set.

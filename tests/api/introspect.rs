@@ -1,14 +1,12 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ratchet::grpc::pb::{IntrospectRequest, IntrospectResponse, IssueRequest};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use time::Duration;
 
-use crate::helpers::{AUDIENCE, ISSUER, assert_invalid_argument, jwt_part, spawn_app};
+use crate::helpers::{AUDIENCE, Db, ISSUER, assert_invalid_argument, jwt_part, on_every_backend};
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn a_fresh_access_token_introspects_active_with_every_field(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app(options).await;
+async fn a_fresh_access_token_introspects_active_with_every_field(db: Db) {
+    let app = db.spawn().await;
     let pair = app
         .client
         .clone()
@@ -62,9 +60,8 @@ async fn a_fresh_access_token_introspects_active_with_every_field(_pool: PgPoolO
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn access_tokens_are_inactive_from_their_exp_second_on(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app(options).await;
+async fn access_tokens_are_inactive_from_their_exp_second_on(db: Db) {
+    let app = db.spawn().await;
     let pair = app.issue("alice").await;
     app.advance(Duration::seconds(899));
     assert!(app.introspect(&pair.access_token).await.active);
@@ -77,9 +74,8 @@ async fn access_tokens_are_inactive_from_their_exp_second_on(_pool: PgPoolOption
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn future_nbf_is_tolerated_only_within_the_leeway(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app(options).await;
+async fn future_nbf_is_tolerated_only_within_the_leeway(db: Db) {
+    let app = db.spawn().await;
     let pair = app.issue("alice").await;
     // A verifier whose clock is behind ours sees the token's nbf/iat in its future.
     app.advance(-Duration::seconds(5));
@@ -96,12 +92,8 @@ fn b64(json: &serde_json::Value) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(json).unwrap())
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn garbage_forged_tampered_and_alg_none_tokens_are_inactive_not_errors(
-    _pool: PgPoolOptions,
-    options: PgConnectOptions,
-) {
-    let app = spawn_app(options).await;
+async fn garbage_forged_tampered_and_alg_none_tokens_are_inactive_not_errors(db: Db) {
+    let app = db.spawn().await;
     let pair = app.issue("alice").await;
     let parts: Vec<&str> = pair.access_token.split('.').collect();
     let mut claims = jwt_part(&pair.access_token, 1);
@@ -143,9 +135,8 @@ async fn garbage_forged_tampered_and_alg_none_tokens_are_inactive_not_errors(
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn an_empty_token_is_invalid_argument(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app(options).await;
+async fn an_empty_token_is_invalid_argument(db: Db) {
+    let app = db.spawn().await;
     let status = app
         .client
         .clone()
@@ -155,3 +146,11 @@ async fn an_empty_token_is_invalid_argument(_pool: PgPoolOptions, options: PgCon
     assert_invalid_argument(&status, "token");
     app.stop().await;
 }
+
+on_every_backend!(
+    a_fresh_access_token_introspects_active_with_every_field,
+    access_tokens_are_inactive_from_their_exp_second_on,
+    future_nbf_is_tolerated_only_within_the_leeway,
+    garbage_forged_tampered_and_alg_none_tokens_are_inactive_not_errors,
+    an_empty_token_is_invalid_argument,
+);

@@ -1,7 +1,7 @@
 use ratchet::grpc::pb::IssueRequest;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::helpers::{AUDIENCE, ISSUER, assert_invalid_argument, jwt_part, spawn_app};
+use crate::helpers::{AUDIENCE, Db, ISSUER, assert_invalid_argument, jwt_part, on_every_backend, spawn_app};
 
 fn claims(json: serde_json::Value) -> prost_types::Struct {
     fn value(v: serde_json::Value) -> prost_types::Value {
@@ -35,9 +35,8 @@ fn header(jwt: &str) -> serde_json::Value {
     jwt_part(jwt, 0)
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn issue_returns_a_pair_and_an_rfc_9068_access_token(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app(options).await;
+async fn issue_returns_a_pair_and_an_rfc_9068_access_token(db: Db) {
+    let app = db.spawn().await;
     let pair = app
         .client
         .clone()
@@ -92,7 +91,7 @@ async fn refresh_tokens_are_stored_only_as_hashes(_pool: PgPoolOptions, options:
               || coalesce(encode(parent_hash, 'escape'), '') from refresh_tokens
          union all select encode(seal, 'escape') from seals",
     )
-    .fetch_all(&app.db)
+    .fetch_all(app.db())
     .await
     .unwrap();
     assert_eq!(dump.len(), 2);
@@ -101,16 +100,15 @@ async fn refresh_tokens_are_stored_only_as_hashes(_pool: PgPoolOptions, options:
         assert!(dump.iter().all(|(row,)| !row.contains(secret)));
     }
     let hashes: Vec<(Vec<u8>,)> = sqlx::query_as("select hash from refresh_tokens")
-        .fetch_all(&app.db)
+        .fetch_all(app.db())
         .await
         .unwrap();
     assert!(hashes.iter().all(|(h,)| h.len() == 32));
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn empty_audiences_get_the_default_audience(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app(options).await;
+async fn empty_audiences_get_the_default_audience(db: Db) {
+    let app = db.spawn().await;
     let pair = app.issue("bob").await;
     assert_eq!(payload(&pair.access_token)["aud"], serde_json::json!([AUDIENCE]));
     assert!(payload(&pair.access_token).get("client_id").is_none());
@@ -227,19 +225,15 @@ async fn malformed_issue_requests_are_invalid_argument_naming_the_field(
         assert_invalid_argument(&status, &format!("claims.{reserved}"));
     }
     let families: (i64,) = sqlx::query_as("select count(*) from families")
-        .fetch_one(&app.db)
+        .fetch_one(app.db())
         .await
         .unwrap();
     assert_eq!(families.0, 0, "a refused request must leave nothing behind");
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn control_characters_anywhere_in_an_issue_request_are_invalid_argument_naming_the_field(
-    _pool: PgPoolOptions,
-    options: PgConnectOptions,
-) {
-    let app = spawn_app(options).await;
+async fn control_characters_anywhere_in_an_issue_request_are_invalid_argument_naming_the_field(db: Db) {
+    let app = db.spawn().await;
     let ok = || IssueRequest {
         subject: "alice".into(),
         ..Default::default()
@@ -300,3 +294,9 @@ async fn control_characters_anywhere_in_an_issue_request_are_invalid_argument_na
     }
     app.stop().await;
 }
+
+on_every_backend!(
+    issue_returns_a_pair_and_an_rfc_9068_access_token,
+    empty_audiences_get_the_default_audience,
+    control_characters_anywhere_in_an_issue_request_are_invalid_argument_naming_the_field,
+);

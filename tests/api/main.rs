@@ -1,5 +1,6 @@
 //! The API test suite: one binary, every test through the public gRPC API of a real server on a
-//! real socket, each on a fresh PostgreSQL database of its own.
+//! real socket, each on a fresh PostgreSQL database of its own (or, in `sqlite`, a fresh SQLite
+//! file).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
 
@@ -26,4 +27,5 @@ mod proxy;
 mod revoke;
 mod rotate;
 mod sessions;
+mod sqlite;
 mod tls;

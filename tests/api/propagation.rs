@@ -47,7 +47,7 @@ async fn wait_for_listeners(app: &TestApp, name: &str, count: i64) {
                and (query like 'LISTEN%' or query = 'select 1')",
         )
         .bind(name)
-        .fetch_one(&app.db)
+        .fetch_one(app.db())
         .await
         .unwrap();
         if subscribed >= count {
@@ -198,7 +198,7 @@ async fn a_family_revoked_by_hand_in_sql_is_inactive_on_every_server_within_a_se
     cached_live(&b, &pair).await;
     sqlx::query("update families set revoked_at = now(), revoked_reason = 'revoke' where id = $1::uuid")
         .bind(&pair.family_id)
-        .execute(&a.db)
+        .execute(a.db())
         .await
         .unwrap();
     inactive_within(&a, &pair.access_token, PROPAGATION, "operator's SQL, A").await;
@@ -212,7 +212,7 @@ async fn rotation_announces_nothing_and_each_revocation_announces_its_family_onc
     options: PgConnectOptions,
 ) {
     let a = spawn_app_adjusted(options, |_| {}).await;
-    let mut listener = PgListener::connect_with(&a.db).await.unwrap();
+    let mut listener = PgListener::connect_with(a.db()).await.unwrap();
     listener.listen(CHANNEL).await.unwrap();
     let pair = a.issue("alice").await;
     let mut refresh = pair.refresh_token.clone();
@@ -326,14 +326,14 @@ async fn a_listener_whose_backend_is_terminated_subscribes_again_and_revocations
         "select pid from pg_stat_activity where datname = current_database() and application_name = $1",
     )
     .bind(APPLICATION_NAME)
-    .fetch_all(&a.db)
+    .fetch_all(a.db())
     .await
     .unwrap();
     assert_eq!(killed.len(), 2, "both servers' listeners, found by application_name");
     for pid in &killed {
         let terminated: bool = sqlx::query_scalar("select pg_terminate_backend($1)")
             .bind(pid)
-            .fetch_one(&a.db)
+            .fetch_one(a.db())
             .await
             .unwrap();
         assert!(terminated);
@@ -347,7 +347,7 @@ async fn a_listener_whose_backend_is_terminated_subscribes_again_and_revocations
         )
         .bind(APPLICATION_NAME)
         .bind(&killed)
-        .fetch_one(&a.db)
+        .fetch_one(a.db())
         .await
         .unwrap();
         if back == 2 {

@@ -6,7 +6,7 @@ use time::Duration;
 use ratchet::store::postgres::PoolSettings;
 
 use crate::helpers::{
-    TestApp, assert_invalid_argument, assert_token_error, spawn_app, spawn_app_with_settings, test_policy,
+    Db, TestApp, assert_invalid_argument, assert_token_error, on_every_backend, spawn_app_with_settings, test_policy,
 };
 
 async fn revoke(app: &TestApp, target: Target) -> Result<u32, tonic::Status> {
@@ -17,9 +17,8 @@ async fn revoke(app: &TestApp, target: Target) -> Result<u32, tonic::Status> {
         .map(|r| r.into_inner().families_revoked)
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn revoking_by_refresh_token_kills_the_family_and_twice_is_fine(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app(options).await;
+async fn revoking_by_refresh_token_kills_the_family_and_twice_is_fine(db: Db) {
+    let app = db.spawn().await;
     let first = app.issue("alice").await;
     let second = app.rotate(&first.refresh_token).await.unwrap();
     // Even a spent token of the family names it.
@@ -39,9 +38,8 @@ async fn revoking_by_refresh_token_kills_the_family_and_twice_is_fine(_pool: PgP
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn revoking_by_access_token_works_even_after_its_exp(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app(options).await;
+async fn revoking_by_access_token_works_even_after_its_exp(db: Db) {
+    let app = db.spawn().await;
     let pair = app.issue("alice").await;
     app.advance(Duration::hours(1));
     assert_eq!(revoke(&app, Target::Token(pair.access_token.clone())).await.unwrap(), 1);
@@ -52,9 +50,8 @@ async fn revoking_by_access_token_works_even_after_its_exp(_pool: PgPoolOptions,
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn revoking_by_family_id(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app(options).await;
+async fn revoking_by_family_id(db: Db) {
+    let app = db.spawn().await;
     let pair = app.issue("alice").await;
     let other = app.issue("alice").await;
     assert_eq!(revoke(&app, Target::FamilyId(pair.family_id.clone())).await.unwrap(), 1);
@@ -71,9 +68,8 @@ async fn revoking_by_family_id(_pool: PgPoolOptions, options: PgConnectOptions) 
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn revoking_by_subject_ends_every_session_of_that_subject_only(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app(options).await;
+async fn revoking_by_subject_ends_every_session_of_that_subject_only(db: Db) {
+    let app = db.spawn().await;
     let a1 = app.issue("alice").await;
     let a2 = app.issue("alice").await;
     let b = app.issue("bob").await;
@@ -90,12 +86,8 @@ async fn revoking_by_subject_ends_every_session_of_that_subject_only(_pool: PgPo
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn unknown_tokens_revoke_nothing_and_bad_requests_name_the_field(
-    _pool: PgPoolOptions,
-    options: PgConnectOptions,
-) {
-    let app = spawn_app(options).await;
+async fn unknown_tokens_revoke_nothing_and_bad_requests_name_the_field(db: Db) {
+    let app = db.spawn().await;
     assert_eq!(revoke(&app, Target::Token("garbage".into())).await.unwrap(), 0);
     assert_eq!(
         revoke(
@@ -150,7 +142,7 @@ async fn revoking_a_subject_with_a_hundred_thousand_sessions_stays_within_the_st
          from generate_series(1, 100000) i, families f;
          analyze families;",
     )
-    .execute(&app.db)
+    .execute(app.db())
     .await
     .unwrap();
     let revoked = app
@@ -170,3 +162,11 @@ async fn revoking_a_subject_with_a_hundred_thousand_sessions_stays_within_the_st
     );
     app.stop().await;
 }
+
+on_every_backend!(
+    revoking_by_refresh_token_kills_the_family_and_twice_is_fine,
+    revoking_by_access_token_works_even_after_its_exp,
+    revoking_by_family_id,
+    revoking_by_subject_ends_every_session_of_that_subject_only,
+    unknown_tokens_revoke_nothing_and_bad_requests_name_the_field,
+);

@@ -2,16 +2,12 @@ use std::collections::HashSet;
 
 use futures::future::join_all;
 use ratchet::grpc::status::reason;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use time::Duration;
 
-use crate::helpers::{
-    assert_invalid_argument, assert_token_error, spawn_app, spawn_app_with, spawn_app_with_grace, test_policy,
-};
+use crate::helpers::{Db, assert_invalid_argument, assert_token_error, on_every_backend, test_policy};
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn rotation_spends_the_old_token_and_the_new_pair_works(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app(options).await;
+async fn rotation_spends_the_old_token_and_the_new_pair_works(db: Db) {
+    let app = db.spawn().await;
     let first = app.issue("alice").await;
     app.advance(Duration::minutes(1));
     let second = app.rotate(&first.refresh_token).await.unwrap();
@@ -35,9 +31,8 @@ async fn rotation_spends_the_old_token_and_the_new_pair_works(_pool: PgPoolOptio
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn reused_refresh_token_revokes_the_whole_family(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app(options).await;
+async fn reused_refresh_token_revokes_the_whole_family(db: Db) {
+    let app = db.spawn().await;
     let first = app.issue("alice").await;
     let second = app.rotate(&first.refresh_token).await.unwrap();
     let other_session = app.issue("alice").await;
@@ -54,24 +49,15 @@ async fn reused_refresh_token_revokes_the_whole_family(_pool: PgPoolOptions, opt
     assert!(!app.introspect(&first.access_token).await.active);
     assert!(!app.introspect(&second.refresh_token).await.active);
     // ... and the revocation was committed, not rolled back with the error.
-    let (reason,): (String,) = sqlx::query_as("select revoked_reason from families where id = $1::uuid")
-        .bind(&first.family_id)
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(reason, "reuse");
+    assert_eq!(app.revoked_reason(&first.family_id).await.as_deref(), Some("reuse"));
     // Other sessions of the same subject are untouched.
     assert!(app.introspect(&other_session.access_token).await.active);
     app.rotate(&other_session.refresh_token).await.unwrap();
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn sixty_four_concurrent_rotations_of_one_token_let_exactly_one_win(
-    _pool: PgPoolOptions,
-    options: PgConnectOptions,
-) {
-    let app = spawn_app(options).await;
+async fn sixty_four_concurrent_rotations_of_one_token_let_exactly_one_win(db: Db) {
+    let app = db.spawn().await;
     let pair = app.issue("alice").await;
     let attempts = (0..64).map(|_| {
         let app = &app;
@@ -87,21 +73,16 @@ async fn sixty_four_concurrent_rotations_of_one_token_let_exactly_one_win(
     }
     // Theft was detected, so the winner's tokens died with the family.
     assert!(!app.introspect(&winners[0].refresh_token).await.active);
-    let (children,): (i64,) = sqlx::query_as("select count(*) from refresh_tokens where family_id = $1::uuid")
-        .bind(&pair.family_id)
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(children, 2, "the family never branched");
+    assert_eq!(
+        app.stored_refresh_tokens(Some(&pair.family_id)).await,
+        2,
+        "the family never branched"
+    );
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn within_the_grace_window_concurrent_retries_all_get_the_same_refresh_token(
-    _pool: PgPoolOptions,
-    options: PgConnectOptions,
-) {
-    let app = spawn_app_with_grace(options, Duration::seconds(30)).await;
+async fn within_the_grace_window_concurrent_retries_all_get_the_same_refresh_token(db: Db) {
+    let app = db.spawn_with_grace(Duration::seconds(30)).await;
     let pair = app.issue("alice").await;
     let attempts = (0..64).map(|_| {
         let app = &app;
@@ -124,17 +105,12 @@ async fn within_the_grace_window_concurrent_retries_all_get_the_same_refresh_tok
     // The family never branched and the successor is live.
     let next = successes[0].refresh_token.clone();
     assert!(app.introspect(&next).await.active);
-    let (rows,): (i64,) = sqlx::query_as("select count(*) from refresh_tokens")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(rows, 2);
+    assert_eq!(app.stored_refresh_tokens(None).await, 2);
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn a_retry_after_the_grace_window_is_reuse(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app_with_grace(options, Duration::seconds(10)).await;
+async fn a_retry_after_the_grace_window_is_reuse(db: Db) {
+    let app = db.spawn_with_grace(Duration::seconds(10)).await;
     let first = app.issue("alice").await;
     let second = app.rotate(&first.refresh_token).await.unwrap();
     app.advance(Duration::seconds(9));
@@ -153,12 +129,8 @@ async fn a_retry_after_the_grace_window_is_reuse(_pool: PgPoolOptions, options: 
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn a_retry_after_the_successor_was_used_is_reuse_even_within_the_grace_window(
-    _pool: PgPoolOptions,
-    options: PgConnectOptions,
-) {
-    let app = spawn_app_with_grace(options, Duration::seconds(60)).await;
+async fn a_retry_after_the_successor_was_used_is_reuse_even_within_the_grace_window(db: Db) {
+    let app = db.spawn_with_grace(Duration::seconds(60)).await;
     let first = app.issue("alice").await;
     let second = app.rotate(&first.refresh_token).await.unwrap();
     let third = app.rotate(&second.refresh_token).await.unwrap();
@@ -170,16 +142,13 @@ async fn a_retry_after_the_successor_was_used_is_reuse_even_within_the_grace_win
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn refresh_tokens_expire_after_the_idle_lifetime(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app_with(
-        options,
-        ratchet::issuer::Policy {
+async fn refresh_tokens_expire_after_the_idle_lifetime(db: Db) {
+    let app = db
+        .spawn_with(ratchet::issuer::Policy {
             refresh_ttl: Duration::hours(1),
             ..test_policy()
-        },
-    )
-    .await;
+        })
+        .await;
     let first = app.issue("alice").await;
     app.advance(Duration::minutes(59));
     let second = app.rotate(&first.refresh_token).await.unwrap();
@@ -195,15 +164,14 @@ async fn refresh_tokens_expire_after_the_idle_lifetime(_pool: PgPoolOptions, opt
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn no_rotation_outlives_the_family(_pool: PgPoolOptions, options: PgConnectOptions) {
+async fn no_rotation_outlives_the_family(db: Db) {
     let policy = ratchet::issuer::Policy {
         refresh_ttl: Duration::hours(1),
         family_ttl: Duration::minutes(90),
         access_ttl: Duration::minutes(15),
         ..test_policy()
     };
-    let app = spawn_app_with(options, policy).await;
+    let app = db.spawn_with(policy).await;
     let issued_at = app.now();
     let first = app.issue("alice").await;
     let family_end = (issued_at + Duration::minutes(90)).unix_timestamp();
@@ -226,9 +194,8 @@ async fn no_rotation_outlives_the_family(_pool: PgPoolOptions, options: PgConnec
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn garbage_truncated_and_tampered_refresh_tokens_are_invalid(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app(options).await;
+async fn garbage_truncated_and_tampered_refresh_tokens_are_invalid(db: Db) {
+    let app = db.spawn().await;
     let pair = app.issue("alice").await;
     let token = pair.refresh_token.clone();
     let mut tampered = token.clone().into_bytes();
@@ -252,11 +219,23 @@ async fn garbage_truncated_and_tampered_refresh_tokens_are_invalid(_pool: PgPool
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn an_empty_or_huge_refresh_token_is_invalid_argument(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app(options).await;
+async fn an_empty_or_huge_refresh_token_is_invalid_argument(db: Db) {
+    let app = db.spawn().await;
     assert_invalid_argument(&app.rotate("").await.unwrap_err(), "refresh_token");
     let huge = app.rotate(&"x".repeat(100_000)).await.unwrap_err();
     assert_invalid_argument(&huge, "refresh_token");
     app.stop().await;
 }
+
+on_every_backend!(
+    rotation_spends_the_old_token_and_the_new_pair_works,
+    reused_refresh_token_revokes_the_whole_family,
+    sixty_four_concurrent_rotations_of_one_token_let_exactly_one_win,
+    within_the_grace_window_concurrent_retries_all_get_the_same_refresh_token,
+    a_retry_after_the_grace_window_is_reuse,
+    a_retry_after_the_successor_was_used_is_reuse_even_within_the_grace_window,
+    refresh_tokens_expire_after_the_idle_lifetime,
+    no_rotation_outlives_the_family,
+    garbage_truncated_and_tampered_refresh_tokens_are_invalid,
+    an_empty_or_huge_refresh_token_is_invalid_argument,
+);

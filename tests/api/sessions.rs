@@ -1,19 +1,17 @@
 use ratchet::grpc::pb::{IssueRequest, ListSessionsRequest, Session};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use time::Duration;
 
 use ratchet::grpc::status::reason;
 use tonic::Status;
 
-use crate::helpers::{TestApp, assert_invalid_argument, assert_token_error, spawn_app_with, test_policy};
+use crate::helpers::{Db, TestApp, assert_invalid_argument, assert_token_error, on_every_backend, test_policy};
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn list_sessions_shows_live_families_newest_first(_pool: PgPoolOptions, options: PgConnectOptions) {
+async fn list_sessions_shows_live_families_newest_first(db: Db) {
     let policy = ratchet::issuer::Policy {
         refresh_ttl: Duration::hours(1),
         ..test_policy()
     };
-    let app = spawn_app_with(options, policy).await;
+    let app = db.spawn_with(policy).await;
     let start = app.now().unix_timestamp();
     let old = app.issue("alice").await; // will idle-expire
     app.advance(Duration::minutes(30));
@@ -57,9 +55,8 @@ async fn list_sessions_shows_live_families_newest_first(_pool: PgPoolOptions, op
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn list_sessions_needs_a_subject_without_control_characters(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app_with(options, test_policy()).await;
+async fn list_sessions_needs_a_subject_without_control_characters(db: Db) {
+    let app = db.spawn_with(test_policy()).await;
     for subject in ["", "alice\u{0}"] {
         let status = app
             .client
@@ -95,9 +92,8 @@ async fn page(
         })
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn sessions_come_in_pages_that_walk_the_whole_list_once(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app_with(options, test_policy()).await;
+async fn sessions_come_in_pages_that_walk_the_whole_list_once(db: Db) {
+    let app = db.spawn_with(test_policy()).await;
     let mut issued = Vec::new();
     for _ in 0..7 {
         issued.push(app.issue("alice").await.family_id);
@@ -126,12 +122,8 @@ async fn sessions_come_in_pages_that_walk_the_whole_list_once(_pool: PgPoolOptio
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn a_negative_page_size_or_a_foreign_page_token_is_invalid_argument(
-    _pool: PgPoolOptions,
-    options: PgConnectOptions,
-) {
-    let app = spawn_app_with(options, test_policy()).await;
+async fn a_negative_page_size_or_a_foreign_page_token_is_invalid_argument(db: Db) {
+    let app = db.spawn_with(test_policy()).await;
     for _ in 0..3 {
         app.issue("alice").await;
         app.issue("bob").await;
@@ -149,16 +141,12 @@ async fn a_negative_page_size_or_a_foreign_page_token_is_invalid_argument(
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn beyond_the_sessions_cap_issue_revokes_the_oldest_session_of_that_client(
-    _pool: PgPoolOptions,
-    options: PgConnectOptions,
-) {
+async fn beyond_the_sessions_cap_issue_revokes_the_oldest_session_of_that_client(db: Db) {
     let policy = ratchet::issuer::Policy {
         max_sessions: 3,
         ..test_policy()
     };
-    let app = spawn_app_with(options, policy).await;
+    let app = db.spawn_with(policy).await;
     let phone = app
         .client
         .clone()
@@ -189,3 +177,11 @@ async fn beyond_the_sessions_cap_issue_revokes_the_oldest_session_of_that_client
     assert!(listed.iter().all(|s| s.family_id != web[0].family_id));
     app.stop().await;
 }
+
+on_every_backend!(
+    list_sessions_shows_live_families_newest_first,
+    list_sessions_needs_a_subject_without_control_characters,
+    sessions_come_in_pages_that_walk_the_whole_list_once,
+    a_negative_page_size_or_a_foreign_page_token_is_invalid_argument,
+    beyond_the_sessions_cap_issue_revokes_the_oldest_session_of_that_client,
+);
