@@ -8,8 +8,10 @@ that same run.
 
 With several files, every cell is the median over the runs, except errors (summed: any error in
 any run shows) and peak RSS (the highest). "% of ceiling" is computed within each run, against
-that run's own pgbench, and only then the median is taken: the machine is noisy, and a ratio
-within one run is what is comparable. The per-run percentages are listed under the table.
+that run's own ceiling, and only then the median is taken: the machine is noisy, and a ratio
+within one run is what is comparable. The per-run percentages are listed under the table. The
+ceiling is pgbench (PostgreSQL) or `ratchet-bench --sqlite-ceiling` (SQLite): rows named
+`pgbench-<scenario>` or `sqlite-ceiling-<scenario>`.
 
     bench/report.py RESULTS.jsonl [MORE.jsonl ...]
 """
@@ -18,7 +20,19 @@ import statistics
 import sys
 
 HEAD = ["scenario", "K", "ops/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "errors",
-        "srv CPU/op µs", "db CPU/op µs", "client CPU/op µs", "peak RSS MiB", "pgbench tps", "% of ceiling"]
+        "srv CPU/op µs", "db CPU/op µs", "client CPU/op µs", "peak RSS MiB", "ceiling ops/s", "% of ceiling"]
+CEILINGS = ("pgbench-", "sqlite-ceiling-")
+
+
+def is_ceiling(scenario):
+    return scenario.startswith(CEILINGS)
+
+
+def measured(scenario):
+    """The scenario a ceiling row bounds."""
+    for prefix in CEILINGS:
+        scenario = scenario.removeprefix(prefix)
+    return scenario
 
 
 def load(path):
@@ -27,10 +41,10 @@ def load(path):
 
 def ratios(runs):
     """(scenario, K) -> this run's ops/s as a percentage of this run's pgbench at the same K."""
-    ceiling = {(r["scenario"].removeprefix("pgbench-"), r["concurrency"]): r["ops_per_s"]
-               for r in runs if r["scenario"].startswith("pgbench-")}
+    ceiling = {(measured(r["scenario"]), r["concurrency"]): r["ops_per_s"]
+               for r in runs if is_ceiling(r["scenario"])}
     return {(r["scenario"], r["concurrency"]): 100 * r["ops_per_s"] / ceiling[(r["scenario"], r["concurrency"])]
-            for r in runs if (r["scenario"], r["concurrency"]) in ceiling and not r["scenario"].startswith("pgbench-")}
+            for r in runs if (r["scenario"], r["concurrency"]) in ceiling and not is_ceiling(r["scenario"])}
 
 
 def median(values):
@@ -45,25 +59,25 @@ def fmt(value, digits=1):
 def main(paths):
     files = [load(path) for path in paths]
     per_run_ratio = [ratios(runs) for runs in files]
-    keys = []  # (scenario, K) in the order of the first run, pgbench rows last
+    keys = []  # (scenario, K) in the order of the first run, ceiling rows last
     for runs in files:
         for r in runs:
             key = (r["scenario"], r["concurrency"])
             if r["scenario"] != "idle" and key not in keys:
                 keys.append(key)
-    keys.sort(key=lambda k: k[0].startswith("pgbench-"))
+    keys.sort(key=lambda k: is_ceiling(k[0]))
     rows = []
     for key in keys:
         same = [r for runs in files for r in runs if (r["scenario"], r["concurrency"]) == key]
         get = lambda field: median([r.get(field) for r in same])
-        if key[0].startswith("pgbench-"):
+        if is_ceiling(key[0]):
             rows.append([key[0], key[1], fmt(get("ops_per_s"), 0), *["-"] * 5,
                          sum(r["errors"].get("failed", 0) for r in same), "-", fmt(get("db_cpu_us_per_op")),
                          *["-"] * 4])
             continue
         lat = lambda q: fmt(median([r["latency_us"][q] / 1000 for r in same]), 2)
         pgbench = median([r["ops_per_s"] for runs in files for r in runs
-                          if (r["scenario"], r["concurrency"]) == ("pgbench-" + key[0], key[1])])
+                          if is_ceiling(r["scenario"]) and (measured(r["scenario"]), r["concurrency"]) == key])
         ratio = median([run.get(key) for run in per_run_ratio])
         peaks = [r["server_peak_rss_kib"] for r in same if r.get("server_peak_rss_kib")]
         rows.append([

@@ -8,9 +8,14 @@
 #                           medians (the machine is noisy; ratios are taken within each run)
 #   bench/run.sh --smoke    seconds per scenario at small K on the debug build: CI's check that
 #                           the whole path still works and reports no errors
+#   BACKEND=sqlite bench/run.sh
+#                           the same on the embedded SQLite store (no DATABASE_URL; the file in
+#                           the server's data directory); the ceiling is Rotate's and Issue's own
+#                           SQLite transaction looped in-process by ratchet-bench --sqlite-ceiling
 #
 # Environment: DATABASE_URL (server to create the bench database on; default the local one),
-# RUNS, DURATION, WARMUP, KS, SCENARIOS, DB_CONNECTIONS. Needs psql and pgbench.
+# RUNS, DURATION, WARMUP, KS, SCENARIOS, DB_CONNECTIONS, BACKEND (postgres or sqlite). Needs psql
+# and pgbench for PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +31,13 @@ else
     profile=release
     cargo build --locked --release --workspace --bins
 fi
-: "${SCENARIOS:=issue rotate introspect introspect-hot check mixed}" "${DB_CONNECTIONS:=16}" "${RUNS:=1}"
+: "${BACKEND:=postgres}"
+case $BACKEND in
+    postgres) : "${SCENARIOS:=issue rotate introspect introspect-hot check mixed}" ;;
+    sqlite) : "${SCENARIOS:=issue rotate introspect}" ;;
+    *) echo "BACKEND must be postgres or sqlite, not $BACKEND" >&2; exit 64 ;;
+esac
+: "${DB_CONNECTIONS:=16}" "${RUNS:=1}"
 base_url="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 database="ratchet_bench_$$"
 # Over loopback TLS buys nothing and costs CPU on both ends; server and pgbench use the same URL.
@@ -77,6 +88,14 @@ pgbench_run() { # scenario k script [extra args]
 
 ceiling() { # scenario k
     local scenario=$1 k=$2
+    if [ "$BACKEND" = sqlite ]; then
+        # Its own fresh file, beside the server's (which stays up, idle): the same disk.
+        rm -f "$scratch"/ceiling.db*
+        "$bench_bin" --sqlite-ceiling "$scenario" --sqlite-path "$scratch/ceiling.db" -k "$k" \
+            --duration "$DURATION" --warmup "$WARMUP" >>"$results" || failed=1
+        rm -f "$scratch"/ceiling.db*
+        return
+    fi
     if [ "$scenario" = issue ]; then
         pgbench_run pgbench-issue "$k" "$scratch/issue.sql"
         return
@@ -110,15 +129,25 @@ SQL
 # followed at once by its pgbench ceiling at the same K (so that the ratio compares two
 # measurements seconds apart on a machine whose speed drifts); appends JSON lines to $results.
 one_run() {
-    psql -q "$base_url" -c "drop database if exists $database with (force)" >/dev/null
-    psql -q "$base_url" -c "create database $database" >/dev/null
-    DATABASE_URL="$bench_url" "$server_bin" migrate 2>/dev/null
-
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    DATABASE_URL="$bench_url" RATCHET_LISTEN="127.0.0.1:$port" RATCHET_DATA_DIR="$scratch" RUST_LOG=warn \
+    local store=(--db-max-connections "$DB_CONNECTIONS") db_pids=(--db-pids postgres)
+    if [ "$BACKEND" = sqlite ]; then
+        # No DATABASE_URL: the embedded store, a new file in a new data directory. The database
+        # is the server's own process, so its CPU is in the server's column.
+        rm -rf "$scratch/data"
+        mkdir -p "$scratch/data"
+        store=(--data-dir "$scratch/data")
+        db_pids=()
+    else
+        psql -q "$base_url" -c "drop database if exists $database with (force)" >/dev/null
+        psql -q "$base_url" -c "create database $database" >/dev/null
+        DATABASE_URL="$bench_url" "$server_bin" migrate 2>/dev/null
+        store+=(--no-migrate --database-url "$bench_url")
+    fi
+    env -u DATABASE_URL RATCHET_LISTEN="127.0.0.1:$port" RATCHET_DATA_DIR="$scratch" RUST_LOG=warn \
         RATCHET_HTTP_LISTEN=127.0.0.1:0 \
         RATCHET_ROTATE_BURST=1000000 RATCHET_ROTATE_PER_SECOND=1000000 \
-        "$server_bin" serve --no-migrate --db-max-connections "$DB_CONNECTIONS" 2>"$scratch/server.log" &
+        "$server_bin" serve "${store[@]}" 2>"$scratch/server.log" &
     server_pid=$!
     for _ in $(seq 100); do
         (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
@@ -131,7 +160,7 @@ one_run() {
     for scenario in $SCENARIOS; do
         for k in $KS; do
             "$bench_bin" --addr "http://127.0.0.1:$port" --scenario "$scenario" -k "$k" \
-                --duration "$DURATION" --warmup "$WARMUP" --server-pid "$server_pid" --db-pids postgres \
+                --duration "$DURATION" --warmup "$WARMUP" --server-pid "$server_pid" "${db_pids[@]}" \
                 --label "$profile" >>"$results" || failed=1
             # The server stays up, idle (a health check a second), while pgbench runs.
             case $scenario in issue | rotate) ceiling "$scenario" "$k" ;; esac
@@ -140,13 +169,13 @@ one_run() {
     kill "$server_pid"
     wait "$server_pid" || true
     server_pid=""
-    psql -q "$base_url" -c "drop database $database with (force)" >/dev/null
+    [ "$BACKEND" = sqlite ] || psql -q "$base_url" -c "drop database $database with (force)" >/dev/null
 }
 
 failed=0
 all_results=()
 for run in $(seq "$RUNS"); do
-    results="bench/results/$(date -u +%Y%m%dT%H%M%SZ)-$profile.jsonl"
+    results="bench/results/$(date -u +%Y%m%dT%H%M%SZ)-$profile-$BACKEND.jsonl"
     all_results+=("$results")
     [ "$RUNS" -gt 1 ] && echo "run $run of $RUNS: $results" >&2
     one_run

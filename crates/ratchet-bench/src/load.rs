@@ -61,12 +61,16 @@ pub struct Tally {
     pub check_failures: Vec<String>,
 }
 
+/// Latencies in µs, 1 µs .. 60 s at 3 significant digits.
+#[allow(clippy::expect_used)] // constant, valid bounds
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
 impl Tally {
-    #[allow(clippy::expect_used)] // constant, valid bounds
     fn new() -> Self {
         Self {
-            // 1 µs .. 60 s at 3 significant digits.
-            latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
+            latency_us: latency_histogram(),
             ops: 0,
             errors: BTreeMap::new(),
             checks_passed: 0,

@@ -10,6 +10,7 @@ mod h2;
 mod load;
 mod pgbench;
 mod procfs;
+mod sqlite_ceiling;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -74,6 +75,14 @@ struct Args {
     /// Send this API key (`x-api-key`) with every call: for a server run with a caller policy.
     #[arg(long)]
     api_key: Option<String>,
+    /// Loop Rotate's or Issue's own SQLite transaction in this process on a new database file
+    /// (`--sqlite-path`), with -k tasks, --warmup and --duration, instead of calling a server:
+    /// the SQLite ceiling (src/sqlite_ceiling.rs).
+    #[arg(long, value_parser = ["rotate", "issue"], requires = "sqlite_path")]
+    sqlite_ceiling: Option<String>,
+    /// The database file for --sqlite-ceiling (created; must not exist).
+    #[arg(long)]
+    sqlite_path: Option<std::path::PathBuf>,
     /// A label for this run in the JSON line.
     #[arg(long, default_value = "")]
     label: String,
@@ -108,6 +117,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let (Some(transaction), Some(path)) = (args.sqlite_ceiling.as_deref(), args.sqlite_path.clone()) {
+        let transaction = if transaction == "rotate" {
+            sqlite_ceiling::Transaction::Rotate
+        } else {
+            sqlite_ceiling::Transaction::Issue
+        };
+        let duration = args.duration.map_or(Duration::from_secs(10), |d| *d);
+        let ceiling = sqlite_ceiling::run(transaction, path, args.concurrency.max(1), *args.warmup, duration);
+        return match runtime.block_on(ceiling) {
+            Ok(line) => print(&format!("{line}\n")),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match runtime.block_on(bench(args)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
