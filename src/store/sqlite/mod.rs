@@ -60,6 +60,9 @@ use crate::domain::{FamilyId, TokenHash};
 /// The migrations in `migrations/sqlite/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
+/// Page cache of each reading connection, in KiB (SQLite's default is 2,000).
+const READER_CACHE_KIB: u32 = 256;
+
 /// The database's file name in the data directory.
 pub const DATABASE_FILE: &str = "ratchet.db";
 
@@ -103,8 +106,14 @@ impl SqliteTarget {
     }
 
     fn reader_options(&self) -> SqliteConnectOptions {
-        // A reader that tried to write would take the write lock beside the writer.
-        self.options().pragma("query_only", "ON")
+        // A reader that tried to write would take the write lock beside the writer. Its page
+        // cache is small: each connection keeps a private one (2 MiB by default), so 16 readers
+        // on a busy Introspect grew the server by ~30 MiB (bench: peak RSS 64 MiB, against
+        // 15 MiB on PostgreSQL) for pages the kernel caches once for all of them anyway; a
+        // reader does point lookups by primary key, a few pages each.
+        self.options()
+            .pragma("query_only", "ON")
+            .pragma("cache_size", format!("-{READER_CACHE_KIB}"))
     }
 
     /// `<database>.lock`.
