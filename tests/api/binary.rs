@@ -63,9 +63,14 @@ impl Server {
     /// `ratchet serve` on `addr` with no `DATABASE_URL`, as on a fresh machine: SQLite in
     /// `data_dir`, migrated at start.
     pub fn start_on_sqlite(data_dir: &Path, log: &Path, addr: SocketAddr) -> Self {
+        Self::start_on_sqlite_with(data_dir, log, addr, &[])
+    }
+
+    /// [`Self::start_on_sqlite`], with `env` on top of the test defaults.
+    pub fn start_on_sqlite_with(data_dir: &Path, log: &Path, addr: SocketAddr, env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(BIN);
         command.arg("serve").env_remove("DATABASE_URL");
-        Self::spawn(command, data_dir, log, addr, &[])
+        Self::spawn(command, data_dir, log, addr, env)
     }
 
     fn spawn(mut command: Command, data_dir: &Path, log: &Path, addr: SocketAddr, env: &[(&str, &str)]) -> Self {
