@@ -1,6 +1,10 @@
 //! The `ratchet` binary as an operator runs it: `migrate` creates and migrates a database,
 //! `serve` answers gRPC (with reflection for grpcurl), tokens survive a restart because the
 //! key directory created on the first start is reused, SIGTERM stops it cleanly, and no token ever reaches its logs.
+//!
+//! Where they run: on PostgreSQL (DATABASE_URL). The binary on SQLite, as an operator runs it
+//! with no DATABASE_URL, is `sqlite.rs`'s; the last two tests are PostgreSQL by nature (session
+//! isolation, two processes on one database).
 
 use std::net::SocketAddr;
 use std::path::Path;
