@@ -4,11 +4,11 @@
 //! into a family, and a database session that silently is not SERIALIZABLE.
 //!
 //! Where they run: the dump tests on every backend (a stolen SQLite file is the same threat as a
-//! PostgreSQL dump; [`TestApp::dump`] reads either). The rest on PostgreSQL only, by nature: they
-//! cut or delay the PostgreSQL connection with a proxy, stall a statement past PostgreSQL's
-//! statement timeout with a PL/pgSQL trigger, insert behind the server with PostgreSQL SQL to hit
-//! its unique indexes (SQLite's same indexes are covered by the store's own tests), or strip the
-//! startup options that make a PostgreSQL session SERIALIZABLE.
+//! PostgreSQL dump; [`TestApp::dump`] reads either), and so does the schema refusing a branched
+//! family ([`TestApp::force_refresh_token`] writes behind the server into either). The rest on
+//! PostgreSQL only, by nature: they cut or delay the PostgreSQL connection with a proxy, stall a
+//! statement past PostgreSQL's statement timeout with a PL/pgSQL trigger, or strip the startup
+//! options that make a PostgreSQL session SERIALIZABLE.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -24,8 +24,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tonic::Code;
 
 use crate::helpers::{
-    Db, TestApp, assert_token_error, on_every_backend, spawn_app_with_grace, spawn_app_with_settings, spawn_on_pool,
-    test_policy,
+    Db, TestApp, assert_token_error, on_every_backend, spawn_app_with_settings, spawn_on_pool, test_policy,
 };
 use crate::proxy::Proxy;
 
@@ -141,6 +140,7 @@ on_every_backend!(
     a_database_dump_and_old_refresh_tokens_do_not_lead_to_later_ones,
     without_a_grace_window_no_seal_is_stored_at_all,
     a_seal_is_cleared_when_the_token_it_seals_is_spent,
+    the_database_refuses_a_second_successor_or_a_second_first_token,
 );
 
 /// A server whose database connections go through `proxy`.
@@ -279,30 +279,17 @@ async fn a_statement_past_the_database_timeout_is_unavailable_and_did_nothing(
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn the_database_refuses_a_second_successor_or_a_second_first_token(
-    _pool: PgPoolOptions,
-    options: PgConnectOptions,
-) {
-    let app = spawn_app_with_grace(options, time::Duration::ZERO).await;
+async fn the_database_refuses_a_second_successor_or_a_second_first_token(db: Db) {
+    let app = db.spawn_with_grace(time::Duration::ZERO).await;
     let first = app.issue("alice").await;
     app.rotate(&first.refresh_token).await.unwrap();
     // Whatever a future code path might do, the schema itself refuses a branch: the spent token
     // cannot get a second successor, and the family cannot get a second first token.
     let spent = RefreshToken::parse(&first.refresh_token).unwrap().hash().0.to_vec();
     for (parent, name) in [(Some(spent), "a second successor"), (None, "a second first token")] {
-        let error = sqlx::query(
-            "insert into refresh_tokens (hash, family_id, parent_hash, created_at, expires_at)
-             values (sha256(gen_random_uuid()::text::bytea), $1::uuid, $2, now(), now() + interval '1 day')",
-        )
-        .bind(&first.family_id)
-        .bind(parent)
-        .execute(app.db())
-        .await
-        .expect_err(name);
-        assert_eq!(
-            error.as_database_error().and_then(|e| e.code()).as_deref(),
-            Some("23505"),
+        let error = app.force_refresh_token(&first.family_id, parent).await.expect_err(name);
+        assert!(
+            error.as_database_error().is_some_and(|e| e.is_unique_violation()),
             "{name}: {error}"
         );
     }

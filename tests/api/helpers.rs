@@ -92,18 +92,6 @@ pub async fn spawn_app(options: PgConnectOptions) -> TestApp {
     spawn_app_with(options, test_policy()).await
 }
 
-/// A server whose reuse grace window is `grace`.
-pub async fn spawn_app_with_grace(options: PgConnectOptions, grace: Duration) -> TestApp {
-    spawn_app_with(
-        options,
-        Policy {
-            reuse_grace: grace,
-            ..test_policy()
-        },
-    )
-    .await
-}
-
 pub async fn spawn_app_with(options: PgConnectOptions, policy: Policy) -> TestApp {
     spawn_app_adjusted(options, |parts| parts.policy = policy).await
 }
@@ -402,6 +390,43 @@ impl TestApp {
                 .fetch_one(&mut inspect_sqlite(file).await)
                 .await
                 .unwrap(),
+            (None, None) => unreachable!("every server has a database"),
+        }
+    }
+
+    /// Inserts a refresh token behind the server's back into `family_id`, as the successor of the
+    /// token hashed `parent` (`None`: as a first token), on either backend: what a future code
+    /// path gone wrong might do, for tests that the schema itself refuses it. The token is
+    /// inserted spent, so that only the index against branching can refuse it (SQLite also has
+    /// one against a second unspent token, which would refuse an unspent one either way).
+    pub async fn force_refresh_token(&self, family_id: &str, parent: Option<Vec<u8>>) -> Result<(), sqlx::Error> {
+        match (&self.db, &self.sqlite) {
+            (Some(db), _) => sqlx::query(
+                "insert into refresh_tokens (hash, family_id, parent_hash, created_at, expires_at, spent_at, successor_hash)
+                 values (sha256(gen_random_uuid()::text::bytea), $1::uuid, $2, now(), now() + interval '1 day',
+                         now(), sha256(gen_random_uuid()::text::bytea))",
+            )
+            .bind(family_id)
+            .bind(parent)
+            .execute(db)
+            .await
+            .map(drop),
+            (None, Some(file)) => {
+                use sqlx::Connection as _;
+                let options = sqlx::sqlite::SqliteConnectOptions::new().filename(file);
+                let mut connection = sqlx::sqlite::SqliteConnection::connect_with(&options).await.unwrap();
+                let result = sqlx::query(
+                    "insert into refresh_tokens (hash, family_id, parent_hash, created_at, expires_at, spent_at, successor_hash)
+                     values (randomblob(32), ?1, ?2, 0, 86400000000, 0, randomblob(32))",
+                )
+                .bind(family_id)
+                .bind(parent)
+                .execute(&mut connection)
+                .await
+                .map(drop);
+                connection.close().await.unwrap();
+                result
+            }
             (None, None) => unreachable!("every server has a database"),
         }
     }
