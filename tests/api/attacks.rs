@@ -2,6 +2,13 @@
 //! a database dump with old refresh tokens in hand, a replay whose caller hangs up before the
 //! answer, an answer lost on the network after the spend was sent, a second unspent token forced
 //! into a family, and a database session that silently is not SERIALIZABLE.
+//!
+//! Where they run: the dump tests on every backend (a stolen SQLite file is the same threat as a
+//! PostgreSQL dump; [`TestApp::dump`] reads either), and so does the schema refusing a branched
+//! family ([`TestApp::force_refresh_token`] writes behind the server into either). The rest on
+//! PostgreSQL only, by nature: they cut or delay the PostgreSQL connection with a proxy, stall a
+//! statement past PostgreSQL's statement timeout with a PL/pgSQL trigger, or strip the startup
+//! options that make a PostgreSQL session SERIALIZABLE.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -12,12 +19,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ratchet::grpc::pb::{RotateRequest, TokenPair};
 use ratchet::grpc::status::reason;
 use ratchet::issuer::refresh_token::RefreshToken;
-use ratchet::store::postgres::{self, PoolSettings};
+use ratchet::store::postgres::PoolSettings;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tonic::Code;
 
 use crate::helpers::{
-    TestApp, assert_token_error, spawn_app_with_grace, spawn_app_with_settings, spawn_on_pool, test_policy,
+    Db, TestApp, assert_token_error, on_every_backend, spawn_app_with_settings, spawn_on_pool, test_policy,
 };
 use crate::proxy::Proxy;
 
@@ -31,29 +38,21 @@ fn sha256(bytes: &[u8]) -> Vec<u8> {
 
 /// Every 32-byte value anywhere in the database, as a dump would have it.
 async fn dump_values(app: &TestApp) -> HashSet<Vec<u8>> {
-    let rows: Vec<(String,)> = sqlx::query_as(
-        "select row_to_json(t)::text from refresh_tokens t
-         union all select row_to_json(f)::text from families f
-         union all select row_to_json(x)::text from seals x",
-    )
-    .fetch_all(app.db())
-    .await
-    .unwrap();
-    let mut values = HashSet::new();
-    for (row,) in rows {
-        // bytea values come out as "\\x<hex>"
-        for part in row.split("\\\\x").skip(1) {
-            let hex: String = part.chars().take_while(char::is_ascii_hexdigit).collect();
-            if hex.len() == 64 {
-                values.insert(
-                    (0..32)
-                        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
-                        .collect(),
-                );
-            }
-        }
-    }
-    values
+    app.dump()
+        .await
+        .into_iter()
+        .map(|stored| stored.bytes)
+        .filter(|bytes| bytes.len() == 32)
+        .collect()
+}
+
+/// How many seals a dump holds.
+async fn seals(app: &TestApp) -> usize {
+    app.dump()
+        .await
+        .iter()
+        .filter(|stored| stored.table == "seals" && stored.column == "seal")
+        .count()
 }
 
 /// What an attacker holding `dump` and the refresh tokens `known` learns with the seal scheme of
@@ -84,13 +83,9 @@ async fn rotate_chain(app: &TestApp, length: usize) -> Vec<TokenPair> {
     chain
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn a_database_dump_and_old_refresh_tokens_do_not_lead_to_later_ones(
-    _pool: PgPoolOptions,
-    options: PgConnectOptions,
-) {
+async fn a_database_dump_and_old_refresh_tokens_do_not_lead_to_later_ones(db: Db) {
     // With a grace window, the worst case: seals exist.
-    let app = spawn_app_with_grace(options, time::Duration::seconds(60)).await;
+    let app = db.spawn_with_grace(time::Duration::seconds(60)).await;
     let chain = rotate_chain(&app, 5).await;
     let secrets: Vec<Vec<u8>> = chain.iter().map(|p| secret_of(&p.refresh_token)).collect();
     let dump = dump_values(&app).await;
@@ -119,29 +114,20 @@ async fn a_database_dump_and_old_refresh_tokens_do_not_lead_to_later_ones(
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn without_a_grace_window_no_seal_is_stored_at_all(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app_with_grace(options, time::Duration::ZERO).await;
+async fn without_a_grace_window_no_seal_is_stored_at_all(db: Db) {
+    let app = db.spawn_with_grace(time::Duration::ZERO).await;
     rotate_chain(&app, 3).await;
-    // Looking at the table itself: this is about what a dump holds.
-    let (sealed,): (i64,) = sqlx::query_as("select count(*) from seals")
-        .fetch_one(app.db())
-        .await
-        .unwrap();
-    assert_eq!(sealed, 0);
+    // Looking at the dump itself: this is about what a dump holds.
+    assert_eq!(seals(&app).await, 0);
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn a_seal_is_cleared_when_the_token_it_seals_is_spent(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app_with_grace(options, time::Duration::seconds(60)).await;
+async fn a_seal_is_cleared_when_the_token_it_seals_is_spent(db: Db) {
+    let app = db.spawn_with_grace(time::Duration::seconds(60)).await;
     let chain = rotate_chain(&app, 4).await;
-    let (sealed,): (i64,) = sqlx::query_as("select count(*) from seals")
-        .fetch_one(app.db())
-        .await
-        .unwrap();
     assert_eq!(
-        sealed, 1,
+        seals(&app).await,
+        1,
         "only the live token, which a retry of the last rotation may need"
     );
     // The retry that seal exists for still works.
@@ -149,6 +135,13 @@ async fn a_seal_is_cleared_when_the_token_it_seals_is_spent(_pool: PgPoolOptions
     assert_eq!(retried.refresh_token, chain[4].refresh_token);
     app.stop().await;
 }
+
+on_every_backend!(
+    a_database_dump_and_old_refresh_tokens_do_not_lead_to_later_ones,
+    without_a_grace_window_no_seal_is_stored_at_all,
+    a_seal_is_cleared_when_the_token_it_seals_is_spent,
+    the_database_refuses_a_second_successor_or_a_second_first_token,
+);
 
 /// A server whose database connections go through `proxy`.
 async fn behind(proxy: &Proxy, options: PgConnectOptions, grace: time::Duration) -> TestApp {
@@ -161,7 +154,7 @@ async fn behind(proxy: &Proxy, options: PgConnectOptions, grace: time::Duration)
         ..test_policy()
     };
     spawn_on_pool(
-        postgres::pool(proxy.route(options.clone()), &settings),
+        ratchet::store::postgres::pool(proxy.route(options.clone()), &settings),
         settings,
         policy,
         options,
@@ -286,30 +279,17 @@ async fn a_statement_past_the_database_timeout_is_unavailable_and_did_nothing(
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn the_database_refuses_a_second_successor_or_a_second_first_token(
-    _pool: PgPoolOptions,
-    options: PgConnectOptions,
-) {
-    let app = spawn_app_with_grace(options, time::Duration::ZERO).await;
+async fn the_database_refuses_a_second_successor_or_a_second_first_token(db: Db) {
+    let app = db.spawn_with_grace(time::Duration::ZERO).await;
     let first = app.issue("alice").await;
     app.rotate(&first.refresh_token).await.unwrap();
     // Whatever a future code path might do, the schema itself refuses a branch: the spent token
     // cannot get a second successor, and the family cannot get a second first token.
     let spent = RefreshToken::parse(&first.refresh_token).unwrap().hash().0.to_vec();
     for (parent, name) in [(Some(spent), "a second successor"), (None, "a second first token")] {
-        let error = sqlx::query(
-            "insert into refresh_tokens (hash, family_id, parent_hash, created_at, expires_at)
-             values (sha256(gen_random_uuid()::text::bytea), $1::uuid, $2, now(), now() + interval '1 day')",
-        )
-        .bind(&first.family_id)
-        .bind(parent)
-        .execute(app.db())
-        .await
-        .expect_err(name);
-        assert_eq!(
-            error.as_database_error().and_then(|e| e.code()).as_deref(),
-            Some("23505"),
+        let error = app.force_refresh_token(&first.family_id, parent).await.expect_err(name);
+        assert!(
+            error.as_database_error().is_some_and(|e| e.is_unique_violation()),
             "{name}: {error}"
         );
     }

@@ -1,5 +1,12 @@
 //! Envoy's external authorization (issue 9): `envoy.service.auth.v3.Authorization/Check` on the
 //! server's gRPC port, called as Envoy calls it, through the client generated from Envoy's protos.
+//!
+//! Where they run: Check judges a token by its signature and by its family's status in the store
+//! (through the family cache), so every test runs on every backend, except two that stay on
+//! PostgreSQL: the one that cuts the PostgreSQL connection with a proxy (a database that goes
+//! away; an embedded SQLite file does not), and the fuzz run, which soaks Check's input parsing
+//! for `FUZZ_SECONDS`: no input carries a token we signed, so none gets past the signature check
+//! to the store, and a second run on SQLite would double its time and test nothing new.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,14 +19,14 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_client::Authorizati
 use envoy_types::pb::google::protobuf::value::Kind;
 use ratchet::grpc::pb::IssueRequest;
 use ratchet::keys::KeyAlgorithm;
-use ratchet::store::postgres::{self, PoolSettings};
+use ratchet::store::postgres::PoolSettings;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::helpers::{AUDIENCE, TestApp, channel, spawn_app, spawn_on_pool, test_policy};
+use crate::helpers::{AUDIENCE, Db, TestApp, channel, on_every_backend, spawn_app, spawn_on_pool, test_policy};
 use crate::keys::{Forger, app_with};
 use crate::proxy::Proxy;
 
@@ -130,12 +137,8 @@ async fn issue_with(app: &TestApp, scopes: &[&str], audiences: &[&str]) -> ratch
         .into_inner()
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn a_live_token_is_allowed_with_identity_headers_and_its_claims_in_the_metadata(
-    _pool: PgPoolOptions,
-    options: PgConnectOptions,
-) {
-    let app = spawn_app(options).await;
+async fn a_live_token_is_allowed_with_identity_headers_and_its_claims_in_the_metadata(db: Db) {
+    let app = db.spawn().await;
     let pair = issue_with(&app, &["read", "write"], &[]).await;
     let answer = check_bearer(&app, &pair.access_token, &[]).await;
     let (set, removed) = allowed(&answer);
@@ -186,9 +189,8 @@ async fn a_live_token_is_allowed_with_identity_headers_and_its_claims_in_the_met
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn spoofed_identity_headers_are_overwritten_or_removed(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app(options).await;
+async fn spoofed_identity_headers_are_overwritten_or_removed(db: Db) {
+    let app = db.spawn().await;
     let pair = issue_with(&app, &[], &[]).await;
     let bearer = format!("Bearer {}", pair.access_token);
     let answer = check(
@@ -222,9 +224,8 @@ async fn spoofed_identity_headers_are_overwritten_or_removed(_pool: PgPoolOption
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn requests_without_bearer_credentials_get_a_bare_challenge(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app(options).await;
+async fn requests_without_bearer_credentials_get_a_bare_challenge(db: Db) {
+    let app = db.spawn().await;
     let pair = app.issue("alice").await;
     assert_no_credentials(&check(&app, request(&[], &[])).await, "no header");
     assert_no_credentials(
@@ -251,12 +252,8 @@ async fn requests_without_bearer_credentials_get_a_bare_challenge(_pool: PgPoolO
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn malformed_unknown_expired_and_refresh_tokens_are_invalid_token(
-    _pool: PgPoolOptions,
-    options: PgConnectOptions,
-) {
-    let app = spawn_app(options).await;
+async fn malformed_unknown_expired_and_refresh_tokens_are_invalid_token(db: Db) {
+    let app = db.spawn().await;
     let pair = app.issue("alice").await;
     let token = &pair.access_token;
     for (what, value) in [
@@ -280,10 +277,9 @@ async fn malformed_unknown_expired_and_refresh_tokens_are_invalid_token(
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn every_forgery_is_invalid_token_for_every_algorithm(_pool: PgPoolOptions, options: PgConnectOptions) {
+async fn every_forgery_is_invalid_token_for_every_algorithm(db: Db) {
     for alg in KeyAlgorithm::ALL {
-        let (app, pem) = app_with(options.clone(), alg).await;
+        let (app, pem) = app_with(db.clone(), alg).await;
         let pair = app.issue("alice").await;
         let forger = Forger::new(alg, &pem, &pair.access_token);
         allowed(&check_bearer(&app, &forger.resigned(), &[]).await);
@@ -294,9 +290,8 @@ async fn every_forgery_is_invalid_token_for_every_algorithm(_pool: PgPoolOptions
     }
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn a_family_revoked_through_revoke_is_denied_on_the_next_check(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app(options).await;
+async fn a_family_revoked_through_revoke_is_denied_on_the_next_check(db: Db) {
+    let app = db.spawn().await;
     let pair = app.issue("alice").await;
     // Cached live first: the revocation must reach the caches, not just the database.
     for _ in 0..2 {
@@ -307,12 +302,8 @@ async fn a_family_revoked_through_revoke_is_denied_on_the_next_check(_pool: PgPo
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn routes_require_scopes_and_an_audience_through_context_extensions(
-    _pool: PgPoolOptions,
-    options: PgConnectOptions,
-) {
-    let app = spawn_app(options).await;
+async fn routes_require_scopes_and_an_audience_through_context_extensions(db: Db) {
+    let app = db.spawn().await;
     let pair = issue_with(&app, &["orders:read", "profile"], &["orders", "billing"]).await;
     let token = &pair.access_token;
     let scopes = "ratchet.required_scopes";
@@ -351,9 +342,8 @@ async fn routes_require_scopes_and_an_audience_through_context_extensions(
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn huge_and_garbage_requests_are_denials_not_errors(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app(options).await;
+async fn huge_and_garbage_requests_are_denials_not_errors(db: Db) {
+    let app = db.spawn().await;
     let pair = app.issue("alice").await;
     // Over the token service's 1 MiB message limit, under Envoy's 8 MiB header ceiling.
     let big = "a".repeat(2 << 20);
@@ -424,6 +414,18 @@ async fn huge_and_garbage_requests_are_denials_not_errors(_pool: PgPoolOptions, 
     app.stop().await;
 }
 
+on_every_backend!(
+    a_live_token_is_allowed_with_identity_headers_and_its_claims_in_the_metadata,
+    spoofed_identity_headers_are_overwritten_or_removed,
+    requests_without_bearer_credentials_get_a_bare_challenge,
+    malformed_unknown_expired_and_refresh_tokens_are_invalid_token,
+    every_forgery_is_invalid_token_for_every_algorithm,
+    a_family_revoked_through_revoke_is_denied_on_the_next_check,
+    routes_require_scopes_and_an_audience_through_context_extensions,
+    huge_and_garbage_requests_are_denials_not_errors,
+    the_health_service_knows_the_authorization_service,
+);
+
 #[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_hot_token_needs_no_database_and_an_uncached_family_without_one_is_unavailable(
     _pool: PgPoolOptions,
@@ -435,7 +437,7 @@ async fn a_hot_token_needs_no_database_and_an_uncached_family_without_one_is_una
         timeout: Duration::from_secs(1),
     };
     let proxy = Proxy::in_front_of(&options).await;
-    let pool = postgres::pool(proxy.route(options.clone()), &settings);
+    let pool = ratchet::store::postgres::pool(proxy.route(options.clone()), &settings);
     let app = spawn_on_pool(pool, settings, test_policy(), options).await;
     let hot = app.issue("alice").await;
     let cold = app.issue("bob").await;
@@ -469,9 +471,8 @@ async fn a_hot_token_needs_no_database_and_an_uncached_family_without_one_is_una
     proxy.cut().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn the_health_service_knows_the_authorization_service(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app(options).await;
+async fn the_health_service_knows_the_authorization_service(db: Db) {
+    let app = db.spawn().await;
     app.wait_for_health(ServingStatus::Serving).await;
     let answer = HealthClient::new(channel(app.addr).await)
         .check(HealthCheckRequest {

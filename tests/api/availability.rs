@@ -1,5 +1,9 @@
 //! The database going away: callers get UNAVAILABLE quickly, health says NOT_SERVING, nothing
 //! hangs, and nothing stored is lost or corrupted when it comes back.
+//!
+//! Where they run: PostgreSQL only, by nature: a proxy cuts the PostgreSQL connection, or a
+//! PL/pgSQL trigger stalls a spend or fails it as a lost SERIALIZABLE race would (an embedded
+//! SQLite file neither goes away nor has such conflicts: its writers take the database lock).
 
 use std::time::{Duration, Instant};
 

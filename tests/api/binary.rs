@@ -1,6 +1,10 @@
 //! The `ratchet` binary as an operator runs it: `migrate` creates and migrates a database,
 //! `serve` answers gRPC (with reflection for grpcurl), tokens survive a restart because the
 //! key directory created on the first start is reused, SIGTERM stops it cleanly, and no token ever reaches its logs.
+//!
+//! Where they run: on PostgreSQL (DATABASE_URL). The binary on SQLite, as an operator runs it
+//! with no DATABASE_URL, is `sqlite.rs`'s; the last two tests are PostgreSQL by nature (session
+//! isolation, two processes on one database).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -63,9 +67,14 @@ impl Server {
     /// `ratchet serve` on `addr` with no `DATABASE_URL`, as on a fresh machine: SQLite in
     /// `data_dir`, migrated at start.
     pub fn start_on_sqlite(data_dir: &Path, log: &Path, addr: SocketAddr) -> Self {
+        Self::start_on_sqlite_with(data_dir, log, addr, &[])
+    }
+
+    /// [`Self::start_on_sqlite`], with `env` on top of the test defaults.
+    pub fn start_on_sqlite_with(data_dir: &Path, log: &Path, addr: SocketAddr, env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(BIN);
         command.arg("serve").env_remove("DATABASE_URL");
-        Self::spawn(command, data_dir, log, addr, &[])
+        Self::spawn(command, data_dir, log, addr, env)
     }
 
     fn spawn(mut command: Command, data_dir: &Path, log: &Path, addr: SocketAddr, env: &[(&str, &str)]) -> Self {

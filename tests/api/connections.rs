@@ -1,5 +1,8 @@
 //! Connection limits over real sockets: idle gRPC connections are closed (and busy ones never),
 //! and the HTTP (JWKS) listener drops slowloris clients and caps its connections.
+//!
+//! Where they run: on PostgreSQL only; what they test is the transport, which is the same
+//! whatever the store.
 
 use std::net::SocketAddr;
 use std::pin::Pin;

@@ -6,6 +6,10 @@
 //! successor a client saw was rotated on, or still works (or its family was revoked because a
 //! reuse was detected); every family is one chain with at most one unspent token; every detected
 //! reuse revoked its family.
+//!
+//! Where they run: PostgreSQL only, by nature: a private PostgreSQL restarted under load, and the
+//! invariants read from its tables (no API answers "every family is one chain"). They are also
+//! long load runs, which CI should not pay for twice.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -4,6 +4,8 @@
 //!
 //! `scripts/test` installs PyJWT into `target/interop-python` (or set RATCHET_INTEROP_PYTHONPATH
 //! to a directory holding `jwt` and `cryptography`); without it this test fails and says so.
+//!
+//! Both tests run on every backend: the tokens verified are issued through the store.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -12,9 +14,8 @@ use std::sync::Arc;
 
 use ratchet::clock::{Clock as _, SystemClock};
 use ratchet::keys::KeyAlgorithm;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::helpers::{AUDIENCE, ISSUER};
+use crate::helpers::{AUDIENCE, Db, ISSUER, on_every_backend};
 use crate::keys::{Forger, app_with_adjusted};
 
 fn python_path() -> PathBuf {
@@ -56,14 +57,10 @@ fn pyjwt_verify(jwks_uri: &str, tokens: &[(&'static str, String)]) -> serde_json
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn pyjwt_verifies_every_algorithm_against_the_http_jwks_and_refuses_every_forgery(
-    _pool: PgPoolOptions,
-    options: PgConnectOptions,
-) {
+async fn pyjwt_verifies_every_algorithm_against_the_http_jwks_and_refuses_every_forgery(db: Db) {
     for alg in KeyAlgorithm::ALL {
         // PyJWT checks times against the real clock, so this server runs on it too.
-        let (app, pem) = app_with_adjusted(options.clone(), alg, |parts| parts.clock = Arc::new(SystemClock)).await;
+        let (app, pem) = app_with_adjusted(db.clone(), alg, |parts| parts.clock = Arc::new(SystemClock)).await;
         let pair = app.issue("alice").await;
         let forger = Forger::new(alg, &pem, &pair.access_token);
         let mut tokens = vec![("genuine", pair.access_token.clone())];
@@ -91,13 +88,9 @@ async fn pyjwt_verifies_every_algorithm_against_the_http_jwks_and_refuses_every_
     }
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn ratchet_verify_accepts_every_algorithm_from_the_http_jwks_and_refuses_every_forgery(
-    _pool: PgPoolOptions,
-    options: PgConnectOptions,
-) {
+async fn ratchet_verify_accepts_every_algorithm_from_the_http_jwks_and_refuses_every_forgery(db: Db) {
     for alg in KeyAlgorithm::ALL {
-        let (app, pem) = app_with_adjusted(options.clone(), alg, |parts| parts.clock = Arc::new(SystemClock)).await;
+        let (app, pem) = app_with_adjusted(db.clone(), alg, |parts| parts.clock = Arc::new(SystemClock)).await;
         let pair = app.issue("alice").await;
         let jwks_uri = format!("http://{}/.well-known/jwks.json", app.http_addr.unwrap());
         let verifier = ratchet_verify::Verifier::builder(jwks_uri, ISSUER)
@@ -131,3 +124,8 @@ async fn ratchet_verify_accepts_every_algorithm_from_the_http_jwks_and_refuses_e
         app.stop().await;
     }
 }
+
+on_every_backend!(
+    pyjwt_verifies_every_algorithm_against_the_http_jwks_and_refuses_every_forgery,
+    ratchet_verify_accepts_every_algorithm_from_the_http_jwks_and_refuses_every_forgery,
+);

@@ -1,6 +1,11 @@
 //! Key rotation as an operator runs it: `ratchet keys` on a key directory that two real `ratchet
 //! serve` processes share, SIGHUP, first start on an empty directory, the upgrade from a single
 //! signing key, and refusing a key file others may read.
+//!
+//! Where they run: the upgrade from a single signing key (one server, issuing and introspecting)
+//! on every backend. The two tests of several `ratchet serve` processes on one database stay on
+//! PostgreSQL: on SQLite one process serves (a lock file keeps a second one out). Refusing a key
+//! file others may read never gets as far as a database.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
@@ -11,7 +16,7 @@ use ratchet::keys::{KeyAlgorithm, SigningKey, keyfile};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::binary::{BIN, Server, database_url, free_port};
-use crate::helpers::{http_get, introspect, issue, jwt_part};
+use crate::helpers::{Db, http_get, introspect, issue, jwt_part, on_every_backend};
 
 struct Scratch {
     root: PathBuf,
@@ -54,8 +59,8 @@ impl Scratch {
         String::from_utf8(output.stdout).unwrap()
     }
 
-    /// `ratchet serve` on the shared key directory; keys are re-read on SIGHUP only (the
-    /// interval is an hour), so that a test proves the signal works.
+    /// `ratchet serve` on the shared key directory and the PostgreSQL database at `url`; keys are
+    /// re-read on SIGHUP only (the interval is an hour), so that a test proves the signal works.
     fn serve(&self, url: &str, extra: &[(&str, &str)]) -> Server {
         let addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let keys_dir = self.keys_dir();
@@ -65,6 +70,22 @@ impl Scratch {
         ];
         env.extend_from_slice(extra);
         Server::start_with(url, &self.root, &self.log(), addr, &env)
+    }
+
+    /// [`Self::serve`] on `db`: its PostgreSQL database, or a SQLite file in the data directory.
+    fn serve_on(&self, db: &Db) -> Server {
+        match db {
+            Db::Postgres(options) => self.serve(&url_of(options), &[]),
+            Db::Sqlite => {
+                let addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+                let keys_dir = self.keys_dir();
+                let env = [
+                    ("RATCHET_KEYS_DIR", keys_dir.to_str().unwrap()),
+                    ("RATCHET_KEYS_RELOAD_INTERVAL", "1h"),
+                ];
+                Server::start_on_sqlite_with(&self.root, &self.log(), addr, &env)
+            }
+        }
     }
 }
 
@@ -205,18 +226,13 @@ async fn servers_starting_together_on_an_empty_directory_share_one_new_key(
     }
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn a_signing_key_from_before_key_directories_keeps_signing_and_is_adopted(
-    _pool: PgPoolOptions,
-    options: PgConnectOptions,
-) {
+async fn a_signing_key_from_before_key_directories_keeps_signing_and_is_adopted(db: Db) {
     let scratch = Scratch::new();
-    let url = url_of(&options);
     // What an earlier version left in its data directory.
     let (legacy, der) = SigningKey::generate(KeyAlgorithm::EdDSA).unwrap();
     keyfile::write_new(&scratch.root.join(keyfile::GENERATED_KEY_FILE), &der).unwrap();
 
-    let server = scratch.serve(&url, &[]);
+    let server = scratch.serve_on(&db);
     let client = server.client().await;
     let before = issue(&client, "alice").await;
     assert_eq!(kid(&before.access_token), legacy.kid());
@@ -239,6 +255,8 @@ async fn a_signing_key_from_before_key_directories_keeps_signing_and_is_adopted(
     assert!(introspect(&client, &before.access_token).await.active);
     assert_ne!(next, legacy.kid());
 }
+
+on_every_backend!(a_signing_key_from_before_key_directories_keeps_signing_and_is_adopted);
 
 #[test]
 fn serve_refuses_a_private_key_others_may_read_and_says_how_to_fix_it() {

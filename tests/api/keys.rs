@@ -1,5 +1,8 @@
 //! Signing keys as verifiers see them: the JWK Set over gRPC and HTTP, every algorithm, key
 //! rotation through the key directory, and every forgery a verifier must refuse.
+//!
+//! Every test runs on every backend: each issues tokens (through the store) and has them verified
+//! or refused by Introspect, whose family check reads the store too.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -11,30 +14,30 @@ use ratchet::grpc::pb::IntrospectResponse;
 use ratchet::keys::directory::KeyDirectory;
 use ratchet::keys::source::KeySource;
 use ratchet::keys::{KeyAlgorithm, KeySet, SigningKey};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::helpers::{ISSUER, TestApp, jwt_part, spawn_app_adjusted};
+use crate::helpers::{Db, ISSUER, TestApp, jwt_part, on_every_backend};
 
 const NOW: &str = "2026-11-30T08:00:00Z";
 
 /// A server whose only key is a new `alg` key, and that key's PKCS#8 PEM (to forge with).
-pub async fn app_with(options: PgConnectOptions, alg: KeyAlgorithm) -> (TestApp, String) {
-    app_with_adjusted(options, alg, |_| {}).await
+pub async fn app_with(db: Db, alg: KeyAlgorithm) -> (TestApp, String) {
+    app_with_adjusted(db, alg, |_| {}).await
 }
 
 /// [`app_with`], with `adjust` applied to the server's parts.
 pub async fn app_with_adjusted(
-    options: PgConnectOptions,
+    db: Db,
     alg: KeyAlgorithm,
     adjust: impl FnOnce(&mut ratchet::startup::Parts),
 ) -> (TestApp, String) {
     let (key, der) = SigningKey::generate(alg).unwrap();
     let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", der));
-    let app = spawn_app_adjusted(options, |parts| {
-        parts.keys = KeySet::single(key);
-        adjust(parts);
-    })
-    .await;
+    let app = db
+        .spawn_adjusted(|parts| {
+            parts.keys = KeySet::single(key);
+            adjust(parts);
+        })
+        .await;
     (app, pem)
 }
 
@@ -59,12 +62,8 @@ fn alg_header(alg: KeyAlgorithm) -> jsonwebtoken::Algorithm {
     }
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn the_jwks_is_served_over_grpc_and_http_with_caching_headers_and_no_private_part(
-    _pool: PgPoolOptions,
-    options: PgConnectOptions,
-) {
-    let (app, pem) = app_with(options, KeyAlgorithm::EdDSA).await;
+async fn the_jwks_is_served_over_grpc_and_http_with_caching_headers_and_no_private_part(db: Db) {
+    let (app, pem) = app_with(db, KeyAlgorithm::EdDSA).await;
     let pair = app.issue("alice").await;
     let kid = jwt_part(&pair.access_token, 0)["kid"].as_str().unwrap().to_owned();
 
@@ -117,13 +116,9 @@ async fn the_jwks_is_served_over_grpc_and_http_with_caching_headers_and_no_priva
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn every_algorithm_signs_tokens_that_introspect_and_match_their_jwk(
-    _pool: PgPoolOptions,
-    options: PgConnectOptions,
-) {
+async fn every_algorithm_signs_tokens_that_introspect_and_match_their_jwk(db: Db) {
     for alg in KeyAlgorithm::ALL {
-        let (app, _) = app_with(options.clone(), alg).await;
+        let (app, _) = app_with(db.clone(), alg).await;
         let pair = app.issue("alice").await;
         let header = jwt_part(&pair.access_token, 0);
         assert_eq!(header["alg"], alg.name());
@@ -248,10 +243,9 @@ impl Forger {
     }
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn introspect_refuses_every_forgery_for_every_algorithm(_pool: PgPoolOptions, options: PgConnectOptions) {
+async fn introspect_refuses_every_forgery_for_every_algorithm(db: Db) {
     for alg in KeyAlgorithm::ALL {
-        let (app, pem) = app_with(options.clone(), alg).await;
+        let (app, pem) = app_with(db.clone(), alg).await;
         let pair = app.issue("alice").await;
         let forger = Forger::new(alg, &pem, &pair.access_token);
         assert!(
@@ -288,21 +282,18 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     }
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn a_rotation_through_the_key_directory_keeps_every_token_valid_until_its_key_retires(
-    _pool: PgPoolOptions,
-    options: PgConnectOptions,
-) {
+async fn a_rotation_through_the_key_directory_keeps_every_token_valid_until_its_key_retires(db: Db) {
     let path = temp_keys_dir();
     let dir = KeyDirectory::new(&path);
     assert!(dir.bootstrap(KeyAlgorithm::EdDSA, NOW).unwrap());
     let source = KeySource::directory(&path);
-    let app = spawn_app_adjusted(options, |parts| {
-        parts.keys = source.load_directory().unwrap().unwrap();
-        parts.key_source = Some(source.clone());
-        parts.keys_reload_interval = Duration::from_millis(100);
-    })
-    .await;
+    let app = db
+        .spawn_adjusted(|parts| {
+            parts.keys = source.load_directory().unwrap().unwrap();
+            parts.key_source = Some(source.clone());
+            parts.keys_reload_interval = Duration::from_millis(100);
+        })
+        .await;
     let old_kid = app.keys.active_kid();
     let kid_of = |token: &str| jwt_part(token, 0)["kid"].as_str().unwrap().to_owned();
     let before = app.issue("alice").await;
@@ -389,3 +380,10 @@ async fn a_rotation_through_the_key_directory_keeps_every_token_valid_until_its_
     assert!(app.introspect(&after.access_token).await.active);
     app.stop().await;
 }
+
+on_every_backend!(
+    the_jwks_is_served_over_grpc_and_http_with_caching_headers_and_no_private_part,
+    every_algorithm_signs_tokens_that_introspect_and_match_their_jwk,
+    introspect_refuses_every_forgery_for_every_algorithm,
+    a_rotation_through_the_key_directory_keeps_every_token_valid_until_its_key_retires,
+);

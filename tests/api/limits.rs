@@ -1,4 +1,11 @@
 //! Resource limits: what an oversized request gets, and that the connection it came on survives.
+//!
+//! Where they run: the rotate rate limit (a replay loop, a chain rotated flat out: rotations
+//! through the store, and a refused token that must not have been spent) on every backend. The
+//! rest on PostgreSQL only: size and header limits are the transport's, refused before the store;
+//! the memory test introspects 3,000 large tokens of one session (the verified-token cache's
+//! memory; the family is looked up once, so a second run on SQLite would double a long test for
+//! nothing); the concurrency test stalls spends with a PL/pgSQL trigger.
 
 use std::sync::atomic::Ordering;
 
@@ -11,7 +18,9 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 use ratchet::keys::{AccessClaims, KeyAlgorithm, KeySet, Keyring, SigningKey};
 
-use crate::helpers::{AUDIENCE, ISSUER, counting_channel, introspect, issue, spawn_app, spawn_app_adjusted};
+use crate::helpers::{
+    AUDIENCE, Db, ISSUER, counting_channel, introspect, issue, on_every_backend, spawn_app, spawn_app_adjusted,
+};
 
 /// Claims holding one string claim of `bytes` bytes.
 fn claims_of(bytes: usize) -> prost_types::Struct {
@@ -221,12 +230,8 @@ fn assert_rate_limited(status: &tonic::Status) {
     assert!(status.metadata().get("retry-after").is_some(), "{status:?}");
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn a_spent_token_replayed_in_a_loop_is_stopped_within_a_few_hundred_calls(
-    _pool: PgPoolOptions,
-    options: PgConnectOptions,
-) {
-    let app = spawn_app(options).await;
+async fn a_spent_token_replayed_in_a_loop_is_stopped_within_a_few_hundred_calls(db: Db) {
+    let app = db.spawn().await;
     let pair = issue(&app.client, "alice").await;
     app.rotate(&pair.refresh_token).await.unwrap();
     let (calls, _, status) = rotate_until_refused(&app, pair.refresh_token, false).await;
@@ -235,13 +240,9 @@ async fn a_spent_token_replayed_in_a_loop_is_stopped_within_a_few_hundred_calls(
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn a_chain_rotated_flat_out_is_stopped_and_its_token_still_rotates_after_the_pause(
-    _pool: PgPoolOptions,
-    options: PgConnectOptions,
-) {
+async fn a_chain_rotated_flat_out_is_stopped_and_its_token_still_rotates_after_the_pause(db: Db) {
     use tonic_types::StatusExt as _;
-    let app = spawn_app(options).await;
+    let app = db.spawn().await;
     let pair = issue(&app.client, "alice").await;
     let (calls, refused_token, status) = rotate_until_refused(&app, pair.refresh_token, true).await;
     assert!((64..=300).contains(&calls), "stopped after {calls} rotations");
@@ -257,3 +258,8 @@ async fn a_chain_rotated_flat_out_is_stopped_and_its_token_still_rotates_after_t
     assert_eq!(next.family_id, pair.family_id);
     app.stop().await;
 }
+
+on_every_backend!(
+    a_spent_token_replayed_in_a_loop_is_stopped_within_a_few_hundred_calls,
+    a_chain_rotated_flat_out_is_stopped_and_its_token_still_rotates_after_the_pause,
+);

@@ -2,6 +2,8 @@
 //!
 //! Our service cannot be made to panic on demand, so these tests serve a health service that
 //! panics for one request, behind the same layer `startup` puts around the real server.
+//!
+//! Where it runs: on no database at all; the panicking service is a health service, not the store.
 
 use std::sync::atomic::Ordering;
 

@@ -1,6 +1,12 @@
 //! The caller policy (issue 11): who may call which RPC and mint what, through the real server.
 //! Callers authenticate with API keys here (mutual TLS is the transport's part); the mTLS path is
 //! exercised on the layer itself with a [`PeerIdentity`] put into the request's extensions.
+//!
+//! Where they run: the tests that Issue (or Rotate) through a policy, and count what the store
+//! holds afterwards, run on every backend. The ones that never reach the store stay on
+//! PostgreSQL: a refused RPC, health and reflection (transport only), the layer on its own, the
+//! configuration checks of `serve`, and the binary test (the `ratchet serve` process on
+//! DATABASE_URL, with its SIGHUP reload).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,7 +24,7 @@ use tonic_types::StatusExt as _;
 use tower::{Layer as _, ServiceExt as _};
 
 use crate::binary::{BIN, Server, database_url, free_port, list_services};
-use crate::helpers::{AUDIENCE, TestApp, spawn_app_adjusted};
+use crate::helpers::{AUDIENCE, Db, TestApp, on_every_backend, spawn_app_adjusted};
 
 pub const LOGIN_KEY: &str = "login-key-0123456789";
 pub const BARE_KEY: &str = "bare-key-0123456789";
@@ -61,10 +67,10 @@ pub fn policy_file(text: &str) -> PathBuf {
 }
 
 /// A server enforcing the policy in `text`; the file, to reload it.
-pub async fn spawn_with_policy(options: PgConnectOptions, text: &str) -> (TestApp, Arc<PolicyFile>) {
+pub async fn spawn_with_policy(db: Db, text: &str) -> (TestApp, Arc<PolicyFile>) {
     let file = Arc::new(PolicyFile::load(&policy_file(text)).unwrap());
     let policy = file.clone();
-    let app = spawn_app_adjusted(options, |parts| parts.access.policy = Some(policy)).await;
+    let app = db.spawn_adjusted(|parts| parts.access.policy = Some(policy)).await;
     (app, file)
 }
 
@@ -127,12 +133,8 @@ async fn families(app: &TestApp) -> usize {
     app.live_families("alice").await
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn a_call_without_a_known_caller_is_unauthenticated_and_does_nothing(
-    _pool: PgPoolOptions,
-    options: PgConnectOptions,
-) {
-    let (app, _) = spawn_with_policy(options, &example_policy()).await;
+async fn a_call_without_a_known_caller_is_unauthenticated_and_does_nothing(db: Db) {
+    let (app, _) = spawn_with_policy(db, &example_policy()).await;
     let no_key = app
         .client
         .clone()
@@ -158,9 +160,8 @@ async fn a_call_without_a_known_caller_is_unauthenticated_and_does_nothing(
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn api_keys_work_as_a_bearer_or_as_x_api_key(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let (app, _) = spawn_with_policy(options, &example_policy()).await;
+async fn api_keys_work_as_a_bearer_or_as_x_api_key(db: Db) {
+    let (app, _) = spawn_with_policy(db, &example_policy()).await;
     issue_as(&app, LOGIN_KEY, issue_request(&[], &[], &[])).await.unwrap();
     let mut bearer = Request::new(issue_request(&[], &[], &[]));
     bearer
@@ -175,7 +176,7 @@ async fn an_rpc_the_caller_may_not_call_is_permission_denied_naming_it(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
 ) {
-    let (app, _) = spawn_with_policy(options, &example_policy()).await;
+    let (app, _) = spawn_with_policy(Db::Postgres(options), &example_policy()).await;
     let status = app
         .client
         .clone()
@@ -193,12 +194,8 @@ async fn an_rpc_the_caller_may_not_call_is_permission_denied_naming_it(
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn each_audience_scope_and_claim_must_match_the_callers_patterns(
-    _pool: PgPoolOptions,
-    options: PgConnectOptions,
-) {
-    let (app, _) = spawn_with_policy(options, &example_policy()).await;
+async fn each_audience_scope_and_claim_must_match_the_callers_patterns(db: Db) {
+    let (app, _) = spawn_with_policy(db, &example_policy()).await;
     let allowed = issue_request(&["api", "web-shop"], &["read", "admin:users"], &["tenant"]);
     issue_as(&app, LOGIN_KEY, allowed).await.unwrap();
     for (request, refused, name) in [
@@ -215,9 +212,8 @@ async fn each_audience_scope_and_claim_must_match_the_callers_patterns(
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn a_caller_without_lists_may_issue_only_the_default_audience(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let (app, _) = spawn_with_policy(options, &example_policy()).await;
+async fn a_caller_without_lists_may_issue_only_the_default_audience(db: Db) {
+    let (app, _) = spawn_with_policy(db, &example_policy()).await;
     let pair = issue_as(&app, BARE_KEY, issue_request(&[], &[], &[])).await.unwrap();
     assert_eq!(
         crate::helpers::jwt_part(&pair.access_token, 1)["aud"],
@@ -236,14 +232,13 @@ async fn a_caller_without_lists_may_issue_only_the_default_audience(_pool: PgPoo
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn star_allows_every_rpc_audience_scope_and_claim(_pool: PgPoolOptions, options: PgConnectOptions) {
+async fn star_allows_every_rpc_audience_scope_and_claim(db: Db) {
     let key = "admin-key-0123456789";
     let text = format!(
         "[[caller]]\nname = \"admin\"\napi_key_sha256 = \"{}\"\nrpcs = [\"*\"]\naudiences = [\"*\"]\nscopes = [\"*\"]\nclaims = [\"*\"]\n",
         api_key_sha256(key)
     );
-    let (app, _) = spawn_with_policy(options, &text).await;
+    let (app, _) = spawn_with_policy(db, &text).await;
     issue_as(&app, key, issue_request(&["anything"], &["at:all"], &["x"]))
         .await
         .unwrap();
@@ -263,7 +258,7 @@ async fn star_allows_every_rpc_audience_scope_and_claim(_pool: PgPoolOptions, op
 
 #[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn health_and_reflection_stay_open_under_a_policy(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let (app, _) = spawn_with_policy(options, &example_policy()).await;
+    let (app, _) = spawn_with_policy(Db::Postgres(options), &example_policy()).await;
     app.wait_for_health(tonic_health::pb::health_check_response::ServingStatus::Serving)
         .await;
     let services = list_services(app.addr).await;
@@ -285,12 +280,8 @@ async fn reflection_can_be_turned_off(_pool: PgPoolOptions, options: PgConnectOp
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn a_reload_puts_a_new_policy_in_force_and_a_broken_file_keeps_the_old_one(
-    _pool: PgPoolOptions,
-    options: PgConnectOptions,
-) {
-    let (app, file) = spawn_with_policy(options, &example_policy()).await;
+async fn a_reload_puts_a_new_policy_in_force_and_a_broken_file_keeps_the_old_one(db: Db) {
+    let (app, file) = spawn_with_policy(db, &example_policy()).await;
     let newcomer = "newcomer-key-0123456789";
     assert_unknown_caller(
         &issue_as(&app, newcomer, issue_request(&[], &[], &[]))
@@ -315,17 +306,13 @@ async fn a_reload_puts_a_new_policy_in_force_and_a_broken_file_keeps_the_old_one
     app.stop().await;
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn over_its_rate_a_caller_is_resource_exhausted_with_retry_info_before_any_database_work(
-    _pool: PgPoolOptions,
-    options: PgConnectOptions,
-) {
+async fn over_its_rate_a_caller_is_resource_exhausted_with_retry_info_before_any_database_work(db: Db) {
     let key = "limited-key-0123456789";
     let text = format!(
         "[[caller]]\nname = \"limited\"\napi_key_sha256 = \"{}\"\nrpcs = [\"Issue\"]\nrate = {{ per_second = 1, burst = 2 }}\n",
         api_key_sha256(key)
     );
-    let (app, _) = spawn_with_policy(options, &text).await;
+    let (app, _) = spawn_with_policy(db, &text).await;
     issue_as(&app, key, issue_request(&[], &[], &[])).await.unwrap();
     issue_as(&app, key, issue_request(&[], &[], &[])).await.unwrap();
     let status = issue_as(&app, key, issue_request(&[], &[], &[])).await.unwrap_err();
@@ -342,6 +329,16 @@ async fn over_its_rate_a_caller_is_resource_exhausted_with_retry_info_before_any
         .expect("allowed again after the pause");
     app.stop().await;
 }
+
+on_every_backend!(
+    a_call_without_a_known_caller_is_unauthenticated_and_does_nothing,
+    api_keys_work_as_a_bearer_or_as_x_api_key,
+    each_audience_scope_and_claim_must_match_the_callers_patterns,
+    a_caller_without_lists_may_issue_only_the_default_audience,
+    star_allows_every_rpc_audience_scope_and_claim,
+    a_reload_puts_a_new_policy_in_force_and_a_broken_file_keeps_the_old_one,
+    over_its_rate_a_caller_is_resource_exhausted_with_retry_info_before_any_database_work,
+);
 
 /// The mTLS path: the transport puts a [`PeerIdentity`] into the extensions; the layer resolves
 /// it, refuses what the caller may not call, and hands the caller on to the handler.

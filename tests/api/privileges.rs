@@ -1,6 +1,8 @@
 //! Database privileges: the whole API on the least-privileged runtime role that
 //! `docs/runtime-role.sql` documents, which can do nothing else; and TLS to the database with
 //! `sslmode=verify-full`.
+//!
+//! Where they run: PostgreSQL only, by nature: roles, GRANTs and TLS to a PostgreSQL server.
 
 use std::process::Command;
 use std::time::Duration;

@@ -2,6 +2,9 @@
 //! family cache and a cache TTL of an hour, so that only the revocation listener can explain B
 //! seeing a revocation made through A within a second. Every way a family gets revoked is
 //! covered, and so is a listener whose connection is cut while a revocation happens.
+//!
+//! Where they run: PostgreSQL only, by nature: two servers on one database and the LISTEN/NOTIFY
+//! revocation listener (SQLite has one serving process and no listener).
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,8 @@
 //! refused, state surviving SIGKILL, and `migrate` and `gc` beside a running server.
 //!
 //! What it leaves out, because it is not copied per backend: the API itself on SQLite, which the
-//! `rotate`, `revoke`, `introspect` and `sessions` modules run on every backend
+//! `rotate`, `revoke`, `introspect`, `sessions`, `issue`, `authz`, `keys`, `interop`, `policy`,
+//! `limits`, `attacks` and `key_rotation` modules run on every backend
 //! (`on_every_backend!`: e.g. `rotate::sqlite::sixty_four_concurrent_rotations_of_one_token_let_exactly_one_win`),
 //! and what the store contract proves below the API (`store::contract`).
 

@@ -2,6 +2,9 @@
 //! CA, a server certificate for 127.0.0.1/localhost, client certificates with a SPIFFE ID, with
 //! only a DNS name, and one from another CA. What identity each request carried is seen through
 //! the transport's test probe (there is no caller policy to observe it through yet).
+//!
+//! Where they run: on PostgreSQL only; what they test is the transport, which is the same
+//! whatever the store.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt as _;
