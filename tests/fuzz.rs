@@ -6,7 +6,7 @@
 //! verifier must never accept anything it did not sign.
 //!
 //! cargo-fuzz needs a nightly toolchain, which our machines cannot install; proptest drives the
-//! inputs instead. A failing input is shrunk and written to `proptest-regressions/fuzz.txt`, and
+//! inputs instead. A failing input is shrunk and written to `tests/fuzz.regressions`, and
 //! proptest replays every input in that file first on every later run: commit it, and a crash
 //! input becomes a regression test.
 
