@@ -49,9 +49,13 @@ fn main() -> ExitCode {
         Err(error) => {
             tracing::error!("{error:#}");
             eprintln!("error: {error:#}");
-            // Another server on the same SQLite database: a deployment mistake that retrying
-            // will not fix (replicas need PostgreSQL), like a bad flag.
-            if matches!(error.downcast_ref::<LockError>(), Some(LockError::InUse { .. })) {
+            // Another server on the same SQLite database (replicas need PostgreSQL), or a database
+            // file others may read: deployment mistakes that retrying will not fix, like a bad
+            // flag.
+            if matches!(
+                error.downcast_ref::<LockError>(),
+                Some(LockError::InUse { .. } | LockError::Exposed { .. })
+            ) {
                 ExitCode::from(EX_USAGE)
             } else {
                 ExitCode::FAILURE

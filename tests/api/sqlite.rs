@@ -173,3 +173,46 @@ async fn on_sqlite_nothing_is_lost_across_a_sigkill() {
     );
     assert!(server.terminate().await.success());
 }
+
+/// Issue 20: an existing database that group or others may read (a `cp` or an archive that
+/// dropped the mode, a umask of 022 when it was first made) holds every subject, every token hash
+/// and every seal. The server refuses it, saying how to fix it, rather than serve from it; so does
+/// `ratchet migrate`.
+#[tokio::test]
+async fn serve_refuses_a_database_file_that_group_or_others_may_read() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = DataDir::new();
+    let data = dir.0.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let database = data.join("ratchet.db");
+    std::fs::write(&database, b"").unwrap();
+    std::fs::set_permissions(&database, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let mut server = Server::start_on_sqlite(&data, &dir.0.join("exposed.log"), "127.0.0.1:0".parse().unwrap());
+    let status = server.wait(Duration::from_secs(20)).await;
+    let log = dir.log("exposed.log");
+    if status.is_none() {
+        server.kill();
+        panic!("the server ran on a database others may read:\n{log}");
+    }
+    assert_eq!(status.unwrap().code(), Some(64), "{log}");
+    assert!(
+        log.contains("may be read by group or others (mode 644)")
+            && log.contains(&format!("chmod 600 {}", database.display())),
+        "{log}"
+    );
+    let migrate = Command::new(BIN)
+        .arg("migrate")
+        .env_remove("DATABASE_URL")
+        .env("RATCHET_DATA_DIR", &data)
+        .output()
+        .unwrap();
+    assert!(!migrate.status.success());
+    assert!(String::from_utf8_lossy(&migrate.stderr).contains("chmod 600"));
+
+    // As told: private again, and it serves.
+    std::fs::set_permissions(&database, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (server, client, _) = dir.serve("private.log").await;
+    issue(&client, "alice").await;
+    assert!(server.terminate().await.success());
+}

@@ -139,8 +139,10 @@ impl SqliteTarget {
             path: path.clone(),
             source,
         };
-        // The database too, so that it is private even when `--no-migrate` leaves creating it
-        // to SQLite (which would use the umask).
+        // An existing database that others may read is refused before anything uses it (the
+        // files hold token hashes, seals and every subject); a new one is created private, even
+        // when `--no-migrate` leaves creating it to SQLite (which would use the umask).
+        refuse_if_shared(&self.path)?;
         prepare_file(&self.path).map_err(io)?;
         let mut file = fs::OpenOptions::new()
             .read(true)
@@ -199,12 +201,53 @@ pub enum LockError {
         lock: PathBuf,
         holder: String,
     },
+    /// The database, or its `-wal` or `-shm` file, may be read by group or others.
+    #[error(
+        "the SQLite database file {} may be read by group or others (mode {mode:o}): it holds every \
+         session's subject, token hashes and seals; run `chmod 600 {}` (and the same for its -wal \
+         and -shm files, if any)",
+        path.display(),
+        path.display()
+    )]
+    Exposed { path: PathBuf, mode: u32 },
     #[error("cannot take the lock file {}", path.display())]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The database file and the `-wal` and `-shm` files beside it, when they exist.
+fn database_files(database: &Path) -> [PathBuf; 3] {
+    let beside = |suffix: &str| {
+        let mut name = database.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    [database.to_path_buf(), beside("-wal"), beside("-shm")]
+}
+
+/// Refuses a database that group or others may read, as key files are refused
+/// (`keys::keyfile`): a copy of it is everything an attacker needs to learn who has sessions,
+/// and to test guessed refresh tokens offline. A file that does not exist yet is created private.
+///
+/// # Errors
+/// [`LockError::Exposed`] naming the first such file; [`LockError::Io`] when one cannot be
+/// inspected.
+fn refuse_if_shared(database: &Path) -> Result<(), LockError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    for path in database_files(database) {
+        let mode = match fs::metadata(&path) {
+            Ok(metadata) => metadata.permissions().mode() & 0o777,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(LockError::Io { path, source }),
+        };
+        if mode & 0o077 != 0 {
+            return Err(LockError::Exposed { path, mode });
+        }
+    }
+    Ok(())
 }
 
 /// Creates the database's directory if missing.
@@ -237,6 +280,7 @@ fn prepare_file(database: &Path) -> std::io::Result<()> {
 /// # Errors
 /// The file cannot be created, opened or migrated.
 pub async fn migrate(target: &SqliteTarget) -> Result<(), MigrateError> {
+    refuse_if_shared(&target.path).map_err(|e| MigrateError::Create(e.into()))?;
     prepare_file(&target.path).map_err(|e| MigrateError::Create(e.into()))?;
     let mut connection = SqliteConnection::connect_with(&target.options())
         .await
