@@ -73,29 +73,69 @@ fn bounded(field: &str, value: String, allow_empty: bool) -> Result<String, Fiel
     Ok(value)
 }
 
-/// A C0 control character or DEL (U+0000..=U+001F, U+007F). PostgreSQL refuses NUL in `text`
-/// and `jsonb`, and the rest can forge lines in logs and confuse whoever reads a token, so no
-/// input that ends up stored or signed may hold one.
-fn is_control(c: char) -> bool {
-    c.is_ascii_control()
+/// What no text that is stored or signed may hold: a control character (general category Cc:
+/// C0, DEL and C1, U+0085 NEL among them), a line or paragraph separator (Zl, Zp), or a
+/// noncharacter. PostgreSQL refuses NUL in `text` and `jsonb`; the rest forge lines in logs and
+/// in whatever an upstream prints (issue 20: U+0085 passed the old C0-only rule).
+fn is_unprintable(c: char) -> bool {
+    use unicode_properties::{GeneralCategory as G, UnicodeGeneralCategory as _};
+    if c.is_ascii() {
+        // The common case, without the table lookup.
+        return c.is_ascii_control();
+    }
+    matches!(
+        c.general_category(),
+        G::Control | G::LineSeparator | G::ParagraphSeparator
+    ) || is_noncharacter(c)
 }
 
+/// [`is_unprintable`], and format characters (Cf): bidi overrides (U+202E turns `alice` into
+/// what reads as another name in a log or an upstream's page), zero-width spaces and joiners
+/// (two names that look the same and are not). No *name* needs one (subject, client id, scope,
+/// audience, claim name: identifiers that policies, logs and upstreams compare and show). Claim
+/// string *values* may hold them: they are free text (a display name in a right-to-left script,
+/// an emoji sequence joined by U+200D), signed into the token and never compared by ratchet.
+fn is_forbidden_in_name(c: char) -> bool {
+    use unicode_properties::{GeneralCategory as G, UnicodeGeneralCategory as _};
+    is_unprintable(c) || (!c.is_ascii() && c.general_category() == G::Format)
+}
+
+/// Unicode's 66 noncharacters (Unicode §23.7): U+FDD0..=U+FDEF, and the last two code points of
+/// every plane. Reserved for a program's internal use, never for interchange.
+fn is_noncharacter(c: char) -> bool {
+    let c = u32::from(c);
+    (0xFDD0..=0xFDEF).contains(&c) || c & 0xFFFE == 0xFFFE
+}
+
+const NAME_RULE: &str = "must not contain control or format characters, line or paragraph separators, or noncharacters";
+const TEXT_RULE: &str = "must not contain control characters, line or paragraph separators, or noncharacters";
+
 fn no_control_characters(field: &str, value: &str) -> Result<(), FieldError> {
-    if value.chars().any(is_control) {
-        return Err(FieldError::new(field, "must not contain control characters"));
+    if value.chars().any(is_forbidden_in_name) {
+        return Err(FieldError::new(field, NAME_RULE));
     }
     Ok(())
 }
 
-/// `parent.name` as a field path for an error message. Control characters in `name` are
-/// escaped (`\0`, `\u{1b}`): the caller's bytes must not travel raw into our answer or logs.
+fn no_unprintable_text(field: &str, value: &str) -> Result<(), FieldError> {
+    if value.chars().any(is_unprintable) {
+        return Err(FieldError::new(field, TEXT_RULE));
+    }
+    Ok(())
+}
+
+/// `parent.name` as a field path for an error message. What no name may hold is escaped (`\0`,
+/// `\u{1b}`, `\u{202e}`): the caller's bytes must not travel raw into our answer or logs.
 pub fn claim_path(parent: &str, name: &str) -> String {
     let mut path = String::with_capacity(parent.len() + 1 + name.len());
     path.push_str(parent);
     path.push('.');
     for c in name.chars() {
-        if is_control(c) {
+        if c.is_ascii_control() {
             path.extend(c.escape_debug());
+        } else if is_forbidden_in_name(c) {
+            // `escape_debug` leaves some format characters (U+200D) as they are.
+            path.extend(c.escape_unicode());
         } else {
             path.push(c);
         }
@@ -266,8 +306,8 @@ impl ExtraClaims {
 fn no_control_characters_in_object(path: &str, object: &Map<String, Value>) -> Result<(), FieldError> {
     for (name, value) in object {
         let path = claim_path(path, name);
-        if name.chars().any(is_control) {
-            return Err(FieldError::new(path, "name must not contain control characters"));
+        if name.chars().any(is_forbidden_in_name) {
+            return Err(FieldError::new(path, format!("name {NAME_RULE}")));
         }
         no_control_characters_in_value(&path, value)?;
     }
@@ -277,7 +317,7 @@ fn no_control_characters_in_object(path: &str, object: &Map<String, Value>) -> R
 /// Depth is bounded by the transport: prost refuses messages nested deeper than 100 levels.
 fn no_control_characters_in_value(path: &str, value: &Value) -> Result<(), FieldError> {
     match value {
-        Value::String(s) => no_control_characters(path, s),
+        Value::String(s) => no_unprintable_text(path, s),
         Value::Array(values) => values
             .iter()
             .enumerate()
@@ -397,8 +437,55 @@ mod tests {
                 "audiences[0]"
             );
         }
-        // Printable text beyond ASCII is fine; only C0 and DEL are refused.
-        assert!(Subject::parse("zoë ✓ \u{a0}".into()).is_ok());
+        // Printable text beyond ASCII is fine.
+        assert!(Subject::parse("zoë ✓ \u{a0} 日本 עברית".into()).is_ok());
+    }
+
+    #[test]
+    fn format_characters_separators_c1_controls_and_noncharacters_are_refused_in_names() {
+        for bad in [
+            "next\u{85}line", // NEL, a C1 control: a line break to many log readers
+            "\u{202e}nimda",  // RIGHT-TO-LEFT OVERRIDE: shows as "admin"
+            "ad\u{200b}min",  // ZERO WIDTH SPACE: looks like "admin"
+            "a\u{200d}b",     // ZERO WIDTH JOINER
+            "a\u{feff}",      // BOM / ZERO WIDTH NO-BREAK SPACE
+            "a\u{2028}b",     // LINE SEPARATOR (Zl)
+            "a\u{2029}b",     // PARAGRAPH SEPARATOR (Zp)
+            "a\u{fdd0}",      // noncharacters
+            "a\u{fffe}",
+            "a\u{10ffff}",
+            "tag\u{e0041}", // a TAG character (Cf)
+        ] {
+            assert_eq!(Subject::parse(bad.into()).unwrap_err().field, "subject", "{bad:?}");
+            assert_eq!(ClientId::parse(bad.into()).unwrap_err().field, "client_id", "{bad:?}");
+            assert_eq!(
+                Scopes::parse(vec![bad.into()]).unwrap_err().field,
+                "scopes[0]",
+                "{bad:?}"
+            );
+            assert_eq!(
+                Audiences::parse(vec![bad.into()], "api").unwrap_err().field,
+                "audiences[0]",
+                "{bad:?}"
+            );
+            let err = ExtraClaims::parse(claims_of(serde_json::json!({ bad: 1 }))).unwrap_err();
+            assert!(err.field.starts_with("claims."), "{bad:?}: {err}");
+            assert!(
+                !err.to_string().chars().any(is_forbidden_in_name),
+                "the answer echoes the name escaped: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn claim_values_are_free_text_but_for_controls_separators_and_noncharacters() {
+        // A right-to-left display name with its marks, an emoji sequence joined by U+200D.
+        let fine = serde_json::json!({"name": "\u{202b}שלום\u{202c}", "team": "👩\u{200d}💻"});
+        assert!(ExtraClaims::parse(claims_of(fine)).is_ok());
+        for bad in ["a\u{85}", "a\u{2028}", "a\u{ffff}"] {
+            let err = ExtraClaims::parse(claims_of(serde_json::json!({"name": bad}))).unwrap_err();
+            assert_eq!(err.field, "claims.name", "{bad:?}");
+        }
     }
 
     fn claims_of(json: Value) -> Map<String, Value> {
@@ -489,7 +576,15 @@ mod tests {
     proptest! {
         #[test]
         fn subject_parse_never_panics_and_accepts_exactly_the_bounded(s in ".{0,300}") {
-            let ok = !s.is_empty() && s.len() <= MAX_NAME_BYTES && !s.chars().any(|c| c.is_ascii_control());
+            use unicode_properties::{GeneralCategory as G, UnicodeGeneralCategory as _};
+            // Spelled out again rather than calling the rule under test.
+            let forbidden = |c: char| {
+                c.is_control()
+                    || matches!(c.general_category(), G::Format | G::LineSeparator | G::ParagraphSeparator)
+                    || (0xFDD0..=0xFDEF).contains(&u32::from(c))
+                    || u32::from(c) % 0x10000 >= 0xFFFE
+            };
+            let ok = !s.is_empty() && s.len() <= MAX_NAME_BYTES && !s.chars().any(forbidden);
             prop_assert_eq!(Subject::parse(s).is_ok(), ok);
         }
 

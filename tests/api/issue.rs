@@ -5,7 +5,7 @@
 //! [`TestApp::dump`]: crate::helpers::TestApp::dump
 //! [`TestApp::stored_families`]: crate::helpers::TestApp::stored_families
 
-use ratchet::grpc::pb::IssueRequest;
+use ratchet::grpc::pb::{IssueRequest, ListSessionsRequest};
 
 use crate::helpers::{AUDIENCE, Db, ISSUER, assert_invalid_argument, jwt_part, on_every_backend};
 
@@ -303,7 +303,110 @@ async fn control_characters_anywhere_in_an_issue_request_are_invalid_argument_na
     app.stop().await;
 }
 
+/// Issue 20: the old rule refused C0 and DEL only, so a bidi override, a zero-width space, a C1
+/// line break (U+0085) or a line separator passed into `sub`, the logs and `x-ratchet-subject`,
+/// where `\u{202e}nimda` reads as `admin`. Every name field refuses them now, naming the field and
+/// echoing nothing raw; Revoke and ListSessions parse subjects by the same rule.
+async fn names_holding_format_characters_separators_or_noncharacters_are_invalid_argument(db: Db) {
+    let app = db.spawn().await;
+    let ok = || IssueRequest {
+        subject: "alice".into(),
+        ..Default::default()
+    };
+    let cases: Vec<(IssueRequest, &str)> = vec![
+        (
+            IssueRequest {
+                subject: "\u{202e}nimda".into(),
+                ..ok()
+            },
+            "subject",
+        ),
+        (
+            IssueRequest {
+                subject: "alice\u{85}admin".into(),
+                ..ok()
+            },
+            "subject",
+        ),
+        (
+            IssueRequest {
+                client_id: "w\u{200b}eb".into(),
+                ..ok()
+            },
+            "client_id",
+        ),
+        (
+            IssueRequest {
+                scopes: vec!["read".into(), "ad\u{2028}min".into()],
+                ..ok()
+            },
+            "scopes[1]",
+        ),
+        (
+            IssueRequest {
+                audiences: vec!["api\u{feff}".into()],
+                ..ok()
+            },
+            "audiences[0]",
+        ),
+        (
+            IssueRequest {
+                claims: Some(claims(serde_json::json!({"ten\u{200d}ant": "acme"}))),
+                ..ok()
+            },
+            "claims.ten\\u{200d}ant",
+        ),
+        (
+            IssueRequest {
+                claims: Some(claims(serde_json::json!({"tenant": "acme\u{2029}"}))),
+                ..ok()
+            },
+            "claims.tenant",
+        ),
+        (
+            IssueRequest {
+                subject: "alice\u{fffe}".into(),
+                ..ok()
+            },
+            "subject",
+        ),
+    ];
+    for (request, field) in cases {
+        let status = app.client.clone().issue(request).await.unwrap_err();
+        assert_invalid_argument(&status, field);
+        assert!(
+            !status
+                .message()
+                .chars()
+                .any(|c| c.is_control() || matches!(c, '\u{202e}' | '\u{200b}' | '\u{200d}' | '\u{2028}' | '\u{2029}')),
+            "the answer echoes nothing raw: {:?}",
+            status.message()
+        );
+    }
+    let list = app
+        .client
+        .clone()
+        .list_sessions(ListSessionsRequest {
+            subject: "\u{202e}nimda".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_invalid_argument(&list, "subject");
+    // Free text in a claim value is not a name: a right-to-left display name keeps its marks.
+    app.client
+        .clone()
+        .issue(IssueRequest {
+            claims: Some(claims(serde_json::json!({"name": "\u{202b}שלום\u{202c}"}))),
+            ..ok()
+        })
+        .await
+        .unwrap();
+    app.stop().await;
+}
+
 on_every_backend!(
+    names_holding_format_characters_separators_or_noncharacters_are_invalid_argument,
     issue_returns_a_pair_and_an_rfc_9068_access_token,
     refresh_tokens_are_stored_only_as_hashes,
     empty_audiences_get_the_default_audience,
