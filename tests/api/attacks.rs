@@ -141,6 +141,7 @@ on_every_backend!(
     without_a_grace_window_no_seal_is_stored_at_all,
     a_seal_is_cleared_when_the_token_it_seals_is_spent,
     the_database_refuses_a_second_successor_or_a_second_first_token,
+    the_database_refuses_a_parent_from_another_family,
 );
 
 /// A server whose database connections go through `proxy`.
@@ -293,6 +294,27 @@ async fn the_database_refuses_a_second_successor_or_a_second_first_token(db: Db)
             "{name}: {error}"
         );
     }
+    app.stop().await;
+}
+
+/// Issue 20: a token naming as its parent a token of *another* family used to be accepted by the
+/// schema, and then (one successor per parent) that other family's live token could never be
+/// rotated again: whatever wrote such a row would end someone else's session. The schema refuses it
+/// now (a composite foreign key), and the family it aimed at is untouched.
+async fn the_database_refuses_a_parent_from_another_family(db: Db) {
+    let app = db.spawn_with_grace(time::Duration::ZERO).await;
+    let victim = app.issue("alice").await;
+    let other = app.issue("mallory").await;
+    let victims_live_token = RefreshToken::parse(&victim.refresh_token).unwrap().hash().0.to_vec();
+    let error = app
+        .force_refresh_token(&other.family_id, Some(victims_live_token))
+        .await
+        .expect_err("a parent from another family");
+    assert!(
+        error.as_database_error().is_some_and(|e| e.is_foreign_key_violation()),
+        "{error}"
+    );
+    app.rotate(&victim.refresh_token).await.unwrap();
     app.stop().await;
 }
 

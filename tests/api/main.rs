@@ -26,6 +26,7 @@ mod propagation;
 mod proxy;
 mod revoke;
 mod rotate;
+mod schema;
 mod sessions;
 mod sqlite;
 mod tls;

@@ -173,9 +173,22 @@ pub(super) const IDLE_WINDOW: &str = "select id, refresh_expires_at <= $3 from f
     where id > $1 order by id limit $2";
 
 /// Cleanup of families $1 (that ended), step one: at most $2 of their spent refresh tokens, so
-/// that a long chain goes in several statements.
-pub(super) const PURGE_SPENT_TOKENS: &str = "delete from refresh_tokens where hash in (
-        select hash from refresh_tokens where family_id = any($1) and spent_at is not null limit $2)";
+/// that a long chain goes in several statements, and always the *oldest*: each family's chain is
+/// walked from its first token along parent links through spent tokens only, breadth first (a
+/// recursive query yields its rows level by level, and the limit stops the walk), so each family
+/// loses a prefix of its chain. The foreign key's `on delete set null (parent_hash)` then makes the
+/// oldest token left the family's first, and the one-first-per-family index holds (see the
+/// migration `parent_in_family`). Fewer than $2 deleted: no spent token is left.
+pub(super) const PURGE_SPENT_TOKENS: &str = "with recursive chain (hash) as (
+        select hash from refresh_tokens
+        where family_id = any($1) and parent_hash is null and spent_at is not null
+        union all
+        select t.hash from chain c join refresh_tokens t on t.parent_hash = c.hash
+        where t.spent_at is not null
+    ), oldest as (
+        select hash from chain limit $2
+    )
+    delete from refresh_tokens t using oldest o where t.hash = o.hash";
 
 /// Step two: those of families $1 with no spent tokens left, with their last token (and its
 /// seal, by cascade). Returns how many families and tokens went.

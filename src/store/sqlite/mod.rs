@@ -709,6 +709,11 @@ impl FamilyStore for SqliteStore {
                         .await
                         .map_err(classify)?
                         .rows_affected();
+                    query(sql::UNLINK_ORPHANS)
+                        .bind(&ids)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(classify)?;
                     tx.commit().await.map_err(classify)?;
                     Ok(deleted)
                 })

@@ -130,11 +130,26 @@ pub(super) const IDLE_WINDOW: &str = "select id, refresh_expires_at <= ?3 from f
     where id > ?1 order by id limit ?2";
 
 /// Cleanup of families ?1 (a JSON array of ids: SQLite has no array parameters), step one: at
-/// most ?2 of their spent refresh tokens.
-pub(super) const PURGE_SPENT_TOKENS: &str = "delete from refresh_tokens where hash in (
+/// most ?2 of their spent refresh tokens, the *oldest*: each family's chain walked from its first
+/// token along parent links through spent tokens only, breadth first (SQLite's recursive query is
+/// a FIFO queue; its LIMIT stops the walk), so that each family loses a prefix of its chain. Then,
+/// in the same transaction, [`UNLINK_ORPHANS`]: the deferred foreign key on the parent must hold
+/// again at COMMIT (see the migration `parent_in_family`).
+pub(super) const PURGE_SPENT_TOKENS: &str = "with recursive chain (hash) as (
         select hash from refresh_tokens
-        where family_id in (select value from json_each(?1)) and spent_at is not null
-        limit ?2)";
+        where family_id in (select value from json_each(?1)) and parent_hash is null and spent_at is not null
+        union all
+        select t.hash from chain c join refresh_tokens t on t.parent_hash = c.hash
+        where t.spent_at is not null
+        limit ?2
+    )
+    delete from refresh_tokens where hash in (select hash from chain)";
+
+/// The oldest token left in each family of ?1 whose parent [`PURGE_SPENT_TOKENS`] deleted
+/// becomes the family's first (one per family: a prefix went).
+pub(super) const UNLINK_ORPHANS: &str = "update refresh_tokens set parent_hash = null
+    where family_id in (select value from json_each(?1)) and parent_hash is not null
+      and not exists (select 1 from refresh_tokens p where p.hash = refresh_tokens.parent_hash)";
 
 /// Families of ?1 with no spent token left: what step two deletes.
 macro_rules! doomed {
