@@ -38,6 +38,7 @@ use crate::issuer::Issuer;
 use crate::issuer::authorize::{Decision, Denial, Requirements};
 use crate::issuer::types::{MAX_TOKEN_BYTES, PresentedToken};
 use crate::store::FamilyStore;
+use crate::telemetry::throttle;
 pub use wire::{AuthorizationService, CheckAnswer};
 
 mod wire;
@@ -194,16 +195,23 @@ fn folds_to(name: &str, prefix: &str) -> bool {
 fn route_requirements(extensions: &HashMap<String, String>) -> Result<Requirements, Denial> {
     let misconfigured = || Denial::InsufficientScope { missing_scopes: vec![] };
     let mut keys = extensions.keys();
+    // Logged through the throttle: every Check on such a route comes here, and whoever may call
+    // Check chooses the extensions it sends.
     if let Some(key) = keys.find(|key| folds_to(key, EXTENSION_PREFIX) && !EXTENSIONS.contains(&key.as_str())) {
-        tracing::warn!(
-            key = ?truncated(key),
-            "this route's ext_authz context_extensions name a ratchet key that does not exist (known: {REQUIRED_SCOPES}, {AUDIENCE}): denying every request"
-        );
+        let key = truncated(key);
+        if let Some(suppressed) = throttle::security_event("ext_authz route misconfigured", key) {
+            tracing::warn!(
+                key = ?key, suppressed,
+                "this route's ext_authz context_extensions name a ratchet key that does not exist (known: {REQUIRED_SCOPES}, {AUDIENCE}): denying every request"
+            );
+        }
         return Err(misconfigured());
     }
     let extension = |name: &str| extensions.get(name).map_or("", String::as_str);
     Requirements::parse(extension(REQUIRED_SCOPES), extension(AUDIENCE)).map_err(|error| {
-        tracing::warn!(%error, "this route's ext_authz context_extensions are invalid: denying every request");
+        if let Some(suppressed) = throttle::security_event("ext_authz route misconfigured", &error.field) {
+            tracing::warn!(%error, suppressed, "this route's ext_authz context_extensions are invalid: denying every request");
+        }
         misconfigured()
     })
 }
