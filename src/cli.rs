@@ -200,8 +200,9 @@ pub struct ServeArgs {
     /// published at least this long (plus the reload interval) before it is activated. 0s to 1d.
     #[arg(long, env = "RATCHET_JWKS_MAX_AGE", default_value = "5m")]
     pub jwks_max_age: String,
-    /// The `jwks_uri` the discovery metadata announces (default: built from the request's Host
-    /// header, over http).
+    /// The `jwks_uri` the discovery metadata announces (default: `<issuer>/.well-known/jwks.json`
+    /// when the issuer is an http(s) URL; otherwise no discovery document is served). Never taken
+    /// from the request.
     #[arg(long, env = "RATCHET_JWKS_URI")]
     pub jwks_uri: Option<String>,
     /// How long Introspect may answer "live" for a family from memory while revocations made

@@ -166,7 +166,8 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// `Cache-Control: max-age` of the JWKS.
     pub jwks_max_age: Duration,
-    /// The `jwks_uri` discovery announces; `None`: from the request's Host header.
+    /// The `jwks_uri` discovery announces; `None`: `<issuer>/.well-known/jwks.json`, or no
+    /// discovery when the issuer is not an http(s) URL (`http::router`).
     pub jwks_uri: Option<String>,
     /// Header read timeout, idle timeout, connection cap.
     pub limits: HttpLimits,

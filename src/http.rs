@@ -4,6 +4,14 @@
 //! `/.well-known/openid-configuration` (`issuer` and `jwks_uri`, enough for a library to find
 //! the keys from the issuer).
 //!
+//! Nothing in a request (`Host`, `:authority`, `X-Forwarded-*`) goes into an answer: both answers
+//! are public and cacheable, so a URL built from the request would let one client poison a shared
+//! cache and send every verifier behind it to an attacker's keys. Discovery's `jwks_uri` is
+//! `--jwks-uri`, or else `<issuer>/.well-known/jwks.json` (OIDC Discovery §4: the document lives
+//! under the issuer's URL, so the keys do too); an issuer that is not an http(s) URL and no
+//! `--jwks-uri` means no discovery document (404), since `jwks_uri` is required (§3) and there is
+//! nothing honest to put in it.
+//!
 //! The JWKS carries `Cache-Control: max-age` (how long a verifier may keep it; key rotations wait
 //! that long before activating a new key) and a strong `ETag`, and answers a matching
 //! `If-None-Match` with 304, so that frequent polling costs a few bytes.
@@ -12,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -25,26 +34,55 @@ pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 #[derive(Clone)]
 struct Published {
     keys: Arc<Keyring>,
-    issuer: Arc<str>,
     /// `public, max-age=N`.
     cache_control: HeaderValue,
-    /// Announced by discovery; `None`: from the request's Host header.
-    jwks_uri: Option<Arc<str>>,
+    /// The discovery document, built once: the same bytes for every request, whoever asks and
+    /// however.
+    discovery: Bytes,
 }
 
-/// The router serving the JWKS and discovery.
+/// The router serving the JWKS and, when there is a `jwks_uri` to announce (see
+/// [`discovery_jwks_uri`]), discovery.
 pub fn router(keys: Arc<Keyring>, issuer: &str, max_age: Duration, jwks_uri: Option<&str>) -> Router {
     let cache_control = HeaderValue::from_str(&format!("public, max-age={}", max_age.as_secs()))
         .unwrap_or(HeaderValue::from_static("no-cache"));
-    Router::new()
-        .route(JWKS_PATH, get(jwks))
-        .route(DISCOVERY_PATH, get(discovery))
-        .with_state(Published {
-            keys,
-            issuer: issuer.into(),
-            cache_control,
-            jwks_uri: jwks_uri.map(Into::into),
-        })
+    let jwks_uri = discovery_jwks_uri(issuer, jwks_uri);
+    let discovery = jwks_uri.as_ref().map_or_else(Bytes::new, |jwks_uri| {
+        Bytes::from(serde_json::json!({ "issuer": issuer, "jwks_uri": jwks_uri }).to_string())
+    });
+    let router = Router::new().route(JWKS_PATH, get(jwks));
+    let router = if jwks_uri.is_some() {
+        router.route(DISCOVERY_PATH, get(discovery_document))
+    } else {
+        tracing::warn!(
+            issuer,
+            "no discovery document: the issuer is not an http(s) URL and RATCHET_JWKS_URI is not set"
+        );
+        router
+    };
+    router.with_state(Published {
+        keys,
+        cache_control,
+        discovery,
+    })
+}
+
+/// The `jwks_uri` discovery announces: `configured` (`--jwks-uri`), else
+/// `<issuer>/.well-known/jwks.json` when the issuer is an http(s) URL with a host and without
+/// query or fragment (OIDC Discovery §3's issuer), else `None` (no discovery).
+fn discovery_jwks_uri(issuer: &str, configured: Option<&str>) -> Option<String> {
+    if let Some(configured) = configured {
+        return Some(configured.to_owned());
+    }
+    let url = url::Url::parse(issuer).ok()?;
+    let is_issuer_url = matches!(url.scheme(), "https" | "http")
+        && url.host().is_some()
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && url.username().is_empty()
+        && url.password().is_none();
+    // The issuer as written (not `url`'s normalised form): it is what verifiers compare `iss` to.
+    is_issuer_url.then(|| format!("{}{JWKS_PATH}", issuer.trim_end_matches('/')))
 }
 
 async fn jwks(State(published): State<Published>, request: HeaderMap) -> Response {
@@ -72,24 +110,10 @@ fn if_none_match(request: &HeaderMap, etag: &str) -> bool {
         .any(|tag| tag == "*" || tag == etag)
 }
 
-async fn discovery(State(published): State<Published>, request: HeaderMap) -> Response {
-    let jwks_uri = match &published.jwks_uri {
-        Some(uri) => uri.to_string(),
-        None => {
-            let host = request
-                .get(header::HOST)
-                .and_then(|host| host.to_str().ok())
-                .filter(|host| !host.is_empty() && host.bytes().all(|b| b.is_ascii_graphic()));
-            let Some(host) = host else {
-                return (StatusCode::BAD_REQUEST, "a Host header is required").into_response();
-            };
-            format!("http://{host}{JWKS_PATH}")
-        }
-    };
-    let body = serde_json::json!({
-        "issuer": &*published.issuer,
-        "jwks_uri": jwks_uri,
-    });
-    let headers = [(header::CACHE_CONTROL, published.cache_control.clone())];
-    (StatusCode::OK, headers, axum::Json(body)).into_response()
+async fn discovery_document(State(published): State<Published>) -> Response {
+    let headers = [
+        (header::CACHE_CONTROL, published.cache_control),
+        (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+    ];
+    (StatusCode::OK, headers, published.discovery).into_response()
 }

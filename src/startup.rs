@@ -365,6 +365,7 @@ impl Application {
                 None
             }
         };
+        let throttle_task = tokio::spawn(crate::telemetry::throttle::report_suppressed(stopped.clone()));
         let tls_task = self
             .tls
             .clone()
@@ -483,6 +484,9 @@ impl Application {
         {
             task.abort();
         }
+        throttle_task.abort();
+        // The last counts of refusals left out of the log, which no later line would carry.
+        crate::telemetry::throttle::report_all_suppressed();
         self.store.close().await;
         // Only now may another server open the SQLite database.
         drop(self.database_lock);

@@ -1,9 +1,12 @@
 //! Logging. `RUST_LOG` filters (default `info`); `--log-format json` for log shippers.
-//! Security events (reuse detected, families revoked) use the target `security`.
+//! Security events (reuse detected, families revoked) use the target `security`; refusals, which
+//! anyone can cause at will, go through [`throttle`] first.
 
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
+
+pub mod throttle;
 
 /// Installs the global subscriber; a second call is a no-op (tests start many servers).
 pub fn init(format: LogFormat) {

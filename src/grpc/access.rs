@@ -16,6 +16,7 @@
 //! Without a policy file everything is let through (open mode, warned about at start); the span
 //! is still there.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -31,6 +32,8 @@ use super::caller::PeerIdentity;
 use crate::issuer::types::IssueParams;
 use crate::policy::reload::PolicyFile;
 use crate::policy::{Caller, Unauthenticated};
+use crate::telemetry::throttle;
+use crate::transport::accept::PeerInfo;
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
@@ -57,7 +60,9 @@ pub fn caller<T>(request: &tonic::Request<T>) -> Option<Arc<Caller>> {
 pub fn check_issue(caller: Option<&Caller>, params: &IssueParams, default_audience: &str) -> Result<(), Status> {
     let Some(caller) = caller else { return Ok(()) };
     caller.check_issue(params, default_audience).map_err(|refusal| {
-        tracing::warn!(target: "security", caller = %caller.name, refused = %refusal.refused, "issue refused by the caller policy");
+        if let Some(suppressed) = throttle::security_event("issue refused", &caller.name) {
+            tracing::warn!(target: "security", caller = %caller.name, refused = %refusal.refused, suppressed, "issue refused by the caller policy");
+        }
         Status::from(refusal)
     })
 }
@@ -145,12 +150,27 @@ fn admit<B>(
         .current()
         .resolve(identity.map(PeerIdentity::as_str), key)
         .map_err(|error: Unauthenticated| {
-            // The identity is not a secret; the key never appears.
-            tracing::warn!(target: "security", rpc, peer = identity.map(PeerIdentity::as_str), api_key = key.is_some(), %error, "call refused: unknown caller");
+            let remote = request
+                .extensions()
+                .get::<PeerInfo>()
+                .and_then(|info| info.remote_addr)
+                .map(|addr| addr.ip());
+            // Counted per identity, else per address (not per port: each connection has its own).
+            let who = match (identity, remote) {
+                (Some(identity), _) => Cow::Borrowed(identity.as_str()),
+                (None, Some(ip)) => Cow::Owned(ip.to_string()),
+                (None, None) => Cow::Borrowed(""),
+            };
+            if let Some(suppressed) = throttle::security_event("unknown caller", &who) {
+                // The identity is not a secret; the key never appears.
+                tracing::warn!(target: "security", rpc, peer = identity.map(PeerIdentity::as_str), remote = remote.map(field::display), api_key = key.is_some(), %error, suppressed, "call refused: unknown caller");
+            }
             Status::from(error)
         })?;
     caller.check_rpc(rpc).map_err(|refusal| {
-        tracing::warn!(target: "security", caller = %caller.name, refused = %refusal.refused, "call refused by the caller policy");
+        if let Some(suppressed) = throttle::security_event("call refused", &caller.name) {
+            tracing::warn!(target: "security", caller = %caller.name, refused = %refusal.refused, suppressed, "call refused by the caller policy");
+        }
         Status::from(refusal)
     })?;
     if let Some(rate) = &caller.rate {

@@ -224,6 +224,118 @@ async fn spoofed_identity_headers_are_overwritten_or_removed(db: Db) {
     app.stop().await;
 }
 
+/// CGI and WSGI (`HTTP_X_RATCHET_SUBJECT`), Rack and PHP fold case and `-`/`_` (PHP and old
+/// Apache also `.`): a client's `x_ratchet_subject` would reach such an upstream as our
+/// `x-ratchet-subject`, so every spelling that folds into `x-ratchet-*` is removed, the ones that
+/// fold into a header we set included (they are other headers to Envoy, so setting ours does not
+/// overwrite them). SECURITY.md, "Identity headers behind a mesh".
+async fn every_spelling_an_upstream_folds_into_one_of_ours_is_removed(db: Db) {
+    let app = db.spawn().await;
+    let pair = issue_with(&app, &[], &[]).await;
+    let bearer = format!("Bearer {}", pair.access_token);
+    let spellings = [
+        ("x_ratchet_subject", "admin"),
+        ("X_RATCHET_SCOPES", "admin"),
+        ("x-ratchet_client-id", "trusted"),
+        ("x_ratchet-family_id", "other"),
+        ("X.Ratchet.Subject", "admin"),
+        ("x_ratchet_role", "admin"),
+    ];
+    let untouched = [
+        ("x-ratchets-x", "v"),
+        ("xx-ratchet-x", "v"),
+        ("x-request-id", "keep-me"),
+    ];
+    let mut headers = vec![("authorization", bearer.as_str()), ("x-ratchet-subject", "root")];
+    headers.extend(spellings);
+    headers.extend(untouched);
+    let mut expected: Vec<String> = spellings.iter().map(|(name, _)| name.to_ascii_lowercase()).collect();
+    expected.sort();
+
+    let answer = check(&app, request(&headers, &[])).await;
+    let (set, mut removed) = allowed(&answer);
+    assert_eq!(set["x-ratchet-subject"], "alice");
+    removed.sort();
+    assert_eq!(removed, expected, "the `headers` map");
+
+    // The same through `header_map` (Envoy's `encode_raw_headers`).
+    let mut raw = request(&[], &[]);
+    let http = raw
+        .attributes
+        .as_mut()
+        .unwrap()
+        .request
+        .as_mut()
+        .unwrap()
+        .http
+        .as_mut()
+        .unwrap();
+    http.header_map = Some(HeaderMap {
+        headers: headers
+            .iter()
+            .map(|(key, value)| HeaderValue {
+                key: (*key).to_owned(),
+                raw_value: value.as_bytes().to_vec(),
+                ..Default::default()
+            })
+            .collect(),
+    });
+    let (set, mut removed) = allowed(&check(&app, raw).await);
+    assert_eq!(set["x-ratchet-subject"], "alice");
+    removed.sort();
+    assert_eq!(removed, expected, "the `header_map` list");
+    app.stop().await;
+}
+
+/// A typo in a route's key (`ratchet.required_scope`) used to mean "no requirement": an allow.
+/// Any key that looks like ours and is not one we define denies, as an unreadable value does.
+async fn a_route_naming_an_unknown_ratchet_key_denies_every_request(db: Db) {
+    let app = db.spawn().await;
+    let pair = issue_with(&app, &["orders:read"], &["orders"]).await;
+    let token = &pair.access_token;
+    for key in [
+        "ratchet.required_scope",
+        "Ratchet.Required_Scopes",
+        "RATCHET.AUDIENCE",
+        "ratchet.Audience",
+        "ratchet_required_scopes",
+        "ratchet-audience",
+        "ratchet.",
+        "ratchet.scopes",
+    ] {
+        assert_eq!(
+            denial(&check_bearer(&app, token, &[(key, "orders:read")]).await),
+            (
+                Code::PermissionDenied,
+                403,
+                "Bearer error=\"insufficient_scope\"".into()
+            ),
+            "{key}"
+        );
+        // Beside a correct key too: the typo may be the stricter requirement.
+        assert_eq!(
+            denial(&check_bearer(&app, token, &[("ratchet.audience", "orders"), (key, "admin")]).await).1,
+            403,
+            "{key} beside a known key"
+        );
+    }
+    // Keys of ours spelt right, and keys of others, still allow.
+    allowed(
+        &check_bearer(
+            &app,
+            token,
+            &[
+                ("ratchet.required_scopes", "orders:read"),
+                ("ratchet.audience", "orders"),
+                ("team", "orders"),
+                ("ratchetry", "x"),
+            ],
+        )
+        .await,
+    );
+    app.stop().await;
+}
+
 async fn requests_without_bearer_credentials_get_a_bare_challenge(db: Db) {
     let app = db.spawn().await;
     let pair = app.issue("alice").await;
@@ -417,6 +529,8 @@ async fn huge_and_garbage_requests_are_denials_not_errors(db: Db) {
 on_every_backend!(
     a_live_token_is_allowed_with_identity_headers_and_its_claims_in_the_metadata,
     spoofed_identity_headers_are_overwritten_or_removed,
+    every_spelling_an_upstream_folds_into_one_of_ours_is_removed,
+    a_route_naming_an_unknown_ratchet_key_denies_every_request,
     requests_without_bearer_credentials_get_a_bare_challenge,
     malformed_unknown_expired_and_refresh_tokens_are_invalid_token,
     every_forgery_is_invalid_token_for_every_algorithm,

@@ -784,11 +784,15 @@ impl HttpAnswer {
 }
 
 /// A plain HTTP/1.1 GET over a fresh connection (`Connection: close`), read to the end: enough
-/// for the JWKS listener, without an HTTP client crate in the tests.
+/// for the JWKS listener, without an HTTP client crate in the tests. `Host` is `addr` unless
+/// `headers` name one.
 pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> HttpAnswer {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect over HTTP");
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut request = format!("GET {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("host")) {
+        request.push_str(&format!("Host: {addr}\r\n"));
+    }
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }

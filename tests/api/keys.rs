@@ -96,10 +96,7 @@ async fn the_jwks_is_served_over_grpc_and_http_with_caching_headers_and_no_priva
 
     let discovery = app.http_get("/.well-known/openid-configuration", &[]).await.json();
     assert_eq!(discovery["issuer"], ISSUER);
-    assert_eq!(
-        discovery["jwks_uri"],
-        format!("http://{}/.well-known/jwks.json", app.http_addr.unwrap())
-    );
+    assert_eq!(discovery["jwks_uri"], format!("{ISSUER}/.well-known/jwks.json"));
 
     // A new key changes the set and its ETag.
     let (published, _) = SigningKey::generate(KeyAlgorithm::ES256).unwrap();
@@ -378,6 +375,86 @@ async fn a_rotation_through_the_key_directory_keeps_every_token_valid_until_its_
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(app.keys.kids(), vec![new.kid.clone()]);
     assert!(app.introspect(&after.access_token).await.active);
+    app.stop().await;
+}
+
+/// Both answers are `Cache-Control: public`: a URL taken from the request would let one client
+/// poison a shared cache with its own `jwks_uri` (SECURITY.md, "A poisoned discovery document").
+#[tokio::test]
+async fn discovery_and_jwks_answers_take_nothing_from_the_host_or_forwarded_headers() {
+    let app = crate::helpers::spawn_sqlite_app(|_| {}).await;
+    let addr = app.http_addr.unwrap();
+    let discovery = app.http_get("/.well-known/openid-configuration", &[]).await;
+    assert_eq!(discovery.status, 200);
+    let jwks = app.http_get("/.well-known/jwks.json", &[]).await;
+
+    let hostile: [&[(&str, &str)]; 4] = [
+        &[("Host", "evil.example")],
+        &[("X-Forwarded-Host", "evil.example"), ("X-Forwarded-Proto", "https")],
+        &[
+            ("Host", "evil.example:8443"),
+            ("X-Forwarded-Host", "evil.example"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Port", "8443"),
+            ("X-Forwarded-Prefix", "/evil"),
+            ("Forwarded", "host=evil.example;proto=https"),
+        ],
+        &[("Host", "")],
+    ];
+    for headers in hostile {
+        let answer = app.http_get("/.well-known/openid-configuration", headers).await;
+        assert_eq!(
+            (answer.status, &answer.body, answer.header("cache-control")),
+            (discovery.status, &discovery.body, discovery.header("cache-control")),
+            "discovery with {headers:?}"
+        );
+        let answer = app.http_get("/.well-known/jwks.json", headers).await;
+        assert_eq!(
+            (answer.status, &answer.body, answer.header("etag")),
+            (jwks.status, &jwks.body, jwks.header("etag")),
+            "the JWKS with {headers:?}"
+        );
+    }
+    // An absolute-form request target is HTTP/1.1's `:authority` (RFC 9112 §3.2.2).
+    let absolute = crate::helpers::http_get(
+        addr,
+        "http://evil.example/.well-known/openid-configuration",
+        &[("Host", "evil.example")],
+    )
+    .await;
+    assert_eq!((absolute.status, &absolute.body), (discovery.status, &discovery.body));
+    assert_eq!(
+        discovery.json(),
+        serde_json::json!({ "issuer": ISSUER, "jwks_uri": format!("{ISSUER}/.well-known/jwks.json") })
+    );
+    assert_eq!(discovery.header("cache-control"), Some("public, max-age=300"));
+    assert!(!discovery.body.contains("evil") && !discovery.body.contains(&addr.to_string()));
+    app.stop().await;
+}
+
+/// `jwks_uri` is required (OIDC Discovery §3): with no URL to announce there is no document, and
+/// never one guessed from the request; `--jwks-uri` is announced as given.
+#[tokio::test]
+async fn an_issuer_that_is_not_a_url_serves_discovery_only_with_a_configured_jwks_uri() {
+    let app = crate::helpers::spawn_sqlite_app(|parts| parts.policy.issuer = "ratchet".into()).await;
+    let discovery = app.http_get("/.well-known/openid-configuration", &[]).await;
+    assert_eq!(discovery.status, 404);
+    assert_eq!(app.http_get("/.well-known/jwks.json", &[]).await.status, 200);
+    app.stop().await;
+
+    let configured = "https://keys.example/ratchet/jwks.json";
+    let app = crate::helpers::spawn_sqlite_app(|parts| {
+        parts.policy.issuer = "ratchet".into();
+        parts.http.as_mut().unwrap().jwks_uri = Some(configured.into());
+    })
+    .await;
+    let discovery = app
+        .http_get("/.well-known/openid-configuration", &[("Host", "evil.example")])
+        .await;
+    assert_eq!(
+        discovery.json(),
+        serde_json::json!({ "issuer": "ratchet", "jwks_uri": configured })
+    );
     app.stop().await;
 }
 

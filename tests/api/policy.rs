@@ -477,6 +477,103 @@ async fn the_binary_warns_when_open_and_reloads_its_policy_on_sighup(_pool: PgPo
     std::fs::remove_dir_all(&scratch).unwrap();
 }
 
+/// Refusals are security events anyone can cause at will: 300 guessed API keys used to write 300
+/// WARN lines. Now each (event, caller or peer) is logged once, then counted: the binary's log has
+/// a handful of lines, and the last names how many were left out (SECURITY.md, "A flood of
+/// refusals").
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
+async fn three_hundred_guessed_api_keys_write_a_handful_of_log_lines_that_count_the_rest(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let url = database_url(&options, options.get_database().unwrap());
+    let scratch = std::env::temp_dir().join(format!("ratchet-throttle-bin-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let log_path = scratch.join("server.log");
+    let policy = policy_file(&example_policy());
+    let addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let server = Server::start_with(
+        &url,
+        &scratch.join("data"),
+        &log_path,
+        addr,
+        &[
+            ("RATCHET_POLICY", policy.to_str().unwrap()),
+            ("RATCHET_LOG_FORMAT", "json"),
+        ],
+    );
+    let client = server.client().await;
+    for guess in 0..300 {
+        let key = format!("guessed-key-{guess:04}-0123456789");
+        let refused = client
+            .clone()
+            .issue(with_key(issue_request(&[], &[], &[]), &key))
+            .await
+            .unwrap_err();
+        assert_unknown_caller(&refused);
+    }
+    // A known caller calling what it may not, 100 times: counted per caller.
+    for _ in 0..100 {
+        let refused = client
+            .clone()
+            .rotate(with_key(
+                RotateRequest {
+                    refresh_token: "rt_x".into(),
+                },
+                BARE_KEY,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    }
+    assert!(server.terminate().await.success());
+
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let security: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["target"] == "security")
+        .collect();
+    let about = |message: &str, event: &str| -> Vec<serde_json::Value> {
+        security
+            .iter()
+            .filter(|line| line["fields"]["message"] == message || line["fields"]["event"] == event)
+            .cloned()
+            .collect()
+    };
+    for (message, event, calls) in [
+        ("call refused: unknown caller", "unknown caller", 300),
+        ("call refused by the caller policy", "call refused", 100),
+    ] {
+        let lines = about(message, event);
+        assert!(!lines.is_empty(), "{message}: logged at all\n{log}");
+        assert_eq!(
+            lines[0]["fields"]["message"], message,
+            "the first is logged as it happens"
+        );
+        assert!(
+            lines.len() <= 3,
+            "{calls} refusals wrote {} lines about {event:?}:\n{lines:#?}",
+            lines.len()
+        );
+        // A line as it happens is one refusal and those left out before it; a summary is only
+        // those left out.
+        let accounted: u64 = lines
+            .iter()
+            .map(|line| {
+                u64::from(line["fields"]["message"] == message) + line["fields"]["suppressed"].as_u64().unwrap()
+            })
+            .sum();
+        assert_eq!(accounted, calls, "every refusal is logged or counted: {lines:#?}");
+        assert!(
+            lines.last().unwrap()["fields"]["suppressed"].as_u64().unwrap() > 0,
+            "the last line counts those left out: {lines:#?}"
+        );
+    }
+    assert!(!log.contains("guessed-key-"), "no key in the log");
+    std::fs::remove_dir_all(&scratch).unwrap();
+}
+
 /// `text` without ANSI colour sequences (`ESC [ ... m`).
 fn without_colours(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

@@ -22,6 +22,7 @@
 //! What it leaves out: the request body, the path, the method. Routes choose their requirements
 //! through `context_extensions`, which Envoy and Istio let a route (not a client) set.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use envoy_types::ext_authz::v3::pb::{
@@ -37,6 +38,7 @@ use crate::issuer::Issuer;
 use crate::issuer::authorize::{Decision, Denial, Requirements};
 use crate::issuer::types::{MAX_TOKEN_BYTES, PresentedToken};
 use crate::store::FamilyStore;
+use crate::telemetry::throttle;
 pub use wire::{AuthorizationService, CheckAnswer};
 
 mod wire;
@@ -56,6 +58,10 @@ pub const MAX_HEADERS: usize = 1024;
 pub const REQUIRED_SCOPES: &str = "ratchet.required_scopes";
 /// `context_extensions` a route sets: an audience the token must carry.
 pub const AUDIENCE: &str = "ratchet.audience";
+/// Every `context_extensions` key of ours, spelt exactly so.
+const EXTENSIONS: [&str; 2] = [REQUIRED_SCOPES, AUDIENCE];
+/// Any key that folds to this (see `folds_to`) and is not in [`EXTENSIONS`] is a typo.
+const EXTENSION_PREFIX: &str = "ratchet-";
 /// Namespace (top-level key) of the verified claims in the dynamic metadata.
 pub const METADATA_NAMESPACE: &str = "ratchet";
 
@@ -65,7 +71,8 @@ pub mod header {
     pub const CLIENT_ID: &str = "x-ratchet-client-id";
     pub const SCOPES: &str = "x-ratchet-scopes";
     pub const FAMILY_ID: &str = "x-ratchet-family-id";
-    /// Every header of ours starts so: any other the client sent is removed.
+    /// Every header of ours starts so: any other the client sent is removed, and so is every
+    /// header whose name an upstream may fold into one starting so (`x_ratchet_subject`).
     pub const PREFIX: &str = "x-ratchet-";
     pub(super) const SET: [&str; 4] = [SUBJECT, CLIENT_ID, SCOPES, FAMILY_ID];
 }
@@ -120,7 +127,8 @@ struct Check {
     /// The route's requirements; a route whose requirements do not parse denies everything (and
     /// says so in the log).
     requirements: Result<Requirements, Denial>,
-    /// `x-ratchet-*` headers the client sent that an allow does not overwrite, lower-case.
+    /// Headers the client sent that are, or fold into, `x-ratchet-*` and that an allow does not
+    /// overwrite, lower-case.
     spoofed: Vec<String>,
 }
 
@@ -129,11 +137,7 @@ impl From<CheckRequest> for Check {
         let Some(attributes) = request.attributes else {
             return Self::refused(Credentials::Missing);
         };
-        let extension = |name: &str| attributes.context_extensions.get(name).map_or("", String::as_str);
-        let requirements = Requirements::parse(extension(REQUIRED_SCOPES), extension(AUDIENCE)).map_err(|error| {
-            tracing::warn!(%error, "this route's ext_authz context_extensions are invalid: denying every request");
-            Denial::InsufficientScope { missing_scopes: vec![] }
-        });
+        let requirements = route_requirements(&attributes.context_extensions);
         let Some(http) = attributes.request.and_then(|request| request.http) else {
             return Self::refused(Credentials::Missing);
         };
@@ -151,10 +155,8 @@ impl From<CheckRequest> for Check {
         };
         let mut spoofed: Vec<String> = Vec::new();
         for (name, _) in &headers {
-            let is_ours = name
-                .get(..header::PREFIX.len())
-                .is_some_and(|prefix| prefix.eq_ignore_ascii_case(header::PREFIX));
-            if is_ours {
+            if folds_to(name, header::PREFIX) {
+                // Lower-case: Envoy's header names are, and it removes by the lower-case name.
                 let name = name.to_ascii_lowercase();
                 if !header::SET.contains(&name.as_str()) && !spoofed.contains(&name) {
                     spoofed.push(name);
@@ -167,6 +169,56 @@ impl From<CheckRequest> for Check {
             spoofed,
         }
     }
+}
+
+/// Whether `name` starts with `prefix` once folded as upstreams fold header names: CGI and WSGI
+/// (`HTTP_X_RATCHET_SUBJECT`), Rack and PHP upper-case a name and turn `-` into `_` (PHP also `.`
+/// and ` `; Apache before 2.4 any byte that is not a letter or digit), so `x_ratchet_subject`
+/// and `X.Ratchet-Subject` reach them as our `x-ratchet-subject`. Folded here: ASCII case, and
+/// every other byte that is not a letter or digit to `-`. `prefix` is lower-case and spelt with
+/// `-`. Allocation-free: it runs on every header of every Check.
+fn folds_to(name: &str, prefix: &str) -> bool {
+    let fold = |b: u8| {
+        if b.is_ascii_alphanumeric() {
+            b.to_ascii_lowercase()
+        } else {
+            b'-'
+        }
+    };
+    name.len() >= prefix.len() && name.bytes().zip(prefix.bytes()).all(|(b, p)| fold(b) == p)
+}
+
+/// The route's requirements from its `context_extensions`. A key that looks like ours (any case,
+/// any separator: `Ratchet.Required_Scopes`, `ratchet.required_scope`) but is not one we define
+/// is a typo that would otherwise mean "no requirement": it denies every request, like a value
+/// that does not parse (and says so in the log), so a misconfigured route fails closed.
+fn route_requirements(extensions: &HashMap<String, String>) -> Result<Requirements, Denial> {
+    let misconfigured = || Denial::InsufficientScope { missing_scopes: vec![] };
+    let mut keys = extensions.keys();
+    // Logged through the throttle: every Check on such a route comes here, and whoever may call
+    // Check chooses the extensions it sends.
+    if let Some(key) = keys.find(|key| folds_to(key, EXTENSION_PREFIX) && !EXTENSIONS.contains(&key.as_str())) {
+        let key = truncated(key);
+        if let Some(suppressed) = throttle::security_event("ext_authz route misconfigured", key) {
+            tracing::warn!(
+                key = ?key, suppressed,
+                "this route's ext_authz context_extensions name a ratchet key that does not exist (known: {REQUIRED_SCOPES}, {AUDIENCE}): denying every request"
+            );
+        }
+        return Err(misconfigured());
+    }
+    let extension = |name: &str| extensions.get(name).map_or("", String::as_str);
+    Requirements::parse(extension(REQUIRED_SCOPES), extension(AUDIENCE)).map_err(|error| {
+        if let Some(suppressed) = throttle::security_event("ext_authz route misconfigured", &error.field) {
+            tracing::warn!(%error, suppressed, "this route's ext_authz context_extensions are invalid: denying every request");
+        }
+        misconfigured()
+    })
+}
+
+/// At most the first 64 characters of `text`, for a log line.
+fn truncated(text: &str) -> &str {
+    text.char_indices().nth(64).map_or(text, |(end, _)| &text[..end])
 }
 
 impl Check {
