@@ -5,7 +5,8 @@
 //!    `/envoy.service.auth.v3.Authorization/Check` is `Check`); health and reflection are always
 //!    open, so that probes and tools work whatever the policy says;
 //! 2. resolves the caller from the transport's [`PeerIdentity`] (request extensions, put there by
-//!    the TLS/XFCC layer) and the API key (`authorization: Bearer <key>` or `x-api-key`; on
+//!    the TLS/XFCC layer; a trusted XFCC header the layer found malformed is `UNAUTHENTICATED`
+//!    whatever else the request carries) and the API key (`authorization: Bearer <key>` or `x-api-key`; on
 //!    ratchet's own API a bearer is always an API key, ratchet's tokens never travel there), then
 //!    strips the key from the request so nothing after this layer can log it;
 //! 3. checks the RPC and the caller's own rate limit, before any handler, hence before any
@@ -14,7 +15,9 @@
 //!    the request's extensions ([`caller`]), where Issue finds it to check what it may mint.
 //!
 //! Without a policy file everything is let through (open mode, warned about at start); the span
-//! is still there.
+//! is still there. That includes a request whose trusted XFCC header is malformed: in open mode
+//! nothing reads an identity, so there is nobody it could be taken for, and refusing would turn a
+//! certificate with an odd SAN into an outage for a deployment that never asked who calls.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -27,10 +30,11 @@ use tower_service::Service;
 use tracing::instrument::{Instrument as _, Instrumented};
 use tracing::{Span, field};
 
-use super::caller::PeerIdentity;
+use crate::issuer::Subjects;
 use crate::issuer::types::IssueParams;
 use crate::policy::reload::PolicyFile;
 use crate::policy::{Caller, Unauthenticated};
+use crate::transport::{MalformedXfcc, PeerIdentity};
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
@@ -60,6 +64,27 @@ pub fn check_issue(caller: Option<&Caller>, params: &IssueParams, default_audien
         tracing::warn!(target: "security", caller = %caller.name, refused = %refusal.refused, "issue refused by the caller policy");
         Status::from(refusal)
     })
+}
+
+/// Whether the caller may act for `subject` (list or revoke its sessions); anyone, in open mode.
+///
+/// # Errors
+/// PERMISSION_DENIED naming the subject.
+pub fn check_subject(caller: Option<&Caller>, subject: &str) -> Result<(), Status> {
+    let Some(caller) = caller else { return Ok(()) };
+    caller.check_subject(subject).map_err(|refusal| {
+        tracing::warn!(target: "security", caller = %caller.name, refused = %refusal.refused, "call refused by the caller policy");
+        Status::from(refusal)
+    })
+}
+
+/// The subjects whose families the caller may revoke by id or token: any in open mode or
+/// without a `subjects` list (then no family's subject needs looking up).
+pub fn subjects(caller: Option<Arc<Caller>>) -> Subjects {
+    match caller {
+        Some(caller) if caller.limits_subjects() => Subjects::only(move |subject| caller.may_act_for(subject)),
+        _ => Subjects::Any,
+    }
 }
 
 /// Puts the caller policy around every call; see the module comment.
@@ -140,15 +165,17 @@ fn admit<B>(
     key: Option<&[u8]>,
     rpc: &str,
 ) -> Result<Arc<Caller>, Status> {
+    if let Some(malformed) = request.extensions().get::<MalformedXfcc>() {
+        // Never quoting the header: it may be long, and it is the sender's words.
+        tracing::warn!(target: "security", rpc, xfcc = %malformed, api_key = key.is_some(), "call refused: malformed x-forwarded-client-cert");
+        return Err(Unauthenticated::MalformedIdentity.into());
+    }
     let identity = request.extensions().get::<PeerIdentity>();
-    let caller = policy
-        .current()
-        .resolve(identity.map(PeerIdentity::as_str), key)
-        .map_err(|error: Unauthenticated| {
-            // The identity is not a secret; the key never appears.
-            tracing::warn!(target: "security", rpc, peer = identity.map(PeerIdentity::as_str), api_key = key.is_some(), %error, "call refused: unknown caller");
-            Status::from(error)
-        })?;
+    let caller = policy.current().resolve(identity, key).map_err(|error: Unauthenticated| {
+        // The identity is not a secret; the key never appears.
+        tracing::warn!(target: "security", rpc, peer = identity.map(PeerIdentity::as_str), peer_kind = identity.map(PeerIdentity::kind), api_key = key.is_some(), %error, "call refused: unknown caller");
+        Status::from(error)
+    })?;
     caller.check_rpc(rpc).map_err(|refusal| {
         tracing::warn!(target: "security", caller = %caller.name, refused = %refusal.refused, "call refused by the caller policy");
         Status::from(refusal)
