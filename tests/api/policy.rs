@@ -378,8 +378,9 @@ fn issue_for(subject: &str, client_id: &str) -> IssueRequest {
 
 async fn a_caller_limited_to_some_subjects_and_client_ids_can_neither_mint_others_nor_evict_their_sessions(db: Db) {
     let (app, _) = spawn_with_policy(db, &scoped_policy()).await;
-    // Another caller's user, on client `web`.
+    // Another caller's user, on client `web`: the victim's oldest session from now on.
     let victim = issue_as(&app, ANYONE_KEY, issue_for("victim", "web")).await.unwrap();
+    app.clock.advance(time::Duration::SECOND);
 
     for (request, refused, name) in [
         (issue_for("root", "web"), "subject", "root"),

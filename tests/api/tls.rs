@@ -729,20 +729,15 @@ fn assert_caller_unknown(result: Result<ratchet::grpc::pb::TokenPair, tonic::Sta
 
 const LOGIN: &str = "spiffe://ratchet.test/ns/auth/sa/login";
 
-/// `login` by SPIFFE ID may Issue; `batch` by DNS name may only ListSessions; `gateway` by API key
-/// may Issue.
-fn kinds_policy() -> String {
+/// `login` by SPIFFE ID and `gateway` by API key may Issue. (Written as files were before
+/// `dns =`, so that the tests that use it also run, and fail, on the code before issue 20.)
+fn login_policy() -> String {
     format!(
         r#"
         [[caller]]
         name = "login"
         id = "{LOGIN}"
         rpcs = ["Issue"]
-
-        [[caller]]
-        name = "batch"
-        dns = "batch.internal"
-        rpcs = ["ListSessions"]
 
         [[caller]]
         name = "gateway"
@@ -753,19 +748,25 @@ fn kinds_policy() -> String {
     )
 }
 
-#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
-async fn a_dns_san_holding_a_spiffe_id_is_not_that_spiffe_caller_and_dns_callers_are_named_by_dns(
-    _pool: PgPoolOptions,
+/// A server doing mutual TLS with certificates of `client_ca`, under the policy `text`.
+async fn spawn_mtls_with_policy(
     options: PgConnectOptions,
-) {
-    let server_ca = Ca::new("server CA");
-    let client_ca = Ca::new("client CA");
-    let files = Files::new();
+    files: &Files,
+    server_ca: &Ca,
+    client_ca: &Ca,
+    text: &str,
+) -> TestApp {
     let transport = TransportConfig {
-        tls: Some(files.tls(&server_ca.server(), Some(&client_ca))),
+        tls: Some(files.tls(&server_ca.server(), Some(client_ca))),
         ..TransportConfig::default()
     };
-    let app = spawn_with_policy(options, transport, &kinds_policy()).await;
+    spawn_with_policy(options, transport, text).await
+}
+
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
+async fn a_dns_san_holding_a_spiffe_id_is_not_that_spiffe_caller(_pool: PgPoolOptions, options: PgConnectOptions) {
+    let (server_ca, client_ca, files) = (Ca::new("server CA"), Ca::new("client CA"), Files::new());
+    let app = spawn_mtls_with_policy(options, &files, &server_ca, &client_ca, &login_policy()).await;
     let over = |client: &Leaf| tls_channel(app.addr, client_config(&server_ca, Some(client), &[b"h2"])).0;
 
     // The real `login`: a URI SAN.
@@ -777,6 +778,22 @@ async fn a_dns_san_holding_a_spiffe_id_is_not_that_spiffe_caller_and_dns_callers
     // The same text in a DNS SAN is no identity at all, so not `login`.
     let impostor = client_ca.client(&[dns(LOGIN)]);
     assert_caller_unknown(issue_over(over(&impostor), None, None).await);
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
+async fn a_dns_san_names_the_caller_of_its_dns_entry_case_insensitively(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let (server_ca, client_ca, files) = (Ca::new("server CA"), Ca::new("client CA"), Files::new());
+    // `batch` by DNS name may only ListSessions; `login` (by SPIFFE ID) may Issue.
+    let text = format!(
+        "{}\n[[caller]]\nname = \"batch\"\ndns = \"batch.internal\"\nrpcs = [\"ListSessions\"]\n",
+        login_policy()
+    );
+    let app = spawn_mtls_with_policy(options, &files, &server_ca, &client_ca, &text).await;
+    let over = |client: &Leaf| tls_channel(app.addr, client_config(&server_ca, Some(client), &[b"h2"])).0;
 
     // A DNS SAN names a `dns =` caller (case-insensitively), and only that one.
     let batch = client_ca.client(&[dns("Batch.Internal")]);
@@ -806,7 +823,7 @@ async fn a_forged_xfcc_element_is_unauthenticated_never_the_caller_it_names(
         trust_xfcc: true,
         ..TransportConfig::default()
     };
-    let app = spawn_with_policy(options, transport, &kinds_policy()).await;
+    let app = spawn_with_policy(options, transport, &login_policy()).await;
     let plain = || crate::helpers::channel(app.addr);
 
     // What Envoy writes for `login`'s certificate: served as `login`.
