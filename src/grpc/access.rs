@@ -12,7 +12,8 @@
 //! 3. checks the RPC and the caller's own rate limit, before any handler, hence before any
 //!    database work;
 //! 4. runs the call in an `rpc` span carrying the RPC and the caller's name, with the caller in
-//!    the request's extensions ([`caller`]), where Issue finds it to check what it may mint.
+//!    the request's extensions ([`caller`]), where Issue, Revoke and ListSessions find it to check
+//!    what it may mint and for whom.
 //!
 //! Without a policy file everything is let through (open mode, warned about at start); the span
 //! is still there. That includes a request whose trusted XFCC header is malformed: in open mode
