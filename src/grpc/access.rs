@@ -5,16 +5,20 @@
 //!    `/envoy.service.auth.v3.Authorization/Check` is `Check`); health and reflection are always
 //!    open, so that probes and tools work whatever the policy says;
 //! 2. resolves the caller from the transport's [`PeerIdentity`] (request extensions, put there by
-//!    the TLS/XFCC layer) and the API key (`authorization: Bearer <key>` or `x-api-key`; on
+//!    the TLS/XFCC layer; a trusted XFCC header the layer found malformed is `UNAUTHENTICATED`
+//!    whatever else the request carries) and the API key (`authorization: Bearer <key>` or `x-api-key`; on
 //!    ratchet's own API a bearer is always an API key, ratchet's tokens never travel there), then
 //!    strips the key from the request so nothing after this layer can log it;
 //! 3. checks the RPC and the caller's own rate limit, before any handler, hence before any
 //!    database work;
 //! 4. runs the call in an `rpc` span carrying the RPC and the caller's name, with the caller in
-//!    the request's extensions ([`caller`]), where Issue finds it to check what it may mint.
+//!    the request's extensions ([`caller`]), where Issue, Revoke and ListSessions find it to check
+//!    what it may mint and for whom.
 //!
 //! Without a policy file everything is let through (open mode, warned about at start); the span
-//! is still there.
+//! is still there. That includes a request whose trusted XFCC header is malformed: in open mode
+//! nothing reads an identity, so there is nobody it could be taken for, and refusing would turn a
+//! certificate with an odd SAN into an outage for a deployment that never asked who calls.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -28,12 +32,13 @@ use tower_service::Service;
 use tracing::instrument::{Instrument as _, Instrumented};
 use tracing::{Span, field};
 
-use super::caller::PeerIdentity;
+use crate::issuer::Subjects;
 use crate::issuer::types::IssueParams;
 use crate::policy::reload::PolicyFile;
 use crate::policy::{Caller, Unauthenticated};
 use crate::telemetry::throttle;
 use crate::transport::accept::PeerInfo;
+use crate::transport::{MalformedXfcc, PeerIdentity};
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
@@ -65,6 +70,27 @@ pub fn check_issue(caller: Option<&Caller>, params: &IssueParams, default_audien
         }
         Status::from(refusal)
     })
+}
+
+/// Whether the caller may act for `subject` (list or revoke its sessions); anyone, in open mode.
+///
+/// # Errors
+/// PERMISSION_DENIED naming the subject.
+pub fn check_subject(caller: Option<&Caller>, subject: &str) -> Result<(), Status> {
+    let Some(caller) = caller else { return Ok(()) };
+    caller.check_subject(subject).map_err(|refusal| {
+        tracing::warn!(target: "security", caller = %caller.name, refused = %refusal.refused, "call refused by the caller policy");
+        Status::from(refusal)
+    })
+}
+
+/// The subjects whose families the caller may revoke by id or token: any in open mode or
+/// without a `subjects` list (then no family's subject needs looking up).
+pub fn subjects(caller: Option<Arc<Caller>>) -> Subjects {
+    match caller {
+        Some(caller) if caller.limits_subjects() => Subjects::only(move |subject| caller.may_act_for(subject)),
+        _ => Subjects::Any,
+    }
 }
 
 /// Puts the caller policy around every call; see the module comment.
@@ -145,28 +171,30 @@ fn admit<B>(
     key: Option<&[u8]>,
     rpc: &str,
 ) -> Result<Arc<Caller>, Status> {
+    if let Some(malformed) = request.extensions().get::<MalformedXfcc>() {
+        let remote = remote_ip(request);
+        let who = remote.map(|ip| ip.to_string()).unwrap_or_default();
+        if let Some(suppressed) = throttle::security_event("malformed xfcc", &who) {
+            // Never quoting the header: it may be long, and it is the sender's words.
+            tracing::warn!(target: "security", rpc, xfcc = %malformed, remote = remote.map(field::display), api_key = key.is_some(), suppressed, "call refused: malformed x-forwarded-client-cert");
+        }
+        return Err(Unauthenticated::MalformedIdentity.into());
+    }
     let identity = request.extensions().get::<PeerIdentity>();
-    let caller = policy
-        .current()
-        .resolve(identity.map(PeerIdentity::as_str), key)
-        .map_err(|error: Unauthenticated| {
-            let remote = request
-                .extensions()
-                .get::<PeerInfo>()
-                .and_then(|info| info.remote_addr)
-                .map(|addr| addr.ip());
-            // Counted per identity, else per address (not per port: each connection has its own).
-            let who = match (identity, remote) {
-                (Some(identity), _) => Cow::Borrowed(identity.as_str()),
-                (None, Some(ip)) => Cow::Owned(ip.to_string()),
-                (None, None) => Cow::Borrowed(""),
-            };
-            if let Some(suppressed) = throttle::security_event("unknown caller", &who) {
-                // The identity is not a secret; the key never appears.
-                tracing::warn!(target: "security", rpc, peer = identity.map(PeerIdentity::as_str), remote = remote.map(field::display), api_key = key.is_some(), %error, suppressed, "call refused: unknown caller");
-            }
-            Status::from(error)
-        })?;
+    let caller = policy.current().resolve(identity, key).map_err(|error: Unauthenticated| {
+        let remote = remote_ip(request);
+        // Counted per identity, else per address (not per port: each connection has its own).
+        let who = match (identity, remote) {
+            (Some(identity), _) => Cow::Borrowed(identity.as_str()),
+            (None, Some(ip)) => Cow::Owned(ip.to_string()),
+            (None, None) => Cow::Borrowed(""),
+        };
+        if let Some(suppressed) = throttle::security_event("unknown caller", &who) {
+            // The identity is not a secret; the key never appears.
+            tracing::warn!(target: "security", rpc, peer = identity.map(PeerIdentity::as_str), peer_kind = identity.map(PeerIdentity::kind), remote = remote.map(field::display), api_key = key.is_some(), %error, suppressed, "call refused: unknown caller");
+        }
+        Status::from(error)
+    })?;
     caller.check_rpc(rpc).map_err(|refusal| {
         if let Some(suppressed) = throttle::security_event("call refused", &caller.name) {
             tracing::warn!(target: "security", caller = %caller.name, refused = %refusal.refused, suppressed, "call refused by the caller policy");
@@ -180,6 +208,15 @@ fn admit<B>(
             .inspect_err(|_| tracing::debug!(caller = %caller.name, rpc, "caller over its rate limit"))?;
     }
     Ok(caller)
+}
+
+/// The address the request's connection came from, if the transport knows it.
+fn remote_ip<B>(request: &http::Request<B>) -> Option<std::net::IpAddr> {
+    request
+        .extensions()
+        .get::<PeerInfo>()
+        .and_then(|info| info.remote_addr)
+        .map(|addr| addr.ip())
 }
 
 /// The API key of a request, removed from its headers: `authorization: Bearer <key>` (scheme

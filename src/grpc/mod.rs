@@ -1,12 +1,11 @@
 //! The gRPC transport: generated code ([`pb`]), the service ([`service`]), Envoy's external
 //! authorization ([`authz`], on Envoy's generated code from `envoy-types`), request parsing and
 //! response encoding ([`convert`]), the one mapping of domain errors to `Status` ([`status`]) and
-//! the layers around the whole server ([`message_limit`], [`panic`], [`shed`]); who is calling
-//! ([`caller`]) and what they may do ([`access`]).
+//! the layers around the whole server ([`message_limit`], [`panic`], [`shed`]); what a caller may
+//! do ([`access`]; who is calling is the transport's to say, `crate::transport::identity`).
 
 pub mod access;
 pub mod authz;
-pub mod caller;
 pub mod convert;
 pub mod message_limit;
 pub mod panic;

@@ -69,9 +69,14 @@ impl<S: FamilyStore> TokenService for TokenServiceImpl<S> {
     }
 
     async fn revoke(&self, request: Request<pb::RevokeRequest>) -> Result<Response<pb::RevokeResponse>, Status> {
+        let caller = access::caller(&request);
         let target = RevokeTarget::try_from(request.into_inner())?;
+        if let RevokeTarget::Subject(subject) = &target {
+            access::check_subject(caller.as_deref(), subject.as_str())?;
+        }
+        let subjects = access::subjects(caller);
         let (issuer, now) = (self.issuer.clone(), self.clock.now());
-        let families_revoked = detached(async move { issuer.revoke(target, now).await }).await?;
+        let families_revoked = detached(async move { issuer.revoke(target, subjects, now).await }).await?;
         Ok(Response::new(pb::RevokeResponse { families_revoked }))
     }
 
@@ -88,7 +93,9 @@ impl<S: FamilyStore> TokenService for TokenServiceImpl<S> {
         &self,
         request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let caller = access::caller(&request);
         let (subject, page) = convert::sessions_request(request.into_inner())?;
+        access::check_subject(caller.as_deref(), subject.as_str())?;
         let page = self.issuer.list_sessions(subject, page, self.clock.now()).await?;
         Ok(Response::new(page.into()))
     }

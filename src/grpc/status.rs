@@ -25,8 +25,9 @@ pub mod reason {
     pub const OUTCOME_UNKNOWN: &str = "OUTCOME_UNKNOWN";
     /// UNAUTHENTICATED: the call's credentials name no caller of the policy.
     pub const CALLER_UNKNOWN: &str = "CALLER_UNKNOWN";
-    /// PERMISSION_DENIED: the caller may not call this RPC or issue this audience, scope or
-    /// claim (metadata `caller`, `refused`: rpc/audience/scope/claim, `name`).
+    /// PERMISSION_DENIED: the caller may not call this RPC, issue this audience, scope or claim,
+    /// or act for this subject or client id (metadata `caller`, `refused`:
+    /// rpc/audience/scope/claim/subject/client_id, `name`).
     pub const NOT_ALLOWED: &str = "NOT_ALLOWED";
     /// RESOURCE_EXHAUSTED: over a rate limit (metadata `limit`: caller or rotate); nothing was
     /// done. A `google.rpc.RetryInfo` detail and `retry-after` metadata say when to retry.

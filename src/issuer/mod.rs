@@ -26,6 +26,7 @@ use tracing::{Span, field};
 pub use error::Error;
 pub use introspect::{ActiveToken, TokenType};
 use refresh_token::RefreshToken;
+pub use revoke::Subjects;
 pub use sessions::{Session, SessionsPage};
 use types::{FamilyId, IssueParams};
 
@@ -103,7 +104,9 @@ impl<S: FamilyStore> Issuer<S> {
     }
 
     /// Starts a family and returns its first pair. Beyond [`Policy::max_sessions`] live families
-    /// of the subject for this client, the oldest are revoked.
+    /// of the subject for this client, the oldest are revoked: only ever of the same subject and
+    /// client id as the new family, so a caller the policy lets issue only for some subjects and
+    /// client ids can evict only sessions it could have issued itself.
     ///
     /// # Errors
     /// [`Error::Unavailable`] when storage is down, [`Error::OutcomeUnknown`] when it stopped

@@ -6,14 +6,26 @@
 //! ```toml
 //! [[caller]]
 //! name = "login"
-//! id = "spiffe://corp.example/ns/auth/sa/login"   # or api_key_sha256 = "<64 hex>"
+//! id = "spiffe://corp.example/ns/auth/sa/login"   # or dns = "<DNS SAN>", or api_key_sha256 = "<64 hex>"
 //! rpcs = ["Issue", "Rotate", "Revoke", "ListSessions"]
 //! audiences = ["api", "web-*"]
 //! scopes = ["read", "write", "admin:*"]
 //! claims = ["tenant"]
+//! subjects = ["user-*"]                           # optional; missing: any subject
+//! client_ids = ["web", "mobile"]                  # optional; missing: any client id
 //! rate = { per_second = 200, burst = 400 }
 //! ```
-//! Every problem in a file is reported at once.
+//!
+//! A caller is named by exactly one of `id` (a valid SPIFFE ID, matching only the SPIFFE ID of a
+//! URI SAN), `dns` (a valid DNS name, matching only a DNS SAN, case-insensitively) and
+//! `api_key_sha256`. `id` does not take a DNS name: `id = "host.example"` is an error that says to
+//! write `dns = "host.example"`, so that no entry can be read as one kind and matched as another.
+//!
+//! `subjects` and `client_ids` are patterns like `audiences`, but a *missing* list allows any
+//! (files written before them keep their meaning), while a present one allows only what it
+//! matches (`[]`: nothing). Issue checks both; Revoke and ListSessions check `subjects` against
+//! the subject they act on (for a family or token, the family's subject, and a family outside
+//! them is answered as if it did not exist). Every problem in a file is reported at once.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -24,6 +36,8 @@ use serde::Deserialize;
 use super::limits::CallerRate;
 use super::pattern::Patterns;
 use super::{Caller, CallerPolicy, RPC_NAMES};
+use crate::transport::PeerIdentity;
+use crate::transport::identity::{DnsName, SpiffeId};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +51,7 @@ struct Document {
 struct Entry {
     name: String,
     id: Option<String>,
+    dns: Option<String>,
     api_key_sha256: Option<String>,
     #[serde(default)]
     rpcs: Vec<String>,
@@ -46,6 +61,10 @@ struct Entry {
     scopes: Vec<String>,
     #[serde(default)]
     claims: Vec<String>,
+    /// `None` (missing): any.
+    subjects: Option<Vec<String>>,
+    /// `None` (missing): any.
+    client_ids: Option<Vec<String>>,
     rate: Option<Rate>,
 }
 
@@ -110,6 +129,8 @@ pub fn parse(text: &str, previous: Option<&CallerPolicy>) -> Result<CallerPolicy
         let audiences = patterns("audiences", &entry.audiences);
         let scopes = patterns("scopes", &entry.scopes);
         let claims = patterns("claims", &entry.claims);
+        let subjects = entry.subjects.as_deref().map(|texts| patterns("subjects", texts));
+        let client_ids = entry.client_ids.as_deref().map(|texts| patterns("client_ids", texts));
         let rate = entry.rate.and_then(|rate| {
             let carried = previous
                 .and_then(|p| p.named(&entry.name))
@@ -129,22 +150,41 @@ pub fn parse(text: &str, previous: Option<&CallerPolicy>) -> Result<CallerPolicy
             audiences,
             scopes,
             claims,
+            subjects,
+            client_ids,
             rate,
         });
-        match (entry.id, entry.api_key_sha256) {
-            (Some(id), None) if !id.is_empty() => {
-                if policy.by_identity.insert(id, caller).is_some() {
-                    problem("id: another caller has the same id".into());
+        match (entry.id, entry.dns, entry.api_key_sha256) {
+            (Some(id), None, None) => match SpiffeId::parse(&id) {
+                Ok(id) => {
+                    if policy.by_identity.insert(PeerIdentity::Spiffe(id), caller).is_some() {
+                        problem("id: another caller has the same id".into());
+                    }
                 }
-            }
-            (None, Some(hex)) => match decode_hash(&hex) {
+                Err(_) if DnsName::parse(&id).is_ok() => problem(format!(
+                    "id: {id:?} is a DNS name, not a SPIFFE ID: name a DNS-SAN caller with dns = {id:?}"
+                )),
+                Err(why) => problem(format!("id: {id:?} is not a SPIFFE ID: {why}")),
+            },
+            (None, Some(dns), None) => match DnsName::parse(&dns) {
+                Ok(name) => {
+                    if policy.by_identity.insert(PeerIdentity::Dns(name), caller).is_some() {
+                        problem("dns: another caller has the same DNS name".into());
+                    }
+                }
+                Err(_) if SpiffeId::parse(&dns).is_ok() => problem(format!(
+                    "dns: {dns:?} is a SPIFFE ID, not a DNS name: name a SPIFFE caller with id = {dns:?}"
+                )),
+                Err(why) => problem(format!("dns: {dns:?}: {why}")),
+            },
+            (None, None, Some(hex)) => match decode_hash(&hex) {
                 Some(hash) if policy.by_key.iter().any(|(h, _)| *h == hash) => {
                     problem("api_key_sha256: another caller has the same key".into());
                 }
                 Some(hash) => policy.by_key.push((hash, caller)),
                 None => problem("api_key_sha256: must be 64 hex digits (the SHA-256 of the key)".into()),
             },
-            _ => problem("needs exactly one of id and api_key_sha256".into()),
+            _ => problem("needs exactly one of id, dns and api_key_sha256".into()),
         }
     }
     if problems.is_empty() { Ok(policy) } else { Err(problems) }
@@ -197,6 +237,14 @@ mod tests {
         audiences = ["*"]
     "#;
 
+    fn spiffe(id: &str) -> PeerIdentity {
+        PeerIdentity::Spiffe(SpiffeId::parse(id).unwrap())
+    }
+
+    fn dns(name: &str) -> PeerIdentity {
+        PeerIdentity::Dns(DnsName::parse(name).unwrap())
+    }
+
     fn example() -> CallerPolicy {
         parse(&EXAMPLE.replace("KEYHASH", &api_key_sha256("gw-secret")), None).unwrap()
     }
@@ -217,7 +265,7 @@ mod tests {
         let policy = example();
         assert_eq!(policy.len(), 2);
         let login = policy
-            .resolve(Some("spiffe://corp.example/ns/auth/sa/login"), None)
+            .resolve(Some(&spiffe("spiffe://corp.example/ns/auth/sa/login")), None)
             .unwrap();
         assert_eq!(login.name, "login");
         assert!(login.may_call("Issue") && !login.may_call("Introspect"));
@@ -238,7 +286,7 @@ mod tests {
         let policy = example();
         assert_eq!(policy.resolve(None, None).unwrap_err(), Unauthenticated::NoCredentials);
         assert_eq!(
-            policy.resolve(Some("spiffe://x"), None).unwrap_err(),
+            policy.resolve(Some(&spiffe("spiffe://x")), None).unwrap_err(),
             Unauthenticated::UnknownIdentity
         );
         assert_eq!(
@@ -247,11 +295,15 @@ mod tests {
         );
         // An unknown identity with a known key: the key names the caller.
         assert_eq!(
-            policy.resolve(Some("spiffe://x"), Some(b"gw-secret")).unwrap().name,
+            policy
+                .resolve(Some(&spiffe("spiffe://x")), Some(b"gw-secret"))
+                .unwrap()
+                .name,
             "gateway"
         );
         // A known identity with a wrong key, or one naming another caller: refused.
-        let login = Some("spiffe://corp.example/ns/auth/sa/login");
+        let login = spiffe("spiffe://corp.example/ns/auth/sa/login");
+        let login = Some(&login);
         assert_eq!(
             policy.resolve(login, Some(b"wrong")).unwrap_err(),
             Unauthenticated::UnknownKey
@@ -266,7 +318,7 @@ mod tests {
     fn issue_checks_every_audience_scope_and_claim_name() {
         let policy = example();
         let login = policy
-            .resolve(Some("spiffe://corp.example/ns/auth/sa/login"), None)
+            .resolve(Some(&spiffe("spiffe://corp.example/ns/auth/sa/login")), None)
             .unwrap();
         let ok = params(&["api", "web-shop"], &["read", "admin:users"], json!({"tenant": "t1"}));
         login.check_issue(&ok, "default-api").unwrap();
@@ -339,7 +391,7 @@ mod tests {
             "caller \"a\": rpcs: unknown method \"Isue\"",
             "caller \"a\": scopes: \"a*b\"",
             "caller \"a\": rate:",
-            "caller \"a\": needs exactly one of id and api_key_sha256",
+            "caller \"a\": needs exactly one of id, dns and api_key_sha256",
             "caller \"a\": a second caller of this name",
         ] {
             assert!(all.contains(expected), "{expected} in {all}");
@@ -351,13 +403,127 @@ mod tests {
 
     #[test]
     fn a_caller_keeps_its_rate_limit_state_over_a_reload_unless_its_rate_changed() {
-        let text =
-            |rate: u32| format!("[[caller]]\nname = \"a\"\nid = \"x\"\nrate = {{ per_second = {rate}, burst = 1 }}");
+        let text = |rate: u32| {
+            format!("[[caller]]\nname = \"a\"\nid = \"spiffe://td/a\"\nrate = {{ per_second = {rate}, burst = 1 }}")
+        };
         let first = parse(&text(1), None).unwrap();
         let limiter = |p: &CallerPolicy| p.named("a").unwrap().rate.clone().unwrap();
         let same = parse(&text(1), Some(&first)).unwrap();
         assert!(Arc::ptr_eq(&limiter(&first), &limiter(&same)));
         let changed = parse(&text(2), Some(&first)).unwrap();
         assert!(!Arc::ptr_eq(&limiter(&first), &limiter(&changed)));
+    }
+
+    #[test]
+    fn id_names_only_a_spiffe_identity_and_dns_only_a_dns_one() {
+        let policy = parse(
+            r#"
+            [[caller]]
+            name = "workload"
+            id = "spiffe://td/ns/auth/sa/login"
+
+            [[caller]]
+            name = "host"
+            dns = "Batch.Internal"
+            "#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            policy
+                .resolve(Some(&spiffe("spiffe://td/ns/auth/sa/login")), None)
+                .unwrap()
+                .name,
+            "workload"
+        );
+        assert_eq!(policy.resolve(Some(&dns("batch.internal")), None).unwrap().name, "host");
+        // The same text in the other kind is nobody.
+        assert_eq!(
+            policy
+                .resolve(Some(&spiffe("spiffe://batch.internal")), None)
+                .unwrap_err(),
+            Unauthenticated::UnknownIdentity
+        );
+    }
+
+    #[test]
+    fn an_id_that_is_a_dns_name_or_no_identity_at_all_is_refused_saying_what_to_write() {
+        let problems = parse(
+            r#"
+            [[caller]]
+            name = "old-style"
+            id = "host.example"
+
+            [[caller]]
+            name = "mixed-up"
+            dns = "spiffe://td/x"
+
+            [[caller]]
+            name = "broken"
+            id = "spiffe://td/a,URI=spiffe://td/b"
+
+            [[caller]]
+            name = "both"
+            id = "spiffe://td/c"
+            dns = "c.example"
+            "#,
+            None,
+        )
+        .unwrap_err();
+        let all = problems.join("\n");
+        for expected in [
+            r#"caller "old-style": id: "host.example" is a DNS name, not a SPIFFE ID: name a DNS-SAN caller with dns = "host.example""#,
+            r#"caller "mixed-up": dns: "spiffe://td/x" is a SPIFFE ID"#,
+            r#"caller "broken": id: "spiffe://td/a,URI=spiffe://td/b" is not a SPIFFE ID"#,
+            r#"caller "both": needs exactly one of id, dns and api_key_sha256"#,
+        ] {
+            assert!(all.contains(expected), "{expected} in {all}");
+        }
+    }
+
+    #[test]
+    fn subjects_and_client_ids_limit_issue_only_when_listed() {
+        let with_lists = format!(
+            "[[caller]]\nname = \"issuer\"\napi_key_sha256 = \"{}\"\nsubjects = [\"user-*\"]\nclient_ids = [\"issuer-app\"]\n",
+            api_key_sha256("k")
+        );
+        let policy = parse(&with_lists, None).unwrap();
+        let issuer = policy.resolve(None, Some(b"k")).unwrap();
+        let mut allowed = params(&[], &[], json!({}));
+        allowed.subject = Subject::parse("user-1".into()).unwrap();
+        allowed.client_id = ClientId::parse("issuer-app".into()).unwrap();
+        issuer.check_issue(&allowed, "default-api").unwrap();
+        let mut root = allowed.clone();
+        root.subject = Subject::parse("root".into()).unwrap();
+        assert_eq!(
+            issuer.check_issue(&root, "default-api").unwrap_err().refused,
+            Refused::Subject("root".into())
+        );
+        let mut web = allowed.clone();
+        web.client_id = ClientId::parse("web".into()).unwrap();
+        assert_eq!(
+            issuer.check_issue(&web, "default-api").unwrap_err().refused,
+            Refused::ClientId("web".into())
+        );
+        let mut no_client = allowed;
+        no_client.client_id = ClientId::parse(String::new()).unwrap();
+        assert_eq!(
+            issuer.check_issue(&no_client, "default-api").unwrap_err().refused,
+            Refused::ClientId(String::new()),
+            "no client id is client \"\", which a list must allow"
+        );
+        assert!(issuer.limits_subjects() && issuer.may_act_for("user-9") && !issuer.may_act_for("root"));
+
+        // Without the lists (every file written before them): any subject, any client.
+        let login = example();
+        let login = login
+            .resolve(Some(&spiffe("spiffe://corp.example/ns/auth/sa/login")), None)
+            .unwrap();
+        login.check_issue(&root, "default-api").unwrap();
+        login.check_issue(&web, "default-api").unwrap();
+        assert!(!login.limits_subjects() && login.may_act_for("anyone"));
+
+        let problems = parse(&with_lists.replace("user-*", "a*b"), None).unwrap_err();
+        assert!(problems[0].contains("subjects: \"a*b\""), "{problems:?}");
     }
 }

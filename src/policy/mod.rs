@@ -1,10 +1,12 @@
 //! Who may call what (issue 11): the caller policy, as plain Rust.
 //!
-//! A policy file ([`file`]) lists callers, each known by its transport identity (a SPIFFE ID or
-//! DNS SAN) or by the SHA-256 of an API key, with the RPCs it may call and what it may mint
-//! (audiences, scopes and extra-claim names, as [`pattern`]s), and optionally its own rate limit
-//! ([`limits`]). This module answers "who is this" ([`CallerPolicy::resolve`]), "may they call
-//! this RPC" ([`Caller::may_call`]) and "may they issue this" ([`Caller::check_issue`]);
+//! A policy file ([`file`]) lists callers, each known by its transport identity (a SPIFFE ID, or a
+//! DNS name; each matches only an identity of its own kind) or by the SHA-256 of an API key, with
+//! the RPCs it may call, what it may mint (audiences, scopes and extra-claim names, as
+//! [`pattern`]s), for whom (subjects and client ids, any if not listed), and optionally its own
+//! rate limit ([`limits`]). This module answers "who is this" ([`CallerPolicy::resolve`]), "may
+//! they call this RPC" ([`Caller::may_call`]), "may they issue this" ([`Caller::check_issue`]) and
+//! "may they act on this subject's sessions" ([`Caller::check_subject`]);
 //! [`limits`] also holds the per-family Rotate limit. Enforcement, and turning refusals into
 //! gRPC answers, is the transport's job (`grpc/access.rs`, `grpc/status.rs`): nothing here knows
 //! tonic.
@@ -22,6 +24,7 @@ use aws_lc_rs::constant_time::verify_slices_are_equal;
 use aws_lc_rs::digest::{SHA256, digest};
 
 use crate::issuer::types::IssueParams;
+use crate::transport::PeerIdentity;
 use limits::CallerRate;
 use pattern::Patterns;
 
@@ -70,6 +73,10 @@ pub struct Caller {
     audiences: Patterns,
     scopes: Patterns,
     claims: Patterns,
+    /// Whose tokens it may issue and whose sessions it may list and revoke; `None`: anyone's.
+    subjects: Option<Patterns>,
+    /// For which clients it may issue (and so whose sessions Issue's cap may evict); `None`: any.
+    client_ids: Option<Patterns>,
     pub(crate) rate: Option<Arc<CallerRate>>,
 }
 
@@ -80,6 +87,8 @@ pub enum Refused {
     Audience(String),
     Scope(String),
     Claim(String),
+    Subject(String),
+    ClientId(String),
 }
 
 /// A known caller asked for something the policy does not grant it.
@@ -96,23 +105,33 @@ fn describe(refused: &Refused) -> String {
         Refused::Audience(name) => format!("issue audience {name:?}"),
         Refused::Scope(name) => format!("issue scope {name:?}"),
         Refused::Claim(name) => format!("issue claim {name:?}"),
+        Refused::Subject(name) => format!("act for subject {name:?}"),
+        Refused::ClientId(name) => format!("issue for client_id {name:?}"),
     }
 }
 
 impl Refused {
-    /// What kind of thing was refused: `rpc`, `audience`, `scope` or `claim`.
+    /// What kind of thing was refused: `rpc`, `audience`, `scope`, `claim`, `subject` or
+    /// `client_id` (the request field's name).
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Rpc(_) => "rpc",
             Self::Audience(_) => "audience",
             Self::Scope(_) => "scope",
             Self::Claim(_) => "claim",
+            Self::Subject(_) => "subject",
+            Self::ClientId(_) => "client_id",
         }
     }
 
     pub fn name(&self) -> &str {
         match self {
-            Self::Rpc(n) | Self::Audience(n) | Self::Scope(n) | Self::Claim(n) => n,
+            Self::Rpc(n)
+            | Self::Audience(n)
+            | Self::Scope(n)
+            | Self::Claim(n)
+            | Self::Subject(n)
+            | Self::ClientId(n) => n,
         }
     }
 }
@@ -132,14 +151,25 @@ impl Caller {
         }
     }
 
-    /// Whether this caller may mint what `params` asks for: every audience, scope and extra
-    /// claim name must match one of its patterns. The server's default audience is always
-    /// allowed: a caller with no `audiences` may still issue tokens for it, which is what an
-    /// Issue naming no audience gets.
+    /// Whether this caller may mint what `params` asks for: the subject and client id must match
+    /// its `subjects` and `client_ids` (if it has them), every audience, scope and extra claim
+    /// name one of its patterns. The server's default audience is always allowed: a caller with
+    /// no `audiences` may still issue tokens for it, which is what an Issue naming no audience
+    /// gets. An Issue naming no client id is for client `""`, which only `*` matches.
+    ///
+    /// Because Issue's sessions cap evicts only sessions of the same subject *and* client id as
+    /// the new one, this check is also what keeps a caller from ending sessions it could not
+    /// have issued.
     ///
     /// # Errors
-    /// The first audience, scope or claim name the caller may not issue.
+    /// The subject, client id, or the first audience, scope or claim name the caller may not
+    /// issue.
     pub fn check_issue(&self, params: &IssueParams, default_audience: &str) -> Result<(), Refusal> {
+        self.check_subject(params.subject.as_str())?;
+        let client_id = params.client_id.as_str();
+        if self.client_ids.as_ref().is_some_and(|p| !p.allows(client_id)) {
+            return Err(self.refuse(Refused::ClientId(client_id.to_owned())));
+        }
         if let Some(audience) = params
             .audiences
             .as_slice()
@@ -155,6 +185,29 @@ impl Caller {
             return Err(self.refuse(Refused::Claim(claim.clone())));
         }
         Ok(())
+    }
+
+    /// Whether this caller may act for `subject`: issue its tokens, list or revoke its sessions.
+    ///
+    /// # Errors
+    /// The subject is outside the caller's `subjects`.
+    pub fn check_subject(&self, subject: &str) -> Result<(), Refusal> {
+        if self.may_act_for(subject) {
+            Ok(())
+        } else {
+            Err(self.refuse(Refused::Subject(subject.to_owned())))
+        }
+    }
+
+    /// Whether `subject` is within the caller's `subjects` (always, without the list).
+    pub fn may_act_for(&self, subject: &str) -> bool {
+        self.subjects.as_ref().is_none_or(|p| p.allows(subject))
+    }
+
+    /// Whether the caller has a `subjects` list: only then does acting on a family by id need its
+    /// subject looked up.
+    pub fn limits_subjects(&self) -> bool {
+        self.subjects.is_some()
     }
 
     fn refuse(&self, refused: Refused) -> Refusal {
@@ -176,12 +229,17 @@ pub enum Unauthenticated {
     UnknownKey,
     #[error("the client certificate and the API key name different callers")]
     Conflicting,
+    /// A trusted sidecar's `x-forwarded-client-cert` header that is not as Envoy writes it: the
+    /// caller cannot be named, and is not taken for nobody (or, with a key, for the key's caller)
+    /// either.
+    #[error("the x-forwarded-client-cert header is malformed: the caller cannot be named")]
+    MalformedIdentity,
 }
 
-/// The parsed policy file: every caller, by identity and by API key hash.
+/// The parsed policy file: every caller, by identity (of its kind) and by API key hash.
 #[derive(Default)]
 pub struct CallerPolicy {
-    by_identity: HashMap<String, Arc<Caller>>,
+    by_identity: HashMap<PeerIdentity, Arc<Caller>>,
     /// Searched whole on every lookup (see [`CallerPolicy::resolve`]).
     by_key: Vec<([u8; 32], Arc<Caller>)>,
 }
@@ -190,7 +248,7 @@ impl CallerPolicy {
     /// The caller a request's credentials name.
     ///
     /// - The identity is the transport's (mTLS or a trusted XFCC header): not a secret, looked up
-    ///   in a map.
+    ///   in a map by kind and text, so a DNS name never finds a caller named by SPIFFE ID.
     /// - An API key is hashed (SHA-256) and compared in constant time with *every* configured
     ///   hash, with no early exit, so the time taken says nothing about which entry, if any,
     ///   came close. (A map keyed by the hash would leak little, as keys are meant to be random,
@@ -202,7 +260,11 @@ impl CallerPolicy {
     ///
     /// # Errors
     /// [`Unauthenticated`]: why no caller could be found.
-    pub fn resolve(&self, identity: Option<&str>, api_key: Option<&[u8]>) -> Result<Arc<Caller>, Unauthenticated> {
+    pub fn resolve(
+        &self,
+        identity: Option<&PeerIdentity>,
+        api_key: Option<&[u8]>,
+    ) -> Result<Arc<Caller>, Unauthenticated> {
         let by_identity = identity.and_then(|id| self.by_identity.get(id));
         let by_key = api_key.map(|key| self.by_key(key));
         match (identity, by_identity, by_key) {

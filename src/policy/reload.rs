@@ -108,7 +108,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ratchet-policy-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("policy.toml");
-        let caller = |name: &str| format!("[[caller]]\nname = \"{name}\"\nid = \"{name}\"\n");
+        let caller = |name: &str| format!("[[caller]]\nname = \"{name}\"\nid = \"spiffe://td/{name}\"\n");
         std::fs::write(&path, caller("a")).unwrap();
         let file = PolicyFile::load(&path).unwrap();
         assert_eq!(file.reload().unwrap(), Reloaded::Unchanged);
@@ -117,7 +117,10 @@ mod tests {
         assert_eq!(file.reload().unwrap(), Reloaded::Changed { callers: 2 });
         std::fs::write(&path, "[[caller]]\nname = ").unwrap();
         assert!(file.reload().is_err());
-        assert!(file.current().resolve(Some("b"), None).is_ok(), "the old policy stays");
+        let b = crate::transport::PeerIdentity::Spiffe(
+            crate::transport::identity::SpiffeId::parse("spiffe://td/b").unwrap(),
+        );
+        assert!(file.current().resolve(Some(&b), None).is_ok(), "the old policy stays");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -165,6 +165,13 @@ impl FamilyStore for Backend {
         }
     }
 
+    async fn family_subject(&self, id: FamilyId) -> Result<Option<String>, StoreError> {
+        match self {
+            Self::Postgres(store) => store.family_subject(id).await,
+            Self::Sqlite(store) => store.family_subject(id).await,
+        }
+    }
+
     async fn revoke_family(
         &self,
         id: FamilyId,

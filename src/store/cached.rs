@@ -248,6 +248,11 @@ impl<S: FamilyStore> FamilyStore for CachedStore<S> {
         Ok(status)
     }
 
+    /// Not cached: only Revoke by a caller limited to some subjects asks.
+    async fn family_subject(&self, id: FamilyId) -> Result<Option<String>, StoreError> {
+        self.inner.family_subject(id).await
+    }
+
     async fn revoke_family(
         &self,
         id: FamilyId,
@@ -348,6 +353,9 @@ mod tests {
                 revoked,
                 expires_at: OffsetDateTime::UNIX_EPOCH,
             }))
+        }
+        async fn family_subject(&self, _: FamilyId) -> Result<Option<String>, StoreError> {
+            never()
         }
         async fn revoke_family(
             &self,

@@ -45,6 +45,7 @@ macro_rules! contract {
             a_token_past_its_idle_expiry_is_refused_without_revoking_its_family,
             a_successor_never_outlives_its_family_and_nothing_is_spent_after_its_end,
             revoking_a_family_says_what_it_found_and_stops_its_tokens,
+            a_familys_subject_is_found_by_its_id_whatever_its_state,
             revoking_a_subject_goes_in_batches_and_spares_others_and_ended_families,
             beyond_max_live_a_new_family_evicts_the_oldest_of_its_subject_and_client,
             live_sessions_are_paged_newest_first_without_gaps_or_repeats,
@@ -437,6 +438,21 @@ async fn revoking_a_family_says_what_it_found_and_stops_its_tokens<S: FamilyStor
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+async fn a_familys_subject_is_found_by_its_id_whatever_its_state<S: FamilyStore>(store: &S) {
+    let now = start();
+    let (alice, _) = issue(store, "alice", now).await;
+    let (bob, _) = issue(store, "bob", now).await;
+    assert_eq!(store.family_subject(alice).await.unwrap().as_deref(), Some("alice"));
+    assert_eq!(store.family_subject(bob).await.unwrap().as_deref(), Some("bob"));
+    assert_eq!(store.family_subject(FamilyId::new_random()).await.unwrap(), None);
+    store.revoke_family(alice, now, RevokeReason::Revoke).await.unwrap();
+    assert_eq!(
+        store.family_subject(alice).await.unwrap().as_deref(),
+        Some("alice"),
+        "revoked, still there"
     );
 }
 

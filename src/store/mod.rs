@@ -271,6 +271,10 @@ pub trait FamilyStore: Send + Sync + 'static {
     /// Whether a family exists and is revoked.
     fn family_status(&self, id: FamilyId) -> impl Future<Output = Result<Option<FamilyStatus>, StoreError>> + Send;
 
+    /// The subject of a family, if it exists (whatever its state): what a caller limited to some
+    /// subjects is checked against when it names a family by id.
+    fn family_subject(&self, id: FamilyId) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+
     /// Revokes one family.
     fn revoke_family(
         &self,

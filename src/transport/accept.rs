@@ -20,8 +20,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use super::identity::PeerIdentity;
 use super::idle::Activity;
-use crate::grpc::caller::PeerIdentity;
 
 /// Longest a TLS handshake may take before the connection is closed.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,9 +1,11 @@
 //! Puts the caller's [`PeerIdentity`] into every request's extensions, the contract with the
-//! caller policy (`grpc::caller`): from the connection's client certificate ([`PeerInfo`]), or, on
+//! caller policy (`grpc::access`): from the connection's client certificate ([`PeerInfo`]), or, on
 //! a trusted plaintext loopback listener only, from the sidecar's `x-forwarded-client-cert`
 //! header. Never otherwise: an untrusted XFCC header is ignored entirely.
 //!
-//! It decides nothing: a request without an identity goes on, and the policy decides.
+//! It decides nothing: a request without an identity goes on, and the policy decides. A trusted
+//! XFCC header that is not as Envoy writes it is marked ([`MalformedXfcc`] in the extensions, and
+//! no identity), so that the policy can refuse it instead of taking it for an unnamed caller.
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,8 +15,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::accept::PeerInfo;
-use super::xfcc;
-use crate::grpc::caller::PeerIdentity;
+use super::identity::PeerIdentity;
+use super::xfcc::{self, MalformedXfcc};
 
 /// Called with the identity each request carries, after this layer: a seam for tests (which
 /// have no policy to observe it through yet); `None` in a real server.
@@ -61,21 +63,30 @@ pub struct PeerIdentityService<S> {
     layer: PeerIdentityLayer,
 }
 
-/// The identity `request` arrived with, by the rules in the module docs.
-pub fn identify<B>(request: &http::Request<B>, trust_xfcc: bool) -> Option<PeerIdentity> {
+/// The identity `request` arrived with, by the rules in the module docs: `Ok(None)` when it names
+/// nobody (no certificate, no trusted header).
+///
+/// # Errors
+/// A trusted XFCC header that is not as Envoy writes it, or not text.
+pub fn identify<B>(request: &http::Request<B>, trust_xfcc: bool) -> Result<Option<PeerIdentity>, MalformedXfcc> {
     if let Some(identity) = request
         .extensions()
         .get::<PeerInfo>()
         .and_then(|info| info.identity.clone())
     {
-        return Some(identity);
+        return Ok(Some(identity));
     }
     if !trust_xfcc {
-        return None;
+        return Ok(None);
     }
     // Several header lines read as one list, in order: the last line holds the nearest element.
-    let nearest = request.headers().get_all(xfcc::HEADER).iter().next_back()?;
-    xfcc::identity(nearest.to_str().ok()?)
+    let Some(nearest) = request.headers().get_all(xfcc::HEADER).iter().next_back() else {
+        return Ok(None);
+    };
+    let text = nearest
+        .to_str()
+        .map_err(|_| MalformedXfcc("the header is not printable ASCII"))?;
+    xfcc::identity(text)
 }
 
 impl<S, B> Service<http::Request<B>> for PeerIdentityService<S>
@@ -93,9 +104,17 @@ where
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let identity = identify(&request, self.layer.trust_xfcc);
         // Only this layer says who is calling.
-        request.extensions_mut().remove::<PeerIdentity>();
-        if let Some(identity) = identity {
-            request.extensions_mut().insert(identity);
+        let extensions = request.extensions_mut();
+        extensions.remove::<PeerIdentity>();
+        extensions.remove::<MalformedXfcc>();
+        match identity {
+            Ok(Some(identity)) => {
+                extensions.insert(identity);
+            }
+            Ok(None) => {}
+            Err(malformed) => {
+                extensions.insert(malformed);
+            }
         }
         if let Some(probe) = &self.layer.probe {
             probe(request.extensions().get::<PeerIdentity>());
@@ -120,10 +139,16 @@ mod tests {
         request
     }
 
+    const HASH: &str = "468ed33be74eee6556d90c0149c1309e9ba61d6425303443c0748a02dd8de688";
+
+    fn spiffe(id: &str) -> PeerIdentity {
+        PeerIdentity::Spiffe(crate::transport::identity::SpiffeId::parse(id).unwrap())
+    }
+
     fn tls_peer(identity: &str) -> PeerInfo {
         PeerInfo {
             remote_addr: None,
-            identity: Some(PeerIdentity(identity.into())),
+            identity: Some(spiffe(identity)),
             activity: None,
         }
     }
@@ -131,21 +156,21 @@ mod tests {
     #[test]
     fn the_client_certificate_names_the_caller() {
         let found = identify(&request(Some(tls_peer("spiffe://td/a")), &[]), false);
-        assert_eq!(found, Some(PeerIdentity("spiffe://td/a".into())));
+        assert_eq!(found, Ok(Some(spiffe("spiffe://td/a"))));
     }
 
     #[test]
     fn an_untrusted_xfcc_header_is_ignored() {
-        assert_eq!(identify(&request(None, &["URI=spiffe://td/forged"]), false), None);
+        assert_eq!(identify(&request(None, &["URI=spiffe://td/forged"]), false), Ok(None));
+        assert_eq!(identify(&request(None, &["garbage"]), false), Ok(None));
     }
 
     #[test]
     fn a_trusted_xfcc_header_names_the_caller_from_its_last_line() {
-        let found = identify(
-            &request(None, &["URI=spiffe://td/far", "By=spiffe://b;URI=spiffe://td/near"]),
-            true,
-        );
-        assert_eq!(found, Some(PeerIdentity("spiffe://td/near".into())));
+        let near = format!("By=spiffe://b;Hash={HASH};URI=spiffe://td/near");
+        let found = identify(&request(None, &["URI=spiffe://td/far", &near]), true);
+        assert_eq!(found, Ok(Some(spiffe("spiffe://td/near"))));
+        assert!(identify(&request(None, &["URI=spiffe://td/no-hash"]), true).is_err());
     }
 
     #[test]
@@ -162,14 +187,9 @@ mod tests {
             .unwrap()
             .unwrap();
         let mut smuggled = request(None, &[]);
-        smuggled
-            .extensions_mut()
-            .insert(PeerIdentity("spiffe://td/smuggled".into()));
+        smuggled.extensions_mut().insert(spiffe("spiffe://td/smuggled"));
         service.call(smuggled).now_or_never().unwrap().unwrap();
-        assert_eq!(
-            *seen.lock().unwrap(),
-            vec![Some(PeerIdentity("spiffe://td/a".into())), None]
-        );
+        assert_eq!(*seen.lock().unwrap(), vec![Some(spiffe("spiffe://td/a")), None]);
     }
 
     /// A service that answers at once.

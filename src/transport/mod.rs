@@ -6,10 +6,11 @@
 //! - [`accept`]: the accept loop; TLS handshakes run each in their own bounded task.
 //! - [`serve`] and [`idle`]: serving each connection, closed gracefully once idle; the HTTP
 //!   listener's header read timeout and connection cap.
-//! - [`identity`] and [`xfcc`]: a caller's identity from its client certificate (SPIFFE ID, else
-//!   first DNS name) or from a trusted sidecar's `x-forwarded-client-cert` header.
-//! - [`layer`]: puts that identity into each request's extensions as
-//!   [`crate::grpc::caller::PeerIdentity`].
+//! - [`identity`] and [`xfcc`]: a caller's [`PeerIdentity`] (a SPIFFE ID or a DNS name, never one
+//!   taken for the other) from its client certificate or from a trusted sidecar's
+//!   `x-forwarded-client-cert` header.
+//! - [`layer`]: puts that identity into each request's extensions, or marks a trusted header that
+//!   is not as Envoy writes it ([`MalformedXfcc`]).
 //!
 //! Left out on purpose: deciding what a caller may do (the caller policy reads the identity), and
 //! client certificates on the HTTP listener (the JWKS is public: every verifier must be able to
@@ -27,8 +28,10 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use identity::PeerIdentity;
 pub use layer::{PeerIdentityLayer, PeerProbe};
 pub use tls::{Reloadable, TlsFiles};
+pub use xfcc::MalformedXfcc;
 
 /// ALPN of the gRPC listener: HTTP/2 only.
 pub const GRPC_ALPN: &[&[u8]] = &[b"h2"];

@@ -13,11 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ratchet::grpc::access::{AccessLayer, AuthorizedCaller};
-use ratchet::grpc::caller::PeerIdentity;
 use ratchet::grpc::pb::{IssueRequest, ListSessionsRequest, RotateRequest};
 use ratchet::grpc::status::reason;
 use ratchet::policy::file::api_key_sha256;
 use ratchet::policy::reload::{PolicyFile, Reloaded};
+use ratchet::transport::PeerIdentity;
+use ratchet::transport::identity::SpiffeId;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tonic::{Code, Request, Status};
 use tonic_types::StatusExt as _;
@@ -330,7 +331,166 @@ async fn over_its_rate_a_caller_is_resource_exhausted_with_retry_info_before_any
     app.stop().await;
 }
 
+const ANYONE_KEY: &str = "anyone-key-0123456789";
+const ISSUER_KEY: &str = "issuer-key-0123456789";
+const SUPPORT_KEY: &str = "support-key-0123456789";
+
+/// The issue's reproduction (issue 20, item 5): `issuer` may Issue for audience `api`, but only
+/// for some subjects and its own client id; `support` may list and revoke sessions of `user-*`
+/// only; `anyone` may do anything (it stands for the other callers whose sessions are at stake).
+fn scoped_policy() -> String {
+    format!(
+        r#"
+        [[caller]]
+        name = "anyone"
+        api_key_sha256 = "{anyone}"
+        rpcs = ["*"]
+        audiences = ["*"]
+
+        [[caller]]
+        name = "issuer"
+        api_key_sha256 = "{issuer}"
+        rpcs = ["Issue"]
+        audiences = ["api"]
+        subjects = ["victim", "user-*"]
+        client_ids = ["issuer-app"]
+
+        [[caller]]
+        name = "support"
+        api_key_sha256 = "{support}"
+        rpcs = ["Revoke", "ListSessions"]
+        subjects = ["user-*"]
+        "#,
+        anyone = api_key_sha256(ANYONE_KEY),
+        issuer = api_key_sha256(ISSUER_KEY),
+        support = api_key_sha256(SUPPORT_KEY),
+    )
+}
+
+fn issue_for(subject: &str, client_id: &str) -> IssueRequest {
+    IssueRequest {
+        subject: subject.into(),
+        client_id: client_id.into(),
+        audiences: vec!["api".into()],
+        ..Default::default()
+    }
+}
+
+async fn a_caller_limited_to_some_subjects_and_client_ids_can_neither_mint_others_nor_evict_their_sessions(db: Db) {
+    let (app, _) = spawn_with_policy(db, &scoped_policy()).await;
+    // Another caller's user, on client `web`: the victim's oldest session from now on.
+    let victim = issue_as(&app, ANYONE_KEY, issue_for("victim", "web")).await.unwrap();
+    app.clock.advance(time::Duration::SECOND);
+
+    for (request, refused, name) in [
+        (issue_for("root", "web"), "subject", "root"),
+        (issue_for("root", "issuer-app"), "subject", "root"),
+        (issue_for("victim", "web"), "client_id", "web"),
+        (issue_for("victim", ""), "client_id", ""),
+    ] {
+        assert_denied(&issue_as(&app, ISSUER_KEY, request).await.unwrap_err(), refused, name);
+    }
+    assert_eq!(app.live_families("root").await, 0, "refused before any database work");
+
+    // As many sessions as the cap allows (RATCHET_MAX_SESSIONS, 100), and one more, of the
+    // victim on the client `issuer` may issue for: the cap evicts only sessions of that client.
+    for _ in 0..=crate::helpers::test_policy().max_sessions {
+        issue_as(&app, ISSUER_KEY, issue_for("victim", "issuer-app"))
+            .await
+            .unwrap();
+    }
+    let active = app
+        .client
+        .clone()
+        .introspect(with_key(
+            ratchet::grpc::pb::IntrospectRequest {
+                token: victim.access_token.clone(),
+                ..Default::default()
+            },
+            ANYONE_KEY,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(active.active, "the victim's access token is still active");
+    app.client
+        .clone()
+        .rotate(with_key(
+            RotateRequest {
+                refresh_token: victim.refresh_token.clone(),
+            },
+            ANYONE_KEY,
+        ))
+        .await
+        .expect("the victim's session was not evicted");
+    app.stop().await;
+}
+
+async fn revoke_and_list_sessions_act_only_on_the_callers_subjects_and_hide_other_families(db: Db) {
+    use ratchet::grpc::pb::RevokeRequest;
+    use ratchet::grpc::pb::revoke_request::Target;
+
+    let (app, _) = spawn_with_policy(db, &scoped_policy()).await;
+    let user = issue_as(&app, ANYONE_KEY, issue_for("user-1", "web")).await.unwrap();
+    let root = issue_as(&app, ANYONE_KEY, issue_for("root", "web")).await.unwrap();
+    let revoke = |target: Target| {
+        let client = app.client.clone();
+        async move {
+            client
+                .clone()
+                .revoke(with_key(RevokeRequest { target: Some(target) }, SUPPORT_KEY))
+                .await
+                .map(|r| r.into_inner().families_revoked)
+        }
+    };
+    let list = |subject: &str| {
+        let (mut client, subject) = (app.client.clone(), subject.to_owned());
+        async move {
+            client
+                .list_sessions(with_key(
+                    ListSessionsRequest {
+                        subject,
+                        ..Default::default()
+                    },
+                    SUPPORT_KEY,
+                ))
+                .await
+        }
+    };
+
+    // A subject named outright: PERMISSION_DENIED naming it.
+    assert_denied(&list("root").await.unwrap_err(), "subject", "root");
+    assert_denied(
+        &revoke(Target::Subject("root".into())).await.unwrap_err(),
+        "subject",
+        "root",
+    );
+    assert_eq!(list("user-1").await.unwrap().into_inner().sessions.len(), 1);
+
+    // A family of another subject, by id or by either token: answered exactly as a family that
+    // does not exist.
+    let unknown = revoke(Target::FamilyId(uuid::Uuid::new_v4().to_string()))
+        .await
+        .unwrap();
+    assert_eq!(unknown, 0);
+    for target in [
+        Target::FamilyId(root.family_id.clone()),
+        Target::Token(root.refresh_token.clone()),
+        Target::Token(root.access_token.clone()),
+    ] {
+        assert_eq!(revoke(target).await.unwrap(), unknown);
+    }
+    assert_eq!(app.live_families("root").await, 1, "root's session is untouched");
+
+    // Its own subjects' families, by id or token: revoked.
+    assert_eq!(revoke(Target::Token(user.refresh_token.clone())).await.unwrap(), 1);
+    assert_eq!(app.live_families("user-1").await, 0);
+    app.stop().await;
+}
+
 on_every_backend!(
+    a_caller_limited_to_some_subjects_and_client_ids_can_neither_mint_others_nor_evict_their_sessions,
+    revoke_and_list_sessions_act_only_on_the_callers_subjects_and_hide_other_families,
     a_call_without_a_known_caller_is_unauthenticated_and_does_nothing,
     api_keys_work_as_a_bearer_or_as_x_api_key,
     each_audience_scope_and_claim_must_match_the_callers_patterns,
@@ -353,7 +513,9 @@ async fn a_peer_identity_from_the_transport_names_the_caller() {
     let call = |path: &str, identity: Option<&str>| {
         let mut request = http::Request::builder().uri(path).body(()).unwrap();
         if let Some(identity) = identity {
-            request.extensions_mut().insert(PeerIdentity(identity.to_owned()));
+            request
+                .extensions_mut()
+                .insert(PeerIdentity::Spiffe(SpiffeId::parse(identity).unwrap()));
         }
         service.clone().oneshot(request)
     };
@@ -396,6 +558,14 @@ fn require_auth_without_a_policy_refuses_to_start_saying_why() {
         stderr.contains("require-auth") && stderr.contains("RATCHET_POLICY"),
         "{stderr}"
     );
+}
+
+#[test]
+fn an_id_that_is_a_dns_name_is_a_configuration_error_that_says_to_use_dns() {
+    let path = policy_file("[[caller]]\nname = \"batch\"\nid = \"batch.internal\"\nrpcs = [\"Issue\"]\n");
+    let (code, stderr) = serve_refused(&[("RATCHET_POLICY", path.to_str().unwrap())]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains(r#"dns = "batch.internal""#), "{stderr}");
 }
 
 #[test]

@@ -13,8 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ratchet::grpc::caller::PeerIdentity;
-use ratchet::transport::{TlsFiles, TransportConfig};
+use ratchet::transport::{PeerIdentity, TlsFiles, TransportConfig};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -164,6 +163,11 @@ impl Seen {
     fn count(&self) -> usize {
         self.0.lock().unwrap().len()
     }
+
+    /// The last identity seen, with its kind.
+    fn last_identity(&self) -> Option<Option<PeerIdentity>> {
+        self.0.lock().unwrap().last().cloned()
+    }
 }
 
 /// A server with `tls` (plaintext if `None`) and `trust_xfcc`, whose requests' identities `Seen`
@@ -305,6 +309,10 @@ async fn with_a_client_ca_the_callers_spiffe_id_or_dns_name_reaches_every_reques
         seen.last(),
         Some(Some("batch.internal".to_owned())),
         "else the first DNS name"
+    );
+    assert!(
+        matches!(seen.last_identity(), Some(Some(PeerIdentity::Dns(_)))),
+        "of its kind"
     );
 
     let nameless = client_ca.client(&[]);
@@ -460,21 +468,41 @@ async fn call_with_xfcc(addr: SocketAddr, header: &str) {
         .unwrap();
 }
 
+/// The SHA-256 Envoy writes as `Hash=` (any 64 lower-case hex digits will do here).
+const HASH: &str = "468ed33be74eee6556d90c0149c1309e9ba61d6425303443c0748a02dd8de688";
+
+/// The element Envoy (`SANITIZE_SET`, `set_current_client_cert_details: {subject, uri, dns}`)
+/// writes for a client certificate with these SANs.
+fn envoy_element(uri_sans: &[&str], dns_sans: &[&str]) -> String {
+    let mut fields = vec![
+        "By=spiffe://ratchet.test/ns/auth/sa/ratchet".to_owned(),
+        format!("Hash={HASH}"),
+        r#"Subject="CN=client,O=Shop\, Inc.""#.to_owned(),
+    ];
+    if uri_sans.is_empty() {
+        fields.push("URI=".to_owned());
+    }
+    fields.extend(uri_sans.iter().map(|uri| format!("URI={uri}")));
+    fields.extend(dns_sans.iter().map(|dns| format!("DNS={dns}")));
+    fields.join(";")
+}
+
 #[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn a_trusted_sidecars_xfcc_header_names_the_caller(_pool: PgPoolOptions, options: PgConnectOptions) {
     let (app, seen) = spawn(options, None, true).await;
-    let header = format!(
-        r#"By=spiffe://ratchet.test/ns/auth/sa/ratchet;Hash=6f1c;Subject="CN=frontend,O=Shop";URI={SPIFFE_ID};DNS=frontend.shop"#
-    );
-    call_with_xfcc(app.addr, &header).await;
+    call_with_xfcc(app.addr, &envoy_element(&[SPIFFE_ID], &["frontend.shop"])).await;
     assert_eq!(seen.last(), Some(Some(SPIFFE_ID.to_owned())));
     // APPEND_FORWARD: the last element is our sidecar's; what the client sent before it is not.
     call_with_xfcc(
         app.addr,
-        &format!("URI=spiffe://ratchet.test/forged,By=spiffe://b;URI={SPIFFE_ID}"),
+        &format!("URI=spiffe://ratchet.test/forged,{}", envoy_element(&[SPIFFE_ID], &[])),
     )
     .await;
     assert_eq!(seen.last(), Some(Some(SPIFFE_ID.to_owned())));
+    // A certificate without URI SAN: its first DNS name, as a DNS identity.
+    call_with_xfcc(app.addr, &envoy_element(&[], &["Batch.Internal", "other.internal"])).await;
+    assert_eq!(seen.last(), Some(Some("batch.internal".to_owned())));
+    assert!(matches!(seen.last_identity(), Some(Some(PeerIdentity::Dns(_)))));
     call(crate::helpers::channel(app.addr).await).await.unwrap();
     assert_eq!(seen.last(), Some(None), "no header, no identity");
     app.stop().await;
@@ -655,5 +683,187 @@ async fn over_tls_an_http_client_dribbling_its_request_head_is_disconnected(
     let closed = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut raw)).await;
     assert!(closed.is_ok(), "still connected after 5 s");
     assert!(started.elapsed() >= header / 2, "closed after {:?}", started.elapsed());
+    app.stop().await;
+}
+
+/// A server enforcing the policy `text`, with `transport`.
+async fn spawn_with_policy(options: PgConnectOptions, transport: TransportConfig, text: &str) -> TestApp {
+    let policy = Arc::new(ratchet::policy::reload::PolicyFile::load(&crate::policy::policy_file(text)).unwrap());
+    spawn_app_adjusted(options, move |parts| {
+        parts.transport = transport;
+        parts.access.policy = Some(policy);
+    })
+    .await
+}
+
+/// Issue for `alice` over `channel`, with an XFCC header and an API key if given.
+async fn issue_over(
+    channel: Channel,
+    xfcc: Option<&str>,
+    key: Option<&str>,
+) -> Result<ratchet::grpc::pb::TokenPair, tonic::Status> {
+    let mut request = tonic::Request::new(ratchet::grpc::pb::IssueRequest {
+        subject: "alice".into(),
+        ..Default::default()
+    });
+    if let Some(header) = xfcc {
+        request.metadata_mut().insert(XFCC, header.parse().unwrap());
+    }
+    if let Some(key) = key {
+        request.metadata_mut().insert("x-api-key", key.parse().unwrap());
+    }
+    ratchet::grpc::pb::token_service_client::TokenServiceClient::new(channel)
+        .issue(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[track_caller]
+fn assert_caller_unknown(result: Result<ratchet::grpc::pb::TokenPair, tonic::Status>) {
+    use tonic_types::StatusExt as _;
+    let status = result.expect_err("must not be served as anybody");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    let info = status.get_details_error_info().expect("an ErrorInfo");
+    assert_eq!(info.reason, ratchet::grpc::status::reason::CALLER_UNKNOWN, "{status:?}");
+}
+
+const LOGIN: &str = "spiffe://ratchet.test/ns/auth/sa/login";
+
+/// `login` by SPIFFE ID and `gateway` by API key may Issue. (Written as files were before
+/// `dns =`, so that the tests that use it also run, and fail, on the code before issue 20.)
+fn login_policy() -> String {
+    format!(
+        r#"
+        [[caller]]
+        name = "login"
+        id = "{LOGIN}"
+        rpcs = ["Issue"]
+
+        [[caller]]
+        name = "gateway"
+        api_key_sha256 = "{}"
+        rpcs = ["Issue"]
+        "#,
+        ratchet::policy::file::api_key_sha256("gateway-key-0123456789")
+    )
+}
+
+/// A server doing mutual TLS with certificates of `client_ca`, under the policy `text`.
+async fn spawn_mtls_with_policy(
+    options: PgConnectOptions,
+    files: &Files,
+    server_ca: &Ca,
+    client_ca: &Ca,
+    text: &str,
+) -> TestApp {
+    let transport = TransportConfig {
+        tls: Some(files.tls(&server_ca.server(), Some(client_ca))),
+        ..TransportConfig::default()
+    };
+    spawn_with_policy(options, transport, text).await
+}
+
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
+async fn a_dns_san_holding_a_spiffe_id_is_not_that_spiffe_caller(_pool: PgPoolOptions, options: PgConnectOptions) {
+    let (server_ca, client_ca, files) = (Ca::new("server CA"), Ca::new("client CA"), Files::new());
+    let app = spawn_mtls_with_policy(options, &files, &server_ca, &client_ca, &login_policy()).await;
+    let over = |client: &Leaf| tls_channel(app.addr, client_config(&server_ca, Some(client), &[b"h2"])).0;
+
+    // The real `login`: a URI SAN.
+    let login = client_ca.client(&[uri(LOGIN)]);
+    issue_over(over(&login), None, None)
+        .await
+        .expect("the SPIFFE caller may issue");
+
+    // The same text in a DNS SAN is no identity at all, so not `login`.
+    let impostor = client_ca.client(&[dns(LOGIN)]);
+    assert_caller_unknown(issue_over(over(&impostor), None, None).await);
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
+async fn a_dns_san_names_the_caller_of_its_dns_entry_case_insensitively(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let (server_ca, client_ca, files) = (Ca::new("server CA"), Ca::new("client CA"), Files::new());
+    // `batch` by DNS name may only ListSessions; `login` (by SPIFFE ID) may Issue.
+    let text = format!(
+        "{}\n[[caller]]\nname = \"batch\"\ndns = \"batch.internal\"\nrpcs = [\"ListSessions\"]\n",
+        login_policy()
+    );
+    let app = spawn_mtls_with_policy(options, &files, &server_ca, &client_ca, &text).await;
+    let over = |client: &Leaf| tls_channel(app.addr, client_config(&server_ca, Some(client), &[b"h2"])).0;
+
+    // A DNS SAN names a `dns =` caller (case-insensitively), and only that one.
+    let batch = client_ca.client(&[dns("Batch.Internal")]);
+    let refused = issue_over(over(&batch), None, None).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::PermissionDenied,
+        "batch, which may not Issue: {refused:?}"
+    );
+    assert!(refused.message().contains("batch"), "{refused:?}");
+    ratchet::grpc::pb::token_service_client::TokenServiceClient::new(over(&batch))
+        .list_sessions(ratchet::grpc::pb::ListSessionsRequest {
+            subject: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("batch may list sessions");
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
+async fn a_forged_xfcc_element_is_unauthenticated_never_the_caller_it_names(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let transport = TransportConfig {
+        trust_xfcc: true,
+        ..TransportConfig::default()
+    };
+    let app = spawn_with_policy(options, transport, &login_policy()).await;
+    let plain = || crate::helpers::channel(app.addr);
+
+    // What Envoy writes for `login`'s certificate: served as `login`.
+    let real = envoy_element(&[LOGIN], &["login.auth"]);
+    issue_over(plain().await, Some(&real), None)
+        .await
+        .expect("login may issue");
+
+    // The issue's reproduction: a certificate whose URI SAN is
+    // `spiffe://ratchet.test/ns/evil/sa/x,URI=spiffe://ratchet.test/ns/auth/sa/login`, as Envoy
+    // writes it (unquoted). Split at the comma, the last element names `login`.
+    let forged = envoy_element(
+        &[&format!("spiffe://ratchet.test/ns/evil/sa/x,URI={LOGIN}")],
+        &["evil.example"],
+    );
+    assert_caller_unknown(issue_over(plain().await, Some(&forged), None).await);
+    // A key beside it does not make it readable: the transport's word is broken, so no call.
+    assert_caller_unknown(issue_over(plain().await, Some(&forged), Some("gateway-key-0123456789")).await);
+    issue_over(plain().await, None, Some("gateway-key-0123456789"))
+        .await
+        .expect("the key alone is fine");
+
+    // The same with `;` (a second URI field), and a SPIFFE ID in a DNS SAN.
+    for forged in [
+        envoy_element(&[&format!("spiffe://ratchet.test/ns/evil/sa/x;URI={LOGIN}")], &[]),
+        envoy_element(&[], &[LOGIN]),
+    ] {
+        assert_caller_unknown(issue_over(plain().await, Some(&forged), None).await);
+    }
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
+async fn without_a_policy_a_malformed_xfcc_header_names_nobody(_pool: PgPoolOptions, options: PgConnectOptions) {
+    let (app, seen) = spawn(options, None, true).await;
+    let forged = envoy_element(&[&format!("spiffe://ratchet.test/ns/evil/sa/x,URI={LOGIN}")], &[]);
+    // Open mode serves everyone anyway; what matters is that nobody is named, least of all login.
+    issue_over(crate::helpers::channel(app.addr).await, Some(&forged), None)
+        .await
+        .expect("open mode");
+    assert_eq!(seen.last(), Some(None));
     app.stop().await;
 }

@@ -331,6 +331,13 @@ impl FamilyStore for PgStore {
         Ok(row.map(|(revoked, expires_at)| FamilyStatus { revoked, expires_at }))
     }
 
+    async fn family_subject(&self, id: FamilyId) -> Result<Option<String>, StoreError> {
+        let row: Option<(String,)> = self
+            .fetch_optional(Kind::Read, || sqlx::query_as(sql::FAMILY_SUBJECT).bind(id.as_uuid()))
+            .await?;
+        Ok(row.map(|(subject,)| subject))
+    }
+
     async fn revoke_family(
         &self,
         id: FamilyId,

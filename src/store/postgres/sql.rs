@@ -126,6 +126,8 @@ pub const CREATE_FAMILY: &str = "with family as (
 
 pub(super) const FAMILY_STATUS: &str = "select revoked_at is not null, expires_at from families where id = $1";
 
+pub(super) const FAMILY_SUBJECT: &str = "select subject from families where id = $1";
+
 /// $1 family id, $2 now, $3 reason. Returns whether the family exists and whether this revoked it.
 pub(super) const REVOKE_FAMILY: &str = "with target as (
         select id, revoked_at from families where id = $1

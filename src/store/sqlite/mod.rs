@@ -565,6 +565,18 @@ impl FamilyStore for SqliteStore {
         .await
     }
 
+    async fn family_subject(&self, id: FamilyId) -> Result<Option<String>, StoreError> {
+        self.bounded(Kind::Read, async {
+            let row: Option<(String,)> = query_as(sql::FAMILY_SUBJECT)
+                .bind(hyphenated(id))
+                .fetch_optional(&self.readers)
+                .await
+                .map_err(classify)?;
+            Ok(row.map(|(subject,)| subject))
+        })
+        .await
+    }
+
     async fn revoke_family(
         &self,
         id: FamilyId,

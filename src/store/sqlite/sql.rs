@@ -91,6 +91,8 @@ pub(super) const EVICT: &str = "update families set revoked_at = ?3, revoked_rea
 
 pub(super) const FAMILY_STATUS: &str = "select revoked_at is not null, expires_at from families where id = ?1";
 
+pub(super) const FAMILY_SUBJECT: &str = "select subject from families where id = ?1";
+
 /// Whether ?1 exists, and when it was revoked.
 pub(super) const FAMILY_REVOKED_AT: &str = "select revoked_at from families where id = ?1";
 
