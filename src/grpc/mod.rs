@@ -2,12 +2,14 @@
 //! authorization ([`authz`], on Envoy's generated code from `envoy-types`), request parsing and
 //! response encoding ([`convert`]), the one mapping of domain errors to `Status` ([`status`]) and
 //! the layers around the whole server ([`message_limit`], [`panic`], [`shed`]); who is calling
-//! ([`caller`]) and what they may do ([`access`]).
+//! ([`caller`]) and what they may do ([`access`]); the health service with its `Watch` streams
+//! counted ([`health`]).
 
 pub mod access;
 pub mod authz;
 pub mod caller;
 pub mod convert;
+pub mod health;
 pub mod message_limit;
 pub mod panic;
 pub mod service;
