@@ -337,7 +337,7 @@ pub struct TransportLimitArgs {
     #[arg(long, env = "RATCHET_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: u32,
     /// A new gRPC connection that has not sent its first request's headers within this (after
-    /// its TLS handshake) is cut. 1s to 5m.
+    /// its TLS handshake) gets a GOAWAY, and is cut a second later. 1s to 5m.
     #[arg(long, env = "RATCHET_FIRST_REQUEST_TIMEOUT", default_value = "10s")]
     pub first_request_timeout: String,
     /// Health `Watch` streams open at once (they need no credentials); one more is refused

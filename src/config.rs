@@ -98,7 +98,8 @@ pub struct TransportLimits {
     pub idle_timeout: Duration,
     /// gRPC connections served at once; further ones wait in the kernel's backlog.
     pub max_connections: usize,
-    /// A new gRPC connection must complete its first request's headers within this, or is cut.
+    /// A new gRPC connection must complete its first request's headers within this, or is closed
+    /// (and cut a second later).
     pub first_request_timeout: Duration,
     /// Health `Watch` streams open at once; one more is refused RESOURCE_EXHAUSTED.
     pub max_health_watches: usize,

@@ -70,6 +70,14 @@ impl Activity {
         }
     }
 
+    /// Resolves after `timeout` if no request has started by then; never otherwise.
+    pub async fn no_request_within(&self, timeout: Duration) {
+        tokio::time::sleep(timeout).await;
+        if self.has_started() {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Whether a request has ever started.
     pub fn has_started(&self) -> bool {
         self.0.borrow().started > 0
@@ -232,6 +240,16 @@ mod tests {
         timeout(5000 * MS, &mut idle).await.unwrap();
         let waited = ended.elapsed();
         assert!(waited >= 300 * MS, "{waited:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_without_a_request_is_noticed_and_one_with_a_request_is_not() {
+        use tokio::time::timeout;
+        let quiet = Activity::default();
+        let used = Activity::default();
+        drop(used.start());
+        assert!(timeout(2000 * MS, quiet.no_request_within(100 * MS)).await.is_ok());
+        assert!(timeout(300 * MS, used.no_request_within(100 * MS)).await.is_err());
     }
 
     #[test]

@@ -7,11 +7,13 @@
 //!   accepted for their handshakes, then wait). The permit goes with the connection's transport
 //!   (`Held`), so it is free again the moment the connection is.
 //! - A connection that has not completed its first request's headers within the deadline
-//!   (`--first-request-timeout`, `--http-header-read-timeout`) is cut: its transport fails the
-//!   next read. Not a graceful close: there is no request to let finish, and HTTP/2's graceful
-//!   close waits for the peer to answer a PING, which a client that sent nothing, or only the
-//!   connection preface, need never do (issue 20: 550 such plaintext connections were all still
-//!   open after 40 s, held until the idle timeout).
+//!   (`--first-request-timeout`, `--http-header-read-timeout`) is closed gracefully (a GOAWAY:
+//!   a client that connected ahead of its first call learns that nothing was started and
+//!   reconnects when it has one), and [`FIRST_REQUEST_GRACE`] later cut: its transport fails the
+//!   next read. The cut is what bounds a hostile client: HTTP/2's graceful close waits for the
+//!   peer to answer a PING, which a client that sent nothing, or only the connection preface,
+//!   need never do (issue 20: 550 such plaintext connections were all still open after 40 s,
+//!   held until the idle timeout).
 //! - [`grpc`]: tonic serves each connection as before (same settings, layers, max connection age,
 //!   drain), but as a server of its own whose shutdown signal is "this connection has been idle
 //!   for `--idle-timeout`, has closed, or the whole server is stopping". tonic has no
@@ -51,12 +53,17 @@ use tower_service::Service;
 use super::accept::{Conn, PeerInfo};
 use super::idle::{Activity, Tracked};
 
+/// How long after the first request deadline's GOAWAY a connection is cut: one round trip for
+/// the client to answer the GOAWAY's PING and close (milliseconds within a data centre).
+pub const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
 /// Bounds on the gRPC listener's connections; see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GrpcLimits {
     /// Connections served at once; further ones wait to be accepted.
     pub max_connections: usize,
-    /// A connection must complete its first request's headers within this, or is cut.
+    /// A connection must complete its first request's headers within this, or is closed (and cut
+    /// [`FIRST_REQUEST_GRACE`] later).
     pub first_request_timeout: Duration,
     /// A connection with no call in flight for this long is closed gracefully; `None`: never.
     pub idle_timeout: Option<Duration>,
@@ -110,7 +117,7 @@ pub async fn grpc<L, ResBody>(
                 let ended = async move {
                     let _ = gone.await;
                 };
-                let idle = async move {
+                let idle = async {
                     match limits.idle_timeout {
                         Some(timeout) => {
                             activity.idle(timeout).await;
@@ -119,8 +126,13 @@ pub async fn grpc<L, ResBody>(
                         None => std::future::pending().await,
                     }
                 };
+                let no_request = async {
+                    activity.no_request_within(limits.first_request_timeout).await;
+                    tracing::debug!("closing a gRPC connection that sent no request in time");
+                };
                 tokio::select! {
                     () = idle => {}
+                    () = no_request => {}
                     () = stop => {}
                     () = ended => {}
                 }
@@ -168,7 +180,7 @@ struct Held {
 
 impl Held {
     /// `conn` holding `permit`, cut unless a request has started on `activity` within
-    /// `first_request`; and what resolves once it is dropped.
+    /// `first_request` (and its grace); and what resolves once it is dropped.
     fn new(
         conn: Conn,
         permit: OwnedSemaphorePermit,
@@ -178,7 +190,10 @@ impl Held {
         let (gone, dropped) = oneshot::channel();
         let held = Self {
             conn,
-            first_request: Some((activity, Box::pin(tokio::time::sleep(first_request)))),
+            first_request: Some((
+                activity,
+                Box::pin(tokio::time::sleep(first_request + FIRST_REQUEST_GRACE)),
+            )),
             _permit: permit,
             _gone: gone,
         };
@@ -321,6 +336,8 @@ async fn http_connection(
         .header_read_timeout(limits.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
     let mut conn = pin!(builder.serve_connection(TokioIo::new(conn), service));
+    // Held cuts the connection a grace after this, if the client does not close it.
+    let mut no_request = pin!(activity.no_request_within(limits.header_read_timeout));
     let mut idle = pin!(activity.idle(limits.idle_timeout));
     let mut stop = pin!(stopping.wait_for(|stop| *stop));
     let mut closing = false;
@@ -331,6 +348,10 @@ async fn http_connection(
                     tracing::debug!(%error, "HTTP connection ended with an error");
                 }
                 return;
+            }
+            () = &mut no_request, if !closing => {
+                tracing::debug!("closing an HTTP connection that sent no request in time");
+                closing = true;
             }
             () = &mut idle, if !closing => {
                 tracing::debug!("closing an idle HTTP connection");

@@ -297,7 +297,8 @@ async fn a_grpc_connection_that_sends_no_complete_request_in_time_is_cut(
     let app = spawn_app_adjusted(options, |parts| parts.limits.first_request_timeout = deadline).await;
     let opened = Instant::now();
     let stalled = stalled_connections(app.addr).await;
-    // A client that calls at once is served, and not cut later for being slow to call again.
+    // A client that connects ahead of its first call, and one that calls at once.
+    let (early, early_watch) = watched_channel(app.addr).await;
     let client = TokenServiceClient::new(channel(app.addr).await);
     issue(&client, "alice").await;
     for (what, stream) in stalled {
@@ -306,6 +307,14 @@ async fn a_grpc_connection_that_sends_no_complete_request_in_time_is_cut(
             .unwrap_or_else(|| panic!("{what}: still connected after 5 s (first request deadline {deadline:?})"));
         assert!(after >= deadline * 4 / 5, "{what}: cut after {after:?}");
     }
+    // The early client was told (GOAWAY) and reconnects for its call; the other is not cut later
+    // for being slow to call again.
+    assert!(
+        eventually(Duration::from_secs(3), || early_watch.ended() == 1).await,
+        "the early client's unused connection is still open"
+    );
+    issue(&TokenServiceClient::new(early), "bob").await;
+    assert_eq!(early_watch.opened(), 2);
     issue(&client, "alice").await;
     app.stop().await;
 }
