@@ -333,6 +333,18 @@ pub struct TransportLimitArgs {
     /// the kernel's backlog). 1 to 100000.
     #[arg(long, env = "RATCHET_HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
     pub http_max_connections: u32,
+    /// gRPC connections served at once; further ones wait to be accepted (in the kernel's
+    /// backlog). 1 to 1000000.
+    #[arg(long, env = "RATCHET_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: u32,
+    /// A new gRPC connection that has not sent its first request's headers within this (after
+    /// its TLS handshake) gets a GOAWAY, and is cut a second later. 1s to 5m.
+    #[arg(long, env = "RATCHET_FIRST_REQUEST_TIMEOUT", default_value = "10s")]
+    pub first_request_timeout: String,
+    /// Health `Watch` streams open at once (they need no credentials); one more is refused
+    /// RESOURCE_EXHAUSTED. 1 to 100000.
+    #[arg(long, env = "RATCHET_MAX_HEALTH_WATCHES", default_value_t = 1000)]
+    pub max_health_watches: u32,
 }
 
 #[cfg(test)]

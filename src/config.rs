@@ -96,6 +96,13 @@ pub struct TransportLimits {
     pub max_connection_age: Duration,
     /// Zero: idle connections stay open.
     pub idle_timeout: Duration,
+    /// gRPC connections served at once; further ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// A new gRPC connection must complete its first request's headers within this, or is closed
+    /// (and cut a second later).
+    pub first_request_timeout: Duration,
+    /// Health `Watch` streams open at once; one more is refused RESOURCE_EXHAUSTED.
+    pub max_health_watches: usize,
 }
 
 impl Default for TransportLimits {
@@ -108,6 +115,9 @@ impl Default for TransportLimits {
             http2_keepalive_timeout: Duration::from_secs(10),
             max_connection_age: Duration::ZERO,
             idle_timeout: Duration::from_secs(5 * 60),
+            max_connections: 10_000,
+            first_request_timeout: Duration::from_secs(10),
+            max_health_watches: 1000,
         }
     }
 }
@@ -122,6 +132,12 @@ impl TransportLimits {
         });
         problems.check((1024..=1024 * 1024).contains(&args.max_header_bytes), || {
             "max-header-bytes: must be 1024 to 1048576".into()
+        });
+        problems.check((1..=1_000_000).contains(&args.max_connections), || {
+            "max-connections: must be 1 to 1000000".into()
+        });
+        problems.check((1..=100_000).contains(&args.max_health_watches), || {
+            "max-health-watches: must be 1 to 100000".into()
         });
         Self {
             max_concurrent_requests: usize::try_from(args.max_concurrent_requests).unwrap_or(1024),
@@ -139,6 +155,13 @@ impl TransportLimits {
             ),
             max_connection_age: problems.duration("max-connection-age", &args.max_connection_age, &CONNECTION_AGE),
             idle_timeout: problems.duration("idle-timeout", &args.idle_timeout, &IDLE_TIMEOUT),
+            max_connections: usize::try_from(args.max_connections).unwrap_or(10_000),
+            first_request_timeout: problems.duration(
+                "first-request-timeout",
+                &args.first_request_timeout,
+                &FIRST_REQUEST_TIMEOUT,
+            ),
+            max_health_watches: usize::try_from(args.max_health_watches).unwrap_or(1000),
         }
     }
 }
@@ -380,6 +403,14 @@ const HTTP_HEADER_READ_TIMEOUT: Bounds = Bounds {
     min: Duration::from_secs(1),
     max: Duration::from_secs(5 * 60),
     why: "a client dribbling its headers would hold a connection that long",
+};
+/// A client sends its first request as soon as it has connected (or finished its TLS handshake,
+/// bounded apart); like the HTTP header read timeout, longer lets a silent client hold a
+/// connection, and its place under `--max-connections`, that long.
+const FIRST_REQUEST_TIMEOUT: Bounds = Bounds {
+    min: Duration::from_secs(1),
+    max: Duration::from_secs(5 * 60),
+    why: "a connection that sends nothing would hold its place under the connection cap that long",
 };
 /// Verifiers fetch the JWKS every few minutes: keeping an idle connection longer saves nothing.
 const HTTP_IDLE_TIMEOUT: Bounds = Bounds {

@@ -325,8 +325,9 @@ impl Application {
     /// connection that fails is logged, never an error of the server).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
-        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let reporter = HealthReporter::new();
         set_health(&reporter, ServingStatus::NotServing).await;
+        let health_service = crate::grpc::health::service(reporter.clone(), self.limits.max_health_watches);
         let (stop_health, stopped) = watch::channel(false);
         let health_task = tokio::spawn(watch_health(self.store.clone(), reporter.clone(), stopped.clone()));
         let listener_task = self.family_cache.map(|cache| {
@@ -448,8 +449,12 @@ impl Application {
             .add_optional_service(reflection.then_some(reflection_v1alpha))
             .add_service(tokens)
             .add_service(authorization);
-        let idle_timeout = (!limits.idle_timeout.is_zero()).then_some(limits.idle_timeout);
-        let serve = transport::serve::grpc(router, incoming, idle_timeout, async {
+        let connection_limits = transport::serve::GrpcLimits {
+            max_connections: limits.max_connections,
+            first_request_timeout: limits.first_request_timeout,
+            idle_timeout: (!limits.idle_timeout.is_zero()).then_some(limits.idle_timeout),
+        };
+        let serve = transport::serve::grpc(router, incoming, connection_limits, async {
             shutdown.await;
             let _ = stop_health.send(true);
             set_health(&reporter, ServingStatus::NotServing).await;

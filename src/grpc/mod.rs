@@ -2,11 +2,13 @@
 //! authorization ([`authz`], on Envoy's generated code from `envoy-types`), request parsing and
 //! response encoding ([`convert`]), the one mapping of domain errors to `Status` ([`status`]) and
 //! the layers around the whole server ([`message_limit`], [`panic`], [`shed`]); what a caller may
-//! do ([`access`]; who is calling is the transport's to say, `crate::transport::identity`).
+//! do ([`access`]; who is calling is the transport's to say, `crate::transport::identity`); the
+//! health service with its `Watch` streams counted ([`health`]).
 
 pub mod access;
 pub mod authz;
 pub mod convert;
+pub mod health;
 pub mod message_limit;
 pub mod panic;
 pub mod service;

@@ -13,7 +13,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::Stream;
-use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -22,6 +21,7 @@ use tokio_rustls::server::TlsStream;
 
 use super::identity::PeerIdentity;
 use super::idle::Activity;
+use super::tls::ListenerTls;
 
 /// Longest a TLS handshake may take before the connection is closed.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -140,7 +140,7 @@ impl AsyncWrite for Conn {
 /// that one at its connection cap leaves them in the kernel's backlog).
 pub fn connections(
     listener: TcpListener,
-    tls: Option<Arc<ServerConfig>>,
+    tls: Option<ListenerTls>,
 ) -> Pin<Box<dyn Stream<Item = io::Result<Conn>> + Send>> {
     use futures_util::StreamExt as _;
     match tls {
@@ -155,16 +155,16 @@ pub fn connections(
 
 /// Connections from `listener`: TCP ones as they are, or, with `tls`, those that completed a
 /// handshake. Ends (and closes the listener) when the receiving side is dropped.
-pub fn incoming(listener: TcpListener, tls: Option<Arc<ServerConfig>>) -> impl Stream<Item = io::Result<Conn>> + Send {
+pub fn incoming(listener: TcpListener, tls: Option<ListenerTls>) -> impl Stream<Item = io::Result<Conn>> + Send {
     let (sender, receiver) = mpsc::channel::<Conn>(64);
-    tokio::spawn(accept_loop(listener, tls.map(TlsAcceptor::from), sender));
+    tokio::spawn(accept_loop(listener, tls, sender));
     futures_util::stream::unfold(receiver, |mut receiver| async move {
         receiver.recv().await.map(|conn| (Ok(conn), receiver))
     })
 }
 
 /// Accepts connections until the receiver is gone.
-async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, sender: mpsc::Sender<Conn>) {
+async fn accept_loop(listener: TcpListener, tls: Option<ListenerTls>, sender: mpsc::Sender<Conn>) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
         // A permit first: at the limit, connections wait in the backlog.
@@ -188,12 +188,20 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, sender: mp
             () = sender.closed() => return,
         };
         let _ = stream.set_nodelay(true);
-        let Some(acceptor) = tls.clone() else {
+        let Some(tls) = &tls else {
             drop(permit);
             if sender.send(Conn::plain(stream)).await.is_err() {
                 return;
             }
             continue;
+        };
+        // The current generation's configuration, so that no session of an older one resumes.
+        let acceptor = match tls.current() {
+            Ok(config) => TlsAcceptor::from(config),
+            Err(error) => {
+                tracing::error!(%error, "cannot configure TLS for a connection; refusing it");
+                continue;
+            }
         };
         let sender = sender.clone();
         tokio::spawn(async move {

@@ -73,9 +73,14 @@ impl Activity {
     /// Resolves after `timeout` if no request has started by then; never otherwise.
     pub async fn no_request_within(&self, timeout: Duration) {
         tokio::time::sleep(timeout).await;
-        if self.0.borrow().started > 0 {
+        if self.has_started() {
             std::future::pending::<()>().await;
         }
+    }
+
+    /// Whether a request has ever started.
+    pub fn has_started(&self) -> bool {
+        self.0.borrow().started > 0
     }
 
     #[cfg(test)]
@@ -245,5 +250,13 @@ mod tests {
         drop(used.start());
         assert!(timeout(2000 * MS, quiet.no_request_within(100 * MS)).await.is_ok());
         assert!(timeout(300 * MS, used.no_request_within(100 * MS)).await.is_err());
+    }
+
+    #[test]
+    fn a_connection_has_started_a_request_from_its_first_on() {
+        let activity = Activity::default();
+        assert!(!activity.has_started());
+        drop(activity.start());
+        assert!(activity.has_started(), "even once it is over");
     }
 }

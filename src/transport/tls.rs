@@ -2,26 +2,41 @@
 //! and swapped whole while the server runs.
 //!
 //! Mesh certificates are short-lived (SPIRE and cert-manager rotate them hourly), so the files
-//! are read again on SIGHUP and every `--tls-reload-interval` ([`reload`]). Each new handshake asks
-//! [`Reloadable`] for the current material (rustls' `ResolvesServerCert` and a client verifier
-//! that delegates to the current `WebPkiClientVerifier`); established connections keep the keys
-//! they negotiated, so a rotation drops nobody. A file that fails to load keeps the old material
-//! and says why; at start it is a configuration error.
+//! are read again on SIGHUP and every `--tls-reload-interval` ([`reload`]). Every reading that
+//! changes something is a new *generation* of the material, and each listener ([`ListenerTls`])
+//! builds a rustls configuration of its own for each generation, at the first handshake after it.
+//! Established connections keep the keys they negotiated, so a rotation drops nobody.
+//! A file that fails to load keeps the old material and says why; at start it is a configuration
+//! error.
 //!
-//! Left out: OCSP stapling, CRLs (short-lived certificates make them moot), SNI-based selection.
+//! Session resumption (issue 20): a resumed TLS session skips the certificates, so it must not
+//! outlive what they proved.
+//! - A listener that asks for client certificates resumes nothing (no session cache, no tickets):
+//!   a resumed session would carry the identity of a client certificate checked against a client
+//!   CA that may since have been replaced, and past the certificate's `notAfter`. Each connection
+//!   proves its certificate afresh: a full handshake, about 200 µs more server CPU than a
+//!   resumption (BENCHMARKS.md, "TLS handshakes"), once per connection, and connections live for
+//!   minutes.
+//! - Other listeners (server certificate only, the JWKS listener) keep rustls' stateful session
+//!   cache and TLS 1.3 tickets, in the configuration of one generation: a session made before a
+//!   reload is in a cache that no new handshake consults, so it is never resumed after it.
+//!
+//! Left out: OCSP stapling, CRLs (short-lived certificates make them moot), SNI-based selection,
+//! stateless tickets (a ticket key to rotate and share, for what a per-process cache does).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
-use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::{RootCertStore, ServerConfig};
 use tokio::sync::watch;
 
 use crate::keys::KeyError;
@@ -60,10 +75,22 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// What one reading of the files gave.
 struct Material {
+    /// Which reading: every change of the files is a new generation.
+    generation: u64,
     key: Arc<CertifiedKey>,
     verifier: Option<Arc<dyn ClientCertVerifier>>,
     /// The files' bytes, to tell whether a reading changed anything.
     read: Vec<Vec<u8>>,
+}
+
+/// Not the files' bytes: one of them is the private key.
+impl std::fmt::Debug for Material {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Material")
+            .field("generation", &self.generation)
+            .field("client_ca", &self.verifier.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -91,7 +118,7 @@ fn certificates(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>,
 }
 
 impl Material {
-    fn load(files: &TlsFiles, provider: &Arc<CryptoProvider>) -> Result<Self, TlsError> {
+    fn load(files: &TlsFiles, provider: &Arc<CryptoProvider>, generation: u64) -> Result<Self, TlsError> {
         crate::keys::keyfile::refuse_if_shared(&files.key)?;
         let cert_pem = read(&files.cert)?;
         let key_pem = read(&files.key)?;
@@ -110,6 +137,9 @@ impl Material {
                 read.push(ca_pem);
                 Some(
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                        // No CA names hinted: a workload has one certificate and presents it
+                        // without them.
+                        .clear_root_hint_subjects()
                         .build()
                         .map_err(|e| format(path, e))?,
                 )
@@ -117,10 +147,36 @@ impl Material {
             None => None,
         };
         Ok(Self {
+            generation,
             key: Arc::new(key),
             verifier,
             read,
         })
+    }
+
+    /// A rustls configuration serving this material, offering `alpn`, asking for client
+    /// certificates if `client_auth` and there is a client CA; see the module docs for
+    /// resumption.
+    fn server_config(
+        &self,
+        provider: &Arc<CryptoProvider>,
+        alpn: &[Vec<u8>],
+        client_auth: bool,
+    ) -> Result<Arc<ServerConfig>, rustls::Error> {
+        let builder = ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+        let (builder, asks_for_certificates) = match (&self.verifier, client_auth) {
+            (Some(verifier), true) => (builder.with_client_cert_verifier(verifier.clone()), true),
+            _ => (builder.with_no_client_auth(), false),
+        };
+        let mut config = builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(self.key.clone())));
+        config.alpn_protocols = alpn.to_vec();
+        if asks_for_certificates {
+            config.session_storage = Arc::new(NoServerSessionStorage {});
+            config.send_tls13_tickets = 0;
+            // `ticketer` is rustls' default, which makes no (stateless) tickets.
+        }
+        // Otherwise the builder's default: a cache of 256 sessions of this configuration's own.
+        Ok(Arc::new(config))
     }
 }
 
@@ -129,10 +185,9 @@ impl Material {
 pub struct Reloadable {
     files: TlsFiles,
     provider: Arc<CryptoProvider>,
-    key: ArcSwap<CertifiedKey>,
-    /// `Some` exactly when `files.client_ca` is.
-    verifier: Option<ArcSwap<Arc<dyn ClientCertVerifier>>>,
-    read: ArcSwap<Vec<Vec<u8>>>,
+    current: ArcSwap<Material>,
+    /// The last generation given out.
+    generations: AtomicU64,
 }
 
 /// Whether a reading changed the material.
@@ -150,123 +205,81 @@ impl Reloadable {
     /// may be read by others.
     pub fn load(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
         let provider = provider();
-        let material = Material::load(&files, &provider)?;
+        let material = Material::load(&files, &provider, 0)?;
         Ok(Arc::new(Self {
             files,
             provider,
-            key: ArcSwap::new(material.key),
-            verifier: material.verifier.map(ArcSwap::from_pointee),
-            read: ArcSwap::from_pointee(material.read),
+            current: ArcSwap::from_pointee(material),
+            generations: AtomicU64::new(0),
         }))
     }
 
     /// Reads the files again and switches to them if they changed. New handshakes use the new
-    /// material; established connections are not touched.
+    /// material (and none resumes a session made before); established connections are not
+    /// touched.
     ///
     /// # Errors
     /// As [`Reloadable::load`]; the current material stays.
     pub fn reload(&self) -> Result<Reloaded, TlsError> {
-        let material = Material::load(&self.files, &self.provider)?;
-        if **self.read.load() == material.read {
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        let material = Material::load(&self.files, &self.provider, generation)?;
+        if self.current.load().read == material.read {
             return Ok(Reloaded::Unchanged);
         }
-        self.key.store(material.key);
-        if let (Some(current), Some(new)) = (&self.verifier, material.verifier) {
-            current.store(Arc::new(new));
-        }
-        self.read.store(Arc::new(material.read));
+        self.current.store(Arc::new(material));
         Ok(Reloaded::Changed)
     }
 
     /// Whether clients must present a certificate.
     pub fn requires_client_certificates(&self) -> bool {
-        self.verifier.is_some()
+        self.files.client_ca.is_some()
     }
 
-    /// A rustls configuration serving this material, offering `alpn` (most preferred first).
-    /// `client_auth`: whether client certificates are asked for (when a client CA is configured).
-    pub fn server_config(
-        self: &Arc<Self>,
-        alpn: &[&[u8]],
-        client_auth: bool,
-    ) -> Result<Arc<ServerConfig>, rustls::Error> {
-        let builder =
-            ServerConfig::builder_with_provider(self.provider.clone()).with_safe_default_protocol_versions()?;
-        let builder = if client_auth && self.verifier.is_some() {
-            builder.with_client_cert_verifier(Arc::new(CurrentVerifier(self.clone())))
-        } else {
-            builder.with_no_client_auth()
-        };
-        let mut config = builder.with_cert_resolver(Arc::new(CurrentKey(self.clone())));
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Ok(Arc::new(config))
+    /// The TLS configuration of a listener serving this material, offering `alpn` (most
+    /// preferred first). `client_auth`: whether client certificates are asked for (when a client
+    /// CA is configured).
+    ///
+    /// # Errors
+    /// rustls refuses the provider's protocol versions (it does not: they are rustls' own).
+    pub fn server_config(self: &Arc<Self>, alpn: &[&[u8]], client_auth: bool) -> Result<ListenerTls, rustls::Error> {
+        let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
+        let material = self.current.load_full();
+        let config = material.server_config(&self.provider, &alpn, client_auth)?;
+        Ok(ListenerTls {
+            material: self.clone(),
+            alpn,
+            client_auth,
+            built: ArcSwap::from_pointee((material.generation, config)),
+        })
     }
 }
 
-/// Resolves every handshake to the current certificate.
+/// One listener's TLS configuration, following the material's generations (see the module docs).
 #[derive(Debug)]
-struct CurrentKey(Arc<Reloadable>);
-
-impl ResolvesServerCert for CurrentKey {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.key.load_full())
-    }
+pub struct ListenerTls {
+    material: Arc<Reloadable>,
+    alpn: Vec<Vec<u8>>,
+    client_auth: bool,
+    /// The configuration of the generation it was built for.
+    built: ArcSwap<(u64, Arc<ServerConfig>)>,
 }
 
-/// Verifies client certificates with the current client CA.
-#[derive(Debug)]
-struct CurrentVerifier(Arc<Reloadable>);
-
-impl CurrentVerifier {
-    fn current(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
-        self.0
-            .verifier
-            .as_ref()
-            .map(|verifier| Arc::clone(&**verifier.load()))
-            .ok_or_else(|| rustls::Error::General("no client CA".into()))
-    }
-}
-
-impl ClientCertVerifier for CurrentVerifier {
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-
-    /// No hints: they would have to borrow from material that may be swapped meanwhile, and
-    /// clients with one certificate (every workload) present it without them.
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.current()?.verify_client_cert(end_entity, intermediates, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.current()?.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.current()?.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.provider.signature_verification_algorithms.supported_schemes()
+impl ListenerTls {
+    /// The configuration for a new connection: that of the current generation, built at its first
+    /// connection. A session resumes only within the configuration (the generation) that made it.
+    ///
+    /// # Errors
+    /// As [`Reloadable::server_config`]; the connection is then refused, never served with the
+    /// configuration (and sessions) of an older generation.
+    pub fn current(&self) -> Result<Arc<ServerConfig>, rustls::Error> {
+        let material = self.material.current.load();
+        let built = self.built.load();
+        if built.0 == material.generation {
+            return Ok(built.1.clone());
+        }
+        let config = material.server_config(&self.material.provider, &self.alpn, self.client_auth)?;
+        self.built.store(Arc::new((material.generation, config.clone())));
+        Ok(config)
     }
 }
 

@@ -1,5 +1,6 @@
 //! Connection limits over real sockets: idle gRPC connections are closed (and busy ones never),
-//! and the HTTP (JWKS) listener drops slowloris clients and caps its connections.
+//! both listeners cap their connections and cut those that send no request in time, and health
+//! `Watch` streams are counted.
 //!
 //! Where they run: on PostgreSQL only; what they test is the transport, which is the same
 //! whatever the store.
@@ -249,12 +250,162 @@ async fn beyond_the_http_connection_cap_a_new_connection_waits_for_a_free_one(
 
     let waiting = tokio::spawn(http_get(http, JWKS_PATH, &[]));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(!waiting.is_finished(), "served beyond the cap of 2 connections");
+    assert!(!waiting.is_finished(), "served beyond the cap of 3 connections");
     drop(first);
     let answer = tokio::time::timeout(Duration::from_secs(3), waiting)
         .await
         .expect("served once a connection was free")
         .unwrap();
     assert_eq!(answer.status, 200);
+    app.stop().await;
+}
+
+/// The HTTP/2 connection preface and an empty SETTINGS frame: what every HTTP/2 client sends
+/// first.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// The preface, then the start of a request: a HEADERS frame on stream 1 without END_HEADERS
+/// (`:method POST`, `:scheme http`), whose CONTINUATION never comes.
+fn partial_request() -> Vec<u8> {
+    let mut bytes = PREFACE.to_vec();
+    bytes.extend_from_slice(&[0x00, 0x00, 0x02, 0x01, 0x00, 0x00, 0x00, 0x00, 0x01, 0x83, 0x86]);
+    bytes
+}
+
+/// Connections to `addr` that send nothing, only the preface, and half a request; each with what
+/// it sent.
+async fn stalled_connections(addr: SocketAddr) -> Vec<(&'static str, TcpStream)> {
+    let mut stalled = Vec::new();
+    for (what, bytes) in [
+        ("silent", Vec::new()),
+        ("preface only", PREFACE.to_vec()),
+        ("half a request", partial_request()),
+    ] {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(&bytes).await.unwrap();
+        stalled.push((what, stream));
+    }
+    stalled
+}
+
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
+async fn a_grpc_connection_that_sends_no_complete_request_in_time_is_cut(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let deadline = Duration::from_secs(1);
+    let app = spawn_app_adjusted(options, |parts| parts.limits.first_request_timeout = deadline).await;
+    let opened = Instant::now();
+    let stalled = stalled_connections(app.addr).await;
+    // A client that connects ahead of its first call, and one that calls at once.
+    let (early, early_watch) = watched_channel(app.addr).await;
+    let client = TokenServiceClient::new(channel(app.addr).await);
+    issue(&client, "alice").await;
+    for (what, stream) in stalled {
+        let after = closed_within(stream, opened, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("{what}: still connected after 5 s (first request deadline {deadline:?})"));
+        assert!(after >= deadline * 4 / 5, "{what}: cut after {after:?}");
+    }
+    // The early client was told (GOAWAY) and reconnects for its call; the other is not cut later
+    // for being slow to call again.
+    assert!(
+        eventually(Duration::from_secs(3), || early_watch.ended() == 1).await,
+        "the early client's unused connection is still open"
+    );
+    issue(&TokenServiceClient::new(early), "bob").await;
+    assert_eq!(early_watch.opened(), 2);
+    issue(&client, "alice").await;
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
+async fn an_http_connection_that_sends_only_the_http2_preface_is_cut_after_the_header_read_timeout(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let timeout = Duration::from_secs(1);
+    let app = spawn_app_adjusted(options, |parts| {
+        parts.http.as_mut().unwrap().limits.header_read_timeout = timeout;
+    })
+    .await;
+    let opened = Instant::now();
+    for (what, stream) in stalled_connections(app.http_addr.unwrap()).await {
+        let after = closed_within(stream, opened, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("{what}: still connected after 5 s (header read timeout {timeout:?})"));
+        assert!(after >= timeout * 4 / 5, "{what}: cut after {after:?}");
+    }
+    assert_eq!(app.http_get(JWKS_PATH, &[]).await.status, 200, "others are served");
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
+async fn beyond_the_grpc_connection_cap_a_new_connection_waits_until_one_closes(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let app = spawn_app_adjusted(options, |parts| parts.limits.max_connections = 3).await;
+    // The test app's own client holds one connection; two idle plaintext ones fill the cap (the
+    // first request deadline is 10 s).
+    let first = TcpStream::connect(app.addr).await.unwrap();
+    let second = TcpStream::connect(app.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let addr = app.addr;
+    let waiting = tokio::spawn(async move { issue(&TokenServiceClient::new(channel(addr).await), "alice").await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!waiting.is_finished(), "served beyond the cap of 3 connections");
+    drop(first);
+    tokio::time::timeout(Duration::from_secs(3), waiting)
+        .await
+        .expect("served once a connection closed")
+        .unwrap();
+    drop(second);
+    app.stop().await;
+}
+
+/// A health `Watch` of the whole server, once its first answer has come.
+async fn watch_health(
+    addr: SocketAddr,
+) -> Result<tonic::Streaming<tonic_health::pb::HealthCheckResponse>, tonic::Status> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let mut stream = HealthClient::new(channel(addr).await)
+        .watch(HealthCheckRequest { service: String::new() })
+        .await?
+        .into_inner();
+    stream.message().await?.expect("a first status");
+    Ok(stream)
+}
+
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
+async fn health_watch_streams_beyond_the_cap_are_refused_until_one_ends(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let app = spawn_app_adjusted(options, |parts| parts.limits.max_health_watches = 3).await;
+    let mut watching = Vec::new();
+    for _ in 0..3 {
+        watching.push(watch_health(app.addr).await.expect("a watch under the cap"));
+    }
+    let refused = watch_health(app.addr)
+        .await
+        .expect_err("a fourth watch beyond the cap of 3");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    app.health().await; // Check is not limited
+
+    drop(watching.pop());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let freed = loop {
+        match watch_health(app.addr).await {
+            Ok(stream) => break stream,
+            Err(status) if status.code() == tonic::Code::ResourceExhausted && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(status) => panic!("a watch after one ended: {status:?}"),
+        }
+    };
+    drop((freed, watching));
     app.stop().await;
 }

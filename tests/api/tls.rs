@@ -867,3 +867,187 @@ async fn without_a_policy_a_malformed_xfcc_header_names_nobody(_pool: PgPoolOpti
     assert_eq!(seen.last(), Some(None));
     app.stop().await;
 }
+
+/// Presents its certificate only while allowed: a client that kept a session and then lost (or
+/// never had) the certificate's key. rustls resumes a session only with the configuration that
+/// made it, so the same configuration must be able to go without.
+#[derive(Debug)]
+struct Presents {
+    key: Arc<rustls::sign::CertifiedKey>,
+    allowed: std::sync::atomic::AtomicBool,
+}
+
+impl rustls::client::ResolvesClientCert for Presents {
+    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.allowed.load(Ordering::SeqCst).then(|| self.key.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A client trusting `ca` that presents `client`'s certificate while its switch allows, and keeps
+/// the sessions the server offers (rustls' default).
+fn switchable_config(ca: &Ca, client: &Leaf) -> (Arc<ClientConfig>, Arc<Presents>) {
+    let provider = ratchet::transport::tls::provider();
+    let presents = Arc::new(Presents {
+        key: Arc::new(rustls::sign::CertifiedKey::from_der(client.chain(), client.key(), &provider).unwrap()),
+        allowed: true.into(),
+    });
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.issuer.der().clone()).unwrap();
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(presents.clone());
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    (Arc::new(config), presents)
+}
+
+/// Whether a new connection with `config` resumed a session (TLS 1.3: a full handshake
+/// otherwise), and the server certificate it was shown.
+async fn resumed(addr: SocketAddr, config: Arc<ClientConfig>) -> (bool, CertificateDer<'static>) {
+    let tls = connect(addr, config).await.unwrap();
+    let (_, state) = tls.get_ref();
+    let kind = state.handshake_kind().unwrap();
+    (
+        kind == rustls::HandshakeKind::Resumed,
+        state.peer_certificates().unwrap()[0].clone(),
+    )
+}
+
+/// A JWKS request over TLS with `config`, read to its end (so the session tickets that follow
+/// the handshake reach the client's store).
+async fn jwks_over_tls(addr: SocketAddr, config: Arc<ClientConfig>) -> String {
+    let mut tls = connect(addr, config).await.unwrap();
+    tls.write_all(b"GET /.well-known/jwks.json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = tls.read_to_end(&mut raw).await;
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
+async fn a_tls_session_made_before_the_client_ca_changed_cannot_be_resumed_to_call_as_its_caller(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    use ratchet::grpc::pb::IssueRequest;
+    use ratchet::grpc::pb::token_service_client::TokenServiceClient;
+    use ratchet::policy::reload::PolicyFile;
+
+    let server_ca = Ca::new("server CA");
+    let old_ca = Ca::new("old client CA");
+    let files = Files::new();
+    let tls = files.tls(&server_ca.server(), Some(&old_ca));
+    let policy = Arc::new(
+        PolicyFile::load(&crate::policy::policy_file(&format!(
+            "[[caller]]\nname = \"login\"\nid = \"{LOGIN}\"\nrpcs = [\"Issue\"]\n"
+        )))
+        .unwrap(),
+    );
+    let app = spawn_app_adjusted(options, move |parts| {
+        parts.transport = TransportConfig {
+            tls: Some(tls),
+            tls_reload_interval: Duration::from_secs(1),
+            trust_xfcc: false,
+            probe: None,
+        };
+        parts.access.policy = Some(policy);
+    })
+    .await;
+    let issue = |channel: Channel| async move {
+        TokenServiceClient::new(channel)
+            .issue(IssueRequest {
+                subject: "alice".into(),
+                ..Default::default()
+            })
+            .await
+    };
+
+    // `login` calls with its certificate; its client keeps the sessions the server offers.
+    let (login, certificate) = switchable_config(&server_ca, &old_ca.client(&[uri(LOGIN)]));
+    let (channel, _) = tls_channel(app.addr, login.clone());
+    issue(channel.clone()).await.expect("login may issue");
+    drop(channel);
+
+    // The old CA is replaced; once reloaded, a certificate of the new one is accepted.
+    let new_ca = Ca::new("new client CA");
+    write_atomically(&files.dir.join("client-ca.pem"), &new_ca.pem(), 0o644);
+    let (renewed, _) = switchable_config(&server_ca, &new_ca.client(&[uri(LOGIN)]));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (channel, _) = tls_channel(app.addr, renewed.clone());
+        if issue(channel).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new client CA was never loaded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The old session, offered with no certificate at all, must not make anyone `login`.
+    certificate.allowed.store(false, Ordering::SeqCst);
+    let (channel, _) = tls_channel(app.addr, login);
+    let resumed_call = issue(channel).await;
+    assert!(
+        resumed_call.is_err(),
+        "a session made under the old client CA was resumed and Issue ran as login: {resumed_call:?}"
+    );
+
+    // Nor does any session resume on a listener that asks for client certificates: each
+    // connection proves its certificate afresh.
+    let (again, _) = resumed(app.addr, renewed.clone()).await;
+    assert!(!again, "a session was resumed on the mutual TLS listener");
+    let (channel, _) = tls_channel(app.addr, renewed);
+    issue(channel)
+        .await
+        .expect("a fresh handshake with the new CA's certificate still works");
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
+async fn a_tls_session_made_before_the_server_certificate_changed_is_not_resumed_after_it(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let ca = Ca::new("server CA");
+    let files = Files::new();
+    let first = ca.server();
+    let (app, _) = spawn(options, Some(files.tls(&first, None)), false).await;
+    // One configuration each: rustls resumes a session only with the configuration that made it.
+    let grpc = client_config(&ca, None, &[b"h2"]);
+    let http = client_config(&ca, None, &[b"http/1.1"]);
+    let http_addr = app.http_addr.unwrap();
+
+    // Without client certificates sessions resume (both listeners), as long as nothing changed.
+    let (channel, _) = tls_channel(app.addr, grpc.clone());
+    call(channel).await.unwrap();
+    assert!(jwks_over_tls(http_addr, http.clone()).await.starts_with("HTTP/1.1 200"));
+    assert_eq!(resumed(app.addr, grpc.clone()).await, (true, leaf_der(&first)), "gRPC");
+    assert_eq!(resumed(http_addr, http.clone()).await, (true, leaf_der(&first)), "HTTP");
+    let (channel, _) = tls_channel(app.addr, grpc.clone());
+    call(channel).await.unwrap();
+    assert!(jwks_over_tls(http_addr, http.clone()).await.starts_with("HTTP/1.1 200"));
+
+    let second = ca.server();
+    files.install(&second);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while served_certificate(app.addr, &ca).await != leaf_der(&second) {
+        assert!(Instant::now() < deadline, "the new certificate was never served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        resumed(app.addr, grpc).await,
+        (false, leaf_der(&second)),
+        "gRPC: a session of the old certificate was resumed"
+    );
+    assert_eq!(
+        resumed(http_addr, http).await,
+        (false, leaf_der(&second)),
+        "HTTP: a session of the old certificate was resumed"
+    );
+    app.stop().await;
+}

@@ -53,6 +53,12 @@ impl tower_service::Service<http::Request<Body>> for Connection {
     }
 }
 
+impl Connection {
+    pub fn new(send: http2::SendRequest<Body>, api_key: Option<http::HeaderValue>) -> Self {
+        Self { send, api_key }
+    }
+}
+
 /// Opens one connection to `addr` (`http://host:port`).
 pub async fn connect(addr: &str, api_key: Option<&str>) -> anyhow::Result<Clients> {
     let origin: http::Uri = addr.parse()?;

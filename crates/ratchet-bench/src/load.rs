@@ -28,6 +28,9 @@ pub enum Scenario {
     /// typical request): what a mesh costs per request, against `introspect-hot`.
     Check,
     Mixed,
+    /// A new connection (TCP, TLS with `--tls-ca`, HTTP/2) per operation, carrying one health
+    /// Check: what a handshake costs (src/connect.rs).
+    Connect,
 }
 
 /// Percentages of the mixed scenario; issue gets the rest.
@@ -59,6 +62,9 @@ pub struct Tally {
     pub errors: BTreeMap<String, u64>,
     pub checks_passed: u64,
     pub check_failures: Vec<String>,
+    /// TLS handshakes of the `connect` scenario, by kind.
+    pub full_handshakes: u64,
+    pub resumed_handshakes: u64,
 }
 
 /// Latencies in µs, 1 µs .. 60 s at 3 significant digits.
@@ -68,14 +74,27 @@ pub fn latency_histogram() -> Histogram<u64> {
 }
 
 impl Tally {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Self {
             latency_us: latency_histogram(),
             ops: 0,
             errors: BTreeMap::new(),
             checks_passed: 0,
             check_failures: Vec::new(),
+            full_handshakes: 0,
+            resumed_handshakes: 0,
         }
+    }
+
+    /// A successful operation that took `took`.
+    pub fn record_ok(&mut self, took: Duration) {
+        self.ops += 1;
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        let _ = self.latency_us.record(micros.min(60_000_000));
+    }
+
+    pub fn record_error(&mut self, status: &Status) {
+        *self.errors.entry(format!("{:?}", status.code())).or_default() += 1;
     }
 
     pub fn merge(&mut self, other: Tally) {
@@ -86,6 +105,8 @@ impl Tally {
         }
         self.checks_passed += other.checks_passed;
         self.check_failures.extend(other.check_failures);
+        self.full_handshakes += other.full_handshakes;
+        self.resumed_handshakes += other.resumed_handshakes;
     }
 
     fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
@@ -158,6 +179,7 @@ pub async fn run(id: usize, clients: Clients, plan: Arc<Plan>) -> Tally {
             Scenario::Rotate => worker.rotate().await,
             Scenario::Introspect | Scenario::IntrospectHot | Scenario::Mixed => worker.introspect().await,
             Scenario::Check => worker.check().await,
+            Scenario::Connect => Err(Status::internal("the connect scenario has workers of its own")),
         };
         let end = Instant::now();
         if start >= plan.measure_from && end <= plan.until {
@@ -197,12 +219,8 @@ impl Worker {
 
     fn record(&mut self, outcome: Result<(), Status>, took: Duration) {
         match outcome {
-            Ok(()) => {
-                self.tally.ops += 1;
-                let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
-                let _ = self.tally.latency_us.record(micros.min(60_000_000));
-            }
-            Err(status) => *self.tally.errors.entry(format!("{:?}", status.code())).or_default() += 1,
+            Ok(()) => self.tally.record_ok(took),
+            Err(status) => self.tally.record_error(&status),
         }
     }
 

@@ -6,6 +6,7 @@
 //! tokens replayed is refused as reuse; pooled access tokens introspect active).
 
 mod authz;
+mod connect;
 mod h2;
 mod load;
 mod pgbench;
@@ -83,6 +84,22 @@ struct Args {
     /// The database file for --sqlite-ceiling (created; must not exist).
     #[arg(long)]
     sqlite_path: Option<std::path::PathBuf>,
+    /// The connect scenario over TLS: the CA (PEM) that issued the server's certificate.
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// The connect scenario over mutual TLS: the client certificate (PEM) to present.
+    #[arg(long, requires_all = ["tls_ca", "tls_client_key"])]
+    tls_client_cert: Option<std::path::PathBuf>,
+    /// The key (PEM) of --tls-client-cert.
+    #[arg(long, requires = "tls_client_cert")]
+    tls_client_key: Option<std::path::PathBuf>,
+    /// The name the server's certificate must have.
+    #[arg(long, default_value = "localhost")]
+    tls_server_name: String,
+    /// The connect scenario over TLS: keep the sessions the server offers and resume them on the
+    /// next connection (without: every handshake is full).
+    #[arg(long, requires = "tls_ca")]
+    tls_resume: bool,
     /// A label for this run in the JSON line.
     #[arg(long, default_value = "")]
     label: String,
@@ -173,12 +190,29 @@ async fn access_token_pool(client: &mut Client, size: usize) -> anyhow::Result<V
 /// Runs the benchmark; `Ok(false)` when calls failed or checks did.
 async fn bench(args: Args) -> anyhow::Result<bool> {
     let k = args.concurrency.max(1);
-    let clients = connect(
-        &args.addr,
-        args.connections.unwrap_or(k.min(4)).max(1),
-        args.api_key.as_deref(),
-    )
-    .await?;
+    let connects = args.scenario == Scenario::Connect;
+    // The connect scenario opens its own connections, one per operation.
+    let clients = if connects {
+        vec![]
+    } else {
+        connect(
+            &args.addr,
+            args.connections.unwrap_or(k.min(4)).max(1),
+            args.api_key.as_deref(),
+        )
+        .await?
+    };
+    let target = if connects {
+        let tls = args.tls_ca.as_deref().map(|ca| connect::TlsOptions {
+            ca,
+            client: args.tls_client_cert.as_deref().zip(args.tls_client_key.as_deref()),
+            server_name: &args.tls_server_name,
+            resume: args.tls_resume,
+        });
+        Some(Arc::new(connect::Target::new(&args.addr, tls)?))
+    } else {
+        None
+    };
     let access_tokens = if matches!(args.scenario, Scenario::IntrospectHot | Scenario::Check) {
         access_token_pool(&mut clients[0].tokens.clone(), 1).await?
     } else if matches!(args.scenario, Scenario::Introspect | Scenario::Mixed) {
@@ -209,7 +243,10 @@ async fn bench(args: Args) -> anyhow::Result<bool> {
         access_tokens,
     });
     let workers: Vec<_> = (0..k)
-        .map(|id| tokio::spawn(load::run(id, clients[id % clients.len()].clone(), plan.clone())))
+        .map(|id| match &target {
+            Some(target) => tokio::spawn(connect::run(target.clone(), plan.clone())),
+            None => tokio::spawn(load::run(id, clients[id % clients.len()].clone(), plan.clone())),
+        })
         .collect();
 
     tokio::time::sleep_until(measure_from.into()).await;
@@ -262,6 +299,10 @@ async fn bench(args: Args) -> anyhow::Result<bool> {
         "server_cpu_us_per_op": per_op(cpu_before.0, cpu_after.0).map(|v| (v * 10.0).round() / 10.0),
         "db_cpu_us_per_op": per_op(cpu_before.1, cpu_after.1).map(|v| (v * 10.0).round() / 10.0),
         "client_cpu_us_per_op": per_op(Some(client_before), Some(client_after)).map(|v| (v * 10.0).round() / 10.0),
+        "tls_handshakes": connects.then(|| json!({
+            "full": tally.full_handshakes,
+            "resumed": tally.resumed_handshakes,
+        })),
         "server_rss_kib": rss.map(|r| r.0),
         "server_peak_rss_kib": rss.map(|r| r.1),
     });
@@ -285,6 +326,12 @@ async fn bench(args: Args) -> anyhow::Result<bool> {
         rss.map(|(now, peak)| format!("{} MiB (peak {} MiB)", now / 1024, peak / 1024))
             .unwrap_or_else(|| "-".into()),
     );
+    if connects && args.tls_ca.is_some() {
+        eprintln!(
+            "TLS handshakes measured: {} full, {} resumed",
+            tally.full_handshakes, tally.resumed_handshakes
+        );
+    }
     for failure in tally.check_failures.iter().filter(|f| !f.is_empty()).take(5) {
         eprintln!("check failed: {failure}");
     }
