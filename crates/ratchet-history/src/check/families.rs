@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::{Class, Ctx};
+use super::{Class, Ctx, Seen};
 use crate::history::{Answer, Call, FamilyId, Outcome, RevokeTarget, TokenId, TokenRef};
 use crate::report::Kind;
 use crate::state::{FamilyState, RevokeReason};
@@ -106,50 +106,45 @@ impl<'a> Ctx<'a> {
         families.extend(self.evidence.keys().copied());
         families.sort();
         families.dedup();
+        let evicters = self.evicters();
         for family in families {
-            let evidence = self.evidence.get(family).cloned().unwrap_or_default();
-            self.check_revocation(family, &evidence);
+            let seen = self.evidence.get(family).cloned().unwrap_or_default();
+            self.check_revocation(family, &seen, &evicters);
         }
     }
 
-    fn check_revocation(&mut self, family: &'a FamilyId, evidence: &[usize]) {
-        // The first definite answer that said the family was revoked.
-        let first_seen = evidence.iter().copied().min_by_key(|&i| self.op(i).completed_ns);
-        if let Some(first_seen) = first_seen {
-            self.check_rotations_after(family, first_seen);
+    fn check_revocation(&mut self, family: &'a FamilyId, seen: &Seen, evicters: &Evicters<'a>) {
+        if let Some(first) = seen.first {
+            self.check_rotations_after(family, first);
         }
         let Some(stored) = self.families.get(family).copied() else {
             return; // a missing family is reported with its Issue
         };
-        let reused: Vec<usize> = evidence
-            .iter()
-            .copied()
-            .filter(|&i| self.class[i] == Class::TokenReused)
-            .collect();
         let Some(reason) = stored.revoked else {
-            if !reused.is_empty() {
+            if !seen.reused.is_empty() {
                 self.report(
                     Kind::ReuseNotRevoked,
                     Some(family),
                     "a Rotate was answered TOKEN_REUSED, but the family is live in the final state".to_owned(),
-                    &reused,
+                    &seen.reused,
                     Vec::new(),
                 );
-            } else if !evidence.is_empty() {
+            } else if let Some(first) = seen.first {
+                let mut involved = seen.others.clone();
+                involved.push(first);
                 self.report(
                     Kind::LostAcknowledged,
                     Some(family),
                     "answers said the family was revoked (an OK Revoke, or TOKEN_REVOKED), but it is live in the final state"
                         .to_owned(),
-                    evidence,
+                    &involved,
                     Vec::new(),
                 );
             }
             return;
         };
 
-        let explainers = self.revokers(stored, reason);
-        if explainers.is_empty() {
+        let Some(earliest) = self.earliest_revoker(stored, reason, evicters) else {
             let tried = self.attempted_revokers(stored, reason);
             self.report(
                 Kind::UnexplainedRevocation,
@@ -168,17 +163,16 @@ impl<'a> Ctx<'a> {
                 Vec::new(),
             );
             return;
-        }
+        };
         // Whatever revoked it must have been sent before the revocation was first seen.
-        let Some(first_seen) = first_seen else { return };
-        let deadline = self.op(first_seen).completed_ns;
-        if explainers.iter().any(|&e| self.op(e).invoked_ns < deadline) {
+        let Some(first) = seen.first else { return };
+        if self.op(earliest).invoked_ns < self.op(first).completed_ns {
             return;
         }
-        let mut involved = explainers;
-        involved.push(first_seen);
-        if !reused.is_empty() && reason != RevokeReason::Reuse {
-            involved.extend(reused);
+        let mut involved = self.revokers(stored, reason);
+        involved.push(first);
+        if !seen.reused.is_empty() && reason != RevokeReason::Reuse {
+            involved.extend(&seen.reused);
             self.report(
                 Kind::ReuseNotRevoked,
                 Some(family),
@@ -230,68 +224,112 @@ impl<'a> Ctx<'a> {
     /// Definite answers that say a family was revoked by their completion: an OK Revoke of a
     /// family that existed when it was sent, TOKEN_REUSED, TOKEN_REVOKED.
     pub(super) fn collect_revocation_evidence(&mut self) {
-        self.evidence = self.revocation_evidence();
-    }
-
-    fn revocation_evidence(&self) -> HashMap<&'a FamilyId, Vec<usize>> {
-        let mut evidence: HashMap<&'a FamilyId, Vec<usize>> = HashMap::new();
+        let mut seen: HashMap<&'a FamilyId, Seen> = HashMap::new();
         for index in 0..self.ops.len() {
             let op = self.op(index);
-            match (self.class[index], &op.call) {
+            let (family, existed) = match (self.class[index], &op.call) {
                 (Class::TokenReused | Class::TokenRevoked, _) => {
-                    let family = op.presented().and_then(|t| self.family_of.get(t).copied());
-                    if let Some(family) = family {
-                        evidence.entry(family).or_default().push(index);
-                    }
+                    (op.presented().and_then(|t| self.family_of.get(t).copied()), true)
                 }
-                (Class::Ok, Call::Revoke(target)) => {
-                    for family in self.targets(target) {
-                        let existed = match target {
-                            RevokeTarget::Token(TokenRef::RefreshToken(token)) => self.handed_out_at(token),
-                            _ => self.created_at(family),
-                        }
-                        .is_some_and(|at| at < op.invoked_ns);
-                        if existed {
-                            evidence.entry(family).or_default().push(index);
-                        }
-                    }
+                (
+                    Class::Ok,
+                    Call::Revoke(
+                        RevokeTarget::Family(family) | RevokeTarget::Token(TokenRef::AccessToken { family, .. }),
+                    ),
+                ) => (
+                    Some(family),
+                    self.created_at(family).is_some_and(|at| at < op.invoked_ns),
+                ),
+                (Class::Ok, Call::Revoke(RevokeTarget::Token(TokenRef::RefreshToken(token)))) => (
+                    self.family_of.get(token).copied(),
+                    self.handed_out_at(token).is_some_and(|at| at < op.invoked_ns),
+                ),
+                _ => continue,
+            };
+            let Some(family) = family.filter(|_| existed) else {
+                continue;
+            };
+            let entry = seen.entry(family).or_default();
+            if self.class[index] == Class::TokenReused {
+                entry.reused.push(index);
+            } else {
+                entry.others.push(index);
+            }
+            self.note_first(entry, index);
+        }
+        // OK Revokes by subject: for each family of the subject, the one that completed first
+        // among those sent after the family existed. By invocation, with a suffix minimum of
+        // completion, so that this costs O(log n) per family however many there are.
+        for (subject, revokes) in &self.revokes_by_subject {
+            let ok: Vec<usize> = revokes
+                .iter()
+                .copied()
+                .filter(|&i| self.class[i] == Class::Ok)
+                .collect();
+            let Some(&last) = ok.last() else { continue };
+            let mut first_after = vec![last; ok.len()];
+            for at in (0..ok.len().saturating_sub(1)).rev() {
+                let (here, later) = (ok[at], first_after[at + 1]);
+                first_after[at] = if self.op(here).completed_ns <= self.op(later).completed_ns {
+                    here
+                } else {
+                    later
+                };
+            }
+            for family in self.families_of_subject.get(subject).into_iter().flatten() {
+                let Some(created) = self.created_at(family) else {
+                    continue;
+                };
+                let from = ok.partition_point(|&i| self.op(i).invoked_ns <= created);
+                if let Some(&index) = first_after.get(from) {
+                    let entry = seen.entry(family).or_default();
+                    self.note_first(entry, index);
                 }
-                _ => {}
             }
         }
-        evidence
+        self.evidence = seen;
     }
 
-    /// The families a Revoke names, as far as the history and the store tell.
-    fn targets(&self, target: &'a RevokeTarget) -> Vec<&'a FamilyId> {
-        match target {
-            RevokeTarget::Family(family) | RevokeTarget::Token(TokenRef::AccessToken { family, .. }) => vec![family],
-            RevokeTarget::Token(TokenRef::RefreshToken(token)) => {
-                self.family_of.get(token).copied().into_iter().collect()
-            }
-            RevokeTarget::Subject(subject) => {
-                let mut families: Vec<&'a FamilyId> = self
-                    .families
-                    .values()
-                    .filter(|f| &f.subject == subject)
-                    .map(|f| &f.id)
-                    .collect();
-                // Acknowledged families missing from the store still count (they are reported
-                // as lost with their Issue).
-                for (family, issues) in &self.issued {
-                    let named = issues
-                        .iter()
-                        .any(|&i| matches!(&self.op(i).call, Call::Issue { subject: s, .. } if s == subject));
-                    if named && !self.families.contains_key(family) {
-                        families.push(family);
-                    }
-                }
-                families
-            }
+    fn note_first(&self, seen: &mut Seen, index: usize) {
+        if seen
+            .first
+            .is_none_or(|first| self.op(index).completed_ns < self.op(first).completed_ns)
+        {
+            seen.first = Some(index);
         }
     }
 
-    /// Calls that may have revoked `family` for `reason`.
+    /// The first call (by invocation) that may have revoked `family` for `reason`.
+    fn earliest_revoker(
+        &self,
+        family: &'a FamilyState,
+        reason: RevokeReason,
+        evicters: &Evicters<'a>,
+    ) -> Option<usize> {
+        let first_of = |ops: Option<&Vec<usize>>| {
+            ops.into_iter()
+                .flatten()
+                .copied()
+                .find(|&i| self.may_revoke(i, family, reason))
+        };
+        match reason {
+            RevokeReason::Revoke => {
+                let by_target = first_of(self.revokes_of.get(&family.id));
+                let by_subject = self
+                    .revokes_by_subject
+                    .get(family.subject.as_str())
+                    .into_iter()
+                    .flatten()
+                    .copied()
+                    .find(|&i| self.class[i].may_have_acted());
+                by_target.into_iter().chain(by_subject).min()
+            }
+            RevokeReason::Reuse => first_of(self.rotations_of.get(&family.id)),
+            RevokeReason::Evicted => evicters.earliest(self, family),
+        }
+    }
+
+    /// Calls that may have revoked `family` for `reason` (for reports).
     fn revokers(&self, family: &'a FamilyState, reason: RevokeReason) -> Vec<usize> {
         self.attempted_revokers(family, reason)
             .into_iter()
@@ -345,6 +383,37 @@ impl<'a> Ctx<'a> {
                 class.may_have_acted() && !own && !over_before
             }
         }
+    }
+
+    /// Per subject and client, the Issues that may have acted, indexed to find the first that
+    /// may have evicted a given family without scanning them all.
+    fn evicters(&self) -> Evicters<'a> {
+        let mut by_key = HashMap::new();
+        for (key, issues) in &self.issues_by_key {
+            let actors: Vec<usize> = issues
+                .iter()
+                .copied()
+                .filter(|&i| self.class[i].may_have_acted())
+                .collect();
+            // latest[p]: of actors[..p], the one whose effect may come latest (an unknown
+            // outcome: any time), as (that time, index).
+            let mut latest = Vec::with_capacity(actors.len() + 1);
+            latest.push(None);
+            for &i in &actors {
+                let until = if self.class[i].definite() {
+                    self.op(i).completed_ns
+                } else {
+                    u64::MAX
+                };
+                let before = latest.last().copied().flatten();
+                latest.push(match before {
+                    Some((t, _)) if t >= until => before,
+                    _ => Some((until, i)),
+                });
+            }
+            by_key.insert(*key, Actors { issues: actors, latest });
+        }
+        Evicters { by_key }
     }
 
     /// Whether the call is one that revokes `family` for `reason` when it acts.
@@ -408,12 +477,7 @@ impl<'a> Ctx<'a> {
             }
             let deadline = |i: usize| self.op(i).completed_ns.saturating_add(staleness) < op.invoked_ns;
             if let Some(family) = family {
-                let seen = revoked
-                    .get(family)
-                    .into_iter()
-                    .flatten()
-                    .copied()
-                    .find(|&i| deadline(i));
+                let seen = revoked.get(family).and_then(|s| s.first).filter(|&i| deadline(i));
                 if let Some(seen) = seen {
                     self.report(
                         Kind::StaleIntrospect,
@@ -457,5 +521,43 @@ fn reason_name(reason: RevokeReason) -> &'static str {
         RevokeReason::Revoke => "revoke",
         RevokeReason::Reuse => "reuse",
         RevokeReason::Evicted => "evicted",
+    }
+}
+
+/// Issues that may have evicted a family, per subject and client (see [`Ctx::evicters`]).
+struct Evicters<'a> {
+    by_key: HashMap<(&'a str, &'a str), Actors>,
+}
+
+/// The Issues for one subject and client that may have acted.
+struct Actors {
+    /// In invocation order.
+    issues: Vec<usize>,
+    /// For each prefix of `issues`: the one whose effect may land latest, as (the latest time,
+    /// its index); `None` for the empty prefix.
+    latest: Vec<Option<(u64, usize)>>,
+}
+
+impl<'a> Evicters<'a> {
+    /// The first Issue that may have evicted `family`: another Issue for its subject and client
+    /// that may have acted and did not certainly complete before the family's Issue was sent.
+    ///
+    /// Those sent after the family's Issue all qualify, and the first of them is the earliest
+    /// sent after it. Those sent before qualify when their effect may come after it was sent
+    /// (unknown, or completing later); all of them were sent before the family existed, hence
+    /// before any answer could show it revoked, so any one of them serves as well as the first.
+    fn earliest(&self, ctx: &Ctx<'a>, family: &'a FamilyState) -> Option<usize> {
+        let Actors { issues: actors, latest } =
+            self.by_key.get(&(family.subject.as_str(), family.client_id.as_str()))?;
+        let own: &[usize] = ctx.issued.get(&family.id).map_or(&[], Vec::as_slice);
+        let Some(&created) = own.first() else {
+            // Made by an Issue with an unknown outcome: any other Issue may have evicted it.
+            return actors.first().copied();
+        };
+        let sent = ctx.op(created).invoked_ns;
+        let at = actors.partition_point(|&i| i < created);
+        let before = latest[at].filter(|&(until, _)| until >= sent).map(|(_, i)| i);
+        let after = actors[at..].iter().copied().find(|i| !own.contains(i));
+        before.or(after)
     }
 }

@@ -86,6 +86,19 @@ impl Class {
     }
 }
 
+/// What definite answers said about a family's revocation: each says it was revoked by the
+/// time the answer completed.
+#[derive(Debug, Clone, Default)]
+struct Seen {
+    /// The one that completed first.
+    first: Option<usize>,
+    /// TOKEN_REUSED answers for its tokens.
+    reused: Vec<usize>,
+    /// TOKEN_REVOKED answers, and OK Revokes by id or token of the family once it existed. (OK
+    /// Revokes by subject count only towards `first`: there may be thousands per family.)
+    others: Vec<usize>,
+}
+
 /// The index every pass reads, and the violations they write.
 struct Ctx<'a> {
     options: &'a Options,
@@ -110,8 +123,10 @@ struct Ctx<'a> {
     revokes_by_subject: HashMap<&'a str, Vec<usize>>,
     /// Issues by subject and client.
     issues_by_key: HashMap<(&'a str, &'a str), Vec<usize>>,
-    /// Definite answers saying the family was revoked by their completion (see [`families`]).
-    evidence: HashMap<&'a FamilyId, Vec<usize>>,
+    /// Families by subject: the store's, and acknowledged ones missing from it.
+    families_of_subject: HashMap<&'a str, Vec<&'a FamilyId>>,
+    /// What definite answers said about each family's revocation (see [`families`]).
+    evidence: HashMap<&'a FamilyId, Seen>,
     /// The call chosen to have spent each spent token (see [`tokens`]).
     spender: HashMap<&'a TokenId, usize>,
     /// Tokens whose answers are broken beyond judging (a history branch): later passes skip them.
@@ -139,6 +154,7 @@ impl<'a> Ctx<'a> {
             revokes_of: HashMap::new(),
             revokes_by_subject: HashMap::new(),
             issues_by_key: HashMap::new(),
+            families_of_subject: HashMap::new(),
             evidence: HashMap::new(),
             spender: HashMap::new(),
             broken: HashSet::new(),
@@ -274,6 +290,20 @@ impl<'a> Ctx<'a> {
                     self.issues_by_key.entry((subject, client_id)).or_default().push(index);
                 }
                 Call::Introspect(_) => {}
+            }
+        }
+        for family in self.families.values() {
+            self.families_of_subject
+                .entry(&family.subject)
+                .or_default()
+                .push(&family.id);
+        }
+        for (family, issues) in &self.issued {
+            if self.families.contains_key(family) {
+                continue;
+            }
+            if let Some(Call::Issue { subject, .. }) = issues.first().map(|&i| &self.ops[i].call) {
+                self.families_of_subject.entry(subject).or_default().push(family);
             }
         }
         for (index, token, known, answered) in conflicts {

@@ -358,9 +358,10 @@ impl Model {
         let outcome = match delivery {
             Delivery::Answered => match self.server_rotate(token) {
                 Ok((family, successor)) => {
+                    // New, or (a grace-window retry) the one it holds already.
                     let session = &mut self.sessions[s];
-                    session.held = successor.clone();
-                    if !session.known.contains(&successor) {
+                    if session.held != successor {
+                        session.held = successor.clone();
                         session.known.push(successor.clone());
                     }
                     self.acknowledged.push(token.to_owned());
@@ -591,4 +592,21 @@ fn the_model_exercises_every_outcome() {
         happened > 20 && not_happened > 200 && reused > 200 && revoked > 200,
         "{happened} {not_happened} {reused} {revoked}"
     );
+}
+
+/// A chaos-sized history is checked in about linear time. The first version walked every family
+/// of a subject for each Revoke by subject and every Issue of a subject for each family: 231 s
+/// for 100k calls of this model in a debug build (10 s for 30k), against 1.4 s now (0.4 s). The
+/// bound is loose on purpose (a shared, busy machine): it is there to catch a return to quadratic
+/// time (about 28 s here), not to benchmark.
+#[test]
+fn a_history_of_fifty_thousand_calls_is_checked_in_seconds() {
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let actions = vec(action(), 50_000..50_001).new_tree(&mut runner).unwrap().current();
+    let model = run(true, &actions);
+    let started = std::time::Instant::now();
+    let report = check(&model.history.ops, &model.final_state(), &options(true));
+    let took = started.elapsed();
+    assert!(report.is_ok(), "{report}");
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
 }
