@@ -20,13 +20,15 @@
 -- hand. Their families end here, as the cleanup was ending them: revoked if they were not already
 -- (announced to every replica by the revocation trigger), and every token of theirs deleted, which
 -- the cleanup would have done.
-create temporary table broken_families on commit drop as
+create temporary table broken_families as
     select distinct c.family_id as id from refresh_tokens c
     where c.parent_hash is not null
       and not exists (select 1 from refresh_tokens p where p.hash = c.parent_hash and p.family_id = c.family_id);
 update families set revoked_at = now(), revoked_reason = 'revoke'
     where id in (select id from broken_families) and revoked_at is null;
 delete from refresh_tokens where family_id in (select id from broken_families);
+-- Dropped here rather than `on commit drop`, so that the file also runs under a plain `psql -f`.
+drop table broken_families;
 
 create unique index refresh_tokens_by_family_and_hash on refresh_tokens (family_id, hash);
 drop index refresh_tokens_by_family;
