@@ -1,12 +1,15 @@
 //! The gRPC transport: generated code ([`pb`]), the service ([`service`]), Envoy's external
 //! authorization ([`authz`], on Envoy's generated code from `envoy-types`), request parsing and
 //! response encoding ([`convert`]), the one mapping of domain errors to `Status` ([`status`]) and
-//! the layers around the whole server ([`message_limit`], [`panic`], [`shed`]); who is calling
-//! ([`caller`]) and what they may do ([`access`]).
+//! the layers around the whole server ([`message_limit`], [`panic`], [`shed`], [`budget`]); who is
+//! calling ([`caller`]) and what they may do ([`access`]); the codec that bounds what a request
+//! decodes to ([`codec`]).
 
 pub mod access;
 pub mod authz;
+pub mod budget;
 pub mod caller;
+pub mod codec;
 pub mod convert;
 pub mod message_limit;
 pub mod panic;
