@@ -181,30 +181,33 @@ impl Metered {
         Self {
             body,
             limit,
-            framing: Framing::Prefix {
-                seen: 0,
-                length: [0; 4],
-            },
+            framing: Framing::prefix(),
         }
     }
 
     /// Follows the framing through `data`, charging each message whose prefix completes. Work is
-    /// per prefix byte, not per message byte.
+    /// per message and per frame, not per byte.
     fn on_data(&mut self, mut data: &[u8]) -> Result<(), Status> {
-        while let Some((&byte, rest)) = data.split_first() {
+        while !data.is_empty() {
             match &mut self.framing {
                 Framing::Message { left } => {
                     let n = (*left).min(data.len());
                     *left -= n;
                     data = &data[n..];
                     if *left == 0 {
-                        self.framing = Framing::Prefix {
-                            seen: 0,
-                            length: [0; 4],
-                        };
+                        self.framing = Framing::prefix();
                     }
                 }
+                // The usual case: a whole prefix at the start of a frame.
+                Framing::Prefix { seen: 0, .. }
+                    if let Some((prefix, rest)) = data.split_first_chunk::<PREFIX_BYTES>() =>
+                {
+                    data = rest;
+                    let [_compression, length @ ..] = *prefix;
+                    self.message(length)?;
+                }
                 Framing::Prefix { seen, length } => {
+                    let (&byte, rest) = data.split_first().unwrap_or((&0, &[]));
                     data = rest;
                     // Byte 0 is the compression flag.
                     if let Some(slot) = seen.checked_sub(1).and_then(|i| length.get_mut(i)) {
@@ -212,23 +215,36 @@ impl Metered {
                     }
                     *seen += 1;
                     if *seen == PREFIX_BYTES {
-                        let len = usize::try_from(u32::from_be_bytes(*length)).unwrap_or(usize::MAX);
-                        if len <= self.limit {
-                            charge(PREFIX_BYTES + len)?;
-                        }
-                        self.framing = if len == 0 {
-                            Framing::Prefix {
-                                seen: 0,
-                                length: [0; 4],
-                            }
-                        } else {
-                            Framing::Message { left: len }
-                        };
+                        let length = *length;
+                        self.message(length)?;
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// A message of `length` (big-endian) bytes starts: charged whole, now.
+    fn message(&mut self, length: [u8; 4]) -> Result<(), Status> {
+        let len = usize::try_from(u32::from_be_bytes(length)).unwrap_or(usize::MAX);
+        if len <= self.limit {
+            charge(PREFIX_BYTES + len)?;
+        }
+        self.framing = if len == 0 {
+            Framing::prefix()
+        } else {
+            Framing::Message { left: len }
+        };
+        Ok(())
+    }
+}
+
+impl Framing {
+    fn prefix() -> Self {
+        Self::Prefix {
+            seen: 0,
+            length: [0; 4],
+        }
     }
 }
 
