@@ -19,12 +19,14 @@
 //! RESOURCE_EXHAUSTED and a `retry-after` of one second, like a shed call (`shed.rs`): never an
 //! unbounded wait.
 //!
-//! The numbers, and the memory they bound: idle, the server's resident memory is about 20 MiB;
-//! calls in flight add at most [`BUDGET_BYTES`] (32 MiB) of charged memory, plus, uncharged,
-//! [`FREE_BYTES`] (16 KiB) per call and its metadata (`--max-header-bytes`, 16 KiB as HTTP/2
-//! counts it, about twice that as a header map). For 16 clients that is the budget at most; at
-//! 1,024 calls in flight, about 32 + 1,024 × (16 + 32) KiB = 80 MiB. BENCHMARKS.md has the
-//! measured peaks ("Memory under hostile requests").
+//! What it bounds, measured (BENCHMARKS.md, "Memory under hostile requests"; debug build, idle
+//! 27 MiB): with 16 clients sending every RPC's worst requests, the peak stays under 66 MiB; with
+//! 1,024 such calls in flight, under 170 MiB (without the budget, 1 MiB Introspects alone took
+//! 642 MiB in a 5 s run). Past the budget, what a call holds uncharged is its state (tonic's first
+//! 8 KiB buffer, HTTP/2's stream), up to [`FREE_BYTES`], and its metadata as far as it is not
+//! charged; plus 1 MiB of HTTP/2 receive window per connection. So the peak is about idle +
+//! [`BUDGET_BYTES`] + calls in flight × (16 + 12 KiB + metadata) + connections × 1 MiB: lower
+//! `--max-concurrent-requests` (or `--max-header-bytes`) for a lower ceiling.
 //!
 //! What it leaves out: the health and reflection services (their messages are capped at a few
 //! KiB in `startup.rs`, and a health probe must never be refused for memory), responses (ours are
@@ -45,9 +47,10 @@ use tonic::{Code, Status};
 use tower_layer::Layer;
 use tower_service::Service;
 
-/// Charged memory of all calls in flight, together. Twice what 16 clients can charge with the
-/// largest requests that fit (a 1 MiB message held as bytes and once decoded), so that they are
-/// never refused for it, and a third of the 128 MiB the whole server is meant to stay under.
+/// Charged memory of all calls in flight, together: 16 calls with the largest message fit at once
+/// (1 MiB held as bytes and 1 MiB decoded: 2 MiB charged each), or 8 of the heaviest Issues (with
+/// 8,192 claim values, 4 MiB each), and it is a quarter of the 128 MiB the server is meant to stay
+/// under with 16 clients sending their worst.
 pub const BUDGET_BYTES: usize = 32 * 1024 * 1024;
 /// What each call may hold before it is charged: an Introspect of the largest access token
 /// ratchet mints (8 KiB of claims make about 11 KiB of JWT) with room to spare; a Check of a
@@ -56,9 +59,10 @@ pub const FREE_BYTES: usize = 16 * 1024;
 
 /// What one metadata entry of a call holds, estimated high: an entry of an `http::HeaderMap` with
 /// its name and value (about 100 bytes for short ones, as measured: 1,024 calls of 360 entries
-/// each took 37 MiB). Larger names and values are bounded by `--max-header-bytes` (16 KiB) anyway;
-/// the number of entries is what makes metadata weigh more than it counts (HTTP/2 counts 32 bytes
-/// per entry).
+/// each took 37 MiB more than without). Larger names and values are bounded by
+/// `--max-header-bytes` (16 KiB) anyway; the number of entries is what makes metadata weigh more
+/// than HTTP/2 counts it (32 bytes per entry). HTTP/2 has decoded it before the call starts: a call
+/// refused for it drops it at once.
 const METADATA_ENTRY_BYTES: usize = 128;
 /// The 5-byte prefix of every gRPC message: a compression flag and the length, big-endian.
 const PREFIX_BYTES: usize = 5;
