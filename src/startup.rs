@@ -23,6 +23,7 @@ use crate::config::{HttpConfig, TransportLimits};
 use crate::grpc::TokenServiceImpl;
 use crate::grpc::access::AccessLayer;
 use crate::grpc::authz::{self, AuthorizationImpl, AuthorizationService};
+use crate::grpc::budget::{self, BudgetLayer, MemoryBudget};
 use crate::grpc::message_limit::MessageLimitLayer;
 use crate::grpc::panic::CatchPanicLayer;
 use crate::grpc::pb::{self, token_service_server::TokenServiceServer};
@@ -42,8 +43,19 @@ use crate::transport::{self, PeerIdentityLayer, TransportConfig};
 
 /// Largest request accepted. Far above any valid request (8 KiB of claims plus 128 names of
 /// 255 bytes), so that oversized *fields* reach validation and get a named INVALID_ARGUMENT.
-/// Bigger requests get RESOURCE_EXHAUSTED ([`MessageLimitLayer`]).
+/// Bigger requests get RESOURCE_EXHAUSTED ([`MessageLimitLayer`]). What a request may decode to
+/// is bounded apart (`grpc::codec`), and what all calls in flight hold together (`grpc::budget`).
 const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+/// The services whose calls are charged to the request memory budget (`grpc::budget`), with
+/// their message limits.
+const METERED: [(&str, usize); 2] = [
+    ("/ratchet.v1.TokenService/", MAX_REQUEST_BYTES),
+    ("/envoy.service.auth.v3.Authorization/", authz::MAX_CHECK_BYTES),
+];
+/// Largest health or reflection request: a service, file or symbol name, far under this. These
+/// calls are not charged to the request budget (a health probe must never be refused for
+/// memory), so their own limit is what bounds them.
+const MAX_HEALTH_REQUEST_BYTES: usize = 4 * 1024;
 /// Longest any RPC may run, whatever the client's deadline; see [`request_timeout`].
 const MIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long shutdown waits for in-flight calls and connections before closing them anyway.
@@ -327,7 +339,8 @@ impl Application {
         let addr = self.local_addr()?;
         let reporter = HealthReporter::new();
         set_health(&reporter, ServingStatus::NotServing).await;
-        let health_service = crate::grpc::health::service(reporter.clone(), self.limits.max_health_watches);
+        let health_service = crate::grpc::health::service(reporter.clone(), self.limits.max_health_watches)
+            .max_decoding_message_size(MAX_HEALTH_REQUEST_BYTES);
         let (stop_health, stopped) = watch::channel(false);
         let health_task = tokio::spawn(watch_health(self.store.clone(), reporter.clone(), stopped.clone()));
         let listener_task = self.family_cache.map(|cache| {
@@ -406,15 +419,17 @@ impl Application {
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+            .build_v1()?
+            .max_decoding_message_size(MAX_HEALTH_REQUEST_BYTES);
         // grpcurl and older tools still ask the v1alpha service.
         let reflection_v1alpha = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+            .build_v1alpha()?
+            .max_decoding_message_size(MAX_HEALTH_REQUEST_BYTES);
         let tokens = TokenServiceServer::new(self.service).max_decoding_message_size(MAX_REQUEST_BYTES);
-        // Its own, larger limit: an oversized Check must be a denial, not an error (see
-        // `authz::MAX_CHECK_BYTES`). Not in reflection: envoy-types ships no descriptor set.
+        // Its own, smaller limit: a Check is a request's headers (see `authz::MAX_CHECK_BYTES`).
+        // Not in reflection: envoy-types ships no descriptor set.
         let authorization = AuthorizationService::new(self.authorization, authz::MAX_CHECK_BYTES);
 
         tracing::info!(%addr, tls = grpc_tls.is_some(), mutual_tls = self.tls.as_ref().is_some_and(|tls| tls.requires_client_certificates()), "serving gRPC");
@@ -439,6 +454,11 @@ impl Application {
             .layer(ActivityLayer)
             .layer(CatchPanicLayer)
             .layer(ShedLayer::new(limits.max_concurrent_requests))
+            // Inside the shedding: only calls let in are charged.
+            .layer(BudgetLayer::new(
+                Arc::new(MemoryBudget::new(budget::BUDGET_BYTES)),
+                &METERED,
+            ))
             .layer(MessageLimitLayer)
             .layer(self.peer_identity)
             // Reads the caller's `PeerIdentity` from the extensions: whatever puts it there

@@ -8,8 +8,8 @@ use time::OffsetDateTime;
 use super::pb;
 use crate::issuer::sessions::PageRequest;
 use crate::issuer::types::{
-    Audiences, ClientId, ExtraClaims, FamilyId, FieldError, IssueParams, PresentedToken, RevokeTarget, Scopes, Subject,
-    claim_path,
+    Audiences, ClaimPath, ClientId, ExtraClaims, FamilyId, FieldError, IssueParams, PresentedToken, RevokeTarget,
+    Scopes, Subject,
 };
 use crate::issuer::{ActiveToken, Session, SessionsPage, TokenPair};
 
@@ -133,17 +133,21 @@ impl From<Session> for pb::Session {
 /// `google.protobuf.Struct` to a JSON object. Numbers arrive as doubles; whole ones within the
 /// exactly representable range become JSON integers so that `"level": 3` stays `3`, not `3.0`.
 fn struct_to_json(value: prost_types::Struct) -> Result<Map<String, Value>, FieldError> {
+    object_to_json(value, &ClaimPath::Root)
+}
+
+fn object_to_json(value: prost_types::Struct, path: &ClaimPath<'_>) -> Result<Map<String, Value>, FieldError> {
     value
         .fields
         .into_iter()
         .map(|(name, v)| {
-            let path = claim_path("claims", &name);
-            value_to_json(v, &path).map(|v| (name, v))
+            let value = value_to_json(v, &ClaimPath::Member(path, &name))?;
+            Ok((name, value))
         })
         .collect()
 }
 
-fn value_to_json(value: prost_types::Value, path: &str) -> Result<Value, FieldError> {
+fn value_to_json(value: prost_types::Value, path: &ClaimPath<'_>) -> Result<Value, FieldError> {
     /// 2^53: beyond it not every integer is a double.
     const MAX_EXACT: f64 = 9_007_199_254_740_992.0;
     Ok(match value.kind {
@@ -155,20 +159,17 @@ fn value_to_json(value: prost_types::Value, path: &str) -> Result<Value, FieldEr
                 #[allow(clippy::cast_possible_truncation)] // whole and within ±2^53: exact
                 Value::Number(Number::from(n as i64))
             } else {
-                Value::Number(Number::from_f64(n).ok_or_else(|| FieldError::new(path, "must be a finite number"))?)
+                Value::Number(
+                    Number::from_f64(n).ok_or_else(|| FieldError::new(path.render(), "must be a finite number"))?,
+                )
             }
         }
-        Some(Kind::StructValue(s)) => Value::Object(
-            s.fields
-                .into_iter()
-                .map(|(name, v)| value_to_json(v, &claim_path(path, &name)).map(|v| (name, v)))
-                .collect::<Result<_, _>>()?,
-        ),
+        Some(Kind::StructValue(s)) => Value::Object(object_to_json(s, path)?),
         Some(Kind::ListValue(list)) => Value::Array(
             list.values
                 .into_iter()
                 .enumerate()
-                .map(|(i, v)| value_to_json(v, &format!("{path}[{i}]")))
+                .map(|(i, v)| value_to_json(v, &ClaimPath::Index(path, i)))
                 .collect::<Result<_, _>>()?,
         ),
     })

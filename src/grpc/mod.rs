@@ -1,12 +1,15 @@
 //! The gRPC transport: generated code ([`pb`]), the service ([`service`]), Envoy's external
 //! authorization ([`authz`], on Envoy's generated code from `envoy-types`), request parsing and
 //! response encoding ([`convert`]), the one mapping of domain errors to `Status` ([`status`]) and
-//! the layers around the whole server ([`message_limit`], [`panic`], [`shed`]); what a caller may
-//! do ([`access`]; who is calling is the transport's to say, `crate::transport::identity`); the
+//! the layers around the whole server ([`message_limit`], [`panic`], [`shed`], [`budget`]); what a
+//! caller may do ([`access`]; who is calling is the transport's to say,
+//! `crate::transport::identity`); the codec that bounds what a request decodes to ([`codec`]); the
 //! health service with its `Watch` streams counted ([`health`]).
 
 pub mod access;
 pub mod authz;
+pub mod budget;
+pub mod codec;
 pub mod convert;
 pub mod health;
 pub mod message_limit;

@@ -65,12 +65,7 @@ impl Server {
     }
 
     /// `ratchet serve` on `addr` with no `DATABASE_URL`, as on a fresh machine: SQLite in
-    /// `data_dir`, migrated at start.
-    pub fn start_on_sqlite(data_dir: &Path, log: &Path, addr: SocketAddr) -> Self {
-        Self::start_on_sqlite_with(data_dir, log, addr, &[])
-    }
-
-    /// [`Self::start_on_sqlite`], with `env` on top of the test defaults.
+    /// `data_dir`, migrated at start; `env` on top of the test defaults.
     pub fn start_on_sqlite_with(data_dir: &Path, log: &Path, addr: SocketAddr, env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(BIN);
         command.arg("serve").env_remove("DATABASE_URL");
@@ -92,6 +87,11 @@ impl Server {
             .spawn()
             .unwrap();
         Self { child, addr, http }
+    }
+
+    /// Its process id (to read its memory from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends `signal` (`HUP`, `TERM`, ...) to the process.

@@ -1,8 +1,11 @@
-//! Resource limits: what an oversized request gets, and that the connection it came on survives.
+//! Resource limits: what an oversized request gets, and that the connection it came on survives;
+//! what a request may decode to, and what the calls in flight may hold together. (Every RPC's
+//! worst requests against the real binary's peak memory: `memory.rs`.)
 //!
 //! Where they run: the rotate rate limit (a replay loop, a chain rotated flat out: rotations
 //! through the store, and a refused token that must not have been spent) on every backend. The
-//! rest on PostgreSQL only: size and header limits are the transport's, refused before the store;
+//! rest on PostgreSQL only: size, decoding and header limits and the request memory budget are the
+//! transport's, refused before the store;
 //! the memory test introspects 3,000 large tokens of one session (the verified-token cache's
 //! memory; the family is looked up once, so a second run on SQLite would double a long test for
 //! nothing); the concurrency test stalls spends with a PL/pgSQL trigger.
@@ -11,7 +14,7 @@ use std::sync::atomic::Ordering;
 
 use futures::StreamExt as _;
 use ratchet::grpc::pb::token_service_client::TokenServiceClient;
-use ratchet::grpc::pb::{IssueRequest, RotateRequest};
+use ratchet::grpc::pb::{IntrospectRequest, IntrospectResponse, IssueRequest, RotateRequest};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -19,7 +22,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use ratchet::keys::{AccessClaims, KeyAlgorithm, KeySet, Keyring, SigningKey};
 
 use crate::helpers::{
-    AUDIENCE, Db, ISSUER, counting_channel, introspect, issue, on_every_backend, spawn_app, spawn_app_adjusted,
+    AUDIENCE, Db, ISSUER, assert_invalid_argument, channel, counting_channel, introspect, issue, on_every_backend,
+    spawn_app, spawn_app_adjusted,
 };
 
 /// Claims holding one string claim of `bytes` bytes.
@@ -59,6 +63,139 @@ async fn a_request_over_the_size_limit_is_resource_exhausted_and_the_connection_
         1,
         "the oversized call must not cost the connection"
     );
+    app.stop().await;
+}
+
+fn empty_values(n: usize) -> prost_types::Value {
+    prost_types::Value {
+        kind: Some(prost_types::value::Kind::ListValue(prost_types::ListValue {
+            values: vec![prost_types::Value::default(); n],
+        })),
+    }
+}
+
+/// `{"k": {"k": ... []}}`: `depth` objects and arrays, the claims object included.
+fn nested_claims(depth: usize) -> prost_types::Struct {
+    let mut value = empty_values(0);
+    for _ in 2..depth {
+        value = prost_types::Value {
+            kind: Some(prost_types::value::Kind::StructValue(prost_types::Struct {
+                fields: [("k".to_owned(), value)].into(),
+            })),
+        };
+    }
+    prost_types::Struct {
+        fields: [("k".to_owned(), value)].into(),
+    }
+}
+
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
+async fn issue_requests_past_the_decoders_bounds_are_resource_exhausted_and_just_within_them_judged_as_usual(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let app = spawn_app(options).await;
+    let request = |scopes: usize, audiences: usize, claims: Option<prost_types::Struct>| IssueRequest {
+        subject: "alice".into(),
+        scopes: vec!["s".into(); scopes],
+        audiences: vec!["a".into(); audiences],
+        claims,
+        ..Default::default()
+    };
+    let values = |n: usize| prost_types::Struct {
+        fields: [("l".to_owned(), empty_values(n - 1))].into(),
+    };
+    for (past, named) in [
+        (request(1025, 0, None), "scopes"),
+        (request(0, 1025, None), "audiences"),
+        (request(0, 0, Some(values(8193))), "claims"),
+        (request(0, 0, Some(nested_claims(33))), "claims"),
+    ] {
+        let refused = app.client.clone().issue(past).await.unwrap_err();
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        assert!(refused.message().contains(named), "{refused:?}");
+    }
+    // At the bounds: decoded, and validated as ever.
+    let over_64 = app.client.clone().issue(request(1024, 0, None)).await.unwrap_err();
+    assert_invalid_argument(&over_64, "scopes");
+    let over_8_kib = app
+        .client
+        .clone()
+        .issue(request(0, 0, Some(values(8192))))
+        .await
+        .unwrap_err();
+    assert_invalid_argument(&over_8_kib, "claims");
+    app.client
+        .clone()
+        .issue(request(1, 1, Some(nested_claims(32))))
+        .await
+        .expect("32 deep is within every rule");
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
+async fn beyond_the_request_memory_budget_large_calls_are_refused_with_retry_after_and_small_ones_still_pass(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    use std::time::{Duration, Instant};
+
+    let app = spawn_app(options).await;
+    let pair = issue(&app.client, "alice").await;
+    // Under the 1 MiB message limit; decoded, about 2 MiB charged to the budget.
+    let large = IntrospectRequest {
+        token: "a".repeat(1000 << 10),
+        ..Default::default()
+    };
+    // Each sends its message and keeps its stream open: the server holds the message until the
+    // stream ends, and the charge with it. Sixteen fill the 32 MiB budget.
+    let held = channel(app.addr).await;
+    let holders: Vec<_> = (0..24)
+        .map(|_| {
+            let (mut grpc, large) = (tonic::client::Grpc::new(held.clone()), large.clone());
+            tokio::spawn(async move {
+                grpc.ready().await.unwrap();
+                let stream = futures::stream::once(async move { large }).chain(futures::stream::pending());
+                let codec = tonic_prost::ProstCodec::<IntrospectRequest, IntrospectResponse>::default();
+                let path = http::uri::PathAndQuery::from_static("/ratchet.v1.TokenService/Introspect");
+                grpc.client_streaming(tonic::Request::new(stream), path, codec).await
+            })
+        })
+        .collect();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let busy = loop {
+        match app.client.clone().introspect(large.clone()).await {
+            Err(status) if status.code() == Code::ResourceExhausted => break status,
+            other => {
+                assert!(Instant::now() < deadline, "never refused: {other:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(busy.message().contains("in flight"), "{busy:?}");
+    assert_eq!(
+        busy.metadata().get("retry-after").map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
+    assert!(
+        introspect(&app.client, &pair.access_token).await.active,
+        "a small call is never refused for the budget"
+    );
+
+    for holder in holders {
+        holder.abort();
+    }
+    // Given back as the held calls end: the large call is judged again (too long for a token).
+    loop {
+        match app.client.clone().introspect(large.clone()).await {
+            Err(status) if status.code() == Code::InvalidArgument => break,
+            other => {
+                assert!(Instant::now() < deadline, "the budget never came back: {other:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
     app.stop().await;
 }
 

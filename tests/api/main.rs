@@ -19,6 +19,7 @@ mod issue;
 mod key_rotation;
 mod keys;
 mod limits;
+mod memory;
 mod panics;
 mod policy;
 mod privileges;

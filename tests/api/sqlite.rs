@@ -22,10 +22,10 @@ use crate::helpers::{assert_token_error, issue};
 use tonic::transport::Channel;
 
 /// A data directory of its own, removed at the end.
-struct DataDir(PathBuf);
+pub(crate) struct DataDir(PathBuf);
 
 impl DataDir {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let root = std::env::temp_dir().join(format!("ratchet-sqlite-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&root).unwrap();
         Self(root)
@@ -38,10 +38,20 @@ impl DataDir {
     /// The log line saying this server serves on that address settles it; a taken port is tried
     /// again with another.
     async fn serve(&self, name: &str) -> (Server, TokenServiceClient<Channel>, String) {
+        self.serve_with(name, &[]).await
+    }
+
+    /// [`Self::serve`] with `env` on top of the test defaults (which must keep `ratchet::startup`'s
+    /// info lines: the one saying where it serves is awaited).
+    pub(crate) async fn serve_with(
+        &self,
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> (Server, TokenServiceClient<Channel>, String) {
         for attempt in 0..5 {
             let log = format!("{name}.{attempt}");
             let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            let mut server = Server::start_on_sqlite(&self.0.join("data"), &self.0.join(&log), addr);
+            let mut server = Server::start_on_sqlite_with(&self.0.join("data"), &self.0.join(&log), addr, env);
             let client = server.client().await;
             let serving = format!("{addr}");
             let deadline = Instant::now() + Duration::from_secs(20);
@@ -188,7 +198,8 @@ async fn serve_refuses_a_database_file_that_group_or_others_may_read() {
     std::fs::write(&database, b"").unwrap();
     std::fs::set_permissions(&database, std::fs::Permissions::from_mode(0o644)).unwrap();
 
-    let mut server = Server::start_on_sqlite(&data, &dir.0.join("exposed.log"), "127.0.0.1:0".parse().unwrap());
+    let mut server =
+        Server::start_on_sqlite_with(&data, &dir.0.join("exposed.log"), "127.0.0.1:0".parse().unwrap(), &[]);
     let status = server.wait(Duration::from_secs(20)).await;
     let log = dir.log("exposed.log");
     if status.is_none() {

@@ -6,10 +6,12 @@
 //! sets the `x-ratchet-*` identity headers on the upstream request, or a `DeniedHttpResponse`
 //! with an RFC 6750 challenge. The decision itself lives in [`crate::issuer::authorize`].
 //!
-//! Every problem with the request is a *denial*, never a gRPC error: with Envoy's
-//! `failure_mode_allow` on, an error would let the request through. Only a failure of ratchet's
-//! own (storage down for a family it has to look up) leaves as a gRPC error (UNAVAILABLE), so that
-//! the operator's `failure_mode_allow` decides, as intended.
+//! A problem with the HTTP request (credentials, headers, a route's requirements) is a *denial*.
+//! A Check that breaks a bound on what ratchet decodes (its size, [`MAX_CHECK_BYTES`], or more
+//! than [`request::MAX_CONTEXT_EXTENSIONS`] route extensions) is a gRPC error, RESOURCE_EXHAUSTED,
+//! as for every RPC, and so is a failure of ratchet's own (storage down for a family it has to
+//! look up: UNAVAILABLE). Envoy denies on any error unless `failure_mode_allow` is set, which
+//! must stay off (docs/mesh.md): with it, an attacker who can make Check fail is let through.
 //!
 //! Credentials, decided here (RFC 6750 §2.1, §3.1):
 //! - no `authorization` header, another scheme, or a token without the scheme: no bearer
@@ -26,10 +28,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use envoy_types::ext_authz::v3::pb::{
-    CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption, HttpResponse,
-    HttpStatus, HttpStatusCode,
+    CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption, HttpResponse, HttpStatus,
+    HttpStatusCode,
 };
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use envoy_types::pb::google::rpc;
 use tonic::{Code, Request, Response, Status};
 
@@ -39,17 +40,22 @@ use crate::issuer::authorize::{Decision, Denial, Requirements};
 use crate::issuer::types::{MAX_TOKEN_BYTES, PresentedToken};
 use crate::store::FamilyStore;
 use crate::telemetry::throttle;
+use request::{CheckRequest, HttpRequest};
 pub use wire::{AuthorizationService, CheckAnswer};
 
+pub mod request;
 mod wire;
 
 /// The service's full name, for the health service.
 pub const SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
-/// Largest `CheckRequest` decoded. Envoy caps a request's headers at 8 MiB
-/// (`max_request_headers_kb` ≤ 8192), so every header-only Check fits, however the operator set
-/// that limit: a Check refused for its size would be a gRPC error, and with `failure_mode_allow`
-/// an error is an allow. (With `with_request_body`, keep `max_request_bytes` under 8 MiB.)
-pub const MAX_CHECK_BYTES: usize = 16 * 1024 * 1024;
+/// Largest `CheckRequest` decoded; a larger one is RESOURCE_EXHAUSTED, which Envoy answers with a
+/// denial (403 unless `status_on_error` says otherwise) as long as `failure_mode_allow` is off.
+/// Envoy's default cap on a request's headers is 60 KiB (`max_request_headers_kb`), and a Check
+/// adds little to them (the peers' addresses and certificates, the route's metadata): 256 KiB
+/// leaves room for a limit raised fourfold. It was 16 MiB, so that no header-only Check could ever
+/// be refused (Envoy allows up to 8 MiB of headers); but 16 MiB of empty headers decoded to 600 MB,
+/// and an error is a denial as long as `failure_mode_allow` is off, which the docs now require.
+pub const MAX_CHECK_BYTES: usize = 256 * 1024;
 /// Most request headers looked at; a request with more is refused (`invalid_request`). Envoy's
 /// own default is 100 (`max_headers_count`).
 pub const MAX_HEADERS: usize = 1024;

@@ -10,8 +10,8 @@
 //! still go through the generated types.
 //!
 //! The service is envoy-types' generated `AuthorizationServer` in all but its codec: the same
-//! method path, the same prost decoding of the `CheckRequest`, and an answer that is either
-//! pre-encoded bytes or a generated `CheckResponse`.
+//! method path, the request decoded by prost into only what Check reads, within bounds
+//! (`request.rs`), and an answer that is either pre-encoded bytes or a generated `CheckResponse`.
 //!
 //! What it leaves out: compression (ext_authz messages are small and Envoy does not ask for it).
 
@@ -19,7 +19,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse, HeaderAppendAction};
+use envoy_types::ext_authz::v3::pb::{CheckResponse, HeaderAppendAction};
 use prost::encoding::{DecodeContext, WireType, encode_key, encode_varint, skip_field};
 use prost::{DecodeError, Message};
 use tonic::body::Body;
@@ -28,6 +28,7 @@ use tonic::codegen::{BoxFuture, Service};
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
+use super::request::{CheckCodec, CheckRequest};
 use super::{AuthorizationImpl, METADATA_NAMESPACE, SERVICE_NAME, header};
 use crate::issuer::ActiveToken;
 use crate::store::FamilyStore;
@@ -263,8 +264,7 @@ where
         let method = CheckMethod(self.inner.clone());
         let limit = self.max_decoding_message_size;
         Box::pin(async move {
-            let codec = tonic_prost::ProstCodec::<CheckAnswer, CheckRequest>::default();
-            let mut grpc = Grpc::new(codec).apply_max_message_size_config(Some(limit), None);
+            let mut grpc = Grpc::new(CheckCodec).apply_max_message_size_config(Some(limit), None);
             Ok(grpc.unary(method, request).await)
         })
     }
