@@ -69,6 +69,7 @@ bin_b=$(build "$2")
 cargo build --locked --release -p ratchet-bench >&2
 bench_bin="${CARGO_TARGET_DIR:-target}/release/ratchet-bench"
 results="bench/results/$(date -u +%Y%m%dT%H%M%SZ)-ab.jsonl"
+: >"$results"
 echo "A = $1 ($bin_a) ${ENV_A:+[$ENV_A]}; B = $2 ($bin_b) ${ENV_B:+[$ENV_B]}; $PAIRS pairs; results in $results" >&2
 
 # One server of `bin` with `env`, every scenario at every K, labelled `label`.
