@@ -53,19 +53,19 @@ build() {
     dir="$root/target/ab/$sha"
     if [ ! -x "$dir/ratchet" ]; then
         echo "building $rev ($sha) in $dir" >&2
-        rm -rf "$dir/src"
-        mkdir -p "$dir"
-        git archive "$sha" | tar -x -C "$dir" --one-top-level=src
-        (cd "$dir/src" && CARGO_TARGET_DIR="$dir/target" cargo build --locked --release -p ratchet --bin ratchet >&2)
+        rm -rf "$dir/tree"
+        mkdir -p "$dir/tree"
+        git archive "$sha" | tar -x -C "$dir/tree"
+        (cd "$dir/tree" && CARGO_TARGET_DIR="$dir/target" cargo build --locked --release -p ratchet --bin ratchet >&2)
         cp "$dir/target/release/ratchet" "$dir/ratchet"
         # The binary is all a later run needs; the sources and objects are a few GiB.
-        rm -rf "$dir/src" "$dir/target"
+        rm -rf "$dir/tree" "$dir/target"
     fi
     echo "$dir/ratchet"
 }
 
-bin_a=$(build "$1")
-bin_b=$(build "$2")
+bin_a=$(build "$1") || exit 1
+bin_b=$(build "$2") || exit 1
 cargo build --locked --release -p ratchet-bench >&2
 bench_bin="${CARGO_TARGET_DIR:-target}/release/ratchet-bench"
 results="bench/results/$(date -u +%Y%m%dT%H%M%SZ)-ab.jsonl"
