@@ -45,7 +45,7 @@ trap cleanup EXIT
 build() {
     local rev=$1 sha dir
     if [ "$rev" = . ]; then
-        cargo build --locked --release -p ratchet --bin ratchet >&2
+        cargo build --locked --release -p ratchet --bin ratchet >&2 || return 1
         echo "${CARGO_TARGET_DIR:-$root/target}/release/ratchet"
         return
     fi
@@ -56,8 +56,8 @@ build() {
         rm -rf "$dir/tree"
         mkdir -p "$dir/tree"
         git archive "$sha" | tar -x -C "$dir/tree"
-        (cd "$dir/tree" && CARGO_TARGET_DIR="$dir/target" cargo build --locked --release -p ratchet --bin ratchet >&2)
-        cp "$dir/target/release/ratchet" "$dir/ratchet"
+        (cd "$dir/tree" && CARGO_TARGET_DIR="$dir/target" cargo build --locked --release -p ratchet --bin ratchet >&2) || return 1
+        cp "$dir/target/release/ratchet" "$dir/ratchet" || return 1
         # The binary is all a later run needs; the sources and objects are a few GiB.
         rm -rf "$dir/tree" "$dir/target"
     fi
