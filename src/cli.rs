@@ -8,9 +8,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::{PossibleValuesParser, TypedValueParser as _};
+use clap::{Args, Parser, Subcommand};
 
 use crate::database_url::DatabaseUrl;
+use crate::telemetry::LogFormat;
 
 /// Where state is kept on disk unless configured otherwise: the SQLite database (without a
 /// `DATABASE_URL`) and the key directory.
@@ -24,16 +26,16 @@ pub const DEFAULT_DATA_DIR: &str = "ratchet-data";
 )]
 pub struct Cli {
     /// Log line format.
-    #[arg(long, env = "RATCHET_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    #[arg(
+        long,
+        env = "RATCHET_LOG_FORMAT",
+        default_value = "text",
+        value_parser = PossibleValuesParser::new(["text", "json"]).try_map(|name| name.parse::<LogFormat>()),
+        global = true
+    )]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]

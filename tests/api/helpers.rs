@@ -82,7 +82,7 @@ fn init_logs() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
-            ratchet::telemetry::init(ratchet::cli::LogFormat::Text);
+            ratchet::telemetry::init(ratchet::telemetry::LogFormat::Text);
         }
     });
 }
