@@ -6,12 +6,12 @@
 //! [`crate::startup::Application`] keeps as they are, so a new setting touches its flag
 //! ([`crate::cli`]), its check (one file here) and the code that reads it, nothing in between.
 //!
-//! - [`problems`]: collecting problems, and the checks every flag goes through (a duration in
+//! - `problems`: collecting problems, and the checks every flag goes through (a duration in
 //!   bounds, a count in range).
-//! - [`bounds`]: the table of limits, each with its reason.
-//! - one file per group of flags: [`database`], [`transport`] (listeners, their limits, TLS),
-//!   [`access`] (caller policy, Rotate limit), [`issuer`] (tokens and sessions), [`keys`] and
-//!   [`cleanup`].
+//! - `bounds`: the table of limits, each with its reason.
+//! - one file per group of flags: [`database`], `transport` (listeners, their limits, TLS),
+//!   `access` (caller policy, Rotate limit), `issuer` (tokens and sessions), [`keys`] and
+//!   `cleanup`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -6,8 +6,8 @@
 //! before `run_until_stopped`, so the caller knows the address (port 0 works).
 //!
 //! The [`Settings`] pass through unchanged: the application keeps them and reads each where it is
-//! used. [`router`] builds the gRPC router (its layers in order); [`tasks`] owns the background
-//! tasks that shutdown stops and drains.
+//! used. `router` builds the gRPC router (its layers in order); `tasks` owns the background tasks
+//! that shutdown stops and drains.
 
 mod router;
 mod tasks;
@@ -238,7 +238,7 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves, then, in order: reports NOT_SERVING and stops the
-    /// background tasks, drains in-flight calls (at most [`DRAIN_TIMEOUT`]), waits for the tasks
+    /// background tasks, drains in-flight calls (at most 10 s), waits for the tasks
     /// (bounded), closes the pool and releases the database.
     ///
     /// # Errors
@@ -315,7 +315,7 @@ impl Application {
         Ok(())
     }
 
-    /// Starts what runs beside the gRPC listener until the server stops: see [`tasks`].
+    /// Starts what runs beside the gRPC listener until the server stops: see `tasks`.
     fn spawn_background(&self, background: &mut Background, reporter: &HealthReporter) {
         let stopped = background.stopped();
         background.spawn(tasks::watch_health(
