@@ -176,7 +176,7 @@ async fn spawn(options: PgConnectOptions, tls: Option<TlsFiles>, trust_xfcc: boo
     let seen = Seen::default();
     let record = seen.clone();
     let app = spawn_app_adjusted(options, move |parts| {
-        parts.transport = TransportConfig {
+        parts.settings.transport = TransportConfig {
             tls,
             tls_reload_interval: Duration::from_secs(1),
             trust_xfcc,
@@ -584,13 +584,13 @@ async fn the_caller_policy_judges_the_mtls_identity_end_to_end(_pool: PgPoolOpti
         .unwrap(),
     );
     let app = spawn_app_adjusted(options, move |parts| {
-        parts.transport = TransportConfig {
+        parts.settings.transport = TransportConfig {
             tls: Some(tls),
             tls_reload_interval: Duration::from_secs(60),
             trust_xfcc: false,
             probe: None,
         };
-        parts.access.policy = Some(policy);
+        parts.settings.access.policy = Some(policy);
     })
     .await;
     let issue = |channel: Channel| async move {
@@ -626,14 +626,14 @@ async fn the_caller_policy_judges_the_mtls_identity_end_to_end(_pool: PgPoolOpti
 /// A TLS server with the given gRPC idle timeout and HTTP header read timeout.
 async fn spawn_with_timeouts(options: PgConnectOptions, tls: TlsFiles, idle: Duration, header: Duration) -> TestApp {
     spawn_app_adjusted(options, move |parts| {
-        parts.transport = TransportConfig {
+        parts.settings.transport = TransportConfig {
             tls: Some(tls),
             tls_reload_interval: Duration::from_secs(60),
             trust_xfcc: false,
             probe: None,
         };
-        parts.limits.idle_timeout = idle;
-        parts.http.as_mut().unwrap().limits.header_read_timeout = header;
+        parts.settings.limits.idle_timeout = idle;
+        parts.settings.http.as_mut().unwrap().limits.header_read_timeout = header;
     })
     .await
 }
@@ -690,8 +690,8 @@ async fn over_tls_an_http_client_dribbling_its_request_head_is_disconnected(
 async fn spawn_with_policy(options: PgConnectOptions, transport: TransportConfig, text: &str) -> TestApp {
     let policy = Arc::new(ratchet::policy::reload::PolicyFile::load(&crate::policy::policy_file(text)).unwrap());
     spawn_app_adjusted(options, move |parts| {
-        parts.transport = transport;
-        parts.access.policy = Some(policy);
+        parts.settings.transport = transport;
+        parts.settings.access.policy = Some(policy);
     })
     .await
 }
@@ -950,13 +950,13 @@ async fn a_tls_session_made_before_the_client_ca_changed_cannot_be_resumed_to_ca
         .unwrap(),
     );
     let app = spawn_app_adjusted(options, move |parts| {
-        parts.transport = TransportConfig {
+        parts.settings.transport = TransportConfig {
             tls: Some(tls),
             tls_reload_interval: Duration::from_secs(1),
             trust_xfcc: false,
             probe: None,
         };
-        parts.access.policy = Some(policy);
+        parts.settings.access.policy = Some(policy);
     })
     .await;
     let issue = |channel: Channel| async move {
