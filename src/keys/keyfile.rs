@@ -8,8 +8,6 @@
 //! `ratchet keys` imports it then). Every private key file must be readable by its owner only.
 
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use super::{KeyError, SigningKey};
@@ -72,49 +70,34 @@ pub fn write_new(path: &Path, der: &[u8]) -> Result<(), KeyError> {
 /// # Errors
 /// As [`write_new`].
 pub fn write_new_pem(path: &Path, pem: &str) -> Result<(), KeyError> {
-    let io = |action, source| KeyError::Io {
+    crate::files::write_new(path, pem.as_bytes()).map_err(|(action, source)| KeyError::Io {
         action,
         path: path.into(),
         source,
-    };
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| io("create", e))?;
-    file.write_all(pem.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|e| io("write", e))
-}
-
-/// Creates `dir` (and its parents) readable by the owner only, if it does not exist.
-pub(super) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    })
 }
 
 /// Refuses a secret file that group or others may read: whoever can read it can forge or open
-/// what it protects.
-pub(crate) fn refuse_if_shared(path: &Path) -> Result<(), KeyError> {
-    let mode = fs::metadata(path)
-        .map_err(|source| KeyError::Io {
+/// what it protects ([`crate::files`]' rule, in a key file's words).
+pub(super) fn refuse_if_shared(path: &Path) -> Result<(), KeyError> {
+    match crate::files::shared_mode(path) {
+        Ok(None) => Ok(()),
+        Ok(Some(mode)) => Err(KeyError::Exposed {
+            path: path.into(),
+            mode,
+        }),
+        Err(source) => Err(KeyError::Io {
             action: "inspect",
             path: path.into(),
             source,
-        })?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        return Err(KeyError::Exposed {
-            path: path.into(),
-            mode: mode & 0o777,
-        });
+        }),
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
 
     fn temp_dir(name: &str) -> PathBuf {

@@ -190,7 +190,31 @@ impl<S> CachedStore<S> {
     }
 }
 
+/// Straight through to the wrapped store: every method but those that see a revocation or answer
+/// from the cache. Those are named here, to be skipped, and written out below; a method in both
+/// places, or in neither, fails to compile. Not cached, and why: refresh tokens and rotation
+/// always go to the database (the module docs); only Revoke by a caller limited to some subjects
+/// asks `family_subject`; and a purge has nothing to forget, since a purged family had ended,
+/// which cached entries already say (a "live" entry is checked against its expiry, and "revoked"
+/// stays true).
+macro_rules! pass_through {
+    () => {};
+    (create_family $args:tt -> $ok:ty; $($rest:tt)*) => { pass_through! { $($rest)* } };
+    (spend $args:tt -> $ok:ty; $($rest:tt)*) => { pass_through! { $($rest)* } };
+    (family_status $args:tt -> $ok:ty; $($rest:tt)*) => { pass_through! { $($rest)* } };
+    (revoke_family $args:tt -> $ok:ty; $($rest:tt)*) => { pass_through! { $($rest)* } };
+    (revoke_subject $args:tt -> $ok:ty; $($rest:tt)*) => { pass_through! { $($rest)* } };
+    ($method:ident($($arg:ident: $type:ty),*) -> $ok:ty; $($rest:tt)*) => {
+        async fn $method(&self, $($arg: $type),*) -> Result<$ok, StoreError> {
+            self.inner.$method($($arg),*).await
+        }
+        pass_through! { $($rest)* }
+    };
+}
+
 impl<S: FamilyStore> FamilyStore for CachedStore<S> {
+    super::family_store_methods!(pass_through);
+
     async fn create_family(&self, new: &NewFamily) -> Result<Vec<FamilyId>, StoreError> {
         let evicted = self.inner.create_family(new).await?;
         for id in &evicted {
@@ -209,10 +233,6 @@ impl<S: FamilyStore> FamilyStore for CachedStore<S> {
             self.mark_revoked(token.family.id, Some(token.family.expires_at));
         }
         Ok(outcome)
-    }
-
-    async fn refresh_token(&self, hash: &TokenHash) -> Result<Option<RefreshTokenRecord>, StoreError> {
-        self.inner.refresh_token(hash).await
     }
 
     async fn family_status(&self, id: FamilyId) -> Result<Option<FamilyStatus>, StoreError> {
@@ -248,11 +268,6 @@ impl<S: FamilyStore> FamilyStore for CachedStore<S> {
         Ok(status)
     }
 
-    /// Not cached: only Revoke by a caller limited to some subjects asks.
-    async fn family_subject(&self, id: FamilyId) -> Result<Option<String>, StoreError> {
-        self.inner.family_subject(id).await
-    }
-
     async fn revoke_family(
         &self,
         id: FamilyId,
@@ -279,43 +294,6 @@ impl<S: FamilyStore> FamilyStore for CachedStore<S> {
             self.mark_revoked(*id, None);
         }
         Ok(revoked)
-    }
-
-    async fn live_families(
-        &self,
-        subject: &str,
-        now: OffsetDateTime,
-        after: Option<SessionCursor>,
-        limit: u32,
-    ) -> Result<Vec<SessionRecord>, StoreError> {
-        self.inner.live_families(subject, now, after, limit).await
-    }
-
-    async fn revoked_families(&self, ended_before: OffsetDateTime, limit: u32) -> Result<Vec<FamilyId>, StoreError> {
-        self.inner.revoked_families(ended_before, limit).await
-    }
-
-    async fn idle_window(
-        &self,
-        after: Option<FamilyId>,
-        window: u32,
-        ended_before: OffsetDateTime,
-    ) -> Result<IdleWindow, StoreError> {
-        self.inner.idle_window(after, window, ended_before).await
-    }
-
-    async fn purge_families(&self, families: &[FamilyId], limit: u32) -> Result<Purged, StoreError> {
-        // Nothing to forget: a purged family had ended, which cached entries already say (a
-        // "live" entry is checked against its expiry, and "revoked" stays true).
-        self.inner.purge_families(families, limit).await
-    }
-
-    async fn clear_seals(&self, sealed_before: OffsetDateTime, limit: u32) -> Result<u64, StoreError> {
-        self.inner.clear_seals(sealed_before, limit).await
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
     }
 }
 

@@ -1,11 +1,12 @@
 //! [`FamilyStore`] on PostgreSQL.
 //!
 //! Every connection runs at `default_transaction_isolation = serializable` (checked when it is
-//! opened, see [`super::pool`]), so each statement is a SERIALIZABLE transaction of its own; the
+//! opened, see [`pool`]), so each statement is a SERIALIZABLE transaction of its own; the
 //! statements are in [`sql`], their rows in [`rows`], and how each one is run to a definite
 //! outcome (retries, lost answers, timeouts) in [`run`]. [`revocations`] carries revocations from
 //! the database to this server's family cache as they are committed, wherever they were made.
 
+pub mod pool;
 pub mod revocations;
 mod rows;
 mod run;
@@ -24,12 +25,16 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+pub use self::pool::ConnectionPool;
 use self::rows::{SessionRow, TokenRow};
 use self::run::Kind;
 pub use self::run::RetryPolicy;
+/// The statements Issue and Rotate run, for the benchmark's pgbench ceiling (`ratchet-bench
+/// --print-pgbench`), which must run these very statements and no copy of them. Only with the
+/// `bench-sql` feature, which the bench crate turns on: the SQL is not the service's API.
+#[cfg(feature = "bench-sql")]
 pub use self::sql::{CREATE_FAMILY, SPEND};
 use super::cached::FamilyCache;
-use super::pool::ConnectionPool;
 use super::{
     FamilyStatus, FamilyStore, IdleWindow, MigrateError, NewFamily, Purged, RefreshTokenRecord, Revocation,
     RevokeReason, SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError,
@@ -257,7 +262,7 @@ impl FamilyStore for PgStore {
         let keep_others = i64::from(new.max_live.saturating_sub(1));
         let evicted: Vec<(Uuid,)> = self
             .fetch_all(Kind::Insert, || {
-                sqlx::query_as(CREATE_FAMILY)
+                sqlx::query_as(sql::CREATE_FAMILY)
                     .bind(family.id.as_uuid())
                     .bind(&family.subject)
                     .bind(&family.client_id)
@@ -278,7 +283,7 @@ impl FamilyStore for PgStore {
         let seal = request.successor_seal.map(|seal| seal.0);
         let row = self
             .fetch_optional(Kind::Write, || {
-                sqlx::query_as::<_, TokenRow>(SPEND)
+                sqlx::query_as::<_, TokenRow>(sql::SPEND)
                     .bind(&request.presented.0[..])
                     .bind(&request.successor.hash.0[..])
                     .bind(request.now)
@@ -480,13 +485,13 @@ impl FamilyStore for PgStore {
 }
 
 /// Whether `error` says the database is reachable but misconfigured for us (see
-/// [`super::pool::NotSerializable`]): a reason to refuse to start rather than wait.
+/// [`pool::NotSerializable`]): a reason to refuse to start rather than wait.
 pub fn is_misconfigured(error: &StoreError) -> bool {
     let StoreError::Unavailable(source) = error else {
         return false;
     };
     match source.downcast_ref::<sqlx::Error>() {
-        Some(sqlx::Error::Configuration(inner)) => inner.is::<super::pool::NotSerializable>(),
+        Some(sqlx::Error::Configuration(inner)) => inner.is::<pool::NotSerializable>(),
         _ => false,
     }
 }

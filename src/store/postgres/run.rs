@@ -23,8 +23,8 @@ use deadpool::managed::PoolError;
 use tokio::time::Instant;
 
 use super::PgStore;
+use super::pool::PooledConnection;
 use crate::store::StoreError;
-use crate::store::pool::PooledConnection;
 
 /// How long past PostgreSQL's own statement timeout a statement's answer is awaited before the
 /// connection is given up as silent (a network that drops packets without resetting anything).
