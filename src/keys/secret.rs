@@ -81,7 +81,7 @@ impl ServerSecret {
     /// The system random generator failed.
     pub fn generate() -> Result<Self, KeyError> {
         let mut material = [0u8; SECRET_BYTES];
-        getrandom::fill(&mut material).map_err(|_| KeyError::Random)?;
+        aws_lc_rs::rand::fill(&mut material).map_err(|_| KeyError::Random)?;
         Ok(Self::from_key_material(&material))
     }
 
@@ -139,7 +139,7 @@ impl ServerSecret {
             return Ok((Self::from_key_material(&material), SecretSource::Loaded));
         }
         let mut material = [0u8; SECRET_BYTES];
-        getrandom::fill(&mut material).map_err(|_| KeyError::Random)?;
+        aws_lc_rs::rand::fill(&mut material).map_err(|_| KeyError::Random)?;
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             crate::files::create_private_dir(dir).map_err(|e| io("create the directory of", e))?;
         }

@@ -55,7 +55,7 @@ fn new_family() -> NewFamily {
             revoked_at: None,
         },
         first: NewRefreshToken {
-            hash: TokenHash(rand::random()),
+            hash: TokenHash(crate::store::contract::random_bytes()),
             expires_at: now + time::Duration::hours(1),
         },
         max_live: 100,
@@ -66,7 +66,7 @@ fn spend_of(presented: TokenHash) -> SpendRequest {
     SpendRequest {
         presented,
         successor: NewRefreshToken {
-            hash: TokenHash(rand::random()),
+            hash: TokenHash(crate::store::contract::random_bytes()),
             expires_at: now() + time::Duration::hours(1),
         },
         successor_seal: None,
