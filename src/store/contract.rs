@@ -13,6 +13,9 @@
 //!
 //! What it leaves out: what a row looks like (the backends' own tests) and everything above the
 //! store (the API tests).
+//!
+//! Why one file past 500 lines: it is test code only, and the contract is easiest to review, and
+//! hardest to weaken by accident, when every promise of the trait sits in one place.
 
 use std::future::Future;
 use std::time::Duration as StdDuration;
