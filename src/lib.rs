@@ -27,6 +27,8 @@
 //!   caller's identity (client certificate, or a trusted sidecar's XFCC header) put into each
 //!   request for the caller policy, and serving each connection within its limits (idle
 //!   timeouts; the HTTP listener's header read timeout and connection cap).
+//! - [`files`]: files only their owner may read (created 0600, refused when shared), for
+//!   [`keys`], [`transport`] and [`store`]'s SQLite alike. Imports nothing of the crate.
 //!
 //! Around them: [`cli`] and [`config`] (flags, environment, validation; [`database_url`] keeps the
 //! database password out of every printout), [`startup`] (building and running the server),
@@ -38,6 +40,7 @@ pub mod clock;
 pub mod config;
 pub mod database_url;
 pub mod domain;
+pub mod files;
 pub mod grpc;
 pub mod http;
 pub mod issuer;
