@@ -17,7 +17,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
-use crate::helpers::counting_channel;
+use crate::support::counting_channel;
 
 /// Panics when asked about the service "panic"; everything else is SERVING.
 struct Panicky;
