@@ -23,10 +23,7 @@ use ratchet::store::postgres::PoolSettings;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tonic::Code;
 
-use crate::helpers::{
-    Db, TestApp, assert_token_error, on_every_backend, spawn_app_with_settings, spawn_on_pool, test_policy,
-};
-use crate::proxy::Proxy;
+use crate::support::{Db, Proxy, TestApp, assert_token_error, on_every_backend, test_policy};
 
 fn secret_of(token: &str) -> Vec<u8> {
     URL_SAFE_NO_PAD.decode(&token[3..]).unwrap()
@@ -85,7 +82,10 @@ async fn rotate_chain(app: &TestApp, length: usize) -> Vec<TokenPair> {
 
 async fn a_database_dump_and_old_refresh_tokens_do_not_lead_to_later_ones(db: Db) {
     // With a grace window, the worst case: seals exist.
-    let app = db.spawn_with_grace(time::Duration::seconds(60)).await;
+    let app = TestApp::builder(db)
+        .reuse_grace(time::Duration::seconds(60))
+        .spawn()
+        .await;
     let chain = rotate_chain(&app, 5).await;
     let secrets: Vec<Vec<u8>> = chain.iter().map(|p| secret_of(&p.refresh_token)).collect();
     let dump = dump_values(&app).await;
@@ -115,7 +115,7 @@ async fn a_database_dump_and_old_refresh_tokens_do_not_lead_to_later_ones(db: Db
 }
 
 async fn without_a_grace_window_no_seal_is_stored_at_all(db: Db) {
-    let app = db.spawn_with_grace(time::Duration::ZERO).await;
+    let app = TestApp::builder(db).reuse_grace(time::Duration::ZERO).spawn().await;
     rotate_chain(&app, 3).await;
     // Looking at the dump itself: this is about what a dump holds.
     assert_eq!(seals(&app).await, 0);
@@ -123,7 +123,10 @@ async fn without_a_grace_window_no_seal_is_stored_at_all(db: Db) {
 }
 
 async fn a_seal_is_cleared_when_the_token_it_seals_is_spent(db: Db) {
-    let app = db.spawn_with_grace(time::Duration::seconds(60)).await;
+    let app = TestApp::builder(db)
+        .reuse_grace(time::Duration::seconds(60))
+        .spawn()
+        .await;
     let chain = rotate_chain(&app, 4).await;
     assert_eq!(
         seals(&app).await,
@@ -154,13 +157,13 @@ async fn behind(proxy: &Proxy, options: PgConnectOptions, grace: time::Duration)
         reuse_grace: grace,
         ..test_policy()
     };
-    spawn_on_pool(
-        ratchet::store::postgres::pool(proxy.route(options.clone()), &settings),
-        settings,
-        policy,
-        options,
-    )
-    .await
+    let pool = ratchet::store::postgres::pool(proxy.route(options.clone()), &settings);
+    TestApp::builder(options)
+        .pool(settings)
+        .on_pool(pool)
+        .policy(policy)
+        .spawn()
+        .await
 }
 
 #[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
@@ -269,7 +272,11 @@ async fn a_statement_past_the_database_timeout_is_unavailable_and_did_nothing(
         max_connections: 4,
         timeout: Duration::from_secs(1),
     };
-    let app = spawn_app_with_settings(options, settings, test_policy()).await;
+    let app = TestApp::builder(options)
+        .pool(settings)
+        .policy(test_policy())
+        .spawn()
+        .await;
     let pair = app.issue("alice").await;
     app.hook_spends("perform pg_sleep(3); return new;").await;
     // PostgreSQL cancels it at its statement timeout: a definite "nothing happened".
@@ -281,7 +288,7 @@ async fn a_statement_past_the_database_timeout_is_unavailable_and_did_nothing(
 }
 
 async fn the_database_refuses_a_second_successor_or_a_second_first_token(db: Db) {
-    let app = db.spawn_with_grace(time::Duration::ZERO).await;
+    let app = TestApp::builder(db).reuse_grace(time::Duration::ZERO).spawn().await;
     let first = app.issue("alice").await;
     app.rotate(&first.refresh_token).await.unwrap();
     // Whatever a future code path might do, the schema itself refuses a branch: the spent token
@@ -302,7 +309,7 @@ async fn the_database_refuses_a_second_successor_or_a_second_first_token(db: Db)
 /// rotated again: whatever wrote such a row would end someone else's session. The schema refuses it
 /// now (a composite foreign key), and the family it aimed at is untouched.
 async fn the_database_refuses_a_parent_from_another_family(db: Db) {
-    let app = db.spawn_with_grace(time::Duration::ZERO).await;
+    let app = TestApp::builder(db).reuse_grace(time::Duration::ZERO).spawn().await;
     let victim = app.issue("alice").await;
     let other = app.issue("mallory").await;
     let victims_live_token = RefreshToken::parse(&victim.refresh_token).unwrap().hash().0.to_vec();

@@ -26,9 +26,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::helpers::{AUDIENCE, Db, TestApp, channel, on_every_backend, spawn_app, spawn_on_pool, test_policy};
-use crate::keys::{Forger, app_with};
-use crate::proxy::Proxy;
+use crate::support::{AUDIENCE, Db, Forger, Proxy, TestApp, channel, on_every_backend, test_policy};
 
 async fn client(app: &TestApp) -> AuthorizationClient<Channel> {
     AuthorizationClient::new(channel(app.addr).await)
@@ -138,7 +136,7 @@ async fn issue_with(app: &TestApp, scopes: &[&str], audiences: &[&str]) -> ratch
 }
 
 async fn a_live_token_is_allowed_with_identity_headers_and_its_claims_in_the_metadata(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     let pair = issue_with(&app, &["read", "write"], &[]).await;
     let answer = check_bearer(&app, &pair.access_token, &[]).await;
     let (set, removed) = allowed(&answer);
@@ -190,7 +188,7 @@ async fn a_live_token_is_allowed_with_identity_headers_and_its_claims_in_the_met
 }
 
 async fn spoofed_identity_headers_are_overwritten_or_removed(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     let pair = issue_with(&app, &[], &[]).await;
     let bearer = format!("Bearer {}", pair.access_token);
     let answer = check(
@@ -230,7 +228,7 @@ async fn spoofed_identity_headers_are_overwritten_or_removed(db: Db) {
 /// fold into a header we set included (they are other headers to Envoy, so setting ours does not
 /// overwrite them). SECURITY.md, "Identity headers behind a mesh".
 async fn every_spelling_an_upstream_folds_into_one_of_ours_is_removed(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     let pair = issue_with(&app, &[], &[]).await;
     let bearer = format!("Bearer {}", pair.access_token);
     let spellings = [
@@ -290,7 +288,7 @@ async fn every_spelling_an_upstream_folds_into_one_of_ours_is_removed(db: Db) {
 /// A typo in a route's key (`ratchet.required_scope`) used to mean "no requirement": an allow.
 /// Any key that looks like ours and is not one we define denies, as an unreadable value does.
 async fn a_route_naming_an_unknown_ratchet_key_denies_every_request(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     let pair = issue_with(&app, &["orders:read"], &["orders"]).await;
     let token = &pair.access_token;
     for key in [
@@ -337,7 +335,7 @@ async fn a_route_naming_an_unknown_ratchet_key_denies_every_request(db: Db) {
 }
 
 async fn requests_without_bearer_credentials_get_a_bare_challenge(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     let pair = app.issue("alice").await;
     assert_no_credentials(&check(&app, request(&[], &[])).await, "no header");
     assert_no_credentials(
@@ -365,7 +363,7 @@ async fn requests_without_bearer_credentials_get_a_bare_challenge(db: Db) {
 }
 
 async fn malformed_unknown_expired_and_refresh_tokens_are_invalid_token(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     let pair = app.issue("alice").await;
     let token = &pair.access_token;
     for (what, value) in [
@@ -391,7 +389,8 @@ async fn malformed_unknown_expired_and_refresh_tokens_are_invalid_token(db: Db) 
 
 async fn every_forgery_is_invalid_token_for_every_algorithm(db: Db) {
     for alg in KeyAlgorithm::ALL {
-        let (app, pem) = app_with(db.clone(), alg).await;
+        let app = TestApp::builder(db.clone()).algorithm(alg).spawn().await;
+        let pem = app.key_pem();
         let pair = app.issue("alice").await;
         let forger = Forger::new(alg, &pem, &pair.access_token);
         allowed(&check_bearer(&app, &forger.resigned(), &[]).await);
@@ -403,7 +402,7 @@ async fn every_forgery_is_invalid_token_for_every_algorithm(db: Db) {
 }
 
 async fn a_family_revoked_through_revoke_is_denied_on_the_next_check(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     let pair = app.issue("alice").await;
     // Cached live first: the revocation must reach the caches, not just the database.
     for _ in 0..2 {
@@ -415,7 +414,7 @@ async fn a_family_revoked_through_revoke_is_denied_on_the_next_check(db: Db) {
 }
 
 async fn routes_require_scopes_and_an_audience_through_context_extensions(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     let pair = issue_with(&app, &["orders:read", "profile"], &["orders", "billing"]).await;
     let token = &pair.access_token;
     let scopes = "ratchet.required_scopes";
@@ -455,7 +454,7 @@ async fn routes_require_scopes_and_an_audience_through_context_extensions(db: Db
 }
 
 async fn garbage_is_denied_and_a_check_over_the_size_limit_is_resource_exhausted(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     let pair = app.issue("alice").await;
     // Over Check's 256 KiB: an error, which Envoy answers with a denial (`failure_mode_allow`
     // off, as docs/mesh.md requires); under it, a header too big to be a token is just that.
@@ -572,7 +571,12 @@ async fn a_hot_token_needs_no_database_and_an_uncached_family_without_one_is_una
     };
     let proxy = Proxy::in_front_of(&options).await;
     let pool = ratchet::store::postgres::pool(proxy.route(options.clone()), &settings);
-    let app = spawn_on_pool(pool, settings, test_policy(), options).await;
+    let app = TestApp::builder(options)
+        .pool(settings)
+        .on_pool(pool)
+        .policy(test_policy())
+        .spawn()
+        .await;
     let hot = app.issue("alice").await;
     let cold = app.issue("bob").await;
     allowed(&check_bearer(&app, &hot.access_token, &[]).await);
@@ -606,7 +610,7 @@ async fn a_hot_token_needs_no_database_and_an_uncached_family_without_one_is_una
 }
 
 async fn the_health_service_knows_the_authorization_service(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     app.wait_for_health(ServingStatus::Serving).await;
     let answer = HealthClient::new(channel(app.addr).await)
         .check(HealthCheckRequest {
@@ -633,7 +637,7 @@ async fn fuzzed_checks_are_always_answered_with_a_denial(_pool: PgPoolOptions, o
     use proptest::prelude::*;
     use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
 
-    let app = spawn_app(options).await;
+    let app = TestApp::builder(options).spawn().await;
     let addr = app.addr;
     let header = (
         prop_oneof![

@@ -13,8 +13,7 @@ use tokio::net::TcpListener;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::helpers::{spawn_app_with_settings, spawn_on_pool, test_policy};
-use crate::proxy::Proxy;
+use crate::support::{Proxy, TestApp, test_policy};
 
 fn fast_failing() -> PoolSettings {
     PoolSettings {
@@ -46,7 +45,12 @@ async fn with_no_database_calls_fail_fast_with_unavailable() {
         .port(closed.port())
         .username("postgres");
     let pool = postgres::pool(options.clone(), &fast_failing());
-    let app = spawn_on_pool(pool, fast_failing(), test_policy(), options).await;
+    let app = TestApp::builder(options)
+        .pool(fast_failing())
+        .on_pool(pool)
+        .policy(test_policy())
+        .spawn()
+        .await;
 
     let mut client = app.client.clone();
     let call = client.issue(ratchet::grpc::pb::IssueRequest {
@@ -65,7 +69,12 @@ async fn losing_the_database_mid_flight_is_unavailable_and_recoverable(
 ) {
     let proxy = Proxy::in_front_of(&options).await;
     let pool = postgres::pool(proxy.route(options.clone()), &fast_failing());
-    let app = spawn_on_pool(pool, fast_failing(), test_policy(), options).await;
+    let app = TestApp::builder(options)
+        .pool(fast_failing())
+        .on_pool(pool)
+        .policy(test_policy())
+        .spawn()
+        .await;
 
     let pair = app.issue("alice").await;
     app.wait_for_health(ServingStatus::Serving).await;
@@ -105,7 +114,11 @@ async fn endless_serialization_conflicts_end_in_unavailable_within_the_timeout_a
     _pool: PgPoolOptions,
     options: PgConnectOptions,
 ) {
-    let app = spawn_app_with_settings(options, fast_failing(), test_policy()).await;
+    let app = TestApp::builder(options)
+        .pool(fast_failing())
+        .policy(test_policy())
+        .spawn()
+        .await;
     let pair = app.issue("alice").await;
     // Every spend now fails the way a lost SERIALIZABLE race does.
     app.hook_spends("raise exception 'simulated conflict' using errcode = 'serialization_failure';")
@@ -135,7 +148,7 @@ async fn a_caller_that_gives_up_mid_rotation_gets_the_missed_pair_on_retry_withi
         reuse_grace: time::Duration::seconds(30),
         ..test_policy()
     };
-    let app = spawn_app_with_settings(options, settings, policy).await;
+    let app = TestApp::builder(options).pool(settings).policy(policy).spawn().await;
     let pair = app.issue("alice").await;
     app.hook_spends("perform pg_sleep(0.5); return new;").await;
 

@@ -6,156 +6,14 @@
 //! with no DATABASE_URL, is `sqlite.rs`'s; the last two tests are PostgreSQL by nature (session
 //! isolation, two processes on one database).
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ratchet::grpc::pb::RotateRequest;
-use ratchet::grpc::pb::token_service_client::TokenServiceClient;
 use sqlx::Connection as _;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
-use tonic_reflection::pb::v1::ServerReflectionRequest;
 
-use crate::helpers::{introspect, issue};
-use crate::proxy::Proxy;
-use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-
-pub const BIN: &str = env!("CARGO_BIN_EXE_ratchet");
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-pub fn database_url(options: &PgConnectOptions, database: &str) -> String {
-    format!(
-        "postgres://{}@{}:{}/{database}",
-        options.get_username(),
-        options.get_host(),
-        options.get_port()
-    )
-}
-
-/// The real `ratchet serve` in a child process.
-pub struct Server {
-    child: Child,
-    pub addr: SocketAddr,
-    /// The JWKS/discovery HTTP listener (a free port of its own: the default, 8080, would be
-    /// shared by every test's server).
-    pub http: SocketAddr,
-}
-
-impl Server {
-    fn start(url: &str, data_dir: &Path, log: &Path) -> Self {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        Self::start_with(url, data_dir, log, addr, &[])
-    }
-
-    /// `ratchet serve --no-migrate` on `addr`, with `env` on top of the test defaults.
-    pub fn start_with(url: &str, data_dir: &Path, log: &Path, addr: SocketAddr, env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(BIN);
-        command.args(["serve", "--no-migrate"]).env("DATABASE_URL", url);
-        Self::spawn(command, data_dir, log, addr, env)
-    }
-
-    /// `ratchet serve` on `addr` with no `DATABASE_URL`, as on a fresh machine: SQLite in
-    /// `data_dir`, migrated at start; `env` on top of the test defaults.
-    pub fn start_on_sqlite_with(data_dir: &Path, log: &Path, addr: SocketAddr, env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(BIN);
-        command.arg("serve").env_remove("DATABASE_URL");
-        Self::spawn(command, data_dir, log, addr, env)
-    }
-
-    fn spawn(mut command: Command, data_dir: &Path, log: &Path, addr: SocketAddr, env: &[(&str, &str)]) -> Self {
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let child = command
-            .args(["--issuer", "https://bin.test"])
-            .env("RATCHET_LISTEN", addr.to_string())
-            .env("RATCHET_DATA_DIR", data_dir)
-            .env("RATCHET_HTTP_LISTEN", http.to_string())
-            // As chatty as it gets: even debug logs must not carry a token.
-            .env("RUST_LOG", "debug")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
-            .spawn()
-            .unwrap();
-        Self { child, addr, http }
-    }
-
-    /// Its process id (to read its memory from /proc).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Sends `signal` (`HUP`, `TERM`, ...) to the process.
-    pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Its exit status, once it exits by itself within `within`.
-    pub async fn wait(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        None
-    }
-
-    /// SIGKILL: no drain, no cleanup, whatever was in flight is cut.
-    pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    pub async fn client(&self) -> TokenServiceClient<tonic::transport::Channel> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match TokenServiceClient::connect(format!("http://{}", self.addr)).await {
-                Ok(client) => return client,
-                Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
-                Err(e) => panic!("server never came up: {e}"),
-            }
-        }
-    }
-
-    /// SIGTERM, then the exit status. Waits asynchronously: our own client connections must keep
-    /// being driven to answer the server's GOAWAY while it drains.
-    pub async fn terminate(mut self) -> std::process::ExitStatus {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::support::{BIN, Proxy, Server, database_url, free_port, introspect, issue, list_services};
 
 #[sqlx::test(migrations = false)]
 async fn the_binary_migrates_serves_survives_a_restart_and_never_logs_tokens(
@@ -269,23 +127,6 @@ fn an_absurd_duration_is_a_configuration_error_naming_the_flag() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(64), "{value}: {stderr}");
         assert!(stderr.contains("family-ttl"), "{value}: {stderr}");
-    }
-}
-
-pub async fn list_services(addr: SocketAddr) -> Vec<String> {
-    let mut client = ServerReflectionClient::new(crate::helpers::channel(addr).await);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut answers = client
-        .server_reflection_info(futures::stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    match answers.message().await.unwrap().and_then(|a| a.message_response) {
-        Some(MessageResponse::ListServicesResponse(list)) => list.service.into_iter().map(|s| s.name).collect(),
-        other => panic!("unexpected reflection answer {other:?}"),
     }
 }
 

@@ -6,7 +6,7 @@ use ratchet::grpc::status::reason;
 use ratchet::issuer::cleanup::{CleanupReport, CleanupSettings};
 use time::Duration;
 
-use crate::helpers::{Db, assert_token_error, on_every_backend, test_cleanup, test_policy};
+use crate::support::{Db, TestApp, assert_token_error, on_every_backend, test_cleanup, test_policy};
 
 fn retention(retention: Duration) -> CleanupSettings {
     CleanupSettings {
@@ -20,7 +20,7 @@ async fn cleanup_removes_families_that_ended_and_keeps_live_ones_rotating(db: Db
         refresh_ttl: Duration::hours(1),
         ..test_policy()
     };
-    let app = db.spawn_with(policy).await;
+    let app = TestApp::builder(db).policy(policy).spawn().await;
     let settings = retention(Duration::hours(1));
     // Idle-expires an hour after its one rotation: two tokens.
     let idle = app.issue("alice").await;
@@ -71,7 +71,7 @@ async fn cleanup_removes_families_that_ended_and_keeps_live_ones_rotating(db: Db
 }
 
 async fn a_family_that_ended_within_the_retention_is_kept(db: Db) {
-    let app = db.spawn_with(test_policy()).await;
+    let app = TestApp::builder(db).policy(test_policy()).spawn().await;
     let pair = app.issue("alice").await;
     let next = app.rotate(&pair.refresh_token).await.unwrap();
     // Reuse revokes the family; a day's retention keeps the evidence.
@@ -93,7 +93,7 @@ async fn a_family_that_ended_within_the_retention_is_kept(db: Db) {
 }
 
 async fn cleanup_goes_in_small_batches_through_long_chains_and_sweeps_for_idle_ones(db: Db) {
-    let app = db.spawn_with(test_policy()).await;
+    let app = TestApp::builder(db).policy(test_policy()).spawn().await;
     let mut chains = Vec::new();
     for i in 0..5 {
         let mut pair = app.issue(&format!("user{i}")).await;
@@ -126,7 +126,7 @@ async fn seals_left_over_after_the_grace_window_are_cleared(db: Db) {
         reuse_grace: Duration::seconds(60),
         ..test_policy()
     };
-    let app = db.spawn_with(policy).await;
+    let app = TestApp::builder(db).policy(policy).spawn().await;
     let pair = app.issue("alice").await;
     let next = app.rotate(&pair.refresh_token).await.unwrap();
     // Within the longest possible window (10 minutes) the seal stays ...

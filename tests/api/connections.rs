@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Re
 use tokio::net::TcpStream;
 use tonic::transport::Channel;
 
-use crate::helpers::{channel, http_get, issue, spawn_app_adjusted};
+use crate::support::{TestApp, channel, http_get, issue};
 
 /// The connections a [`watched_channel`] opened, and how many of them have ended.
 #[derive(Default)]
@@ -131,12 +131,14 @@ async fn an_idle_grpc_connection_is_closed_after_the_idle_timeout_whatever_its_k
     _pool: PgPoolOptions,
     options: PgConnectOptions,
 ) {
-    let app = spawn_app_adjusted(options, |parts| {
-        parts.settings.limits.idle_timeout = IDLE;
-        // Five PINGs a second, answered by the client: they must not count as activity.
-        parts.settings.limits.http2_keepalive_interval = Duration::from_millis(200);
-    })
-    .await;
+    let app = TestApp::builder(options)
+        .adjust(|parts| {
+            parts.settings.limits.idle_timeout = IDLE;
+            // Five PINGs a second, answered by the client: they must not count as activity.
+            parts.settings.limits.http2_keepalive_interval = Duration::from_millis(200);
+        })
+        .spawn()
+        .await;
     let (watched, watch) = watched_channel(app.addr).await;
     let client = TokenServiceClient::new(watched);
     issue(&client, "alice").await;
@@ -160,7 +162,10 @@ async fn a_call_longer_than_the_idle_timeout_is_not_cut_and_the_connection_is_id
     _pool: PgPoolOptions,
     options: PgConnectOptions,
 ) {
-    let app = spawn_app_adjusted(options, |parts| parts.settings.limits.idle_timeout = IDLE).await;
+    let app = TestApp::builder(options)
+        .adjust(|parts| parts.settings.limits.idle_timeout = IDLE)
+        .spawn()
+        .await;
     let pair = app.issue("alice").await;
     // A Rotate held up in the database for two and a half idle timeouts.
     app.hook_spends("perform pg_sleep(2.5); return new;").await;
@@ -211,10 +216,12 @@ async fn a_slowloris_http_client_is_disconnected_after_the_header_read_timeout(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
 ) {
-    let app = spawn_app_adjusted(options, |parts| {
-        parts.settings.http.as_mut().unwrap().limits.header_read_timeout = Duration::from_secs(1);
-    })
-    .await;
+    let app = TestApp::builder(options)
+        .adjust(|parts| {
+            parts.settings.http.as_mut().unwrap().limits.header_read_timeout = Duration::from_secs(1);
+        })
+        .spawn()
+        .await;
     let http = app.http_addr.unwrap();
     let opened = Instant::now();
     // Half a request head, then nothing; and a client that sends nothing at all.
@@ -239,10 +246,12 @@ async fn beyond_the_http_connection_cap_a_new_connection_waits_for_a_free_one(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
 ) {
-    let app = spawn_app_adjusted(options, |parts| {
-        parts.settings.http.as_mut().unwrap().limits.max_connections = 2;
-    })
-    .await;
+    let app = TestApp::builder(options)
+        .adjust(|parts| {
+            parts.settings.http.as_mut().unwrap().limits.max_connections = 2;
+        })
+        .spawn()
+        .await;
     let http = app.http_addr.unwrap();
     let first = TcpStream::connect(http).await.unwrap();
     let _second = TcpStream::connect(http).await.unwrap();
@@ -294,7 +303,10 @@ async fn a_grpc_connection_that_sends_no_complete_request_in_time_is_cut(
     options: PgConnectOptions,
 ) {
     let deadline = Duration::from_secs(1);
-    let app = spawn_app_adjusted(options, |parts| parts.settings.limits.first_request_timeout = deadline).await;
+    let app = TestApp::builder(options)
+        .adjust(|parts| parts.settings.limits.first_request_timeout = deadline)
+        .spawn()
+        .await;
     let opened = Instant::now();
     let stalled = stalled_connections(app.addr).await;
     // A client that connects ahead of its first call, and one that calls at once.
@@ -325,10 +337,12 @@ async fn an_http_connection_that_sends_only_the_http2_preface_is_cut_after_the_h
     options: PgConnectOptions,
 ) {
     let timeout = Duration::from_secs(1);
-    let app = spawn_app_adjusted(options, |parts| {
-        parts.settings.http.as_mut().unwrap().limits.header_read_timeout = timeout;
-    })
-    .await;
+    let app = TestApp::builder(options)
+        .adjust(|parts| {
+            parts.settings.http.as_mut().unwrap().limits.header_read_timeout = timeout;
+        })
+        .spawn()
+        .await;
     let opened = Instant::now();
     for (what, stream) in stalled_connections(app.http_addr.unwrap()).await {
         let after = closed_within(stream, opened, Duration::from_secs(5))
@@ -345,7 +359,10 @@ async fn beyond_the_grpc_connection_cap_a_new_connection_waits_until_one_closes(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
 ) {
-    let app = spawn_app_adjusted(options, |parts| parts.settings.limits.max_connections = 3).await;
+    let app = TestApp::builder(options)
+        .adjust(|parts| parts.settings.limits.max_connections = 3)
+        .spawn()
+        .await;
     // The test app's own client holds one connection; two idle plaintext ones fill the cap (the
     // first request deadline is 10 s).
     let first = TcpStream::connect(app.addr).await.unwrap();
@@ -384,7 +401,10 @@ async fn health_watch_streams_beyond_the_cap_are_refused_until_one_ends(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
 ) {
-    let app = spawn_app_adjusted(options, |parts| parts.settings.limits.max_health_watches = 3).await;
+    let app = TestApp::builder(options)
+        .adjust(|parts| parts.settings.limits.max_health_watches = 3)
+        .spawn()
+        .await;
     let mut watching = Vec::new();
     for _ in 0..3 {
         watching.push(watch_health(app.addr).await.expect("a watch under the cap"));

@@ -27,9 +27,7 @@ use tonic::{Code, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_types::StatusExt as _;
 
-use crate::binary::{Server, free_port};
-use crate::cluster::PrivateCluster;
-use crate::helpers::{issue, spawn_app_with_settings_adjusted, test_policy};
+use crate::support::{PrivateCluster, Server, TestApp, free_port, issue, test_policy};
 
 /// These tests rotate chains and replay tokens flat out, which is what the per-family Rotate
 /// limit exists to stop (`limits.rs` tests that); here the database's behaviour is under test, so
@@ -208,11 +206,14 @@ async fn postgres_restarted_under_rotate_load_fails_fast_recovers_and_loses_noth
         reuse_grace: time::Duration::seconds(30),
         ..test_policy()
     };
-    let app = spawn_app_with_settings_adjusted(options, settings, |parts| {
-        parts.settings.policy = policy;
-        without_rotate_limit(parts);
-    })
-    .await;
+    let app = TestApp::builder(options)
+        .pool(settings)
+        .adjust(|parts| {
+            parts.settings.policy = policy;
+            without_rotate_limit(parts);
+        })
+        .spawn()
+        .await;
     let observed = Shared::default();
     let until = Instant::now() + Duration::from_secs(6);
     let mut clients = Vec::new();
@@ -321,7 +322,11 @@ async fn many_clients_rotating_and_replaying_the_same_families_never_spend_a_tok
         timeout: Duration::from_secs(5),
     };
     // Strict: any second acceptance of a token would show.
-    let app = spawn_app_with_settings_adjusted(options, settings, without_rotate_limit).await;
+    let app = TestApp::builder(options)
+        .pool(settings)
+        .adjust(without_rotate_limit)
+        .spawn()
+        .await;
     let families = Arc::new(Mutex::new(Vec::new()));
     for i in 0..4 {
         let pair = issue(&app.client, &format!("user{i}")).await;

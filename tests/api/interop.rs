@@ -15,8 +15,7 @@ use std::sync::Arc;
 use ratchet::clock::{Clock as _, SystemClock};
 use ratchet::keys::KeyAlgorithm;
 
-use crate::helpers::{AUDIENCE, Db, ISSUER, on_every_backend};
-use crate::keys::{Forger, app_with_adjusted};
+use crate::support::{AUDIENCE, Db, Forger, ISSUER, TestApp, on_every_backend};
 
 fn python_path() -> PathBuf {
     std::env::var_os("RATCHET_INTEROP_PYTHONPATH")
@@ -60,7 +59,12 @@ fn pyjwt_verify(jwks_uri: &str, tokens: &[(&'static str, String)]) -> serde_json
 async fn pyjwt_verifies_every_algorithm_against_the_http_jwks_and_refuses_every_forgery(db: Db) {
     for alg in KeyAlgorithm::ALL {
         // PyJWT checks times against the real clock, so this server runs on it too.
-        let (app, pem) = app_with_adjusted(db.clone(), alg, |parts| parts.clock = Arc::new(SystemClock)).await;
+        let app = TestApp::builder(db.clone())
+            .algorithm(alg)
+            .adjust(|parts| parts.clock = Arc::new(SystemClock))
+            .spawn()
+            .await;
+        let pem = app.key_pem();
         let pair = app.issue("alice").await;
         let forger = Forger::new(alg, &pem, &pair.access_token);
         let mut tokens = vec![("genuine", pair.access_token.clone())];
@@ -90,7 +94,12 @@ async fn pyjwt_verifies_every_algorithm_against_the_http_jwks_and_refuses_every_
 
 async fn ratchet_verify_accepts_every_algorithm_from_the_http_jwks_and_refuses_every_forgery(db: Db) {
     for alg in KeyAlgorithm::ALL {
-        let (app, pem) = app_with_adjusted(db.clone(), alg, |parts| parts.clock = Arc::new(SystemClock)).await;
+        let app = TestApp::builder(db.clone())
+            .algorithm(alg)
+            .adjust(|parts| parts.clock = Arc::new(SystemClock))
+            .spawn()
+            .await;
+        let pem = app.key_pem();
         let pair = app.issue("alice").await;
         let jwks_uri = format!("http://{}/.well-known/jwks.json", app.http_addr.unwrap());
         let verifier = ratchet_verify::Verifier::builder(jwks_uri, ISSUER)

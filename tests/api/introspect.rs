@@ -3,10 +3,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ratchet::grpc::pb::{IntrospectRequest, IntrospectResponse, IssueRequest};
 use time::Duration;
 
-use crate::helpers::{AUDIENCE, Db, ISSUER, assert_invalid_argument, jwt_part, on_every_backend};
+use crate::support::{AUDIENCE, Db, ISSUER, TestApp, assert_invalid_argument, jwt_part, on_every_backend};
 
 async fn a_fresh_access_token_introspects_active_with_every_field(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     let pair = app
         .client
         .clone()
@@ -61,7 +61,7 @@ async fn a_fresh_access_token_introspects_active_with_every_field(db: Db) {
 }
 
 async fn access_tokens_are_inactive_from_their_exp_second_on(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     let pair = app.issue("alice").await;
     app.advance(Duration::seconds(899));
     assert!(app.introspect(&pair.access_token).await.active);
@@ -75,7 +75,7 @@ async fn access_tokens_are_inactive_from_their_exp_second_on(db: Db) {
 }
 
 async fn future_nbf_is_tolerated_only_within_the_leeway(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     let pair = app.issue("alice").await;
     // A verifier whose clock is behind ours sees the token's nbf/iat in its future.
     app.advance(-Duration::seconds(5));
@@ -93,7 +93,7 @@ fn b64(json: &serde_json::Value) -> String {
 }
 
 async fn garbage_forged_tampered_and_alg_none_tokens_are_inactive_not_errors(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     let pair = app.issue("alice").await;
     let parts: Vec<&str> = pair.access_token.split('.').collect();
     let mut claims = jwt_part(&pair.access_token, 1);
@@ -136,7 +136,7 @@ async fn garbage_forged_tampered_and_alg_none_tokens_are_inactive_not_errors(db:
 }
 
 async fn an_empty_token_is_invalid_argument(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     let status = app
         .client
         .clone()

@@ -2,12 +2,12 @@
 //! refuses. Every test runs on every backend; what is stored is read through [`TestApp::dump`]
 //! and [`TestApp::stored_families`], which look into either database.
 //!
-//! [`TestApp::dump`]: crate::helpers::TestApp::dump
-//! [`TestApp::stored_families`]: crate::helpers::TestApp::stored_families
+//! [`TestApp::dump`]: crate::support::TestApp::dump
+//! [`TestApp::stored_families`]: crate::support::TestApp::stored_families
 
 use ratchet::grpc::pb::{IssueRequest, ListSessionsRequest};
 
-use crate::helpers::{AUDIENCE, Db, ISSUER, assert_invalid_argument, jwt_part, on_every_backend};
+use crate::support::{AUDIENCE, Db, ISSUER, TestApp, assert_invalid_argument, jwt_part, on_every_backend};
 
 fn claims(json: serde_json::Value) -> prost_types::Struct {
     fn value(v: serde_json::Value) -> prost_types::Value {
@@ -42,7 +42,7 @@ fn header(jwt: &str) -> serde_json::Value {
 }
 
 async fn issue_returns_a_pair_and_an_rfc_9068_access_token(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     let pair = app
         .client
         .clone()
@@ -89,7 +89,7 @@ async fn issue_returns_a_pair_and_an_rfc_9068_access_token(db: Db) {
 
 async fn refresh_tokens_are_stored_only_as_hashes(db: Db) {
     use base64::Engine as _;
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     let pair = app.issue("alice").await;
     let rotated = app.rotate(&pair.refresh_token).await.unwrap();
     // Every value of every table, not just the token columns: the secret is nowhere, neither as
@@ -120,7 +120,7 @@ async fn refresh_tokens_are_stored_only_as_hashes(db: Db) {
 }
 
 async fn empty_audiences_get_the_default_audience(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     let pair = app.issue("bob").await;
     assert_eq!(payload(&pair.access_token)["aud"], serde_json::json!([AUDIENCE]));
     assert!(payload(&pair.access_token).get("client_id").is_none());
@@ -128,7 +128,7 @@ async fn empty_audiences_get_the_default_audience(db: Db) {
 }
 
 async fn malformed_issue_requests_are_invalid_argument_naming_the_field(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     let ok = || IssueRequest {
         subject: "alice".into(),
         ..Default::default()
@@ -241,7 +241,7 @@ async fn malformed_issue_requests_are_invalid_argument_naming_the_field(db: Db) 
 }
 
 async fn control_characters_anywhere_in_an_issue_request_are_invalid_argument_naming_the_field(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     let ok = || IssueRequest {
         subject: "alice".into(),
         ..Default::default()
@@ -308,7 +308,7 @@ async fn control_characters_anywhere_in_an_issue_request_are_invalid_argument_na
 /// where `\u{202e}nimda` reads as `admin`. Every name field refuses them now, naming the field and
 /// echoing nothing raw; Revoke and ListSessions parse subjects by the same rule.
 async fn names_holding_format_characters_separators_or_noncharacters_are_invalid_argument(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     let ok = || IssueRequest {
         subject: "alice".into(),
         ..Default::default()

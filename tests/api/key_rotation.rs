@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use ratchet::keys::{KeyAlgorithm, SigningKey, keyfile};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::binary::{BIN, Server, database_url, free_port};
-use crate::helpers::{Db, http_get, introspect, issue, jwt_part, on_every_backend};
+use crate::support::{
+    BIN, Db, Server, database_url, free_port, http_get, introspect, issue, jwt_part, on_every_backend,
+};
 
 struct Scratch {
     root: PathBuf,

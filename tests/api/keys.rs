@@ -7,63 +7,18 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{EncodingKey, Header};
 use ratchet::grpc::pb::IntrospectResponse;
 use ratchet::keys::directory::KeyDirectory;
 use ratchet::keys::source::KeySource;
 use ratchet::keys::{KeyAlgorithm, KeySet, SigningKey};
 
-use crate::helpers::{Db, ISSUER, TestApp, jwt_part, on_every_backend};
+use crate::support::{Db, Forger, ISSUER, TestApp, jwt_part, on_every_backend};
 
 const NOW: &str = "2026-11-30T08:00:00Z";
 
-/// A server whose only key is a new `alg` key, and that key's PKCS#8 PEM (to forge with).
-pub async fn app_with(db: Db, alg: KeyAlgorithm) -> (TestApp, String) {
-    app_with_adjusted(db, alg, |_| {}).await
-}
-
-/// [`app_with`], with `adjust` applied to the server's parts.
-pub async fn app_with_adjusted(
-    db: Db,
-    alg: KeyAlgorithm,
-    adjust: impl FnOnce(&mut ratchet::startup::Parts),
-) -> (TestApp, String) {
-    let (key, der) = SigningKey::generate(alg).unwrap();
-    let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", der));
-    let app = db
-        .spawn_adjusted(|parts| {
-            parts.keys = KeySet::single(key);
-            adjust(parts);
-        })
-        .await;
-    (app, pem)
-}
-
-fn encoding_key(alg: KeyAlgorithm, pem: &str) -> EncodingKey {
-    match alg {
-        KeyAlgorithm::EdDSA => EncodingKey::from_ed_pem(pem.as_bytes()),
-        KeyAlgorithm::ES256 => EncodingKey::from_ec_pem(pem.as_bytes()),
-        KeyAlgorithm::RS256 => EncodingKey::from_rsa_pem(pem.as_bytes()),
-    }
-    .unwrap()
-}
-
-fn b64(json: &serde_json::Value) -> String {
-    URL_SAFE_NO_PAD.encode(serde_json::to_vec(json).unwrap())
-}
-
-fn alg_header(alg: KeyAlgorithm) -> jsonwebtoken::Algorithm {
-    match alg {
-        KeyAlgorithm::EdDSA => jsonwebtoken::Algorithm::EdDSA,
-        KeyAlgorithm::ES256 => jsonwebtoken::Algorithm::ES256,
-        KeyAlgorithm::RS256 => jsonwebtoken::Algorithm::RS256,
-    }
-}
-
 async fn the_jwks_is_served_over_grpc_and_http_with_caching_headers_and_no_private_part(db: Db) {
-    let (app, pem) = app_with(db, KeyAlgorithm::EdDSA).await;
+    let app = TestApp::builder(db).algorithm(KeyAlgorithm::EdDSA).spawn().await;
+    let pem = app.key_pem();
     let pair = app.issue("alice").await;
     let kid = jwt_part(&pair.access_token, 0)["kid"].as_str().unwrap().to_owned();
 
@@ -115,7 +70,8 @@ async fn the_jwks_is_served_over_grpc_and_http_with_caching_headers_and_no_priva
 
 async fn every_algorithm_signs_tokens_that_introspect_and_match_their_jwk(db: Db) {
     for alg in KeyAlgorithm::ALL {
-        let (app, _) = app_with(db.clone(), alg).await;
+        let app = TestApp::builder(db.clone()).algorithm(alg).spawn().await;
+        let _ = app.key_pem();
         let pair = app.issue("alice").await;
         let header = jwt_part(&pair.access_token, 0);
         assert_eq!(header["alg"], alg.name());
@@ -132,117 +88,10 @@ async fn every_algorithm_signs_tokens_that_introspect_and_match_their_jwk(db: Db
     }
 }
 
-/// Makes tokens that look like the server's but must not verify, each differing from a genuine
-/// one in one respect. Holds a copy of the server's private key, so that "signed by our key" is
-/// never why a case is refused unless the case is about the signature.
-pub struct Forger {
-    alg: KeyAlgorithm,
-    key: EncodingKey,
-    /// A genuine token's claims and its key id.
-    claims: serde_json::Value,
-    kid: String,
-    genuine: String,
-}
-
-impl Forger {
-    pub fn new(alg: KeyAlgorithm, pem: &str, genuine: &str) -> Self {
-        Self {
-            alg,
-            key: encoding_key(alg, pem),
-            claims: jwt_part(genuine, 1),
-            kid: jwt_part(genuine, 0)["kid"].as_str().unwrap().to_owned(),
-            genuine: genuine.to_owned(),
-        }
-    }
-
-    fn header(&self, typ: Option<&str>, kid: &str) -> Header {
-        Header {
-            typ: typ.map(Into::into),
-            kid: Some(kid.into()),
-            ..Header::new(alg_header(self.alg))
-        }
-    }
-
-    fn sign(&self, header: &Header, claims: &serde_json::Value) -> String {
-        jsonwebtoken::encode(header, claims, &self.key).unwrap()
-    }
-
-    /// The genuine claims signed again by the forger: must verify (proves the forger's signing).
-    pub fn resigned(&self) -> String {
-        self.sign(&self.header(Some("at+jwt"), &self.kid), &self.claims)
-    }
-
-    fn with(&self, name: &str, value: serde_json::Value) -> String {
-        let mut claims = self.claims.clone();
-        claims[name] = value;
-        self.sign(&self.header(Some("at+jwt"), &self.kid), &claims)
-    }
-
-    fn hs256(&self, secret: &[u8]) -> String {
-        let header = Header {
-            typ: Some("at+jwt".into()),
-            kid: Some(self.kid.clone()),
-            ..Header::new(jsonwebtoken::Algorithm::HS256)
-        };
-        jsonwebtoken::encode(&header, &self.claims, &EncodingKey::from_secret(secret)).unwrap()
-    }
-
-    /// Every forgery, named; `jwks` is the published set (an attacker's HMAC "secret"), `now`
-    /// the verifier's Unix time.
-    pub fn forgeries(&self, jwks: &serde_json::Value, now: i64) -> Vec<(&'static str, String)> {
-        let jwk = &jwks["keys"][0];
-        let public_part = jwk
-            .get("x")
-            .or(jwk.get("n"))
-            .and_then(|v| v.as_str())
-            .map(|v| URL_SAFE_NO_PAD.decode(v).unwrap())
-            .unwrap();
-        let (head, signature) = self.genuine.rsplit_once('.').unwrap();
-        let mut flipped = URL_SAFE_NO_PAD.decode(signature).unwrap();
-        flipped[7] ^= 1;
-        let none = serde_json::json!({"alg": "none", "typ": "at+jwt", "kid": self.kid});
-        vec![
-            ("alg none", format!("{}.{}.", b64(&none), b64(&self.claims))),
-            (
-                "HS256 keyed with the JWKS text",
-                self.hs256(jwks.to_string().as_bytes()),
-            ),
-            ("HS256 keyed with the public key", self.hs256(&public_part)),
-            (
-                "unknown kid",
-                self.sign(&self.header(Some("at+jwt"), "no-such-key"), &self.claims),
-            ),
-            ("wrong iss", self.with("iss", "https://evil.test".into())),
-            (
-                "wrong typ",
-                self.sign(&self.header(Some("JWT"), &self.kid), &self.claims),
-            ),
-            ("no typ", self.sign(&self.header(None, &self.kid), &self.claims)),
-            (
-                "a critical extension nobody understands",
-                self.sign(
-                    &Header {
-                        crit: Some(vec!["urn:example:must-understand".into()]),
-                        ..self.header(Some("at+jwt"), &self.kid)
-                    },
-                    &self.claims,
-                ),
-            ),
-            // Beyond any verifier's leeway (ratchet-verify allows 30 s; Introspect's exactness at
-            // the `exp` second is introspect.rs's test).
-            ("expired", self.with("exp", (now - 120).into())),
-            ("not yet valid", self.with("nbf", (now + 120).into())),
-            (
-                "flipped signature byte",
-                format!("{head}.{}", URL_SAFE_NO_PAD.encode(&flipped)),
-            ),
-        ]
-    }
-}
-
 async fn introspect_refuses_every_forgery_for_every_algorithm(db: Db) {
     for alg in KeyAlgorithm::ALL {
-        let (app, pem) = app_with(db.clone(), alg).await;
+        let app = TestApp::builder(db.clone()).algorithm(alg).spawn().await;
+        let pem = app.key_pem();
         let pair = app.issue("alice").await;
         let forger = Forger::new(alg, &pem, &pair.access_token);
         assert!(
@@ -284,12 +133,13 @@ async fn a_rotation_through_the_key_directory_keeps_every_token_valid_until_its_
     let dir = KeyDirectory::new(&path);
     assert!(dir.bootstrap(KeyAlgorithm::EdDSA, NOW).unwrap());
     let source = KeySource::directory(&path);
-    let app = db
-        .spawn_adjusted(|parts| {
+    let app = TestApp::builder(db)
+        .adjust(|parts| {
             parts.keys = source.load_directory().unwrap().unwrap();
             parts.key_source = Some(source.clone());
             parts.settings.keys_reload_interval = Duration::from_millis(100);
         })
+        .spawn()
         .await;
     let old_kid = app.keys.active_kid();
     let kid_of = |token: &str| jwt_part(token, 0)["kid"].as_str().unwrap().to_owned();
@@ -382,7 +232,7 @@ async fn a_rotation_through_the_key_directory_keeps_every_token_valid_until_its_
 /// poison a shared cache with its own `jwks_uri` (SECURITY.md, "A poisoned discovery document").
 #[tokio::test]
 async fn discovery_and_jwks_answers_take_nothing_from_the_host_or_forwarded_headers() {
-    let app = crate::helpers::spawn_sqlite_app(|_| {}).await;
+    let app = TestApp::builder(Db::Sqlite).spawn().await;
     let addr = app.http_addr.unwrap();
     let discovery = app.http_get("/.well-known/openid-configuration", &[]).await;
     assert_eq!(discovery.status, 200);
@@ -416,7 +266,7 @@ async fn discovery_and_jwks_answers_take_nothing_from_the_host_or_forwarded_head
         );
     }
     // An absolute-form request target is HTTP/1.1's `:authority` (RFC 9112 §3.2.2).
-    let absolute = crate::helpers::http_get(
+    let absolute = crate::support::http_get(
         addr,
         "http://evil.example/.well-known/openid-configuration",
         &[("Host", "evil.example")],
@@ -436,18 +286,23 @@ async fn discovery_and_jwks_answers_take_nothing_from_the_host_or_forwarded_head
 /// never one guessed from the request; `--jwks-uri` is announced as given.
 #[tokio::test]
 async fn an_issuer_that_is_not_a_url_serves_discovery_only_with_a_configured_jwks_uri() {
-    let app = crate::helpers::spawn_sqlite_app(|parts| parts.settings.policy.issuer = "ratchet".into()).await;
+    let app = TestApp::builder(Db::Sqlite)
+        .adjust(|parts| parts.settings.policy.issuer = "ratchet".into())
+        .spawn()
+        .await;
     let discovery = app.http_get("/.well-known/openid-configuration", &[]).await;
     assert_eq!(discovery.status, 404);
     assert_eq!(app.http_get("/.well-known/jwks.json", &[]).await.status, 200);
     app.stop().await;
 
     let configured = "https://keys.example/ratchet/jwks.json";
-    let app = crate::helpers::spawn_sqlite_app(|parts| {
-        parts.settings.policy.issuer = "ratchet".into();
-        parts.settings.http.as_mut().unwrap().jwks_uri = Some(configured.into());
-    })
-    .await;
+    let app = TestApp::builder(Db::Sqlite)
+        .adjust(|parts| {
+            parts.settings.policy.issuer = "ratchet".into();
+            parts.settings.http.as_mut().unwrap().jwks_uri = Some(configured.into());
+        })
+        .spawn()
+        .await;
     let discovery = app
         .http_get("/.well-known/openid-configuration", &[("Host", "evil.example")])
         .await;

@@ -21,9 +21,9 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 use ratchet::keys::{AccessClaims, KeyAlgorithm, KeySet, Keyring, SigningKey};
 
-use crate::helpers::{
-    AUDIENCE, Db, ISSUER, assert_invalid_argument, channel, counting_channel, introspect, issue, on_every_backend,
-    spawn_app, spawn_app_adjusted,
+use crate::support::{
+    AUDIENCE, Db, ISSUER, TestApp, assert_invalid_argument, channel, counting_channel, introspect, issue,
+    on_every_backend,
 };
 
 /// Claims holding one string claim of `bytes` bytes.
@@ -41,7 +41,7 @@ async fn a_request_over_the_size_limit_is_resource_exhausted_and_the_connection_
     _pool: PgPoolOptions,
     options: PgConnectOptions,
 ) {
-    let app = spawn_app(options).await;
+    let app = TestApp::builder(options).spawn().await;
     let (channel, opened) = counting_channel(app.addr).await;
     let client = TokenServiceClient::new(channel);
     issue(&client, "alice").await;
@@ -94,7 +94,7 @@ async fn issue_requests_past_the_decoders_bounds_are_resource_exhausted_and_just
     _pool: PgPoolOptions,
     options: PgConnectOptions,
 ) {
-    let app = spawn_app(options).await;
+    let app = TestApp::builder(options).spawn().await;
     let request = |scopes: usize, audiences: usize, claims: Option<prost_types::Struct>| IssueRequest {
         subject: "alice".into(),
         scopes: vec!["s".into(); scopes],
@@ -140,7 +140,7 @@ async fn beyond_the_request_memory_budget_large_calls_are_refused_with_retry_aft
 ) {
     use std::time::{Duration, Instant};
 
-    let app = spawn_app(options).await;
+    let app = TestApp::builder(options).spawn().await;
     let pair = issue(&app.client, "alice").await;
     // Under the 1 MiB message limit; decoded, about 2 MiB charged to the budget.
     let large = IntrospectRequest {
@@ -227,11 +227,13 @@ async fn introspecting_thousands_of_large_access_tokens_keeps_memory_near_the_ca
     // session, without 3,000 Issue calls (which this test is not about).
     let (key, der) = SigningKey::generate(KeyAlgorithm::EdDSA).unwrap();
     let minter = Keyring::new(KeySet::single(SigningKey::from_pkcs8_der(&der).unwrap()), 0);
-    let app = spawn_app_adjusted(options, |parts| {
-        parts.keys = KeySet::single(key);
-        parts.settings.verified_cache_bytes = BUDGET;
-    })
-    .await;
+    let app = TestApp::builder(options)
+        .adjust(|parts| {
+            parts.keys = KeySet::single(key);
+            parts.settings.verified_cache_bytes = BUDGET;
+        })
+        .spawn()
+        .await;
     let pair = issue(&app.client, "alice").await;
     let now = app.now().unix_timestamp();
     let tokens: Vec<String> = (0..TOKENS)
@@ -275,7 +277,10 @@ async fn beyond_the_concurrency_limit_calls_are_shed_at_once_and_health_still_an
     _pool: PgPoolOptions,
     options: PgConnectOptions,
 ) {
-    let app = spawn_app_adjusted(options, |parts| parts.settings.limits.max_concurrent_requests = 2).await;
+    let app = TestApp::builder(options)
+        .adjust(|parts| parts.settings.limits.max_concurrent_requests = 2)
+        .spawn()
+        .await;
     let pairs = [issue(&app.client, "alice").await, issue(&app.client, "bob").await];
     // Two rotations that take two seconds each hold both permits.
     app.hook_spends("perform pg_sleep(2); return new;").await;
@@ -323,7 +328,10 @@ async fn metadata_beyond_the_header_limit_is_refused_and_the_server_goes_on(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
 ) {
-    let app = spawn_app_adjusted(options, |parts| parts.settings.limits.max_header_bytes = 4096).await;
+    let app = TestApp::builder(options)
+        .adjust(|parts| parts.settings.limits.max_header_bytes = 4096)
+        .spawn()
+        .await;
     let mut request = tonic::Request::new(IssueRequest {
         subject: "alice".into(),
         ..Default::default()
@@ -341,7 +349,7 @@ async fn metadata_beyond_the_header_limit_is_refused_and_the_server_goes_on(
 
 /// Rotates until the first refusal; the number of calls that got through and the refusal.
 async fn rotate_until_refused(
-    app: &crate::helpers::TestApp,
+    app: &crate::support::TestApp,
     mut token: String,
     follow_chain: bool,
 ) -> (usize, String, tonic::Status) {
@@ -368,7 +376,7 @@ fn assert_rate_limited(status: &tonic::Status) {
 }
 
 async fn a_spent_token_replayed_in_a_loop_is_stopped_within_a_few_hundred_calls(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     let pair = issue(&app.client, "alice").await;
     app.rotate(&pair.refresh_token).await.unwrap();
     let (calls, _, status) = rotate_until_refused(&app, pair.refresh_token, false).await;
@@ -379,7 +387,7 @@ async fn a_spent_token_replayed_in_a_loop_is_stopped_within_a_few_hundred_calls(
 
 async fn a_chain_rotated_flat_out_is_stopped_and_its_token_still_rotates_after_the_pause(db: Db) {
     use tonic_types::StatusExt as _;
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     let pair = issue(&app.client, "alice").await;
     let (calls, refused_token, status) = rotate_until_refused(&app, pair.refresh_token, true).await;
     assert!((64..=300).contains(&calls), "stopped after {calls} rotations");

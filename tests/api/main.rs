@@ -9,10 +9,8 @@ mod authz;
 mod availability;
 mod binary;
 mod cleanup;
-mod cluster;
 mod connections;
 mod faults;
-mod helpers;
 mod interop;
 mod introspect;
 mod issue;
@@ -24,10 +22,13 @@ mod panics;
 mod policy;
 mod privileges;
 mod propagation;
-mod proxy;
 mod revoke;
 mod rotate;
 mod schema;
 mod sessions;
 mod sqlite;
 mod tls;
+
+/// What the test modules share (servers, processes, faults, inspection); they import nothing
+/// from each other.
+mod support;

@@ -32,7 +32,7 @@ use tonic::Code;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::sqlite::DataDir;
+use crate::support::DataDir;
 
 const CLIENTS: usize = 16;
 /// The bound the issue sets.

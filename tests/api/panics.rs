@@ -1,66 +1,65 @@
 //! A handler that panics: the caller gets INTERNAL with an error id, the connection lives on.
 //!
-//! Our service cannot be made to panic on demand, so these tests serve a health service that
-//! panics for one request, behind the same layer `startup` puts around the real server.
+//! Our service cannot be made to panic on demand through its API, so the test gives the real
+//! application (started as every other test starts it) a clock that panics once when armed: the
+//! token service reads the clock in its handler, so one Issue panics inside the real server,
+//! behind the layers `startup` puts around it. If startup ever dropped the panic layer, this test
+//! would see a reset stream instead of INTERNAL and fail.
 //!
-//! Where it runs: on no database at all; the panicking service is a health service, not the store.
+//! Where it runs: on SQLite; the panic comes before the store is asked anything.
 
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use ratchet::grpc::panic::CatchPanicLayer;
-use tokio::net::TcpListener;
-use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
-use tonic::{Code, Request, Response, Status};
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::health_server::{Health, HealthServer};
-use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+use ratchet::clock::Clock;
+use ratchet::grpc::pb::IssueRequest;
+use ratchet::grpc::pb::token_service_client::TokenServiceClient;
+use time::OffsetDateTime;
+use tonic::Code;
 
-use crate::helpers::counting_channel;
+use crate::support::{Db, TestApp, counting_channel};
 
-/// Panics when asked about the service "panic"; everything else is SERVING.
-struct Panicky;
+/// A fixed time, until [`Self::arm`]ed: then the next reading panics, as a bug in a handler would.
+struct PanickingClock {
+    armed: AtomicBool,
+}
 
-#[tonic::async_trait]
-impl Health for Panicky {
-    async fn check(&self, request: Request<HealthCheckRequest>) -> Result<Response<HealthCheckResponse>, Status> {
-        assert_ne!(request.get_ref().service, "panic", "a bug in a handler");
-        Ok(Response::new(HealthCheckResponse {
-            status: ServingStatus::Serving.into(),
-        }))
-    }
-
-    type WatchStream = futures::stream::Empty<Result<HealthCheckResponse, Status>>;
-
-    async fn watch(&self, _: Request<HealthCheckRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        Err(Status::unimplemented("not needed here"))
+impl PanickingClock {
+    fn arm(&self) {
+        self.armed.store(true, Ordering::SeqCst);
     }
 }
 
-fn check(service: &str) -> HealthCheckRequest {
-    HealthCheckRequest {
-        service: service.into(),
+impl Clock for PanickingClock {
+    fn now(&self) -> OffsetDateTime {
+        // Once only: the server's other readings (and the call after the panic) see a clock.
+        assert!(!self.armed.swap(false, Ordering::SeqCst), "a bug in a handler");
+        OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
+    }
+}
+
+fn alice() -> IssueRequest {
+    IssueRequest {
+        subject: "alice".into(),
+        ..Default::default()
     }
 }
 
 #[tokio::test]
 async fn a_panicking_handler_answers_internal_with_an_error_id_and_the_connection_lives_on() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        Server::builder()
-            .layer(CatchPanicLayer)
-            .add_service(HealthServer::new(Panicky))
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
-                let _ = stopped.await;
-            }),
-    );
-    let (channel, opened) = counting_channel(addr).await;
-    let mut client = HealthClient::new(channel);
+    let clock = Arc::new(PanickingClock {
+        armed: AtomicBool::new(false),
+    });
+    let server_clock = clock.clone();
+    let app = TestApp::builder(Db::Sqlite)
+        .adjust(|parts| parts.clock = server_clock)
+        .spawn()
+        .await;
+    let (channel, opened) = counting_channel(app.addr).await;
+    let mut client = TokenServiceClient::new(channel);
 
-    let status = tokio::time::timeout(std::time::Duration::from_secs(5), client.check(check("panic")))
+    clock.arm();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(5), client.issue(alice()))
         .await
         .expect("a panic must not leave the call hanging")
         .unwrap_err();
@@ -72,14 +71,11 @@ async fn a_panicking_handler_answers_internal_with_an_error_id_and_the_connectio
         .unwrap_or_else(|| panic!("no error id in {:?}", status.message()));
     assert!(id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id:?}");
 
-    let answer = client.check(check("")).await.unwrap().into_inner();
-    assert_eq!(answer.status, i32::from(ServingStatus::Serving));
+    client.issue(alice()).await.expect("the next call is served");
     assert_eq!(
         opened.load(Ordering::SeqCst),
         1,
         "the panic must not cost the connection"
     );
-
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    app.stop().await;
 }

@@ -8,7 +8,6 @@
 //! configuration checks of `serve`, and the binary test (the `ratchet serve` process on
 //! DATABASE_URL, with its SIGHUP reload).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,8 +23,9 @@ use tonic::{Code, Request, Status};
 use tonic_types::StatusExt as _;
 use tower::{Layer as _, ServiceExt as _};
 
-use crate::binary::{BIN, Server, database_url, free_port, list_services};
-use crate::helpers::{AUDIENCE, Db, TestApp, on_every_backend, spawn_app_adjusted};
+use crate::support::{
+    AUDIENCE, BIN, Db, Server, TestApp, database_url, free_port, list_services, on_every_backend, policy_file,
+};
 
 pub const LOGIN_KEY: &str = "login-key-0123456789";
 pub const BARE_KEY: &str = "bare-key-0123456789";
@@ -58,21 +58,13 @@ pub fn example_policy() -> String {
     )
 }
 
-/// A scratch file holding `text`.
-pub fn policy_file(text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ratchet-policy-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("policy.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 /// A server enforcing the policy in `text`; the file, to reload it.
 pub async fn spawn_with_policy(db: Db, text: &str) -> (TestApp, Arc<PolicyFile>) {
     let file = Arc::new(PolicyFile::load(&policy_file(text)).unwrap());
     let policy = file.clone();
-    let app = db
-        .spawn_adjusted(|parts| parts.settings.access.policy = Some(policy))
+    let app = TestApp::builder(db)
+        .adjust(|parts| parts.settings.access.policy = Some(policy))
+        .spawn()
         .await;
     (app, file)
 }
@@ -219,7 +211,7 @@ async fn a_caller_without_lists_may_issue_only_the_default_audience(db: Db) {
     let (app, _) = spawn_with_policy(db, &example_policy()).await;
     let pair = issue_as(&app, BARE_KEY, issue_request(&[], &[], &[])).await.unwrap();
     assert_eq!(
-        crate::helpers::jwt_part(&pair.access_token, 1)["aud"],
+        crate::support::jwt_part(&pair.access_token, 1)["aud"],
         serde_json::json!([AUDIENCE])
     );
     issue_as(&app, BARE_KEY, issue_request(&[AUDIENCE], &[], &[]))
@@ -271,9 +263,12 @@ async fn health_and_reflection_stay_open_under_a_policy(_pool: PgPoolOptions, op
 
 #[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn reflection_can_be_turned_off(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app_adjusted(options, |parts| parts.settings.access.reflection = false).await;
+    let app = TestApp::builder(options)
+        .adjust(|parts| parts.settings.access.reflection = false)
+        .spawn()
+        .await;
     let mut client = tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(
-        crate::helpers::channel(app.addr).await,
+        crate::support::channel(app.addr).await,
     );
     let status = client
         .server_reflection_info(futures::stream::iter(Vec::new()))
@@ -396,7 +391,7 @@ async fn a_caller_limited_to_some_subjects_and_client_ids_can_neither_mint_other
 
     // As many sessions as the cap allows (RATCHET_MAX_SESSIONS, 100), and one more, of the
     // victim on the client `issuer` may issue for: the cap evicts only sessions of that client.
-    for _ in 0..=crate::helpers::test_policy().max_sessions {
+    for _ in 0..=crate::support::test_policy().max_sessions {
         issue_as(&app, ISSUER_KEY, issue_for("victim", "issuer-app"))
             .await
             .unwrap();

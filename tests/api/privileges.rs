@@ -14,9 +14,7 @@ use sqlx::Connection as _;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use tonic::Code;
 
-use crate::binary::{BIN, Server, free_port};
-use crate::cluster::PrivateCluster;
-use crate::helpers::{spawn_on_pool, test_cleanup, test_policy};
+use crate::support::{BIN, PrivateCluster, Server, TestApp, free_port, test_cleanup, test_policy};
 
 /// A role created for one test and dropped (with its privileges) when the test ends, however it
 /// ends: roles belong to the whole cluster, not to the test's database.
@@ -76,7 +74,12 @@ async fn the_whole_api_runs_on_the_runtime_role_which_can_do_nothing_else(
         timeout: Duration::from_secs(5),
     };
     let pool = postgres::pool(runtime.clone(), &settings);
-    let app = spawn_on_pool(pool, settings, test_policy(), options.clone()).await;
+    let app = TestApp::builder(options.clone())
+        .pool(settings)
+        .on_pool(pool)
+        .policy(test_policy())
+        .spawn()
+        .await;
     let mut client = app.client.clone();
 
     // Every statement the service runs: issue, rotate, reuse (revokes), revoke by subject,
@@ -257,8 +260,8 @@ async fn verify_full_tls_to_the_database_works_and_refuses_a_server_its_ca_did_n
     let addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let server = Server::start_with(&url("ca.pem"), &scratch, &scratch.join("log"), addr, &[]);
     let client = server.client().await;
-    let pair = crate::helpers::issue(&client, "alice").await;
-    assert!(crate::helpers::introspect(&client, &pair.access_token).await.active);
+    let pair = crate::support::issue(&client, "alice").await;
+    assert!(crate::support::introspect(&client, &pair.access_token).await.active);
     // Every connection of the server really is TLS.
     let mut admin = PgConnection::connect_with(&cluster.options().database("tls"))
         .await

@@ -13,8 +13,7 @@ use ratchet::issuer::Policy;
 use ratchet::store::postgres::revocations::{APPLICATION_NAME, CHANNEL};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 
-use crate::helpers::{TestApp, listen_via, spawn_app_adjusted, test_policy};
-use crate::proxy::Proxy;
+use crate::support::{Proxy, TestApp, listen_via, test_policy};
 
 /// Far longer than any test: a cached "live" never expires by itself here.
 const HOUR: Duration = Duration::from_secs(60 * 60);
@@ -24,16 +23,20 @@ const POLL: Duration = Duration::from_millis(20);
 
 /// Server A and its replica B, both caching "live" for an hour, B's listener subscribed.
 async fn two_servers(options: PgConnectOptions, policy: Policy) -> (TestApp, TestApp) {
-    let a = spawn_app_adjusted(options, |parts| {
-        parts.settings.family_cache_ttl = HOUR;
-        parts.settings.policy = policy.clone();
-    })
-    .await;
+    let a = TestApp::builder(options)
+        .adjust(|parts| {
+            parts.settings.family_cache_ttl = HOUR;
+            parts.settings.policy = policy.clone();
+        })
+        .spawn()
+        .await;
     let b = a
-        .spawn_replica(|parts| {
+        .replica()
+        .adjust(|parts| {
             parts.settings.family_cache_ttl = HOUR;
             parts.settings.policy = policy;
         })
+        .spawn()
         .await;
     wait_for_listeners(&a, APPLICATION_NAME, 2).await;
     (a, b)
@@ -214,7 +217,7 @@ async fn rotation_announces_nothing_and_each_revocation_announces_its_family_onc
     _pool: PgPoolOptions,
     options: PgConnectOptions,
 ) {
-    let a = spawn_app_adjusted(options, |_| {}).await;
+    let a = TestApp::builder(options).spawn().await;
     let mut listener = PgListener::connect_with(a.db()).await.unwrap();
     listener.listen(CHANNEL).await.unwrap();
     let pair = a.issue("alice").await;
@@ -258,12 +261,17 @@ async fn a_revocation_while_the_listener_is_cut_off_is_seen_as_soon_as_it_is_bac
 ) {
     // B's listener reaches PostgreSQL through a proxy that the test cuts; its pool does not.
     let proxy = Proxy::in_front_of(&options).await;
-    let a = spawn_app_adjusted(options.clone(), |parts| parts.settings.family_cache_ttl = HOUR).await;
+    let a = TestApp::builder(options.clone())
+        .adjust(|parts| parts.settings.family_cache_ttl = HOUR)
+        .spawn()
+        .await;
     let b = a
-        .spawn_replica(|parts| {
+        .replica()
+        .adjust(|parts| {
             parts.settings.family_cache_ttl = HOUR;
             listen_via(parts, proxy.route(options.clone()).application_name("listener-of-b"));
         })
+        .spawn()
         .await;
     wait_for_listeners(&a, "listener-of-b", 1).await;
     let pair = a.issue("alice").await;
@@ -290,12 +298,17 @@ async fn while_the_listener_is_cut_off_a_cached_live_is_trusted_no_longer_than_t
 ) {
     const TTL: Duration = Duration::from_secs(2);
     let proxy = Proxy::in_front_of(&options).await;
-    let a = spawn_app_adjusted(options.clone(), |parts| parts.settings.family_cache_ttl = HOUR).await;
+    let a = TestApp::builder(options.clone())
+        .adjust(|parts| parts.settings.family_cache_ttl = HOUR)
+        .spawn()
+        .await;
     let b = a
-        .spawn_replica(|parts| {
+        .replica()
+        .adjust(|parts| {
             parts.settings.family_cache_ttl = TTL;
             listen_via(parts, proxy.route(options.clone()).application_name("listener-of-b"));
         })
+        .spawn()
         .await;
     wait_for_listeners(&a, "listener-of-b", 1).await;
     let pair = a.issue("alice").await;

@@ -5,9 +5,7 @@ use time::Duration;
 
 use ratchet::store::postgres::PoolSettings;
 
-use crate::helpers::{
-    Db, TestApp, assert_invalid_argument, assert_token_error, on_every_backend, spawn_app_with_settings, test_policy,
-};
+use crate::support::{Db, TestApp, assert_invalid_argument, assert_token_error, on_every_backend, test_policy};
 
 async fn revoke(app: &TestApp, target: Target) -> Result<u32, tonic::Status> {
     app.client
@@ -18,7 +16,7 @@ async fn revoke(app: &TestApp, target: Target) -> Result<u32, tonic::Status> {
 }
 
 async fn revoking_by_refresh_token_kills_the_family_and_twice_is_fine(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     let first = app.issue("alice").await;
     let second = app.rotate(&first.refresh_token).await.unwrap();
     // Even a spent token of the family names it.
@@ -39,7 +37,7 @@ async fn revoking_by_refresh_token_kills_the_family_and_twice_is_fine(db: Db) {
 }
 
 async fn revoking_by_access_token_works_even_after_its_exp(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     let pair = app.issue("alice").await;
     app.advance(Duration::hours(1));
     assert_eq!(revoke(&app, Target::Token(pair.access_token.clone())).await.unwrap(), 1);
@@ -51,7 +49,7 @@ async fn revoking_by_access_token_works_even_after_its_exp(db: Db) {
 }
 
 async fn revoking_by_family_id(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     let pair = app.issue("alice").await;
     let other = app.issue("alice").await;
     assert_eq!(revoke(&app, Target::FamilyId(pair.family_id.clone())).await.unwrap(), 1);
@@ -69,7 +67,7 @@ async fn revoking_by_family_id(db: Db) {
 }
 
 async fn revoking_by_subject_ends_every_session_of_that_subject_only(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     let a1 = app.issue("alice").await;
     let a2 = app.issue("alice").await;
     let b = app.issue("bob").await;
@@ -87,7 +85,7 @@ async fn revoking_by_subject_ends_every_session_of_that_subject_only(db: Db) {
 }
 
 async fn unknown_tokens_revoke_nothing_and_bad_requests_name_the_field(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     assert_eq!(revoke(&app, Target::Token("garbage".into())).await.unwrap(), 0);
     assert_eq!(
         revoke(
@@ -131,7 +129,11 @@ async fn revoking_a_subject_with_a_hundred_thousand_sessions_stays_within_the_st
         max_connections: 4,
         timeout: std::time::Duration::from_secs(1),
     };
-    let app = spawn_app_with_settings(options, settings, test_policy()).await;
+    let app = TestApp::builder(options)
+        .pool(settings)
+        .policy(test_policy())
+        .spawn()
+        .await;
     let pair = app.issue("mallory").await;
     // Setup only: far more families than the API would let one client keep.
     sqlx::raw_sql(

@@ -4,10 +4,10 @@ use futures::future::join_all;
 use ratchet::grpc::status::reason;
 use time::Duration;
 
-use crate::helpers::{Db, assert_invalid_argument, assert_token_error, on_every_backend, test_policy};
+use crate::support::{Db, TestApp, assert_invalid_argument, assert_token_error, on_every_backend, test_policy};
 
 async fn rotation_spends_the_old_token_and_the_new_pair_works(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     let first = app.issue("alice").await;
     app.advance(Duration::minutes(1));
     let second = app.rotate(&first.refresh_token).await.unwrap();
@@ -32,7 +32,7 @@ async fn rotation_spends_the_old_token_and_the_new_pair_works(db: Db) {
 }
 
 async fn reused_refresh_token_revokes_the_whole_family(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     let first = app.issue("alice").await;
     let second = app.rotate(&first.refresh_token).await.unwrap();
     let other_session = app.issue("alice").await;
@@ -57,7 +57,7 @@ async fn reused_refresh_token_revokes_the_whole_family(db: Db) {
 }
 
 async fn sixty_four_concurrent_rotations_of_one_token_let_exactly_one_win(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     let pair = app.issue("alice").await;
     let attempts = (0..64).map(|_| {
         let app = &app;
@@ -82,7 +82,7 @@ async fn sixty_four_concurrent_rotations_of_one_token_let_exactly_one_win(db: Db
 }
 
 async fn within_the_grace_window_concurrent_retries_all_get_the_same_refresh_token(db: Db) {
-    let app = db.spawn_with_grace(Duration::seconds(30)).await;
+    let app = TestApp::builder(db).reuse_grace(Duration::seconds(30)).spawn().await;
     let pair = app.issue("alice").await;
     let attempts = (0..64).map(|_| {
         let app = &app;
@@ -110,7 +110,7 @@ async fn within_the_grace_window_concurrent_retries_all_get_the_same_refresh_tok
 }
 
 async fn a_retry_after_the_grace_window_is_reuse(db: Db) {
-    let app = db.spawn_with_grace(Duration::seconds(10)).await;
+    let app = TestApp::builder(db).reuse_grace(Duration::seconds(10)).spawn().await;
     let first = app.issue("alice").await;
     let second = app.rotate(&first.refresh_token).await.unwrap();
     app.advance(Duration::seconds(9));
@@ -130,7 +130,7 @@ async fn a_retry_after_the_grace_window_is_reuse(db: Db) {
 }
 
 async fn a_retry_after_the_successor_was_used_is_reuse_even_within_the_grace_window(db: Db) {
-    let app = db.spawn_with_grace(Duration::seconds(60)).await;
+    let app = TestApp::builder(db).reuse_grace(Duration::seconds(60)).spawn().await;
     let first = app.issue("alice").await;
     let second = app.rotate(&first.refresh_token).await.unwrap();
     let third = app.rotate(&second.refresh_token).await.unwrap();
@@ -143,11 +143,12 @@ async fn a_retry_after_the_successor_was_used_is_reuse_even_within_the_grace_win
 }
 
 async fn refresh_tokens_expire_after_the_idle_lifetime(db: Db) {
-    let app = db
-        .spawn_with(ratchet::issuer::Policy {
+    let app = TestApp::builder(db)
+        .policy(ratchet::issuer::Policy {
             refresh_ttl: Duration::hours(1),
             ..test_policy()
         })
+        .spawn()
         .await;
     let first = app.issue("alice").await;
     app.advance(Duration::minutes(59));
@@ -171,7 +172,7 @@ async fn no_rotation_outlives_the_family(db: Db) {
         access_ttl: Duration::minutes(15),
         ..test_policy()
     };
-    let app = db.spawn_with(policy).await;
+    let app = TestApp::builder(db).policy(policy).spawn().await;
     let issued_at = app.now();
     let first = app.issue("alice").await;
     let family_end = (issued_at + Duration::minutes(90)).unix_timestamp();
@@ -195,7 +196,7 @@ async fn no_rotation_outlives_the_family(db: Db) {
 }
 
 async fn garbage_truncated_and_tampered_refresh_tokens_are_invalid(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     let pair = app.issue("alice").await;
     let token = pair.refresh_token.clone();
     let mut tampered = token.clone().into_bytes();
@@ -220,7 +221,7 @@ async fn garbage_truncated_and_tampered_refresh_tokens_are_invalid(db: Db) {
 }
 
 async fn an_empty_or_huge_refresh_token_is_invalid_argument(db: Db) {
-    let app = db.spawn().await;
+    let app = TestApp::builder(db).spawn().await;
     assert_invalid_argument(&app.rotate("").await.unwrap_err(), "refresh_token");
     let huge = app.rotate(&"x".repeat(100_000)).await.unwrap_err();
     assert_invalid_argument(&huge, "refresh_token");

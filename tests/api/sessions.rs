@@ -4,14 +4,14 @@ use time::Duration;
 use ratchet::grpc::status::reason;
 use tonic::Status;
 
-use crate::helpers::{Db, TestApp, assert_invalid_argument, assert_token_error, on_every_backend, test_policy};
+use crate::support::{Db, TestApp, assert_invalid_argument, assert_token_error, on_every_backend, test_policy};
 
 async fn list_sessions_shows_live_families_newest_first(db: Db) {
     let policy = ratchet::issuer::Policy {
         refresh_ttl: Duration::hours(1),
         ..test_policy()
     };
-    let app = db.spawn_with(policy).await;
+    let app = TestApp::builder(db).policy(policy).spawn().await;
     let start = app.now().unix_timestamp();
     let old = app.issue("alice").await; // will idle-expire
     app.advance(Duration::minutes(30));
@@ -56,7 +56,7 @@ async fn list_sessions_shows_live_families_newest_first(db: Db) {
 }
 
 async fn list_sessions_needs_a_subject_without_control_characters(db: Db) {
-    let app = db.spawn_with(test_policy()).await;
+    let app = TestApp::builder(db).policy(test_policy()).spawn().await;
     for subject in ["", "alice\u{0}"] {
         let status = app
             .client
@@ -93,7 +93,7 @@ async fn page(
 }
 
 async fn sessions_come_in_pages_that_walk_the_whole_list_once(db: Db) {
-    let app = db.spawn_with(test_policy()).await;
+    let app = TestApp::builder(db).policy(test_policy()).spawn().await;
     let mut issued = Vec::new();
     for _ in 0..7 {
         issued.push(app.issue("alice").await.family_id);
@@ -123,7 +123,7 @@ async fn sessions_come_in_pages_that_walk_the_whole_list_once(db: Db) {
 }
 
 async fn a_negative_page_size_or_a_foreign_page_token_is_invalid_argument(db: Db) {
-    let app = db.spawn_with(test_policy()).await;
+    let app = TestApp::builder(db).policy(test_policy()).spawn().await;
     for _ in 0..3 {
         app.issue("alice").await;
         app.issue("bob").await;
@@ -146,7 +146,7 @@ async fn beyond_the_sessions_cap_issue_revokes_the_oldest_session_of_that_client
         max_sessions: 3,
         ..test_policy()
     };
-    let app = db.spawn_with(policy).await;
+    let app = TestApp::builder(db).policy(policy).spawn().await;
     let phone = app
         .client
         .clone()

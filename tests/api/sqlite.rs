@@ -8,82 +8,13 @@
 //! (`on_every_backend!`: e.g. `rotate::sqlite::sixty_four_concurrent_rotations_of_one_token_let_exactly_one_win`),
 //! and what the store contract proves below the API (`store::contract`).
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ratchet::grpc::pb::RotateRequest;
-use ratchet::grpc::pb::token_service_client::TokenServiceClient;
 use ratchet::grpc::status::reason;
 
-use crate::binary::{BIN, Server, free_port};
-use crate::helpers::{assert_token_error, issue};
-use tonic::transport::Channel;
-
-/// A data directory of its own, removed at the end.
-pub(crate) struct DataDir(PathBuf);
-
-impl DataDir {
-    pub(crate) fn new() -> Self {
-        let root = std::env::temp_dir().join(format!("ratchet-sqlite-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&root).unwrap();
-        Self(root)
-    }
-
-    /// `ratchet serve` with no DATABASE_URL, keeping everything in `data/`, and a client
-    /// connected to *it*; returns the name of its log. `free_port` only finds a port that was free
-    /// a moment ago: a server of another test may take it first, and then this one exits ("cannot
-    /// listen") while the client reaches the other one, which knows none of this test's tokens.
-    /// The log line saying this server serves on that address settles it; a taken port is tried
-    /// again with another.
-    async fn serve(&self, name: &str) -> (Server, TokenServiceClient<Channel>, String) {
-        self.serve_with(name, &[]).await
-    }
-
-    /// [`Self::serve`] with `env` on top of the test defaults (which must keep `ratchet::startup`'s
-    /// info lines: the one saying where it serves is awaited).
-    pub(crate) async fn serve_with(
-        &self,
-        name: &str,
-        env: &[(&str, &str)],
-    ) -> (Server, TokenServiceClient<Channel>, String) {
-        for attempt in 0..5 {
-            let log = format!("{name}.{attempt}");
-            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            let mut server = Server::start_on_sqlite_with(&self.0.join("data"), &self.0.join(&log), addr, env);
-            let client = server.client().await;
-            let serving = format!("{addr}");
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                let text = self.log(&log);
-                if text
-                    .lines()
-                    .any(|line| line.contains("serving gRPC") && line.contains(&serving))
-                {
-                    return (server, client, log);
-                }
-                if text.contains("cannot listen") {
-                    assert!(server.wait(Duration::from_secs(5)).await.is_some(), "{text}");
-                    break;
-                }
-                assert!(Instant::now() < deadline, "{text}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-        panic!("no free port in five attempts")
-    }
-
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.0.join(name)).unwrap_or_default()
-    }
-}
-
-impl Drop for DataDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::support::{BIN, DataDir, Server, assert_token_error, free_port, issue};
 
 #[tokio::test]
 async fn serve_without_a_database_url_runs_on_sqlite_and_refuses_a_second_server_on_it() {

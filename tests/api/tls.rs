@@ -26,8 +26,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::binary::BIN;
-use crate::helpers::{TestApp, spawn_app_adjusted};
+use crate::support::{BIN, TestApp};
 
 /// A certificate authority of the test's own.
 struct Ca {
@@ -175,17 +174,19 @@ impl Seen {
 async fn spawn(options: PgConnectOptions, tls: Option<TlsFiles>, trust_xfcc: bool) -> (TestApp, Seen) {
     let seen = Seen::default();
     let record = seen.clone();
-    let app = spawn_app_adjusted(options, move |parts| {
-        parts.settings.transport = TransportConfig {
-            tls,
-            tls_reload_interval: Duration::from_secs(1),
-            trust_xfcc,
-            probe: Some(Arc::new(move |identity| {
-                record.0.lock().unwrap().push(identity.cloned())
-            })),
-        };
-    })
-    .await;
+    let app = TestApp::builder(options)
+        .adjust(move |parts| {
+            parts.settings.transport = TransportConfig {
+                tls,
+                tls_reload_interval: Duration::from_secs(1),
+                trust_xfcc,
+                probe: Some(Arc::new(move |identity| {
+                    record.0.lock().unwrap().push(identity.cloned())
+                })),
+            };
+        })
+        .spawn()
+        .await;
     (app, seen)
 }
 
@@ -405,7 +406,7 @@ async fn the_http_listener_serves_the_jwks_over_tls(_pool: PgPoolOptions, option
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("\"keys\""), "{answer}");
 
-    let plaintext = crate::helpers::http_get(http, "/.well-known/jwks.json", &[]);
+    let plaintext = crate::support::http_get(http, "/.well-known/jwks.json", &[]);
     let refused = tokio::time::timeout(Duration::from_secs(5), tokio::spawn(plaintext)).await;
     assert!(
         !matches!(refused, Ok(Ok(ref answer)) if answer.status == 200),
@@ -420,10 +421,10 @@ async fn the_binary_reads_a_rotated_certificate_on_sighup(_pool: PgPoolOptions, 
     let files = Files::new();
     let first = ca.server();
     let tls = files.tls(&first, None);
-    let url = crate::binary::database_url(&options, options.get_database().unwrap());
-    let addr: SocketAddr = format!("127.0.0.1:{}", crate::binary::free_port()).parse().unwrap();
+    let url = crate::support::database_url(&options, options.get_database().unwrap());
+    let addr: SocketAddr = format!("127.0.0.1:{}", crate::support::free_port()).parse().unwrap();
     let (cert, key) = (tls.cert.to_str().unwrap(), tls.key.to_str().unwrap());
-    let server = crate::binary::Server::start_with(
+    let server = crate::support::Server::start_with(
         &url,
         &files.dir.join("data"),
         &files.dir.join("server.log"),
@@ -462,7 +463,7 @@ const XFCC: &str = "x-forwarded-client-cert";
 async fn call_with_xfcc(addr: SocketAddr, header: &str) {
     let mut request = tonic::Request::new(HealthCheckRequest { service: String::new() });
     request.metadata_mut().insert(XFCC, header.parse().unwrap());
-    HealthClient::new(crate::helpers::channel(addr).await)
+    HealthClient::new(crate::support::channel(addr).await)
         .check(request)
         .await
         .unwrap();
@@ -503,7 +504,7 @@ async fn a_trusted_sidecars_xfcc_header_names_the_caller(_pool: PgPoolOptions, o
     call_with_xfcc(app.addr, &envoy_element(&[], &["Batch.Internal", "other.internal"])).await;
     assert_eq!(seen.last(), Some(Some("batch.internal".to_owned())));
     assert!(matches!(seen.last_identity(), Some(Some(PeerIdentity::Dns(_)))));
-    call(crate::helpers::channel(app.addr).await).await.unwrap();
+    call(crate::support::channel(app.addr).await).await.unwrap();
     assert_eq!(seen.last(), Some(None), "no header, no identity");
     app.stop().await;
 }
@@ -606,12 +607,14 @@ async fn the_caller_policy_judges_the_mtls_identity_end_to_end(_pool: PgPoolOpti
 
 /// A TLS server with the given gRPC idle timeout and HTTP header read timeout.
 async fn spawn_with_timeouts(options: PgConnectOptions, tls: TlsFiles, idle: Duration, header: Duration) -> TestApp {
-    spawn_app_adjusted(options, move |parts| {
-        parts.settings.transport = tls_transport(tls, Duration::from_secs(60));
-        parts.settings.limits.idle_timeout = idle;
-        parts.settings.http.as_mut().unwrap().limits.header_read_timeout = header;
-    })
-    .await
+    TestApp::builder(options)
+        .adjust(move |parts| {
+            parts.settings.transport = tls_transport(tls, Duration::from_secs(60));
+            parts.settings.limits.idle_timeout = idle;
+            parts.settings.http.as_mut().unwrap().limits.header_read_timeout = header;
+        })
+        .spawn()
+        .await
 }
 
 #[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
@@ -674,12 +677,14 @@ fn tls_transport(tls: TlsFiles, reload: Duration) -> TransportConfig {
 }
 
 async fn spawn_with_policy(options: PgConnectOptions, transport: TransportConfig, text: &str) -> TestApp {
-    let policy = Arc::new(ratchet::policy::reload::PolicyFile::load(&crate::policy::policy_file(text)).unwrap());
-    spawn_app_adjusted(options, move |parts| {
-        parts.settings.transport = transport;
-        parts.settings.access.policy = Some(policy);
-    })
-    .await
+    let policy = Arc::new(ratchet::policy::reload::PolicyFile::load(&crate::support::policy_file(text)).unwrap());
+    TestApp::builder(options)
+        .adjust(move |parts| {
+            parts.settings.transport = transport;
+            parts.settings.access.policy = Some(policy);
+        })
+        .spawn()
+        .await
 }
 
 /// Issue for `alice` over `channel`, with an XFCC header and an API key if given.
@@ -810,7 +815,7 @@ async fn a_forged_xfcc_element_is_unauthenticated_never_the_caller_it_names(
         ..TransportConfig::default()
     };
     let app = spawn_with_policy(options, transport, &login_policy()).await;
-    let plain = || crate::helpers::channel(app.addr);
+    let plain = || crate::support::channel(app.addr);
 
     // What Envoy writes for `login`'s certificate: served as `login`.
     let real = envoy_element(&[LOGIN], &["login.auth"]);
@@ -847,7 +852,7 @@ async fn without_a_policy_a_malformed_xfcc_header_names_nobody(_pool: PgPoolOpti
     let (app, seen) = spawn(options, None, true).await;
     let forged = envoy_element(&[&format!("spiffe://ratchet.test/ns/evil/sa/x,URI={LOGIN}")], &[]);
     // Open mode serves everyone anyway; what matters is that nobody is named, least of all login.
-    issue_over(crate::helpers::channel(app.addr).await, Some(&forged), None)
+    issue_over(crate::support::channel(app.addr).await, Some(&forged), None)
         .await
         .expect("open mode");
     assert_eq!(seen.last(), Some(None));

@@ -1,0 +1,35 @@
+//! What the test modules share, and the only place they import from: a test module never imports
+//! from another test module.
+//!
+//! - [`app`]: the in-process server, started one way ([`TestApp::builder`]), and what a test does
+//!   with it;
+//! - [`store`]: looking behind the API at what it stored, on either store;
+//! - [`process`]: the real binary in a child process ([`Server`], [`DataDir`]);
+//! - [`calls`]: one-line calls, channels and the assertions on a refused call;
+//! - [`http`]: a plain HTTP GET for the JWKS listener;
+//! - [`forger`], [`proxy`], [`cluster`]: forged tokens, network faults between the server and
+//!   PostgreSQL, a PostgreSQL cluster of a test's own;
+//! - [`policy`]: access-policy files on disk.
+//!
+//! Everything is re-exported here, so a test module's imports read `crate::support::{..}`
+//! whatever file a helper lives in.
+
+pub mod app;
+pub mod calls;
+pub mod cluster;
+pub mod forger;
+pub mod http;
+pub mod policy;
+pub mod process;
+pub mod proxy;
+/// Only methods of [`TestApp`] (and the [`store::Stored`] values they return).
+pub mod store;
+
+pub use app::*;
+pub use calls::*;
+pub use cluster::PrivateCluster;
+pub use forger::Forger;
+pub use http::*;
+pub use policy::*;
+pub use process::*;
+pub use proxy::Proxy;
