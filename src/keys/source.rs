@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+use super::algorithm::KeyAlgorithm;
 use super::directory::{Imported, KeyDirectory};
-use super::signing_key::KeyAlgorithm;
 use super::{KeyError, KeySet, ServerSecret, keyfile};
 use crate::cli::KeySourceArgs;
 
