@@ -2,8 +2,8 @@
 //!
 //! Every connection runs at `default_transaction_isolation = serializable` (checked when it is
 //! opened, see [`super::pool`]), so each statement is a SERIALIZABLE transaction of its own; the
-//! statements are in [`sql`], their rows in [`rows`], and how each one is run to a definite
-//! outcome (retries, lost answers, timeouts) in [`run`]. [`revocations`] carries revocations from
+//! statements are in `sql`, their rows in `rows`, and how each one is run to a definite
+//! outcome (retries, lost answers, timeouts) in `run`. [`revocations`] carries revocations from
 //! the database to this server's family cache as they are committed, wherever they were made.
 
 pub mod revocations;

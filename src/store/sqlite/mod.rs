@@ -24,7 +24,7 @@
 //!   spendable a second time, and the successor already handed out unknown.
 //! - **The same invariants in the schema** (see `migrations/sqlite/`), foreign keys on.
 //!
-//! The statements are in [`sql`], their rows in [`rows`], bounds and error sorting in [`run`].
+//! The statements are in `sql`, their rows in `rows`, bounds and error sorting in `run`.
 //! What it leaves out: revocations made elsewhere (there is no elsewhere: one process), and
 //! PostgreSQL's retries of serialization failures and lost answers (a local file has neither).
 
