@@ -145,6 +145,14 @@ for scenario, k in keys:
                               if r["label"].startswith(side + "-") and r["scenario"] == scenario and r["concurrency"] == k)
     print(f"{scenario:<16}{k:>4}  {show(cpu_a, 1):<24}{show(cpu_b, 1):<24}{ratio(cpu_a, cpu_b):>6}   "
           f"{show(ops_a, 0):<26}{show(ops_b, 0):<26}{ratio(ops_a, ops_b):>6}  {errors('A')}/{errors('B')}")
+# The database's CPU per call, where the generator measured it (PostgreSQL: --db-pids).
+db = [(scenario, k, cells("A", scenario, k, "db_cpu_us_per_op"), cells("B", scenario, k, "db_cpu_us_per_op"))
+      for scenario, k in keys]
+db = [(scenario, k, a, b) for scenario, k, a, b in db if a and b and statistics.median(a) > 0]
+if db:
+    print(f"{'scenario':<16}{'K':>4}  {'database CPU/call µs, A':<24}{'B':<24}{'B/A':>6}")
+    for scenario, k, a, b in db:
+        print(f"{scenario:<16}{k:>4}  {show(a, 1):<24}{show(b, 1):<24}{statistics.median(b) / statistics.median(a):>6.3f}")
 for side in "AB":
     idle = [r["server_rss_kib"] for r in rows if r["label"].startswith(side + "-") and r["scenario"] == "idle"]
     peak = [r["server_peak_rss_kib"] for r in rows if r["label"].startswith(side + "-") and r.get("server_peak_rss_kib")]

@@ -8,9 +8,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::{PossibleValuesParser, TypedValueParser as _};
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 use crate::database_url::DatabaseUrl;
+use crate::telemetry::LogFormat;
 
 /// Where state is kept on disk unless configured otherwise: the SQLite database (without a
 /// `DATABASE_URL`) and the key directory.
@@ -24,16 +26,16 @@ pub const DEFAULT_DATA_DIR: &str = "ratchet-data";
 )]
 pub struct Cli {
     /// Log line format.
-    #[arg(long, env = "RATCHET_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    #[arg(
+        long,
+        env = "RATCHET_LOG_FORMAT",
+        default_value = "text",
+        value_parser = PossibleValuesParser::new(["text", "json"]).try_map(|name| name.parse::<LogFormat>()),
+        global = true
+    )]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,12 +68,6 @@ pub struct KeySourceArgs {
     /// generated, `signing-key.pem`.
     #[arg(long, env = "RATCHET_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
-}
-
-impl KeySourceArgs {
-    pub fn keys_dir(&self) -> PathBuf {
-        self.keys_dir.clone().unwrap_or_else(|| self.data_dir.join("keys"))
-    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -241,6 +237,26 @@ pub struct ServeArgs {
     pub access: AccessArgs,
     #[command(flatten)]
     pub transport: TransportArgs,
+}
+
+impl ServeArgs {
+    /// `ratchet serve` with no flags, whatever the environment holds: the defaults alone, which
+    /// tests start from (see [`crate::config::Settings::defaults`]).
+    ///
+    /// # Errors
+    /// Only if the defaults stopped parsing.
+    pub fn defaults() -> Result<Self, clap::Error> {
+        // Without their environment fallbacks, so that a `RATCHET_*` variable in the shell that
+        // runs the tests changes nothing.
+        let command = Cli::command()
+            .mut_args(|arg| arg.env(None::<&'static str>))
+            .mut_subcommand("serve", |serve| serve.mut_args(|arg| arg.env(None::<&'static str>)));
+        let matches = command.try_get_matches_from(["ratchet", "serve"])?;
+        match matches.subcommand() {
+            Some(("serve", serve)) => Self::from_arg_matches(serve),
+            _ => Err(clap::Error::new(clap::error::ErrorKind::MissingSubcommand)),
+        }
+    }
 }
 
 /// Who may call what, and the abuse limits (issue 11).

@@ -4,9 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use ratchet::cli::{Cli, Command, KeysArgs, KeysCommand};
-use ratchet::config::{Config, DatabaseConfig, GcConfig};
+use ratchet::config::{self, Config, GcConfig};
 use ratchet::keys::directory::Imported;
-use ratchet::keys::source::KeySource;
 use ratchet::keys::{KeyAlgorithm, KeyError};
 use ratchet::startup::{self, Application};
 use ratchet::store::sqlite::LockError;
@@ -30,8 +29,8 @@ fn main() -> ExitCode {
             Ok(config) => runtime.block_on(serve(config)),
             Err(problems) => return usage(&problems),
         },
-        Command::Migrate(args) => match DatabaseConfig::from_args(&args.database, &args.data_dir) {
-            Ok(database) => runtime.block_on(startup::migrate(&database)),
+        Command::Migrate(args) => match config::database::target(&args.database, &args.data_dir) {
+            Ok(target) => runtime.block_on(startup::migrate(&target)),
             Err(problems) => return usage(&problems),
         },
         Command::Gc(args) => match GcConfig::from_args(&args) {
@@ -101,7 +100,7 @@ impl From<KeyError> for KeysFailure {
 /// `ratchet keys ...`: every command first creates the key directory if there is none (around
 /// the legacy key, if any), then does its change under the directory's lock.
 fn keys(args: &KeysArgs) -> Result<(), KeysFailure> {
-    let source = KeySource::from_args(&args.source);
+    let source = config::keys::source(&args.source);
     let dir = &source.dir;
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     // Checked before the directory is touched: a typo creates nothing.

@@ -2,11 +2,33 @@
 //! Security events (reuse detected, families revoked) use the target `security`; refusals, which
 //! anyone can cause at will, go through [`throttle`] first.
 
+use std::str::FromStr;
+
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::LogFormat;
-
 pub mod throttle;
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// The names `--log-format` takes.
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("{other:?} is neither text nor json")),
+        }
+    }
+}
 
 /// Installs the global subscriber; a second call is a no-op (tests start many servers).
 pub fn init(format: LogFormat) {

@@ -18,23 +18,11 @@ use std::path::{Path, PathBuf};
 /// Imports that contradict the map today and that work in flight removes. Each must still
 /// happen: once one is gone the test fails until its entry is deleted here, so the list only
 /// shrinks. `(importer, imported, why)`; for a sibling cycle, the two module paths in order.
-const PENDING: &[(&str, &str, &str)] = &[
-    (
-        "keys",
-        "cli",
-        "KeySource::from_args (keys/source.rs) reads clap's arguments; it moves to cli/config (issue 16 item 5)",
-    ),
-    (
-        "telemetry",
-        "cli",
-        "LogFormat lives in cli; it moves into telemetry (issue 16 item 5)",
-    ),
-    (
-        "store::pool",
-        "store::postgres",
-        "pool.rs moves under store/postgres/ (issue 16 item 7)",
-    ),
-];
+const PENDING: &[(&str, &str, &str)] = &[(
+    "store::pool",
+    "store::postgres",
+    "pool.rs moves under store/postgres/ (issue 16 item 7)",
+)];
 
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")

@@ -29,7 +29,7 @@
 //! `--max-concurrent-requests` (or `--max-header-bytes`) for a lower ceiling.
 //!
 //! What it leaves out: the health and reflection services (their messages are capped at a few
-//! KiB in `startup.rs`, and a health probe must never be refused for memory), responses (ours are
+//! KiB in `startup/router.rs`, and a health probe must never be refused for memory), responses (ours are
 //! small and built by us), and the work a call hands to a task of its own (`service::detached`),
 //! which holds only validated, bounded values.
 

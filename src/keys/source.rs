@@ -1,14 +1,18 @@
 //! Where a server's keys come from, in order: the key directory if it has a manifest; else a
 //! legacy single key (`RATCHET_SIGNING_KEY`, or the `signing-key.pem` an earlier version created
 //! in the data directory), so that upgrades need no action; else a new key directory with one
-//! new EdDSA key, created on first start.
+//! new EdDSA key, created on first start. While serving, [`reload`] re-reads the source on SIGHUP
+//! and every interval, as the caller policy and the TLS files are.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
 
 use super::algorithm::KeyAlgorithm;
 use super::directory::{Imported, KeyDirectory};
-use super::{KeyError, KeySet, ServerSecret, keyfile};
-use crate::cli::KeySourceArgs;
+use super::{KeyError, KeySet, Keyring, ServerSecret, keyfile};
 
 /// Where the keys are configured to be.
 #[derive(Debug, Clone)]
@@ -29,14 +33,6 @@ pub enum Origin {
 }
 
 impl KeySource {
-    pub fn from_args(args: &KeySourceArgs) -> Self {
-        Self {
-            dir: KeyDirectory::new(args.keys_dir()),
-            signing_key: args.signing_key.clone(),
-            data_dir: args.data_dir.clone(),
-        }
-    }
-
     /// The key directory `dir` alone (tests).
     pub fn directory(dir: &Path) -> Self {
         Self {
@@ -98,5 +94,31 @@ impl KeySource {
     /// The directory cannot be created or the legacy key read.
     pub fn initialize(&self, now: &str) -> Result<Imported, KeyError> {
         self.dir.initialize(self.legacy().as_deref(), now)
+    }
+}
+
+/// Reads the key directory again on SIGHUP and every `interval`, and switches `keys` to what it
+/// holds, until `stopped`. A server still on a legacy key switches over when `ratchet keys`
+/// creates the directory around it. A directory that fails to load (a half-copied secret, a key
+/// file with the wrong mode) is logged and ignored: the server keeps the keys it has rather than
+/// stop signing.
+pub async fn reload(keys: Arc<Keyring>, source: KeySource, interval: Duration, stopped: watch::Receiver<bool>) {
+    let mut trigger = crate::reload::ReloadTrigger::new("the key directory", interval, stopped);
+    while trigger.next().await {
+        let reading = source.clone();
+        match tokio::task::spawn_blocking(move || reading.load_directory()).await {
+            Ok(Ok(Some(set))) => {
+                let change = keys.replace(set);
+                if !change.is_empty() {
+                    tracing::info!(added = ?change.added, removed = ?change.removed, activated = ?change.activated,
+                        active = %keys.active_kid(), "key set changed");
+                }
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(error)) => {
+                tracing::error!(error = %error, "cannot load the key directory; keeping the current keys")
+            }
+            Err(error) => tracing::error!(%error, "key reload panicked; keeping the current keys"),
+        }
     }
 }

@@ -283,7 +283,7 @@ impl ListenerTls {
     }
 }
 
-/// Reads the TLS files again on SIGHUP and every `interval` (as `startup::reload_keys` does for
+/// Reads the TLS files again on SIGHUP and every `interval` (as `keys::source::reload` does for
 /// the key directory); a reading that fails is logged and the current material stays.
 pub async fn reload(material: Arc<Reloadable>, interval: Duration, stopped: watch::Receiver<bool>) {
     let mut trigger = crate::reload::ReloadTrigger::new("the TLS files", interval, stopped);

@@ -132,9 +132,9 @@ async fn an_idle_grpc_connection_is_closed_after_the_idle_timeout_whatever_its_k
     options: PgConnectOptions,
 ) {
     let app = spawn_app_adjusted(options, |parts| {
-        parts.limits.idle_timeout = IDLE;
+        parts.settings.limits.idle_timeout = IDLE;
         // Five PINGs a second, answered by the client: they must not count as activity.
-        parts.limits.http2_keepalive_interval = Duration::from_millis(200);
+        parts.settings.limits.http2_keepalive_interval = Duration::from_millis(200);
     })
     .await;
     let (watched, watch) = watched_channel(app.addr).await;
@@ -160,7 +160,7 @@ async fn a_call_longer_than_the_idle_timeout_is_not_cut_and_the_connection_is_id
     _pool: PgPoolOptions,
     options: PgConnectOptions,
 ) {
-    let app = spawn_app_adjusted(options, |parts| parts.limits.idle_timeout = IDLE).await;
+    let app = spawn_app_adjusted(options, |parts| parts.settings.limits.idle_timeout = IDLE).await;
     let pair = app.issue("alice").await;
     // A Rotate held up in the database for two and a half idle timeouts.
     app.hook_spends("perform pg_sleep(2.5); return new;").await;
@@ -212,7 +212,7 @@ async fn a_slowloris_http_client_is_disconnected_after_the_header_read_timeout(
     options: PgConnectOptions,
 ) {
     let app = spawn_app_adjusted(options, |parts| {
-        parts.http.as_mut().unwrap().limits.header_read_timeout = Duration::from_secs(1);
+        parts.settings.http.as_mut().unwrap().limits.header_read_timeout = Duration::from_secs(1);
     })
     .await;
     let http = app.http_addr.unwrap();
@@ -240,7 +240,7 @@ async fn beyond_the_http_connection_cap_a_new_connection_waits_for_a_free_one(
     options: PgConnectOptions,
 ) {
     let app = spawn_app_adjusted(options, |parts| {
-        parts.http.as_mut().unwrap().limits.max_connections = 2;
+        parts.settings.http.as_mut().unwrap().limits.max_connections = 2;
     })
     .await;
     let http = app.http_addr.unwrap();
@@ -294,7 +294,7 @@ async fn a_grpc_connection_that_sends_no_complete_request_in_time_is_cut(
     options: PgConnectOptions,
 ) {
     let deadline = Duration::from_secs(1);
-    let app = spawn_app_adjusted(options, |parts| parts.limits.first_request_timeout = deadline).await;
+    let app = spawn_app_adjusted(options, |parts| parts.settings.limits.first_request_timeout = deadline).await;
     let opened = Instant::now();
     let stalled = stalled_connections(app.addr).await;
     // A client that connects ahead of its first call, and one that calls at once.
@@ -326,7 +326,7 @@ async fn an_http_connection_that_sends_only_the_http2_preface_is_cut_after_the_h
 ) {
     let timeout = Duration::from_secs(1);
     let app = spawn_app_adjusted(options, |parts| {
-        parts.http.as_mut().unwrap().limits.header_read_timeout = timeout;
+        parts.settings.http.as_mut().unwrap().limits.header_read_timeout = timeout;
     })
     .await;
     let opened = Instant::now();
@@ -345,7 +345,7 @@ async fn beyond_the_grpc_connection_cap_a_new_connection_waits_until_one_closes(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
 ) {
-    let app = spawn_app_adjusted(options, |parts| parts.limits.max_connections = 3).await;
+    let app = spawn_app_adjusted(options, |parts| parts.settings.limits.max_connections = 3).await;
     // The test app's own client holds one connection; two idle plaintext ones fill the cap (the
     // first request deadline is 10 s).
     let first = TcpStream::connect(app.addr).await.unwrap();
@@ -384,7 +384,7 @@ async fn health_watch_streams_beyond_the_cap_are_refused_until_one_ends(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
 ) {
-    let app = spawn_app_adjusted(options, |parts| parts.limits.max_health_watches = 3).await;
+    let app = spawn_app_adjusted(options, |parts| parts.settings.limits.max_health_watches = 3).await;
     let mut watching = Vec::new();
     for _ in 0..3 {
         watching.push(watch_health(app.addr).await.expect("a watch under the cap"));

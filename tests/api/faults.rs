@@ -37,7 +37,7 @@ use crate::helpers::{issue, spawn_app_with_settings_adjusted, test_policy};
 fn without_rotate_limit(parts: &mut ratchet::startup::Parts) {
     // The largest the command line accepts (a replenish interval of a microsecond).
     let max = std::num::NonZeroU32::new(1_000_000).unwrap();
-    parts.access.rotate_limit = ratchet::policy::limits::RotateLimit {
+    parts.settings.access.rotate_limit = ratchet::policy::limits::RotateLimit {
         per_second: max,
         burst: max,
     };
@@ -209,7 +209,7 @@ async fn postgres_restarted_under_rotate_load_fails_fast_recovers_and_loses_noth
         ..test_policy()
     };
     let app = spawn_app_with_settings_adjusted(options, settings, |parts| {
-        parts.policy = policy;
+        parts.settings.policy = policy;
         without_rotate_limit(parts);
     })
     .await;

@@ -7,12 +7,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Once};
 
 use ratchet::clock::{Clock as _, ManualClock};
-use ratchet::config::HttpConfig;
+use ratchet::config::Settings;
 use ratchet::grpc::pb::token_service_client::TokenServiceClient;
 use ratchet::grpc::pb::{IssueRequest, TokenPair};
 use ratchet::issuer::Policy;
 use ratchet::issuer::cleanup::{CleanupReport, CleanupSettings};
-use ratchet::keys::{DEFAULT_VERIFIED_CACHE_BYTES, KeyAlgorithm, KeySet, Keyring, ServerSecret, SigningKey};
+use ratchet::keys::{KeyAlgorithm, KeySet, Keyring, ServerSecret, SigningKey};
 use ratchet::startup::{Application, Parts};
 use ratchet::store::Backend;
 use ratchet::store::pool::ConnectionPool;
@@ -82,7 +82,7 @@ fn init_logs() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
-            ratchet::telemetry::init(ratchet::cli::LogFormat::Text);
+            ratchet::telemetry::init(ratchet::telemetry::LogFormat::Text);
         }
     });
 }
@@ -93,7 +93,7 @@ pub async fn spawn_app(options: PgConnectOptions) -> TestApp {
 }
 
 pub async fn spawn_app_with(options: PgConnectOptions, policy: Policy) -> TestApp {
-    spawn_app_adjusted(options, |parts| parts.policy = policy).await
+    spawn_app_adjusted(options, |parts| parts.settings.policy = policy).await
 }
 
 /// A server whose parts (all but the clock) `adjust` changes first: for settings few tests need.
@@ -108,7 +108,7 @@ pub async fn spawn_app_adjusted(options: PgConnectOptions, adjust: impl FnOnce(&
 
 /// A server whose database pool uses `settings` (its size, its timeout).
 pub async fn spawn_app_with_settings(options: PgConnectOptions, settings: PoolSettings, policy: Policy) -> TestApp {
-    spawn_app_with_settings_adjusted(options, settings, |parts| parts.policy = policy).await
+    spawn_app_with_settings_adjusted(options, settings, |parts| parts.settings.policy = policy).await
 }
 
 /// As [`spawn_app_with_settings`], with `adjust` changing the other parts.
@@ -172,7 +172,7 @@ impl Db {
     }
 
     pub async fn spawn_with(self, policy: Policy) -> TestApp {
-        self.spawn_adjusted(|parts| parts.policy = policy).await
+        self.spawn_adjusted(|parts| parts.settings.policy = policy).await
     }
 
     pub async fn spawn_with_grace(self, grace: Duration) -> TestApp {
@@ -222,7 +222,7 @@ pub async fn spawn_on_pool(
     policy: Policy,
     inspect: PgConnectOptions,
 ) -> TestApp {
-    start(on(pool, &settings), inspect, |parts| parts.policy = policy).await
+    start(on(pool, &settings), inspect, |parts| parts.settings.policy = policy).await
 }
 
 /// The store a server on `pool` runs on.
@@ -253,31 +253,28 @@ async fn start_as(
     let clock = Arc::new(ManualClock::new(
         OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap(),
     ));
+    // What `ratchet serve` runs with by default, but for what a test server needs to differ in.
+    let mut settings = Settings::defaults().expect("the defaults are valid");
+    settings.listen = "127.0.0.1:0".parse().unwrap();
+    if let Some(http) = settings.http.as_mut() {
+        http.listen = "127.0.0.1:0".parse().unwrap();
+    }
+    settings.policy = test_policy();
+    // Test servers trust a cached "family is live" for a minute; tests of that bound set their own.
+    settings.family_cache_ttl = std::time::Duration::from_secs(60);
+    settings.cleanup = test_cleanup();
+    // No background cleanup: tests run a pass when they mean to.
+    settings.cleanup_interval = std::time::Duration::ZERO;
     let mut parts = Parts {
-        listen: "127.0.0.1:0".parse().unwrap(),
+        settings,
         store,
         keys: KeySet::single(SigningKey::from_pkcs8_der(&identity.key_der).unwrap()),
         key_source: None,
-        keys_reload_interval: std::time::Duration::from_secs(60),
-        http: Some(HttpConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            jwks_max_age: std::time::Duration::from_secs(300),
-            jwks_uri: None,
-            limits: Default::default(),
-        }),
-        verified_cache_bytes: DEFAULT_VERIFIED_CACHE_BYTES,
         secret: identity.secret.clone(),
-        policy: test_policy(),
         clock: clock.clone(),
-        family_cache_ttl: std::time::Duration::from_secs(60),
-        cleanup: test_cleanup(),
-        cleanup_interval: std::time::Duration::ZERO,
-        limits: ratchet::config::TransportLimits::default(),
-        access: ratchet::policy::AccessSettings::default(),
-        transport: Default::default(),
     };
     adjust(&mut parts);
-    let tls = parts.transport.tls.is_some();
+    let tls = parts.settings.transport.tls.is_some();
     let app = Application::from_parts(parts).await.expect("build the application");
     let addr = app.local_addr().unwrap();
     let http_addr = app.http_addr();

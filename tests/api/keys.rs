@@ -288,7 +288,7 @@ async fn a_rotation_through_the_key_directory_keeps_every_token_valid_until_its_
         .spawn_adjusted(|parts| {
             parts.keys = source.load_directory().unwrap().unwrap();
             parts.key_source = Some(source.clone());
-            parts.keys_reload_interval = Duration::from_millis(100);
+            parts.settings.keys_reload_interval = Duration::from_millis(100);
         })
         .await;
     let old_kid = app.keys.active_kid();
@@ -436,7 +436,7 @@ async fn discovery_and_jwks_answers_take_nothing_from_the_host_or_forwarded_head
 /// never one guessed from the request; `--jwks-uri` is announced as given.
 #[tokio::test]
 async fn an_issuer_that_is_not_a_url_serves_discovery_only_with_a_configured_jwks_uri() {
-    let app = crate::helpers::spawn_sqlite_app(|parts| parts.policy.issuer = "ratchet".into()).await;
+    let app = crate::helpers::spawn_sqlite_app(|parts| parts.settings.policy.issuer = "ratchet".into()).await;
     let discovery = app.http_get("/.well-known/openid-configuration", &[]).await;
     assert_eq!(discovery.status, 404);
     assert_eq!(app.http_get("/.well-known/jwks.json", &[]).await.status, 200);
@@ -444,8 +444,8 @@ async fn an_issuer_that_is_not_a_url_serves_discovery_only_with_a_configured_jwk
 
     let configured = "https://keys.example/ratchet/jwks.json";
     let app = crate::helpers::spawn_sqlite_app(|parts| {
-        parts.policy.issuer = "ratchet".into();
-        parts.http.as_mut().unwrap().jwks_uri = Some(configured.into());
+        parts.settings.policy.issuer = "ratchet".into();
+        parts.settings.http.as_mut().unwrap().jwks_uri = Some(configured.into());
     })
     .await;
     let discovery = app

@@ -229,7 +229,7 @@ async fn introspecting_thousands_of_large_access_tokens_keeps_memory_near_the_ca
     let minter = Keyring::new(KeySet::single(SigningKey::from_pkcs8_der(&der).unwrap()), 0);
     let app = spawn_app_adjusted(options, |parts| {
         parts.keys = KeySet::single(key);
-        parts.verified_cache_bytes = BUDGET;
+        parts.settings.verified_cache_bytes = BUDGET;
     })
     .await;
     let pair = issue(&app.client, "alice").await;
@@ -275,7 +275,7 @@ async fn beyond_the_concurrency_limit_calls_are_shed_at_once_and_health_still_an
     _pool: PgPoolOptions,
     options: PgConnectOptions,
 ) {
-    let app = spawn_app_adjusted(options, |parts| parts.limits.max_concurrent_requests = 2).await;
+    let app = spawn_app_adjusted(options, |parts| parts.settings.limits.max_concurrent_requests = 2).await;
     let pairs = [issue(&app.client, "alice").await, issue(&app.client, "bob").await];
     // Two rotations that take two seconds each hold both permits.
     app.hook_spends("perform pg_sleep(2); return new;").await;
@@ -323,7 +323,7 @@ async fn metadata_beyond_the_header_limit_is_refused_and_the_server_goes_on(
     _pool: PgPoolOptions,
     options: PgConnectOptions,
 ) {
-    let app = spawn_app_adjusted(options, |parts| parts.limits.max_header_bytes = 4096).await;
+    let app = spawn_app_adjusted(options, |parts| parts.settings.limits.max_header_bytes = 4096).await;
     let mut request = tonic::Request::new(IssueRequest {
         subject: "alice".into(),
         ..Default::default()

@@ -46,7 +46,7 @@ const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 const MAX_CHECK_BYTES: usize = 256 * 1024;
 /// Check's limit before issue 20, where the review's 8.4 million empty headers fit.
 const OLD_MAX_CHECK_BYTES: usize = 16 * 1024 * 1024;
-/// Of the health (and reflection) service's requests (`src/startup.rs`).
+/// Of the health (and reflection) service's requests (`src/startup/router.rs`).
 const MAX_HEALTH_BYTES: usize = 4 * 1024;
 /// Entries of `scopes`, and of `audiences`, an IssueRequest may carry (token.proto).
 const MAX_LIST_ENTRIES: usize = 1024;

@@ -71,7 +71,9 @@ pub fn policy_file(text: &str) -> PathBuf {
 pub async fn spawn_with_policy(db: Db, text: &str) -> (TestApp, Arc<PolicyFile>) {
     let file = Arc::new(PolicyFile::load(&policy_file(text)).unwrap());
     let policy = file.clone();
-    let app = db.spawn_adjusted(|parts| parts.access.policy = Some(policy)).await;
+    let app = db
+        .spawn_adjusted(|parts| parts.settings.access.policy = Some(policy))
+        .await;
     (app, file)
 }
 
@@ -269,7 +271,7 @@ async fn health_and_reflection_stay_open_under_a_policy(_pool: PgPoolOptions, op
 
 #[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn reflection_can_be_turned_off(_pool: PgPoolOptions, options: PgConnectOptions) {
-    let app = spawn_app_adjusted(options, |parts| parts.access.reflection = false).await;
+    let app = spawn_app_adjusted(options, |parts| parts.settings.access.reflection = false).await;
     let mut client = tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(
         crate::helpers::channel(app.addr).await,
     );
@@ -773,7 +775,7 @@ fn access_settings_default_to_reflection_on_and_a_rotate_burst_above_64_and_are_
             _ => unreachable!(),
         }
     };
-    let defaults = config(&[]).unwrap().access;
+    let defaults = config(&[]).unwrap().settings.access;
     assert!(defaults.policy.is_none() && defaults.reflection);
     assert_eq!(defaults.rotate_limit.burst.get(), 100);
     assert!(
@@ -781,7 +783,7 @@ fn access_settings_default_to_reflection_on_and_a_rotate_burst_above_64_and_are_
         "the 64-way race must reach the database"
     );
     assert_eq!(defaults.rotate_limit.per_second.get(), 1);
-    assert!(!config(&["--reflection", "false"]).unwrap().access.reflection);
+    assert!(!config(&["--reflection", "false"]).unwrap().settings.access.reflection);
 
     let problems = config(&["--rotate-burst", "0", "--rotate-per-second", "0", "--require-auth"]).unwrap_err();
     assert_eq!(problems.len(), 3, "{problems:?}");
@@ -790,5 +792,5 @@ fn access_settings_default_to_reflection_on_and_a_rotate_burst_above_64_and_are_
     }
     let path = policy_file(&example_policy());
     let with_policy = config(&["--require-auth", "--policy", path.to_str().unwrap()]).unwrap();
-    assert_eq!(with_policy.access.policy.unwrap().current().len(), 3);
+    assert_eq!(with_policy.settings.access.policy.unwrap().current().len(), 3);
 }

@@ -25,14 +25,14 @@ const POLL: Duration = Duration::from_millis(20);
 /// Server A and its replica B, both caching "live" for an hour, B's listener subscribed.
 async fn two_servers(options: PgConnectOptions, policy: Policy) -> (TestApp, TestApp) {
     let a = spawn_app_adjusted(options, |parts| {
-        parts.family_cache_ttl = HOUR;
-        parts.policy = policy.clone();
+        parts.settings.family_cache_ttl = HOUR;
+        parts.settings.policy = policy.clone();
     })
     .await;
     let b = a
         .spawn_replica(|parts| {
-            parts.family_cache_ttl = HOUR;
-            parts.policy = policy;
+            parts.settings.family_cache_ttl = HOUR;
+            parts.settings.policy = policy;
         })
         .await;
     wait_for_listeners(&a, APPLICATION_NAME, 2).await;
@@ -258,10 +258,10 @@ async fn a_revocation_while_the_listener_is_cut_off_is_seen_as_soon_as_it_is_bac
 ) {
     // B's listener reaches PostgreSQL through a proxy that the test cuts; its pool does not.
     let proxy = Proxy::in_front_of(&options).await;
-    let a = spawn_app_adjusted(options.clone(), |parts| parts.family_cache_ttl = HOUR).await;
+    let a = spawn_app_adjusted(options.clone(), |parts| parts.settings.family_cache_ttl = HOUR).await;
     let b = a
         .spawn_replica(|parts| {
-            parts.family_cache_ttl = HOUR;
+            parts.settings.family_cache_ttl = HOUR;
             listen_via(parts, proxy.route(options.clone()).application_name("listener-of-b"));
         })
         .await;
@@ -290,10 +290,10 @@ async fn while_the_listener_is_cut_off_a_cached_live_is_trusted_no_longer_than_t
 ) {
     const TTL: Duration = Duration::from_secs(2);
     let proxy = Proxy::in_front_of(&options).await;
-    let a = spawn_app_adjusted(options.clone(), |parts| parts.family_cache_ttl = HOUR).await;
+    let a = spawn_app_adjusted(options.clone(), |parts| parts.settings.family_cache_ttl = HOUR).await;
     let b = a
         .spawn_replica(|parts| {
-            parts.family_cache_ttl = TTL;
+            parts.settings.family_cache_ttl = TTL;
             listen_via(parts, proxy.route(options.clone()).application_name("listener-of-b"));
         })
         .await;

@@ -6,6 +6,42 @@
 use sqlx::Connection as _;
 use sqlx::migrate::Migrator;
 
+/// What the migration must leave, on either store: the healthy family untouched, the two broken
+/// ones revoked with every token gone. A macro because the two connections share no trait that
+/// `query_as` takes without naming the database.
+macro_rules! assert_broken_families_ended {
+    ($db:ident) => {
+        let tokens: Vec<(String, i64)> = sqlx::query_as(
+            "select f.subject, count(t.hash) from families f left join refresh_tokens t on t.family_id = f.id
+             group by f.subject order by f.subject",
+        )
+        .fetch_all(&mut $db)
+        .await
+        .unwrap();
+        assert_eq!(
+            tokens,
+            [
+                ("cross-linked".into(), 0),
+                ("half-purged".into(), 0),
+                ("healthy".into(), 2)
+            ]
+        );
+        let revoked: Vec<(String, Option<String>)> =
+            sqlx::query_as("select subject, revoked_reason from families order by subject")
+                .fetch_all(&mut $db)
+                .await
+                .unwrap();
+        assert_eq!(
+            revoked,
+            [
+                ("cross-linked".into(), Some("revoke".into())),
+                ("half-purged".into(), Some("revoke".into())),
+                ("healthy".into(), None)
+            ]
+        );
+    };
+}
+
 /// The version of `migrations/*/20261207000001_parent_in_family.sql`.
 const PARENT_IN_FAMILY: i64 = 20261207000001;
 
@@ -54,34 +90,7 @@ async fn on_postgres_the_parent_in_family_migration_ends_families_with_broken_ch
 
     ratchet::store::postgres::MIGRATOR.run(&mut db).await.unwrap();
 
-    let tokens: Vec<(String, i64)> = sqlx::query_as(
-        "select f.subject, count(t.hash) from families f left join refresh_tokens t on t.family_id = f.id
-         group by f.subject order by f.subject",
-    )
-    .fetch_all(&mut db)
-    .await
-    .unwrap();
-    assert_eq!(
-        tokens,
-        [
-            ("cross-linked".into(), 0),
-            ("half-purged".into(), 0),
-            ("healthy".into(), 2)
-        ]
-    );
-    let revoked: Vec<(String, Option<String>)> =
-        sqlx::query_as("select subject, revoked_reason from families order by subject")
-            .fetch_all(&mut db)
-            .await
-            .unwrap();
-    assert_eq!(
-        revoked,
-        [
-            ("cross-linked".into(), Some("revoke".into())),
-            ("half-purged".into(), Some("revoke".into())),
-            ("healthy".into(), None)
-        ]
-    );
+    assert_broken_families_ended!(db);
 }
 
 /// [`on_postgres_the_parent_in_family_migration_ends_families_with_broken_chains`] on SQLite,
@@ -120,34 +129,7 @@ async fn on_sqlite_the_parent_in_family_migration_ends_families_with_broken_chai
 
     ratchet::store::sqlite::MIGRATOR.run(&mut db).await.unwrap();
 
-    let tokens: Vec<(String, i64)> = sqlx::query_as(
-        "select f.subject, count(t.hash) from families f left join refresh_tokens t on t.family_id = f.id
-         group by f.subject order by f.subject",
-    )
-    .fetch_all(&mut db)
-    .await
-    .unwrap();
-    assert_eq!(
-        tokens,
-        [
-            ("cross-linked".into(), 0),
-            ("half-purged".into(), 0),
-            ("healthy".into(), 2)
-        ]
-    );
-    let revoked: Vec<(String, Option<String>)> =
-        sqlx::query_as("select subject, revoked_reason from families order by subject")
-            .fetch_all(&mut db)
-            .await
-            .unwrap();
-    assert_eq!(
-        revoked,
-        [
-            ("cross-linked".into(), Some("revoke".into())),
-            ("half-purged".into(), Some("revoke".into())),
-            ("healthy".into(), None)
-        ]
-    );
+    assert_broken_families_ended!(db);
     let seals: i64 = sqlx::query_scalar("select count(*) from seals")
         .fetch_one(&mut db)
         .await

@@ -176,7 +176,7 @@ async fn spawn(options: PgConnectOptions, tls: Option<TlsFiles>, trust_xfcc: boo
     let seen = Seen::default();
     let record = seen.clone();
     let app = spawn_app_adjusted(options, move |parts| {
-        parts.transport = TransportConfig {
+        parts.settings.transport = TransportConfig {
             tls,
             tls_reload_interval: Duration::from_secs(1),
             trust_xfcc,
@@ -569,38 +569,19 @@ fn a_tls_key_others_may_read_is_a_configuration_error() {
 
 #[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
 async fn the_caller_policy_judges_the_mtls_identity_end_to_end(_pool: PgPoolOptions, options: PgConnectOptions) {
-    use ratchet::grpc::pb::IssueRequest;
     use ratchet::grpc::pb::token_service_client::TokenServiceClient;
-    use ratchet::policy::reload::PolicyFile;
 
     let server_ca = Ca::new("server CA");
     let client_ca = Ca::new("client CA");
     let files = Files::new();
     let tls = files.tls(&server_ca.server(), Some(&client_ca));
-    let policy = std::sync::Arc::new(
-        PolicyFile::load(&crate::policy::policy_file(&format!(
-            "[[caller]]\nname = \"frontend\"\nid = \"{SPIFFE_ID}\"\nrpcs = [\"Issue\"]\n"
-        )))
-        .unwrap(),
-    );
-    let app = spawn_app_adjusted(options, move |parts| {
-        parts.transport = TransportConfig {
-            tls: Some(tls),
-            tls_reload_interval: Duration::from_secs(60),
-            trust_xfcc: false,
-            probe: None,
-        };
-        parts.access.policy = Some(policy);
-    })
+    let app = spawn_with_policy(
+        options,
+        tls_transport(tls, Duration::from_secs(60)),
+        &format!("[[caller]]\nname = \"frontend\"\nid = \"{SPIFFE_ID}\"\nrpcs = [\"Issue\"]\n"),
+    )
     .await;
-    let issue = |channel: Channel| async move {
-        TokenServiceClient::new(channel)
-            .issue(IssueRequest {
-                subject: "alice".into(),
-                ..Default::default()
-            })
-            .await
-    };
+    let issue = |channel: Channel| issue_over(channel, None, None);
 
     // The named workload may Issue, and only Issue.
     let frontend = client_ca.client(&[uri(SPIFFE_ID)]);
@@ -626,14 +607,9 @@ async fn the_caller_policy_judges_the_mtls_identity_end_to_end(_pool: PgPoolOpti
 /// A TLS server with the given gRPC idle timeout and HTTP header read timeout.
 async fn spawn_with_timeouts(options: PgConnectOptions, tls: TlsFiles, idle: Duration, header: Duration) -> TestApp {
     spawn_app_adjusted(options, move |parts| {
-        parts.transport = TransportConfig {
-            tls: Some(tls),
-            tls_reload_interval: Duration::from_secs(60),
-            trust_xfcc: false,
-            probe: None,
-        };
-        parts.limits.idle_timeout = idle;
-        parts.http.as_mut().unwrap().limits.header_read_timeout = header;
+        parts.settings.transport = tls_transport(tls, Duration::from_secs(60));
+        parts.settings.limits.idle_timeout = idle;
+        parts.settings.http.as_mut().unwrap().limits.header_read_timeout = header;
     })
     .await
 }
@@ -687,11 +663,21 @@ async fn over_tls_an_http_client_dribbling_its_request_head_is_disconnected(
 }
 
 /// A server enforcing the policy `text`, with `transport`.
+/// TLS from `tls`, re-read every `reload`, and no XFCC.
+fn tls_transport(tls: TlsFiles, reload: Duration) -> TransportConfig {
+    TransportConfig {
+        tls: Some(tls),
+        tls_reload_interval: reload,
+        trust_xfcc: false,
+        probe: None,
+    }
+}
+
 async fn spawn_with_policy(options: PgConnectOptions, transport: TransportConfig, text: &str) -> TestApp {
     let policy = Arc::new(ratchet::policy::reload::PolicyFile::load(&crate::policy::policy_file(text)).unwrap());
     spawn_app_adjusted(options, move |parts| {
-        parts.transport = transport;
-        parts.access.policy = Some(policy);
+        parts.settings.transport = transport;
+        parts.settings.access.policy = Some(policy);
     })
     .await
 }
@@ -935,38 +921,17 @@ async fn a_tls_session_made_before_the_client_ca_changed_cannot_be_resumed_to_ca
     _pool: PgPoolOptions,
     options: PgConnectOptions,
 ) {
-    use ratchet::grpc::pb::IssueRequest;
-    use ratchet::grpc::pb::token_service_client::TokenServiceClient;
-    use ratchet::policy::reload::PolicyFile;
-
     let server_ca = Ca::new("server CA");
     let old_ca = Ca::new("old client CA");
     let files = Files::new();
     let tls = files.tls(&server_ca.server(), Some(&old_ca));
-    let policy = Arc::new(
-        PolicyFile::load(&crate::policy::policy_file(&format!(
-            "[[caller]]\nname = \"login\"\nid = \"{LOGIN}\"\nrpcs = [\"Issue\"]\n"
-        )))
-        .unwrap(),
-    );
-    let app = spawn_app_adjusted(options, move |parts| {
-        parts.transport = TransportConfig {
-            tls: Some(tls),
-            tls_reload_interval: Duration::from_secs(1),
-            trust_xfcc: false,
-            probe: None,
-        };
-        parts.access.policy = Some(policy);
-    })
+    let app = spawn_with_policy(
+        options,
+        tls_transport(tls, Duration::from_secs(1)),
+        &format!("[[caller]]\nname = \"login\"\nid = \"{LOGIN}\"\nrpcs = [\"Issue\"]\n"),
+    )
     .await;
-    let issue = |channel: Channel| async move {
-        TokenServiceClient::new(channel)
-            .issue(IssueRequest {
-                subject: "alice".into(),
-                ..Default::default()
-            })
-            .await
-    };
+    let issue = |channel: Channel| issue_over(channel, None, None);
 
     // `login` calls with its certificate; its client keeps the sessions the server offers.
     let (login, certificate) = switchable_config(&server_ca, &old_ca.client(&[uri(LOGIN)]));
