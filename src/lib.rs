@@ -37,15 +37,18 @@
 //! - [`keys`]: signing and verifying access tokens (EdDSA, ES256, RS256), the key directory and
 //!   its reloading, the JWK Set, and the server secret that keys grace-window seals and page
 //!   tokens.
-//! - [`reload`], [`telemetry`], [`clock`], [`shutdown`] and [`database_url`]: what any layer may
-//!   use: when to re-read a file (keys, certificates, the policy), logging and its throttle, the
-//!   time, the shutdown signal, and a database URL that keeps its password out of every printout.
+//! - [`reload`], [`telemetry`], [`clock`], [`shutdown`], [`files`] and [`database_url`]: what
+//!   any layer may use: when to re-read a file (keys, certificates, the policy), logging and its
+//!   throttle, the time, the shutdown signal, files only their owner may read (created 0600,
+//!   refused when shared: key files, the server secret, TLS keys, the SQLite database), and a
+//!   database URL that keeps its password out of every printout.
 
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod database_url;
 pub mod domain;
+pub mod files;
 pub mod grpc;
 pub mod http;
 pub mod issuer;

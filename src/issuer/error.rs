@@ -57,8 +57,8 @@ impl From<KeyError> for Error {
     }
 }
 
-impl From<getrandom::Error> for Error {
-    fn from(error: getrandom::Error) -> Self {
+impl From<aws_lc_rs::error::Unspecified> for Error {
+    fn from(error: aws_lc_rs::error::Unspecified) -> Self {
         Self::Internal(Box::new(error))
     }
 }

@@ -35,13 +35,14 @@ pub struct RefreshToken {
 }
 
 impl RefreshToken {
-    /// A fresh token from the operating system's CSPRNG.
+    /// A fresh token from aws-lc's CSPRNG (seeded from the operating system), the one random
+    /// source of the service: the same generator that makes its signing keys.
     ///
     /// # Errors
-    /// The OS has no randomness to give; nothing sensible can be issued then.
-    pub fn generate() -> Result<Self, getrandom::Error> {
+    /// The generator has no randomness to give; nothing sensible can be issued then.
+    pub fn generate() -> Result<Self, aws_lc_rs::error::Unspecified> {
         let mut secret = [0u8; SECRET_BYTES];
-        getrandom::fill(&mut secret)?;
+        aws_lc_rs::rand::fill(&mut secret)?;
         Ok(Self { secret })
     }
 

@@ -21,7 +21,6 @@
 use std::collections::HashSet;
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -137,10 +136,9 @@ impl KeyDirectory {
         let temporary = self.path.join(format!(".{MANIFEST_FILE}.tmp"));
         let text = serde_json::to_vec_pretty(manifest).map_err(|e| self.invalid(e.to_string()))?;
         let _ = fs::remove_file(&temporary);
-        let mut file = fs::OpenOptions::new()
+        let mut file = crate::files::private_options()
             .write(true)
             .create_new(true)
-            .mode(0o600)
             .open(&temporary)
             .map_err(self.io("create", &temporary))?;
         file.write_all(&text)
@@ -156,13 +154,12 @@ impl KeyDirectory {
 
     /// Runs `change` holding the directory's lock (created, with the directory, if missing).
     fn locked<T>(&self, change: impl FnOnce() -> Result<T, KeyError>) -> Result<T, KeyError> {
-        keyfile::create_private_dir(&self.path).map_err(self.io("create", &self.path))?;
+        crate::files::create_private_dir(&self.path).map_err(self.io("create", &self.path))?;
         let lock_path = self.path.join(LOCK_FILE);
-        let lock = fs::OpenOptions::new()
+        let lock = crate::files::private_options()
             .write(true)
             .create(true)
             .truncate(false)
-            .mode(0o600)
             .open(&lock_path)
             .map_err(self.io("open", &lock_path))?;
         lock.lock().map_err(self.io("lock", &lock_path))?;

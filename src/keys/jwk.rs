@@ -88,29 +88,41 @@ impl PublicJwk {
         }
     }
 
-    /// RFC 7638: SHA-256 over the key type's required members, in lexicographic order with no
-    /// whitespace, base64url. Stable across restarts, replicas and serialisations.
-    pub(super) fn thumbprint(&self) -> String {
-        let field = |value: &Option<String>| value.as_deref().unwrap_or_default().to_owned();
-        let canonical = match self.kty {
-            "RSA" => format!(r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#, field(&self.e), field(&self.n)),
-            "EC" => format!(
-                r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#,
-                self.crv.unwrap_or_default(),
-                field(&self.x),
-                field(&self.y)
-            ),
-            _ => format!(
-                r#"{{"crv":"{}","kty":"{}","x":"{}"}}"#,
-                self.crv.unwrap_or_default(),
-                self.kty,
-                field(&self.x)
-            ),
+    /// The RFC 7638 thumbprint (SHA-256, base64url), jsonwebtoken's: stable across restarts,
+    /// replicas and serialisations. Its output is identical to the hand-written canonical form
+    /// this replaced, byte for byte; the RFCs' examples below decide that.
+    ///
+    /// # Errors
+    /// A key type and curve jsonwebtoken cannot thumbprint (none of ours: Ed25519, P-256, RSA).
+    pub(super) fn thumbprint(&self) -> Result<String, String> {
+        use jsonwebtoken::jwk::{
+            AlgorithmParameters, CommonParameters, EllipticCurve, EllipticCurveKeyParameters, EllipticCurveKeyType,
+            Jwk, OctetKeyPairParameters, OctetKeyPairType, RSAKeyParameters, RSAKeyType, ThumbprintHash,
         };
-        URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
-            &aws_lc_rs::digest::SHA256,
-            canonical.as_bytes(),
-        ))
+        let member = |value: &Option<String>| value.clone().unwrap_or_default();
+        let algorithm = match self.kty {
+            "RSA" => AlgorithmParameters::RSA(RSAKeyParameters {
+                key_type: RSAKeyType::RSA,
+                n: member(&self.n),
+                e: member(&self.e),
+            }),
+            "EC" => AlgorithmParameters::EllipticCurve(EllipticCurveKeyParameters {
+                key_type: EllipticCurveKeyType::EC,
+                curve: EllipticCurve::P256,
+                x: member(&self.x),
+                y: member(&self.y),
+            }),
+            _ => AlgorithmParameters::OctetKeyPair(OctetKeyPairParameters {
+                key_type: OctetKeyPairType::OctetKeyPair,
+                curve: EllipticCurve::Ed25519,
+                x: member(&self.x),
+            }),
+        };
+        let jwk = Jwk {
+            common: CommonParameters::default(),
+            algorithm,
+        };
+        jwk.thumbprint(ThumbprintHash::SHA256).map_err(|e| e.to_string())
     }
 }
 
@@ -151,16 +163,28 @@ mod tests {
             .decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo")
             .unwrap();
         assert_eq!(
-            PublicJwk::okp(&x).thumbprint(),
+            PublicJwk::okp(&x).thumbprint().unwrap(),
             "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
         );
         // RFC 7638 §3.1: the example RSA key.
         let n = URL_SAFE_NO_PAD.decode("0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw").unwrap();
         let e = URL_SAFE_NO_PAD.decode("AQAB").unwrap();
         assert_eq!(
-            PublicJwk::rsa(&n, &e).thumbprint(),
+            PublicJwk::rsa(&n, &e).thumbprint().unwrap(),
             "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
         );
+        // P-256: no RFC example, so the canonical form RFC 7638 §3.2 prescribes, hashed here.
+        let (x, y) = ([1u8; 32], [2u8; 32]);
+        let canonical = format!(
+            r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+            URL_SAFE_NO_PAD.encode(x),
+            URL_SAFE_NO_PAD.encode(y)
+        );
+        let expected = URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            canonical.as_bytes(),
+        ));
+        assert_eq!(PublicJwk::ec(&x, &y).thumbprint().unwrap(), expected);
     }
 
     #[test]

@@ -8,9 +8,11 @@
 //! `ratchet keys` imports it then). Every private key file must be readable by its owner only.
 
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use rustls::pki_types::pem::{PemObject as _, SectionKind};
 
 use super::{KeyError, SigningKey};
 
@@ -48,11 +50,14 @@ pub fn load_with_pem(path: &Path) -> Result<(SigningKey, String), KeyError> {
         path: path.into(),
         reason,
     };
-    let block = pem::parse(&text).map_err(|e| format(e.to_string()))?;
-    let key = match block.tag() {
-        "PRIVATE KEY" => SigningKey::from_pkcs8_der(block.contents()),
-        tag @ ("RSA PRIVATE KEY" | "EC PRIVATE KEY") => SigningKey::from_traditional_der(tag, block.contents()),
-        other => Err(format!("expected a PRIVATE KEY block, found {other}")),
+    // rustls' PEM reader (already in the tree for TLS), not a PEM crate of our own: the first
+    // block of a kind it knows.
+    let (kind, der) = <(SectionKind, Vec<u8>)>::from_pem_slice(text.as_bytes()).map_err(|e| format(e.to_string()))?;
+    let key = match kind {
+        SectionKind::PrivateKey => SigningKey::from_pkcs8_der(&der),
+        SectionKind::RsaPrivateKey => SigningKey::from_traditional_der("RSA PRIVATE KEY", &der),
+        SectionKind::EcPrivateKey => SigningKey::from_traditional_der("EC PRIVATE KEY", &der),
+        other => Err(format!("expected a PRIVATE KEY block, found {other:?}")),
     }
     .map_err(format)?;
     Ok((key, text))
@@ -64,7 +69,21 @@ pub fn load_with_pem(path: &Path) -> Result<(SigningKey, String), KeyError> {
 /// The file exists already (never overwritten: another process may have raced us to it) or
 /// cannot be written.
 pub fn write_new(path: &Path, der: &[u8]) -> Result<(), KeyError> {
-    write_new_pem(path, &pem::encode(&pem::Pem::new("PRIVATE KEY", der)))
+    write_new_pem(path, &pkcs8_pem(der))
+}
+
+/// `der` as a `PRIVATE KEY` PEM block: base64 in lines of 64, CRLF line ends, byte for byte what
+/// the `pem` crate wrote before rustls' reader replaced it (files written by either look the same).
+fn pkcs8_pem(der: &[u8]) -> String {
+    let base64 = STANDARD.encode(der);
+    let mut text = String::from("-----BEGIN PRIVATE KEY-----\r\n");
+    // base64 is ASCII, so every 64-byte chunk is a whole str.
+    for line in base64.as_bytes().chunks(64) {
+        text.push_str(std::str::from_utf8(line).unwrap_or_default());
+        text.push_str("\r\n");
+    }
+    text.push_str("-----END PRIVATE KEY-----\r\n");
+    text
 }
 
 /// Writes `pem` to a new file (mode 0600).
@@ -72,55 +91,49 @@ pub fn write_new(path: &Path, der: &[u8]) -> Result<(), KeyError> {
 /// # Errors
 /// As [`write_new`].
 pub fn write_new_pem(path: &Path, pem: &str) -> Result<(), KeyError> {
-    let io = |action, source| KeyError::Io {
+    crate::files::write_new(path, pem.as_bytes()).map_err(|(action, source)| KeyError::Io {
         action,
         path: path.into(),
         source,
-    };
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| io("create", e))?;
-    file.write_all(pem.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|e| io("write", e))
-}
-
-/// Creates `dir` (and its parents) readable by the owner only, if it does not exist.
-pub(super) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    })
 }
 
 /// Refuses a secret file that group or others may read: whoever can read it can forge or open
-/// what it protects.
-pub(crate) fn refuse_if_shared(path: &Path) -> Result<(), KeyError> {
-    let mode = fs::metadata(path)
-        .map_err(|source| KeyError::Io {
+/// what it protects ([`crate::files`]' rule, in a key file's words).
+pub(super) fn refuse_if_shared(path: &Path) -> Result<(), KeyError> {
+    match crate::files::shared_mode(path) {
+        Ok(None) => Ok(()),
+        Ok(Some(mode)) => Err(KeyError::Exposed {
+            path: path.into(),
+            mode,
+        }),
+        Err(source) => Err(KeyError::Io {
             action: "inspect",
             path: path.into(),
             source,
-        })?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        return Err(KeyError::Exposed {
-            path: path.into(),
-            mode: mode & 0o777,
-        });
+        }),
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("ratchet-keyfile-{name}-{}", uuid::Uuid::new_v4()));
         fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn written_keys_are_what_the_pem_crate_wrote_and_load_back() {
+        let (_, der) = SigningKey::generate(super::super::KeyAlgorithm::RS256).unwrap();
+        assert_eq!(pkcs8_pem(&der), pem::encode(&pem::Pem::new("PRIVATE KEY", der.clone())));
+        let path = temp_dir("pem").join("key.pem");
+        write_new(&path, &der).unwrap();
+        assert_eq!(load(&path).unwrap().alg(), super::super::KeyAlgorithm::RS256);
     }
 
     fn write_private(path: &Path, text: &str) {

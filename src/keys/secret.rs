@@ -13,8 +13,6 @@
 //! window that lands on another replica cannot be answered.
 
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 use aws_lc_rs::hkdf::{HKDF_SHA256, Prk};
@@ -83,7 +81,7 @@ impl ServerSecret {
     /// The system random generator failed.
     pub fn generate() -> Result<Self, KeyError> {
         let mut material = [0u8; SECRET_BYTES];
-        getrandom::fill(&mut material).map_err(|_| KeyError::Random)?;
+        aws_lc_rs::rand::fill(&mut material).map_err(|_| KeyError::Random)?;
         Ok(Self::from_key_material(&material))
     }
 
@@ -141,21 +139,13 @@ impl ServerSecret {
             return Ok((Self::from_key_material(&material), SecretSource::Loaded));
         }
         let mut material = [0u8; SECRET_BYTES];
-        getrandom::fill(&mut material).map_err(|_| KeyError::Random)?;
+        aws_lc_rs::rand::fill(&mut material).map_err(|_| KeyError::Random)?;
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-            super::keyfile::create_private_dir(dir).map_err(|e| io("create the directory of", e))?;
+            crate::files::create_private_dir(dir).map_err(|e| io("create the directory of", e))?;
         }
-        // create_new: if another process raced us to it, fail rather than overwrite its secret.
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| io("create", e))?;
+        // A new file only: if another process raced us to it, fail rather than overwrite its secret.
         let text = format!("{}\n", URL_SAFE_NO_PAD.encode(material));
-        file.write_all(text.as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(|e| io("write", e))?;
+        crate::files::write_new(path, text.as_bytes()).map_err(|(action, e)| io(action, e))?;
         Ok((Self::from_key_material(&material), SecretSource::Created))
     }
 }

@@ -115,7 +115,7 @@ impl SigningKey {
                 )
             }
         };
-        let kid = jwk.thumbprint();
+        let kid = jwk.thumbprint()?;
         let encoded_header = mint::encoded_header(alg, &kid).map_err(|e| e.to_string())?;
         Ok(Self {
             jwk: jwk.with_kid(&kid, alg),

@@ -8,9 +8,10 @@
 //! ([`Target`]), migrating, telling a misconfigured database from one that is down, the
 //! revocation listener, closing.
 //!
-//! A backend is a variant of [`Target`] and of [`Backend`], an arm in each match below, and one
-//! line in the contract suite (`store::contract`) that every backend passes: PostgreSQL (replicas,
-//! production) and SQLite (one process: development, small single-node installs).
+//! A backend is a variant of [`Target`] and of [`Backend`], an arm in each match below (the
+//! trait's methods share one, generated), and one line in the contract suite (`store::contract`)
+//! that every backend passes: PostgreSQL (replicas, production) and SQLite (one process:
+//! development, small single-node installs).
 
 use std::fmt;
 use std::sync::Arc;
@@ -135,117 +136,20 @@ impl Backend {
     }
 }
 
-/// Every method is one match and a call: no boxing, no allocation.
-impl FamilyStore for Backend {
-    async fn create_family(&self, new: &NewFamily) -> Result<Vec<FamilyId>, StoreError> {
-        match self {
-            Self::Postgres(store) => store.create_family(new).await,
-            Self::Sqlite(store) => store.create_family(new).await,
+/// Every method is one match and a call: no boxing, no allocation. Written once for all methods
+/// (the list is [`super::family_store_methods`]): a backend is a variant, not a method edit.
+macro_rules! dispatch {
+    ($($method:ident($($arg:ident: $type:ty),*) -> $ok:ty;)*) => {
+        impl FamilyStore for Backend {
+            $(
+                async fn $method(&self, $($arg: $type),*) -> Result<$ok, StoreError> {
+                    match self {
+                        Self::Postgres(store) => store.$method($($arg),*).await,
+                        Self::Sqlite(store) => store.$method($($arg),*).await,
+                    }
+                }
+            )*
         }
-    }
-
-    async fn spend(&self, request: &SpendRequest) -> Result<SpendOutcome, StoreError> {
-        match self {
-            Self::Postgres(store) => store.spend(request).await,
-            Self::Sqlite(store) => store.spend(request).await,
-        }
-    }
-
-    async fn refresh_token(&self, hash: &TokenHash) -> Result<Option<RefreshTokenRecord>, StoreError> {
-        match self {
-            Self::Postgres(store) => store.refresh_token(hash).await,
-            Self::Sqlite(store) => store.refresh_token(hash).await,
-        }
-    }
-
-    async fn family_status(&self, id: FamilyId) -> Result<Option<FamilyStatus>, StoreError> {
-        match self {
-            Self::Postgres(store) => store.family_status(id).await,
-            Self::Sqlite(store) => store.family_status(id).await,
-        }
-    }
-
-    async fn family_subject(&self, id: FamilyId) -> Result<Option<String>, StoreError> {
-        match self {
-            Self::Postgres(store) => store.family_subject(id).await,
-            Self::Sqlite(store) => store.family_subject(id).await,
-        }
-    }
-
-    async fn revoke_family(
-        &self,
-        id: FamilyId,
-        now: OffsetDateTime,
-        reason: RevokeReason,
-    ) -> Result<Revocation, StoreError> {
-        match self {
-            Self::Postgres(store) => store.revoke_family(id, now, reason).await,
-            Self::Sqlite(store) => store.revoke_family(id, now, reason).await,
-        }
-    }
-
-    async fn revoke_subject(
-        &self,
-        subject: &str,
-        now: OffsetDateTime,
-        limit: u32,
-    ) -> Result<Vec<FamilyId>, StoreError> {
-        match self {
-            Self::Postgres(store) => store.revoke_subject(subject, now, limit).await,
-            Self::Sqlite(store) => store.revoke_subject(subject, now, limit).await,
-        }
-    }
-
-    async fn live_families(
-        &self,
-        subject: &str,
-        now: OffsetDateTime,
-        after: Option<SessionCursor>,
-        limit: u32,
-    ) -> Result<Vec<SessionRecord>, StoreError> {
-        match self {
-            Self::Postgres(store) => store.live_families(subject, now, after, limit).await,
-            Self::Sqlite(store) => store.live_families(subject, now, after, limit).await,
-        }
-    }
-
-    async fn revoked_families(&self, revoked_before: OffsetDateTime, limit: u32) -> Result<Vec<FamilyId>, StoreError> {
-        match self {
-            Self::Postgres(store) => store.revoked_families(revoked_before, limit).await,
-            Self::Sqlite(store) => store.revoked_families(revoked_before, limit).await,
-        }
-    }
-
-    async fn idle_window(
-        &self,
-        after: Option<FamilyId>,
-        window: u32,
-        ended_before: OffsetDateTime,
-    ) -> Result<IdleWindow, StoreError> {
-        match self {
-            Self::Postgres(store) => store.idle_window(after, window, ended_before).await,
-            Self::Sqlite(store) => store.idle_window(after, window, ended_before).await,
-        }
-    }
-
-    async fn purge_families(&self, families: &[FamilyId], limit: u32) -> Result<Purged, StoreError> {
-        match self {
-            Self::Postgres(store) => store.purge_families(families, limit).await,
-            Self::Sqlite(store) => store.purge_families(families, limit).await,
-        }
-    }
-
-    async fn clear_seals(&self, sealed_before: OffsetDateTime, limit: u32) -> Result<u64, StoreError> {
-        match self {
-            Self::Postgres(store) => store.clear_seals(sealed_before, limit).await,
-            Self::Sqlite(store) => store.clear_seals(sealed_before, limit).await,
-        }
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        match self {
-            Self::Postgres(store) => store.ping().await,
-            Self::Sqlite(store) => store.ping().await,
-        }
-    }
+    };
 }
+super::family_store_methods!(dispatch);

@@ -190,7 +190,31 @@ impl<S> CachedStore<S> {
     }
 }
 
+/// Straight through to the wrapped store: every method but those that see a revocation or answer
+/// from the cache. Those are named here, to be skipped, and written out below; a method in both
+/// places, or in neither, fails to compile. Not cached, and why: refresh tokens and rotation
+/// always go to the database (the module docs); only Revoke by a caller limited to some subjects
+/// asks `family_subject`; and a purge has nothing to forget, since a purged family had ended,
+/// which cached entries already say (a "live" entry is checked against its expiry, and "revoked"
+/// stays true).
+macro_rules! pass_through {
+    () => {};
+    (create_family $args:tt -> $ok:ty; $($rest:tt)*) => { pass_through! { $($rest)* } };
+    (spend $args:tt -> $ok:ty; $($rest:tt)*) => { pass_through! { $($rest)* } };
+    (family_status $args:tt -> $ok:ty; $($rest:tt)*) => { pass_through! { $($rest)* } };
+    (revoke_family $args:tt -> $ok:ty; $($rest:tt)*) => { pass_through! { $($rest)* } };
+    (revoke_subject $args:tt -> $ok:ty; $($rest:tt)*) => { pass_through! { $($rest)* } };
+    ($method:ident($($arg:ident: $type:ty),*) -> $ok:ty; $($rest:tt)*) => {
+        async fn $method(&self, $($arg: $type),*) -> Result<$ok, StoreError> {
+            self.inner.$method($($arg),*).await
+        }
+        pass_through! { $($rest)* }
+    };
+}
+
 impl<S: FamilyStore> FamilyStore for CachedStore<S> {
+    super::family_store_methods!(pass_through);
+
     async fn create_family(&self, new: &NewFamily) -> Result<Vec<FamilyId>, StoreError> {
         let evicted = self.inner.create_family(new).await?;
         for id in &evicted {
@@ -209,10 +233,6 @@ impl<S: FamilyStore> FamilyStore for CachedStore<S> {
             self.mark_revoked(token.family.id, Some(token.family.expires_at));
         }
         Ok(outcome)
-    }
-
-    async fn refresh_token(&self, hash: &TokenHash) -> Result<Option<RefreshTokenRecord>, StoreError> {
-        self.inner.refresh_token(hash).await
     }
 
     async fn family_status(&self, id: FamilyId) -> Result<Option<FamilyStatus>, StoreError> {
@@ -248,11 +268,6 @@ impl<S: FamilyStore> FamilyStore for CachedStore<S> {
         Ok(status)
     }
 
-    /// Not cached: only Revoke by a caller limited to some subjects asks.
-    async fn family_subject(&self, id: FamilyId) -> Result<Option<String>, StoreError> {
-        self.inner.family_subject(id).await
-    }
-
     async fn revoke_family(
         &self,
         id: FamilyId,
@@ -280,43 +295,6 @@ impl<S: FamilyStore> FamilyStore for CachedStore<S> {
         }
         Ok(revoked)
     }
-
-    async fn live_families(
-        &self,
-        subject: &str,
-        now: OffsetDateTime,
-        after: Option<SessionCursor>,
-        limit: u32,
-    ) -> Result<Vec<SessionRecord>, StoreError> {
-        self.inner.live_families(subject, now, after, limit).await
-    }
-
-    async fn revoked_families(&self, ended_before: OffsetDateTime, limit: u32) -> Result<Vec<FamilyId>, StoreError> {
-        self.inner.revoked_families(ended_before, limit).await
-    }
-
-    async fn idle_window(
-        &self,
-        after: Option<FamilyId>,
-        window: u32,
-        ended_before: OffsetDateTime,
-    ) -> Result<IdleWindow, StoreError> {
-        self.inner.idle_window(after, window, ended_before).await
-    }
-
-    async fn purge_families(&self, families: &[FamilyId], limit: u32) -> Result<Purged, StoreError> {
-        // Nothing to forget: a purged family had ended, which cached entries already say (a
-        // "live" entry is checked against its expiry, and "revoked" stays true).
-        self.inner.purge_families(families, limit).await
-    }
-
-    async fn clear_seals(&self, sealed_before: OffsetDateTime, limit: u32) -> Result<u64, StoreError> {
-        self.inner.clear_seals(sealed_before, limit).await
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
 }
 
 #[cfg(test)]
@@ -332,20 +310,24 @@ mod tests {
         reads: AtomicUsize,
     }
 
-    fn never<T>() -> Result<T, StoreError> {
-        Err(StoreError::Internal("not used in this test".into()))
+    /// Every method the tests do not use refuses; the ones they use are written out below. The
+    /// same list as the stores' (`family_store_methods!`), so a new trait method needs no stub.
+    macro_rules! unused {
+        () => {};
+        (family_status $args:tt -> $ok:ty; $($rest:tt)*) => { unused! { $($rest)* } };
+        (revoke_family $args:tt -> $ok:ty; $($rest:tt)*) => { unused! { $($rest)* } };
+        (ping $args:tt -> $ok:ty; $($rest:tt)*) => { unused! { $($rest)* } };
+        ($method:ident($($arg:ident: $type:ty),*) -> $ok:ty; $($rest:tt)*) => {
+            async fn $method(&self, $(_: $type),*) -> Result<$ok, StoreError> {
+                Err(StoreError::Internal("not used in this test".into()))
+            }
+            unused! { $($rest)* }
+        };
     }
 
     impl FamilyStore for Statuses {
-        async fn create_family(&self, _: &NewFamily) -> Result<Vec<FamilyId>, StoreError> {
-            never()
-        }
-        async fn spend(&self, _: &SpendRequest) -> Result<SpendOutcome, StoreError> {
-            never()
-        }
-        async fn refresh_token(&self, _: &TokenHash) -> Result<Option<RefreshTokenRecord>, StoreError> {
-            never()
-        }
+        crate::store::family_store_methods!(unused);
+
         async fn family_status(&self, _: FamilyId) -> Result<Option<FamilyStatus>, StoreError> {
             self.reads.fetch_add(1, Ordering::SeqCst);
             let revoked = *self.revoked.lock().unwrap();
@@ -353,9 +335,6 @@ mod tests {
                 revoked,
                 expires_at: OffsetDateTime::UNIX_EPOCH,
             }))
-        }
-        async fn family_subject(&self, _: FamilyId) -> Result<Option<String>, StoreError> {
-            never()
         }
         async fn revoke_family(
             &self,
@@ -368,30 +347,6 @@ mod tests {
             }
             *self.revoked.lock().unwrap() = true;
             Ok(Revocation::Revoked)
-        }
-        async fn revoke_subject(&self, _: &str, _: OffsetDateTime, _: u32) -> Result<Vec<FamilyId>, StoreError> {
-            never()
-        }
-        async fn live_families(
-            &self,
-            _: &str,
-            _: OffsetDateTime,
-            _: Option<SessionCursor>,
-            _: u32,
-        ) -> Result<Vec<SessionRecord>, StoreError> {
-            never()
-        }
-        async fn revoked_families(&self, _: OffsetDateTime, _: u32) -> Result<Vec<FamilyId>, StoreError> {
-            never()
-        }
-        async fn idle_window(&self, _: Option<FamilyId>, _: u32, _: OffsetDateTime) -> Result<IdleWindow, StoreError> {
-            never()
-        }
-        async fn purge_families(&self, _: &[FamilyId], _: u32) -> Result<Purged, StoreError> {
-            never()
-        }
-        async fn clear_seals(&self, _: OffsetDateTime, _: u32) -> Result<u64, StoreError> {
-            never()
         }
         async fn ping(&self) -> Result<(), StoreError> {
             Ok(())

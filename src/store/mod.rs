@@ -16,7 +16,7 @@
 //! connection dropped after the statement was sent) by running it again on a new connection,
 //! instead of answering "unavailable" for something that may have happened; see [`StoreError`].
 //!
-//! [`pool::ConnectionPool`] holds the PostgreSQL connections (and explains why it is not sqlx's).
+//! [`postgres::pool::ConnectionPool`] holds the PostgreSQL connections (and explains why it is not sqlx's).
 //! [`cached::CachedStore`] wraps any store with an in-memory cache of family liveness, so that
 //! Introspect of an access token needs no database round trip for a family it has seen;
 //! [`postgres::revocations`] keeps it current with revocations committed anywhere.
@@ -25,7 +25,6 @@ mod backend;
 pub mod cached;
 #[cfg(test)]
 mod contract;
-pub mod pool;
 pub mod postgres;
 pub mod sqlite;
 
@@ -248,6 +247,32 @@ pub struct IdleWindow {
     /// The last family of the window, where the next one starts; `None` at the end.
     pub last: Option<FamilyId>,
 }
+
+/// Every [`FamilyStore`] method, once, as `name(argument: Type, ...) -> Ok type;`, handed to
+/// `$callback!`: how [`Backend`] (one match per method) and [`cached::CachedStore`] (straight
+/// through to the store it wraps, for the methods it does not watch) are written without
+/// repeating each method. A method added to the trait and not here fails to compile in both, so
+/// the list cannot fall behind; a backend implements the trait, and nothing else changes.
+macro_rules! family_store_methods {
+    ($callback:ident) => {
+        $callback! {
+            create_family(new: &NewFamily) -> Vec<FamilyId>;
+            spend(request: &SpendRequest) -> SpendOutcome;
+            refresh_token(hash: &TokenHash) -> Option<RefreshTokenRecord>;
+            family_status(id: FamilyId) -> Option<FamilyStatus>;
+            family_subject(id: FamilyId) -> Option<String>;
+            revoke_family(id: FamilyId, now: OffsetDateTime, reason: RevokeReason) -> Revocation;
+            revoke_subject(subject: &str, now: OffsetDateTime, limit: u32) -> Vec<FamilyId>;
+            live_families(subject: &str, now: OffsetDateTime, after: Option<SessionCursor>, limit: u32) -> Vec<SessionRecord>;
+            revoked_families(revoked_before: OffsetDateTime, limit: u32) -> Vec<FamilyId>;
+            idle_window(after: Option<FamilyId>, window: u32, ended_before: OffsetDateTime) -> IdleWindow;
+            purge_families(families: &[FamilyId], limit: u32) -> Purged;
+            clear_seals(sealed_before: OffsetDateTime, limit: u32) -> u64;
+            ping() -> ();
+        }
+    };
+}
+pub(crate) use family_store_methods;
 
 /// Persistent state of families and refresh tokens. Every method is atomic, and every write is
 /// idempotent (see the module docs).

@@ -63,7 +63,7 @@ pub enum TlsError {
     },
     #[error("{path}: {reason}")]
     Format { path: PathBuf, reason: String },
-    /// The key file may be read by others ([`crate::keys::keyfile`]'s rule for every private key).
+    /// The key file may be read by others ([`crate::files`]' rule for every private key).
     #[error(transparent)]
     Key(#[from] KeyError),
 }
@@ -107,6 +107,25 @@ fn format(path: &Path, reason: impl std::fmt::Display) -> TlsError {
     }
 }
 
+/// The private key must be its owner's alone ([`crate::files`]' rule for every secret file), and
+/// is refused in the words of any other key file.
+fn refuse_if_shared(path: &Path) -> Result<(), TlsError> {
+    match crate::files::shared_mode(path) {
+        Ok(None) => Ok(()),
+        Ok(Some(mode)) => Err(KeyError::Exposed {
+            path: path.into(),
+            mode,
+        }
+        .into()),
+        Err(source) => Err(KeyError::Io {
+            action: "inspect",
+            path: path.into(),
+            source,
+        }
+        .into()),
+    }
+}
+
 fn certificates(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
@@ -119,7 +138,7 @@ fn certificates(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>,
 
 impl Material {
     fn load(files: &TlsFiles, provider: &Arc<CryptoProvider>, generation: u64) -> Result<Self, TlsError> {
-        crate::keys::keyfile::refuse_if_shared(&files.key)?;
+        refuse_if_shared(&files.key)?;
         let cert_pem = read(&files.cert)?;
         let key_pem = read(&files.key)?;
         let chain = certificates(&files.cert, &cert_pem)?;

@@ -15,7 +15,7 @@ use ratchet::issuer::cleanup::{CleanupReport, CleanupSettings};
 use ratchet::keys::{KeyAlgorithm, KeySet, Keyring, ServerSecret, SigningKey};
 use ratchet::startup::{Application, Parts};
 use ratchet::store::Backend;
-use ratchet::store::pool::ConnectionPool;
+use ratchet::store::postgres::ConnectionPool;
 use ratchet::store::postgres::{self, PgStore, PoolSettings};
 use ratchet::store::sqlite::{self, SqliteSettings, SqliteStore, SqliteTarget};
 use sqlx::postgres::{PgConnectOptions, PgPool};

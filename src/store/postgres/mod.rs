@@ -1,15 +1,20 @@
 //! [`FamilyStore`] on PostgreSQL.
 //!
 //! Every connection runs at `default_transaction_isolation = serializable` (checked when it is
-//! opened, see [`super::pool`]), so each statement is a SERIALIZABLE transaction of its own; the
+//! opened, see [`pool`](mod@pool)), so each statement is a SERIALIZABLE transaction of its own; the
 //! statements are in `sql`, their rows in `rows`, and how each one is run to a definite
-//! outcome (retries, lost answers, timeouts) in `run`. [`revocations`] carries revocations from
+//! outcome (retries, lost answers, timeouts) in `run`; where the database is and the session
+//! settings every connection gets in `target`. [`revocations`] carries revocations from
 //! the database to this server's family cache as they are committed, wherever they were made.
 
+pub mod pool;
 pub mod revocations;
 mod rows;
 mod run;
 mod sql;
+mod target;
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::sync::Arc;
@@ -24,81 +29,27 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+pub use self::pool::ConnectionPool;
 use self::rows::{SessionRow, TokenRow};
 use self::run::Kind;
 pub use self::run::RetryPolicy;
+/// The statements Issue and Rotate run, for the benchmark's pgbench ceiling (`ratchet-bench
+/// --print-pgbench`), which must run these very statements and no copy of them. Only with the
+/// `bench-sql` feature, which the bench crate turns on: the SQL is not the service's API.
+#[cfg(feature = "bench-sql")]
 pub use self::sql::{CREATE_FAMILY, SPEND};
+pub use self::target::{PgTarget, PoolSettings, pool, tune};
 use super::cached::FamilyCache;
-use super::pool::ConnectionPool;
 use super::{
     FamilyStatus, FamilyStore, IdleWindow, MigrateError, NewFamily, Purged, RefreshTokenRecord, Revocation,
     RevokeReason, SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError,
 };
-use crate::database_url::DatabaseUrl;
 use crate::domain::{FamilyId, TokenHash};
 
 /// The migrations in `migrations/postgres/`, embedded in the binary. Each backend has a folder of
 /// its own (their SQL differs), so `#[sqlx::test]` finds none by itself: PostgreSQL tests name
 /// this migrator (`#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
-
-/// How connections are opened and how long anything may take.
-#[derive(Debug, Clone)]
-pub struct PoolSettings {
-    pub max_connections: u32,
-    /// PostgreSQL's `statement_timeout` and `lock_timeout`, and the bound on waiting for a
-    /// connection: past it the caller gets UNAVAILABLE (nothing happened) rather than a hang.
-    pub timeout: Duration,
-}
-
-impl Default for PoolSettings {
-    fn default() -> Self {
-        Self {
-            max_connections: 16,
-            timeout: Duration::from_secs(5),
-        }
-    }
-}
-
-/// Our session settings on top of `options` (from a URL, or from a test harness).
-pub fn tune(options: PgConnectOptions, settings: &PoolSettings) -> PgConnectOptions {
-    let timeout = format!("{}ms", settings.timeout.as_millis());
-    options.application_name("ratchet").options([
-        ("default_transaction_isolation", "serializable"),
-        // PostgreSQL bounds every statement, so that a statement given up on is one that did
-        // not happen (a client-side timeout could abandon one that still commits).
-        ("statement_timeout", timeout.as_str()),
-        ("lock_timeout", timeout.as_str()),
-        // A session stuck inside a transaction must not hold row locks forever.
-        ("idle_in_transaction_session_timeout", "30s"),
-    ])
-}
-
-/// A pool for `options` with our session settings; see [`ConnectionPool`] for how connections
-/// are checked, and why not sqlx's pool.
-pub fn pool(options: PgConnectOptions, settings: &PoolSettings) -> ConnectionPool {
-    ConnectionPool::new(tune(options, settings), settings.max_connections, settings.timeout)
-}
-
-/// Where a PostgreSQL database is and how to talk to it: what `--database-url` and the pool flags
-/// resolve to.
-#[derive(Clone)]
-pub struct PgTarget {
-    /// Kept to create the database if it is missing.
-    pub url: DatabaseUrl,
-    pub options: PgConnectOptions,
-    pub settings: PoolSettings,
-}
-
-/// By hand: `PgConnectOptions`' own `Debug` prints the password; the redacted URL says the same.
-impl fmt::Debug for PgTarget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PgTarget")
-            .field("url", &self.url)
-            .field("settings", &self.settings)
-            .finish_non_exhaustive()
-    }
-}
 
 /// Creates the database if it is missing, then applies pending migrations ([`MIGRATOR`]).
 ///
@@ -257,7 +208,7 @@ impl FamilyStore for PgStore {
         let keep_others = i64::from(new.max_live.saturating_sub(1));
         let evicted: Vec<(Uuid,)> = self
             .fetch_all(Kind::Insert, || {
-                sqlx::query_as(CREATE_FAMILY)
+                sqlx::query_as(sql::CREATE_FAMILY)
                     .bind(family.id.as_uuid())
                     .bind(&family.subject)
                     .bind(&family.client_id)
@@ -278,7 +229,7 @@ impl FamilyStore for PgStore {
         let seal = request.successor_seal.map(|seal| seal.0);
         let row = self
             .fetch_optional(Kind::Write, || {
-                sqlx::query_as::<_, TokenRow>(SPEND)
+                sqlx::query_as::<_, TokenRow>(sql::SPEND)
                     .bind(&request.presented.0[..])
                     .bind(&request.successor.hash.0[..])
                     .bind(request.now)
@@ -480,85 +431,13 @@ impl FamilyStore for PgStore {
 }
 
 /// Whether `error` says the database is reachable but misconfigured for us (see
-/// [`super::pool::NotSerializable`]): a reason to refuse to start rather than wait.
+/// [`pool::NotSerializable`]): a reason to refuse to start rather than wait.
 pub fn is_misconfigured(error: &StoreError) -> bool {
     let StoreError::Unavailable(source) = error else {
         return false;
     };
     match source.downcast_ref::<sqlx::Error>() {
-        Some(sqlx::Error::Configuration(inner)) => inner.is::<super::pool::NotSerializable>(),
+        Some(sqlx::Error::Configuration(inner)) => inner.is::<pool::NotSerializable>(),
         _ => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::Map;
-
-    use super::*;
-    use crate::store::{FamilyRecord, NewRefreshToken};
-
-    #[test]
-    fn released_migrations_keep_the_checksums_databases_recorded() {
-        // SHA-384 of each file as released: what every database migrated since holds in
-        // `_sqlx_migrations`. sqlx refuses to migrate a database whose applied migration has
-        // changed, so moving or reformatting a released file must leave this list as it is.
-        let released = [
-            (
-                20261126000001,
-                "5188482fec45e40720c7a8db7238047adf057923c602ead5acefb02cb390d58fc8257b0309eb354f28600fb7b091d1cc",
-            ),
-            (
-                20261130000001,
-                "d42a49866b0bdb792d13d2aec3f52207b353aa579f608a2d28112177aaa47e76f24e24c4a6ebaf36b27dca2dc6668d5b",
-            ),
-            (
-                20261201000001,
-                "65b875e5f09835e20f53429b0119c019f38245ce501ccaf329d63443f01c26957b97c03b959f8f839c58edfeedc9ead8",
-            ),
-        ];
-        let embedded: Vec<(i64, String)> = MIGRATOR
-            .iter()
-            .map(|m| (m.version, m.checksum.iter().map(|b| format!("{b:02x}")).collect()))
-            .collect();
-        assert!(embedded.len() >= released.len(), "{embedded:?}");
-        for ((version, checksum), (released_version, released_checksum)) in embedded.iter().zip(released) {
-            assert_eq!((*version, checksum.as_str()), (released_version, released_checksum));
-        }
-    }
-
-    #[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
-    async fn a_value_the_database_refuses_is_invalid_data_not_internal(
-        _pool: sqlx::postgres::PgPoolOptions,
-        options: PgConnectOptions,
-    ) {
-        let settings = PoolSettings::default();
-        let store = PgStore::new(pool(options, &settings), &settings);
-        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
-        // Validation refuses control characters at the edge; should one ever slip through, the
-        // database's refusal (SQLSTATE 22021 for a NUL in text) must still read as bad input.
-        let new = NewFamily {
-            family: FamilyRecord {
-                id: FamilyId::new_random(),
-                subject: "nul\u{0}byte".into(),
-                client_id: String::new(),
-                scopes: vec![],
-                audiences: vec!["api".into()],
-                claims: Map::new(),
-                created_at: now,
-                last_rotated_at: now,
-                refresh_expires_at: now + time::Duration::hours(1),
-                expires_at: now + time::Duration::days(1),
-                revoked_at: None,
-            },
-            first: NewRefreshToken {
-                hash: TokenHash([7; 32]),
-                expires_at: now + time::Duration::hours(1),
-            },
-            max_live: 100,
-        };
-        let error = store.create_family(&new).await.unwrap_err();
-        assert!(matches!(error, StoreError::InvalidData(_)), "{error:?}");
-        store.pool().close().await;
     }
 }

@@ -23,8 +23,8 @@ use deadpool::managed::PoolError;
 use tokio::time::Instant;
 
 use super::PgStore;
+use super::pool::PooledConnection;
 use crate::store::StoreError;
-use crate::store::pool::PooledConnection;
 
 /// How long past PostgreSQL's own statement timeout a statement's answer is awaited before the
 /// connection is given up as silent (a network that drops packets without resetting anything).
@@ -110,7 +110,7 @@ impl PgStore {
                         });
                     }
                     // Full jitter: racing clients spread out instead of colliding again.
-                    let pause = conflict_delay.mul_f64(rand::random::<f64>());
+                    let pause = conflict_delay.mul_f64(unit_random());
                     conflict_delay = (conflict_delay * 2).min(self.retry.max_delay);
                     pause
                 }
@@ -225,5 +225,17 @@ fn classify(error: sqlx::Error) -> StoreError {
             _,
         ) => StoreError::Unavailable(Box::new(error)),
         _ => StoreError::Internal(Box::new(error)),
+    }
+}
+
+/// A uniform number in [0, 1) for the retry jitter, from aws-lc's generator (the service's one
+/// random source). Should it ever fail, 0.5: the jitter only spreads retries out, and half the
+/// delay is still a delay.
+fn unit_random() -> f64 {
+    let bits: Result<[u8; 8], _> = aws_lc_rs::rand::generate(&aws_lc_rs::rand::SystemRandom::new()).map(|r| r.expose());
+    match bits {
+        // The top 53 bits: as many as an f64 holds exactly, so every value is below 1.
+        Ok(bits) => (u64::from_le_bytes(bits) >> 11) as f64 / (1u64 << 53) as f64,
+        Err(_) => 0.5,
     }
 }
