@@ -42,7 +42,7 @@ struct Published {
 }
 
 /// The router serving the JWKS and, when there is a `jwks_uri` to announce (see
-/// [`discovery_jwks_uri`]), discovery.
+/// `discovery_jwks_uri`), discovery.
 pub fn router(keys: Arc<Keyring>, issuer: &str, max_age: Duration, jwks_uri: Option<&str>) -> Router {
     let cache_control = HeaderValue::from_str(&format!("public, max-age={}", max_age.as_secs()))
         .unwrap_or(HeaderValue::from_static("no-cache"));

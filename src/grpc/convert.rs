@@ -6,10 +6,10 @@ use serde_json::{Map, Number, Value};
 use time::OffsetDateTime;
 
 use super::pb;
+use crate::domain::{FamilyId, FieldError};
 use crate::issuer::sessions::PageRequest;
 use crate::issuer::types::{
-    Audiences, ClaimPath, ClientId, ExtraClaims, FamilyId, FieldError, IssueParams, PresentedToken, RevokeTarget,
-    Scopes, Subject,
+    Audiences, ClaimPath, ClientId, ExtraClaims, IssueParams, PresentedToken, RevokeTarget, Scopes, Subject,
 };
 use crate::issuer::{ActiveToken, Session, SessionsPage, TokenPair};
 

@@ -7,8 +7,8 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
+use crate::domain::FieldError;
 use crate::issuer::Error;
-use crate::issuer::types::FieldError;
 use crate::policy::limits::{RateLimited, retry_after_seconds};
 use crate::policy::{Refusal, Unauthenticated};
 

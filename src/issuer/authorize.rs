@@ -2,7 +2,7 @@
 //! decision behind Envoy's ext_authz Check (`grpc/authz.rs`), without anything of Envoy's.
 //!
 //! The token is judged exactly as Introspect judges an access token (one function,
-//! [`Issuer::judge_access`]), with the same caches; then the route's requirements: every required
+//! `Issuer::judge_access`), with the same caches; then the route's requirements: every required
 //! scope granted, and the required audience among the token's. A refresh token is never a bearer
 //! credential here: it fails verification like any other non-JWT.
 //!
@@ -12,8 +12,9 @@
 use time::OffsetDateTime;
 
 use super::introspect::ActiveToken;
-use super::types::{FieldError, MAX_LIST_LEN, MAX_NAME_BYTES, PresentedToken, Scopes};
+use super::types::{MAX_LIST_LEN, MAX_NAME_BYTES, PresentedToken, Scopes};
 use super::{Error, Issuer};
+use crate::domain::FieldError;
 use crate::store::FamilyStore;
 
 /// Longest `required_scopes` text: [`MAX_LIST_LEN`] scopes of [`MAX_NAME_BYTES`], space-separated.
@@ -130,8 +131,8 @@ fn judge_requirements(active: ActiveToken, requirements: &Requirements) -> Decis
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::FamilyId;
     use crate::issuer::introspect::TokenType;
-    use crate::issuer::types::FamilyId;
 
     fn active(scopes: &[&str], audiences: &[&str]) -> ActiveToken {
         ActiveToken {

@@ -23,7 +23,7 @@ use std::time::Duration as StdDuration;
 use time::{Duration, OffsetDateTime};
 
 use super::Error;
-use super::types::FamilyId;
+use crate::domain::FamilyId;
 use crate::store::FamilyStore;
 
 /// The longest reuse grace window the configuration allows. Seals older than this are cleared

@@ -1,6 +1,6 @@
 //! What can go wrong in a use case, named for what the caller must do.
 
-use crate::issuer::types::{FamilyId, FieldError};
+use crate::domain::{FamilyId, FieldError};
 use crate::keys::KeyError;
 use crate::store::StoreError;
 

@@ -4,8 +4,9 @@
 use time::OffsetDateTime;
 
 use super::refresh_token::RefreshToken;
-use super::types::{FamilyId, PresentedToken};
+use super::types::PresentedToken;
 use super::{Error, Issuer};
+use crate::domain::FamilyId;
 use crate::store::FamilyStore;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

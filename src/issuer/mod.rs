@@ -23,12 +23,13 @@ use std::sync::Arc;
 use time::{Duration, OffsetDateTime};
 use tracing::{Span, field};
 
+use crate::domain::FamilyId;
 pub use error::Error;
 pub use introspect::{ActiveToken, TokenType};
 use refresh_token::RefreshToken;
 pub use revoke::Subjects;
 pub use sessions::{Session, SessionsPage};
-use types::{FamilyId, IssueParams};
+use types::IssueParams;
 
 use crate::keys::{AccessClaims, Jwks, Keyring, ServerSecret};
 use crate::store::{FamilyRecord, FamilyStore, NewFamily, NewRefreshToken};

@@ -16,7 +16,7 @@ use std::fmt;
 
 use aws_lc_rs::digest::{SHA256, digest};
 
-pub use crate::domain::{Seal, TokenHash};
+use crate::domain::{Seal, TokenHash};
 use crate::keys::ServerSecret;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

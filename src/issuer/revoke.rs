@@ -12,8 +12,9 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 use super::refresh_token::RefreshToken;
-use super::types::{FamilyId, PresentedToken, RevokeTarget};
+use super::types::{PresentedToken, RevokeTarget};
 use super::{Error, Issuer};
+use crate::domain::FamilyId;
 use crate::store::{FamilyStore, Revocation, RevokeReason};
 
 /// Families revoked per statement when revoking a subject: each batch commits on its own, so a

@@ -71,8 +71,7 @@ mod tests {
     use serde_json::Map;
 
     use super::*;
-    use crate::issuer::refresh_token::{Seal, TokenHash};
-    use crate::issuer::types::FamilyId;
+    use crate::domain::{FamilyId, Seal, TokenHash};
     use crate::store::{FamilyRecord, Successor};
 
     fn t(secs: i64) -> OffsetDateTime {

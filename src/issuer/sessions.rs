@@ -12,8 +12,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::types::{FamilyId, FieldError, Subject};
+use super::types::Subject;
 use super::{Error, Issuer};
+use crate::domain::{FamilyId, FieldError};
 use crate::keys::ServerSecret;
 use crate::store::{FamilyStore, SessionCursor, SessionRecord};
 

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 /// Defined below the use cases so that the store can name them too; the use cases' inputs speak
 /// of them, so they are at home here as well.
-pub use crate::domain::{FamilyId, FieldError};
+use crate::domain::{FamilyId, FieldError};
 
 /// Longest subject, client id, scope or audience, in bytes.
 pub const MAX_NAME_BYTES: usize = 255;

@@ -25,8 +25,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::algorithm::KeyAlgorithm;
 use super::keyfile;
-use super::signing_key::{KeyAlgorithm, SigningKey};
+use super::signing_key::SigningKey;
 use super::{KeyError, KeySet, ServerSecret};
 
 pub const MANIFEST_FILE: &str = "keys.json";

@@ -5,7 +5,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 
-use super::signing_key::KeyAlgorithm;
+use super::algorithm::KeyAlgorithm;
 
 /// The public half of a key, as published. Private members (`d`, `p`, `q`, ...) do not exist in
 /// this type, so no code path can publish one.

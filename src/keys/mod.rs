@@ -1,5 +1,5 @@
 //! Signing keys: minting access tokens ([`mint`]), verifying them ([`verify`]), the keys
-//! themselves ([`signing_key`]: EdDSA, ES256, RS256), their public JWKs ([`jwk`]), key files
+//! themselves ([`signing_key`]; [`algorithm`]: EdDSA, ES256, RS256), their public JWKs ([`jwk`]), key files
 //! ([`keyfile`]), the key directory with each key's state ([`directory`]), and the server secret
 //! ([`secret`]).
 //!
@@ -7,6 +7,7 @@
 //! "the JWK Set", and "switch to this key set" — the last without stopping the others: the
 //! current set sits behind an atomic pointer, so a key rotation never blocks or drops a request.
 
+pub mod algorithm;
 pub mod directory;
 pub mod jwk;
 pub mod keyfile;
@@ -21,10 +22,11 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+pub use algorithm::KeyAlgorithm;
 pub use jwk::Jwks;
 pub use mint::AccessClaims;
 pub use secret::ServerSecret;
-pub use signing_key::{KeyAlgorithm, SigningKey};
+pub use signing_key::SigningKey;
 pub use verify::{VerifiedToken, VerifyError};
 
 /// Failures loading, creating or using keys.
@@ -178,7 +180,7 @@ fn verified_cache(bytes: usize) -> Arc<Option<VerifiedCache>> {
 
 impl Keyring {
     /// A keyring with `keys`, whose verified-token cache holds at most `verified_cache_bytes`
-    /// (approximately: see [`entry_bytes`]); zero disables the cache.
+    /// (approximately: see `entry_bytes`); zero disables the cache.
     pub fn new(keys: KeySet, verified_cache_bytes: usize) -> Self {
         let generation = Generation {
             jwks: Arc::new(keys.jwks()),

@@ -5,7 +5,6 @@
 //! the verifier takes the algorithm from the key, never from the token (RFC 8725 §3.1).
 
 use std::fmt;
-use std::str::FromStr;
 
 use aws_lc_rs::encoding::AsDer as _;
 use aws_lc_rs::rand::SystemRandom;
@@ -13,59 +12,14 @@ use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{
     ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, RSA_PKCS1_SHA256, RsaKeyPair,
 };
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::DecodingKey;
 
+use super::algorithm::KeyAlgorithm;
 use super::jwk::PublicJwk;
 use super::{KeyError, ServerSecret, mint};
 
 /// Smallest RSA modulus we sign or verify with (RFC 7518 §3.3 asks for 2048 bits).
 const MIN_RSA_MODULUS_BYTES: usize = 2048 / 8;
-
-/// The JWS algorithms ratchet signs with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub enum KeyAlgorithm {
-    EdDSA,
-    ES256,
-    RS256,
-}
-
-impl KeyAlgorithm {
-    pub const ALL: [Self; 3] = [Self::EdDSA, Self::ES256, Self::RS256];
-
-    /// The `alg` header value and JWK member.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::EdDSA => "EdDSA",
-            Self::ES256 => "ES256",
-            Self::RS256 => "RS256",
-        }
-    }
-
-    pub(super) fn jwt(self) -> Algorithm {
-        match self {
-            Self::EdDSA => Algorithm::EdDSA,
-            Self::ES256 => Algorithm::ES256,
-            Self::RS256 => Algorithm::RS256,
-        }
-    }
-}
-
-impl fmt::Display for KeyAlgorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for KeyAlgorithm {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|alg| alg.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| format!("unknown algorithm {s:?}: expected EdDSA, ES256 or RS256"))
-    }
-}
 
 /// The parsed private key, ready to sign: parsing validates the key (a scalar multiplication for
 /// Ed25519, more for RSA), which cost as much as a signature when it was done per token.

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::algorithm::KeyAlgorithm;
 use super::directory::{Imported, KeyDirectory};
-use super::signing_key::KeyAlgorithm;
 use super::{KeyError, KeySet, Keyring, ServerSecret, keyfile};
 
 /// Where the keys are configured to be.

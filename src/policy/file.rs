@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::limits::CallerRate;
+use super::limits::{CallerRate, Rate};
 use super::pattern::Patterns;
 use super::{Caller, CallerPolicy, RPC_NAMES};
 use crate::transport::PeerIdentity;
@@ -66,14 +66,6 @@ struct Entry {
     /// `None` (missing): any.
     client_ids: Option<Vec<String>>,
     rate: Option<Rate>,
-}
-
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
-#[serde(deny_unknown_fields)]
-pub struct Rate {
-    pub per_second: u32,
-    /// Defaults to `per_second`.
-    pub burst: Option<u32>,
 }
 
 /// Reads and parses the policy file at `path`.

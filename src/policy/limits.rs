@@ -37,11 +37,12 @@ use std::time::Duration;
 
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde::Deserialize;
 use uuid::Uuid;
 
-use super::file::Rate;
+use crate::domain::TokenHash;
 use crate::issuer::TokenPair;
-use crate::issuer::refresh_token::{RefreshToken, TokenHash};
+use crate::issuer::refresh_token::RefreshToken;
 use crate::issuer::types::PresentedToken;
 
 /// A call refused by a rate limit; nothing was done.
@@ -56,6 +57,17 @@ pub struct RateLimited {
 /// Whole seconds, rounded up (HTTP `Retry-After` has no fractions; at least 1).
 pub fn retry_after_seconds(wait: Duration) -> u64 {
     (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
+/// One caller's rate as the policy file writes it (`rate = { per_second = 200, burst = 400 }`).
+/// Defined here, beside the bucket it sets, so that the file's parser depends on the limits and
+/// not the other way round.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub per_second: u32,
+    /// Defaults to `per_second`.
+    pub burst: Option<u32>,
 }
 
 /// One caller's token bucket.

@@ -1,6 +1,6 @@
 //! Who may call what (issue 11): the caller policy, as plain Rust.
 //!
-//! A policy file ([`file`]) lists callers, each known by its transport identity (a SPIFFE ID, or a
+//! A policy file ([`file`](mod@file)) lists callers, each known by its transport identity (a SPIFFE ID, or a
 //! DNS name; each matches only an identity of its own kind) or by the SHA-256 of an API key, with
 //! the RPCs it may call, what it may mint (audiences, scopes and extra-claim names, as
 //! [`pattern`]s), for whom (subjects and client ids, any if not listed), and optionally its own
@@ -52,7 +52,13 @@ impl Default for AccessSettings {
     }
 }
 
-/// The RPC names a policy may grant, as the API spells them (`Check` is Envoy's ext_authz).
+/// The RPC names a policy may grant, as the API spells them (`Check` is Envoy's ext_authz): the
+/// method segment of the gRPC path, which is how `grpc/access.rs` names a call.
+///
+/// Written out because the policy sits below `grpc` and cannot read its generated code; a test in
+/// `grpc` holds it to the services' descriptors (ours, and Envoy's `Check` path), so an RPC added to
+/// the proto without being added here fails the tests instead of being one no caller can be granted
+/// (only `rpcs = ["*"]` would reach it).
 pub const RPC_NAMES: [&str; 7] = [
     "Issue",
     "Rotate",

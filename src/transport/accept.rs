@@ -19,8 +19,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use super::activity::Activity;
 use super::identity::PeerIdentity;
-use super::idle::Activity;
 use super::tls::ListenerTls;
 
 /// Longest a TLS handshake may take before the connection is closed.

@@ -4,8 +4,9 @@
 //! - [`tls`]: the certificate, key and client CA, read from PEM files and swapped on SIGHUP or
 //!   when they change, without dropping a connection.
 //! - [`accept`]: the accept loop; TLS handshakes run each in their own bounded task.
-//! - [`serve`] and [`idle`]: serving each connection, closed gracefully once idle; the HTTP
-//!   listener's header read timeout and connection cap.
+//! - [`serve`], [`idle`] and [`activity`]: serving each connection, closed gracefully once idle
+//!   (each connection's requests in flight, counted by a layer); the HTTP listener's header read
+//!   timeout and connection cap.
 //! - [`identity`] and [`xfcc`]: a caller's [`PeerIdentity`] (a SPIFFE ID or a DNS name, never one
 //!   taken for the other) from its client certificate or from a trusted sidecar's
 //!   `x-forwarded-client-cert` header.
@@ -17,6 +18,7 @@
 //! fetch it, certificate or not).
 
 pub mod accept;
+pub mod activity;
 pub mod identity;
 pub mod idle;
 pub mod layer;

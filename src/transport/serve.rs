@@ -22,7 +22,7 @@
 //!   or shutdown, never a connection cut under it. A request arriving as the GOAWAY leaves is
 //!   still served (hyper only refuses streams after the final GOAWAY, which then names the last
 //!   one it took), and a client simply opens a new connection for its next call.
-//! - [`http`]: the JWKS listener, by hand rather than `axum::serve` (which sets no timer, so
+//! - [`http`](fn@http): the JWKS listener, by hand rather than `axum::serve` (which sets no timer, so
 //!   hyper's HTTP/1 header read timeout never fires, and has no idle timeout or connection cap):
 //!   a client that has not sent a complete request head within `--http-header-read-timeout` is
 //!   dropped (slowloris; hyper's own timeout for each later HTTP/1 request head), and a
@@ -51,7 +51,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::accept::{Conn, PeerInfo};
-use super::idle::{Activity, Tracked};
+use super::activity::Activity;
+use super::idle::Tracked;
 
 /// How long after the first request deadline's GOAWAY a connection is cut: one round trip for
 /// the client to answer the GOAWAY's PING and close (milliseconds within a data centre).

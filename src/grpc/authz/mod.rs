@@ -48,6 +48,10 @@ mod wire;
 
 /// The service's full name, for the health service.
 pub const SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
+/// The one method's path, as our hand-written service ([`AuthorizationService`]) matches it. Both
+/// are written out rather than taken from envoy-types' generated server, which keeps them inside
+/// its `call`; a test holds them to what envoy-types' generated client sends.
+pub const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 /// Largest `CheckRequest` decoded; a larger one is RESOURCE_EXHAUSTED, which Envoy answers with a
 /// denial (403 unless `status_on_error` says otherwise) as long as `failure_mode_allow` is off.
 /// Envoy's default cap on a request's headers is 60 KiB (`max_request_headers_kb`), and a Check

@@ -11,24 +11,19 @@
 //! - `context_extensions`: [`MAX_CONTEXT_EXTENSIONS`]; a route with more is refused with
 //!   RESOURCE_EXHAUSTED (a route sets them: no real one has more than a handful).
 //!
-//! [`CheckCodec`] decodes with these, then charges the request budget (`grpc::budget`) with what
-//! the decoded request holds. Skipping is also cheaper than decoding: a Check no longer pays for
-//! the parts of Envoy's request it never looked at.
+//! The service's codec (`CheckCodec`, in `wire.rs` beside the answer it encodes) decodes with
+//! these, then charges the request budget (`grpc::budget`) with what the decoded request holds.
+//! Skipping is also cheaper than decoding: a Check no longer pays for the parts of Envoy's
+//! request it never looked at.
 
 use std::collections::HashMap;
-use std::marker::PhantomData;
 
 use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use prost::bytes::{Buf, BufMut};
 use prost::encoding::{DecodeContext, WireType, hash_map, message, skip_field, string};
 use prost::{DecodeError, Message};
-use tonic::Status;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
-use tonic_prost::ProstEncoder;
 
 use super::MAX_HEADERS;
-use super::wire::CheckAnswer;
-use crate::grpc::budget;
 
 /// Most `context_extensions` entries read. Envoy and Istio let a route set them; ratchet reads
 /// two, and a route with hundreds is a mistake.
@@ -204,7 +199,7 @@ impl Message for HeaderMap {
 impl CheckRequest {
     /// Memory the decoded request holds besides the bytes of its strings (counted by the caller
     /// as the message's size): every table slot and list entry, strings' headers included.
-    fn overhead_bytes(&self) -> usize {
+    pub(super) fn overhead_bytes(&self) -> usize {
         let map = |map: &HashMap<String, String>| map.capacity() * (size_of::<(String, String)>() + 1);
         let Some(attributes) = &self.attributes else {
             return 0;
@@ -218,51 +213,6 @@ impl CheckRequest {
                         .as_ref()
                         .map_or(0, |list| list.headers.capacity() * size_of::<HeaderValue>())
             })
-    }
-}
-
-/// prost's codec for Check: the answer as [`CheckAnswer`], the request as [`CheckRequest`],
-/// charged to the request budget once decoded.
-#[derive(Debug, Clone, Default)]
-pub struct CheckCodec;
-
-impl Codec for CheckCodec {
-    type Encode = CheckAnswer;
-    type Decode = CheckRequest;
-    type Encoder = ProstEncoder<CheckAnswer>;
-    type Decoder = CheckDecoder;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        ProstEncoder::new(BufferSettings::default())
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        CheckDecoder(PhantomData)
-    }
-}
-
-/// See [`CheckCodec`].
-#[derive(Debug, Clone)]
-pub struct CheckDecoder(PhantomData<CheckRequest>);
-
-impl Decoder for CheckDecoder {
-    type Item = CheckRequest;
-    type Error = Status;
-
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<CheckRequest>, Status> {
-        let size = buf.remaining();
-        let request = CheckRequest::decode(buf).map_err(|error| Status::internal(error.to_string()))?;
-        if request.attributes.as_ref().is_some_and(|a| a.too_many_extensions) {
-            return Err(Status::resource_exhausted(format!(
-                "request too large: context_extensions: more than {MAX_CONTEXT_EXTENSIONS} entries"
-            )));
-        }
-        budget::charge(size + request.overhead_bytes())?;
-        Ok(Some(request))
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::default()
     }
 }
 

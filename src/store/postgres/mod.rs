@@ -1,10 +1,10 @@
 //! [`FamilyStore`] on PostgreSQL.
 //!
 //! Every connection runs at `default_transaction_isolation = serializable` (checked when it is
-//! opened, see [`pool`]), so each statement is a SERIALIZABLE transaction of its own; the
-//! statements are in [`sql`], their rows in [`rows`], and how each one is run to a definite
-//! outcome (retries, lost answers, timeouts) in [`run`]; where the database is and the session
-//! settings every connection gets in [`target`]. [`revocations`] carries revocations from
+//! opened, see [`pool`](mod@pool)), so each statement is a SERIALIZABLE transaction of its own; the
+//! statements are in `sql`, their rows in `rows`, and how each one is run to a definite
+//! outcome (retries, lost answers, timeouts) in `run`; where the database is and the session
+//! settings every connection gets in `target`. [`revocations`] carries revocations from
 //! the database to this server's family cache as they are committed, wherever they were made.
 
 pub mod pool;

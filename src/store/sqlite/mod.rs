@@ -24,9 +24,9 @@
 //!   spendable a second time, and the successor already handed out unknown.
 //! - **The same invariants in the schema** (see `migrations/sqlite/`), foreign keys on.
 //!
-//! Where the database is and how connections are opened is in [`target`], the lock file and the
-//! files' modes in [`lock`], the rotation transaction in [`spend`], the statements in [`sql`],
-//! their rows in [`rows`], bounds and error sorting in [`run`].
+//! Where the database is and how connections are opened is in `target`, the lock file and the
+//! files' modes in `lock`, the rotation transaction in `spend`, the statements in `sql`,
+//! their rows in `rows`, bounds and error sorting in `run`.
 //!
 //! What it leaves out: revocations made elsewhere (there is no elsewhere: one process), and
 //! PostgreSQL's retries of serialization failures and lost answers (a local file has neither).
@@ -200,7 +200,7 @@ impl FamilyStore for SqliteStore {
         .await
     }
 
-    /// See [`SqliteStore::spend_token`] (`spend.rs`).
+    /// See `SqliteStore::spend_token` (`spend.rs`).
     async fn spend(&self, request: &SpendRequest) -> Result<SpendOutcome, StoreError> {
         self.spend_token(request).await
     }
