@@ -1,5 +1,5 @@
 //! Abuse limits (issue 11): each caller's own rate ([`CallerRate`], from the policy file) and the
-//! per-family Rotate limit ([`RotateLimiter`]). Token buckets from `governor` (GCRA, lock-free,
+//! per-family Rotate limit ([`RotateLimiter`]). Token buckets from `governor` (GCRA; a caller's own bucket is lock-free;
 //! the rate limiter most of the tower/axum ecosystem uses). Both are checked before any database
 //! work, and a refused call has done nothing.
 //!
@@ -30,6 +30,11 @@
 //! whose bucket is full again (`retain_recent`), which at 1 rotation a second is a key unused for
 //! `burst` seconds at most, and raises the mark to twice what is left (amortised O(1) a call). The
 //! token-to-family map is a fixed-capacity cache.
+//!
+//! The keyed buckets live in governor's `HashMapStateStore` (one std `Mutex<HashMap>`), not its
+//! `dashmap` store: a Rotate takes the lock twice for well under a microsecond against ~120 µs of
+//! server CPU, and the dashmap feature was the one place the service pulled in a second copy of
+//! `hashbrown` by its own choice (issue 16; the A/B is in BENCHMARKS.md).
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -152,7 +157,7 @@ impl RotateLimiter {
 
     fn with_capacity(limit: RotateLimit, families: usize) -> Self {
         Self {
-            limiter: RateLimiter::dashmap(Quota::per_second(limit.per_second).allow_burst(limit.burst)),
+            limiter: RateLimiter::keyed(Quota::per_second(limit.per_second).allow_burst(limit.burst)),
             families: quick_cache::sync::Cache::new(families),
             high_water: AtomicUsize::new(MIN_HIGH_WATER),
             reported: quick_cache::sync::Cache::new(REPORTED_REMEMBERED),
