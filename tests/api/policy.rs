@@ -587,8 +587,18 @@ async fn the_binary_warns_when_open_and_reloads_its_policy_on_sighup(_pool: PgPo
     let addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let open = Server::start_with(&url, &scratch.join("data"), &open_log, addr, &[]);
     open.client().await;
+    // Wait for the line itself, not only for the port to answer: on a loaded machine the line was
+    // once missing when the server was killed at once (a port `free_port` handed out can answer
+    // for another test's server before this one is up).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = std::fs::read_to_string(&open_log).unwrap();
+        if log.contains("NO CALLER POLICY") || std::time::Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     open.kill();
-    let log = std::fs::read_to_string(&open_log).unwrap();
     assert!(log.contains("NO CALLER POLICY"), "{log}");
 
     let path = policy_file(&example_policy());
