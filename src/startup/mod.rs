@@ -83,6 +83,7 @@ pub struct Application {
 /// # Errors
 /// The database cannot be reached, created or migrated.
 pub async fn migrate(target: &Target) -> anyhow::Result<()> {
+    Backend::wait_until_reachable(target).await?;
     Backend::migrate(target).await?;
     tracing::info!("database schema is up to date");
     Ok(())
@@ -93,6 +94,7 @@ pub async fn migrate(target: &Target) -> anyhow::Result<()> {
 /// # Errors
 /// The database cannot be reached or the pass fails.
 pub async fn collect_garbage(config: &GcConfig) -> anyhow::Result<CleanupReport> {
+    Backend::wait_until_reachable(&config.database).await?;
     let store = Backend::open(&config.database);
     let report = cleanup::collect_garbage(&store, SystemClock.now(), &config.cleanup, &mut Sweep::default()).await;
     store.close().await;
@@ -114,8 +116,12 @@ impl Application {
         }
         // Before migrating: a second server on the same SQLite file stops here.
         let database_lock = Backend::claim(target)?;
+        // A database starting alongside us is waited for (`--db-wait`), with or without
+        // migrations: one still down after that is a failed start, for the orchestrator to see.
         if config.migrate {
             migrate(target).await?;
+        } else {
+            Backend::wait_until_reachable(target).await?;
         }
         let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         let (keys, origin) = config.keys.load_at_start(&now)?;
@@ -147,7 +153,7 @@ impl Application {
         };
         let store = Backend::open(target);
         // Refuse to serve on a misconfigured database (a session that is not SERIALIZABLE); one
-        // that is down only means NOT_SERVING until it is back.
+        // that went down again since the wait above only means NOT_SERVING until it is back.
         store.check_configuration().await.context("refusing to serve")?;
         let mut app = Self::from_parts(Parts {
             settings: config.settings,
