@@ -120,8 +120,6 @@ impl Application {
         // migrations: one still down after that is a failed start, for the orchestrator to see.
         if config.migrate {
             migrate(target).await?;
-        } else {
-            Backend::wait_until_reachable(target).await?;
         }
         let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         let (keys, origin) = config.keys.load_at_start(&now)?;
@@ -151,6 +149,11 @@ impl Application {
             }
             None => config.keys.server_secret(&keys, &origin)?,
         };
+        // Without migrations, only now: a mistake in the local files (keys, secret) is told at
+        // once rather than after the wait.
+        if !config.migrate {
+            Backend::wait_until_reachable(target).await?;
+        }
         let store = Backend::open(target);
         // Refuse to serve on a misconfigured database (a session that is not SERIALIZABLE); one
         // that went down again since the wait above only means NOT_SERVING until it is back.

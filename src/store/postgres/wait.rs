@@ -4,7 +4,7 @@
 //!
 //! Only "not reachable" is waited out: a refused or broken connection, a try that timed out, or
 //! a server that says it is still starting up. Any other answer (bad password, missing database,
-//! a pooler that drops our settings) means the database is there, and the step that follows
+//! a certificate that does not verify, a pooler that drops our settings) means the database is there, and the step that follows
 //! reports it as it always did. Not for SQLite: a file opens or it does not.
 
 use std::time::Duration;
@@ -91,7 +91,9 @@ pub async fn until_reachable(target: &PgTarget) -> Result<(), Unreachable> {
 /// it answered.
 fn is_unreachable(error: &sqlx::Error) -> bool {
     match error {
-        sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+        // tokio-rustls reports a failed handshake (a certificate the CA did not sign, say) as
+        // InvalidData: a configuration mistake that waiting will not fix. So is `Tls`.
+        sqlx::Error::Io(error) => error.kind() != std::io::ErrorKind::InvalidData,
         sqlx::Error::Database(error) => error.code().as_deref() == Some(CANNOT_CONNECT_NOW),
         _ => false,
     }
