@@ -151,6 +151,11 @@ pub struct DatabaseArgs {
     /// caller gets UNAVAILABLE instead of a hang. 100ms to 60s.
     #[arg(long, env = "RATCHET_DB_TIMEOUT", default_value = "5s")]
     pub db_timeout: String,
+    /// PostgreSQL only: at start, how long to keep trying a database that cannot be reached yet
+    /// (it may be starting alongside ratchet), logging each failed try, before giving up with
+    /// exit status 69. `0s`: one try. At most 10m. Does not apply to SQLite: a file opens or not.
+    #[arg(long, env = "RATCHET_DB_WAIT", default_value = "30s")]
+    pub db_wait: String,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -8,11 +8,14 @@ use ratchet::config::{self, Config, GcConfig};
 use ratchet::keys::directory::Imported;
 use ratchet::keys::{KeyAlgorithm, KeyError};
 use ratchet::startup::{self, Application};
+use ratchet::store::postgres::wait::Unreachable;
 use ratchet::store::sqlite::LockError;
 use ratchet::{shutdown, telemetry};
 
 /// EX_USAGE from sysexits.h: the configuration is wrong, retrying will not help.
 const EX_USAGE: u8 = 64;
+/// EX_UNAVAILABLE from sysexits.h: the database could not be reached within `--db-wait`.
+const EX_UNAVAILABLE: u8 = 69;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -56,6 +59,8 @@ fn main() -> ExitCode {
                 Some(LockError::InUse { .. } | LockError::Exposed { .. })
             ) {
                 ExitCode::from(EX_USAGE)
+            } else if error.downcast_ref::<Unreachable>().is_some() {
+                ExitCode::from(EX_UNAVAILABLE)
             } else {
                 ExitCode::FAILURE
             }

@@ -87,6 +87,13 @@ pub(super) const DB_TIMEOUT: Bounds = Bounds {
     max: MINUTE,
     why: "past it a caller is better told UNAVAILABLE than kept waiting",
 };
+/// Zero is one try. Ten minutes covers a database starting (or failing over) alongside ratchet;
+/// a longer outage is for the orchestrator to see as a failed start, not for ratchet to hide.
+pub(super) const DB_WAIT: Bounds = Bounds {
+    min: Duration::ZERO,
+    max: Duration::from_secs(10 * 60),
+    why: "a database down longer is an outage the orchestrator should see as a failed start",
+};
 /// A pool needs a connection; the ceiling is the database's own `max_connections`.
 pub(super) const DB_MAX_CONNECTIONS: Count = Count {
     min: 1,

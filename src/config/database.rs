@@ -1,4 +1,4 @@
-//! `--database-url`, `--db-max-connections`, `--db-timeout`: which store, and where. Resolves
+//! `--database-url`, `--db-max-connections`, `--db-timeout`, `--db-wait`: which store, and where. Resolves
 //! straight to the store's own [`Target`], so that what the flags say and what the store opens
 //! are one value.
 
@@ -7,7 +7,7 @@ use std::str::FromStr as _;
 
 use sqlx::postgres::PgConnectOptions;
 
-use super::bounds::{DB_MAX_CONNECTIONS, DB_TIMEOUT};
+use super::bounds::{DB_MAX_CONNECTIONS, DB_TIMEOUT, DB_WAIT};
 use super::problems::Problems;
 use crate::cli::DatabaseArgs;
 use crate::store::Target;
@@ -29,6 +29,7 @@ pub fn target(args: &DatabaseArgs, data_dir: &Path) -> Result<Target, Vec<String
 pub(super) fn collect(args: &DatabaseArgs, data_dir: &Path, problems: &mut Problems) -> Option<Target> {
     let max_connections: u32 = problems.count("db-max-connections", args.db_max_connections, &DB_MAX_CONNECTIONS);
     let timeout = problems.duration("db-timeout", &args.db_timeout, &DB_TIMEOUT);
+    let wait = problems.duration("db-wait", &args.db_wait, &DB_WAIT);
     let sqlite = |path: PathBuf| {
         Target::Sqlite(SqliteTarget {
             path,
@@ -57,6 +58,7 @@ pub(super) fn collect(args: &DatabaseArgs, data_dir: &Path, problems: &mut Probl
         Ok(options) => Some(Target::Postgres(PgTarget {
             url: url.clone(),
             options,
+            wait,
             settings: PoolSettings {
                 max_connections,
                 timeout,

@@ -83,6 +83,7 @@ pub struct Application {
 /// # Errors
 /// The database cannot be reached, created or migrated.
 pub async fn migrate(target: &Target) -> anyhow::Result<()> {
+    Backend::wait_until_reachable(target).await?;
     Backend::migrate(target).await?;
     tracing::info!("database schema is up to date");
     Ok(())
@@ -93,6 +94,7 @@ pub async fn migrate(target: &Target) -> anyhow::Result<()> {
 /// # Errors
 /// The database cannot be reached or the pass fails.
 pub async fn collect_garbage(config: &GcConfig) -> anyhow::Result<CleanupReport> {
+    Backend::wait_until_reachable(&config.database).await?;
     let store = Backend::open(&config.database);
     let report = cleanup::collect_garbage(&store, SystemClock.now(), &config.cleanup, &mut Sweep::default()).await;
     store.close().await;
@@ -114,6 +116,8 @@ impl Application {
         }
         // Before migrating: a second server on the same SQLite file stops here.
         let database_lock = Backend::claim(target)?;
+        // A database starting alongside us is waited for (`--db-wait`), with or without
+        // migrations: one still down after that is a failed start, for the orchestrator to see.
         if config.migrate {
             migrate(target).await?;
         }
@@ -145,9 +149,14 @@ impl Application {
             }
             None => config.keys.server_secret(&keys, &origin)?,
         };
+        // Without migrations, only now: a mistake in the local files (keys, secret) is told at
+        // once rather than after the wait.
+        if !config.migrate {
+            Backend::wait_until_reachable(target).await?;
+        }
         let store = Backend::open(target);
         // Refuse to serve on a misconfigured database (a session that is not SERIALIZABLE); one
-        // that is down only means NOT_SERVING until it is back.
+        // that went down again since the wait above only means NOT_SERVING until it is back.
         store.check_configuration().await.context("refusing to serve")?;
         let mut app = Self::from_parts(Parts {
             settings: config.settings,

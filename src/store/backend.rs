@@ -77,6 +77,18 @@ impl Backend {
         }
     }
 
+    /// At start: waits (up to PostgreSQL's `--db-wait`) until the database can be reached, see
+    /// [`postgres::wait`]. Nothing to wait for on SQLite.
+    ///
+    /// # Errors
+    /// The database could not be reached in time.
+    pub async fn wait_until_reachable(target: &Target) -> Result<(), postgres::wait::Unreachable> {
+        match target {
+            Target::Postgres(target) => postgres::wait::until_reachable(target).await,
+            Target::Sqlite(_) => Ok(()),
+        }
+    }
+
     /// Creates the database at `target` if it is missing, then applies pending migrations.
     ///
     /// # Errors

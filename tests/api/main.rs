@@ -10,6 +10,7 @@ mod availability;
 mod binary;
 mod cleanup;
 mod connections;
+mod db_wait;
 mod faults;
 mod interop;
 mod introspect;

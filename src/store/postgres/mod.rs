@@ -4,7 +4,8 @@
 //! opened, see [`pool`](mod@pool)), so each statement is a SERIALIZABLE transaction of its own; the
 //! statements are in `sql`, their rows in `rows`, and how each one is run to a definite
 //! outcome (retries, lost answers, timeouts) in `run`; where the database is and the session
-//! settings every connection gets in `target`. [`revocations`] carries revocations from
+//! settings every connection gets in `target`; waiting at start for a database that cannot be
+//! reached yet in [`wait`]. [`revocations`] carries revocations from
 //! the database to this server's family cache as they are committed, wherever they were made.
 
 pub mod pool;
@@ -15,6 +16,7 @@ mod sql;
 mod target;
 #[cfg(test)]
 mod tests;
+pub mod wait;
 
 use std::fmt;
 use std::sync::Arc;

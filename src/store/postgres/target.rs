@@ -54,6 +54,8 @@ pub struct PgTarget {
     /// Kept to create the database if it is missing.
     pub url: DatabaseUrl,
     pub options: PgConnectOptions,
+    /// How long start-up keeps trying while the database cannot be reached ([`super::wait`]).
+    pub wait: Duration,
     pub settings: PoolSettings,
 }
 
@@ -62,6 +64,7 @@ impl fmt::Debug for PgTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PgTarget")
             .field("url", &self.url)
+            .field("wait", &self.wait)
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
