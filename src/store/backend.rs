@@ -101,8 +101,10 @@ impl Backend {
     }
 
     /// Asks the database once, and fails only if it answers but is configured so that serving
-    /// would be wrong (for PostgreSQL: a session that is not SERIALIZABLE). A database that does
-    /// not answer is no reason to refuse to start: health says NOT_SERVING until it is back.
+    /// would be wrong (for PostgreSQL: a session that is not SERIALIZABLE). Start-up has already
+    /// waited for the database to answer (`--db-wait`, [`Backend::wait_until_reachable`]); one
+    /// that stops answering after that is no reason to refuse to start: health says NOT_SERVING
+    /// until it is back.
     ///
     /// # Errors
     /// The misconfiguration.
