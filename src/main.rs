@@ -77,6 +77,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 async fn gc(config: GcConfig) -> anyhow::Result<()> {
     let report = startup::collect_garbage(&config).await?;
+    if report.skipped {
+        println!("skipped: a server is cleaning up this database right now");
+        return Ok(());
+    }
     println!(
         "removed {} families and {} refresh tokens; cleared {} expired seals",
         report.families, report.tokens, report.seals

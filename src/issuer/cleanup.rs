@@ -17,6 +17,11 @@
 //! held for long. [`collect_garbage`] is one pass; `serve` runs one every interval in the
 //! background, `ratchet gc` one with an unbounded sweep by hand. It works on the store alone
 //! (no keys needed).
+//!
+//! Servers sharing a database take turns: a pass first takes the store's sweep lock
+//! ([`FamilyStore::sweep_lock`]), and a server that finds another holding it skips its round
+//! (nothing is lost: the one holding it is doing the same work). Running side by side would be
+//! safe, every batch being idempotent, but it would double the load on the database for nothing.
 
 use std::time::Duration as StdDuration;
 
@@ -56,9 +61,12 @@ pub struct CleanupReport {
     pub families: u64,
     pub tokens: u64,
     pub seals: u64,
+    /// Another server held the sweep lock, so this pass did nothing.
+    pub skipped: bool,
 }
 
-/// One cleanup pass at `now`, continuing the idle sweep from `sweep`.
+/// One cleanup pass at `now`, continuing the idle sweep from `sweep`; skipped (and reported
+/// so) while another server sharing the store runs one.
 ///
 /// # Errors
 /// [`Error::Unavailable`] (what was removed before stays removed; the next pass goes on).
@@ -72,6 +80,13 @@ pub async fn collect_garbage<S: FamilyStore>(
     let out_of_range = || Error::Internal("time arithmetic out of range".into());
     let ended_before = now.checked_sub(settings.retention).ok_or_else(out_of_range)?;
     let sealed_before = now.checked_sub(MAX_REUSE_GRACE).ok_or_else(out_of_range)?;
+    let Some(_turn) = store.sweep_lock().await? else {
+        tracing::debug!("another server is cleaning up; skipping this pass");
+        return Ok(CleanupReport {
+            skipped: true,
+            ..CleanupReport::default()
+        });
+    };
     let mut report = CleanupReport::default();
     let mut purge = async |families: &[FamilyId]| -> Result<(), Error> {
         let purged = store.purge_families(families, settings.batch).await?;

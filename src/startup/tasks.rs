@@ -104,7 +104,8 @@ pub(super) async fn watch_health(store: Backend, reporter: HealthReporter, mut s
 }
 
 /// Runs a cleanup pass every `interval` until stopped. A failed pass is logged and retried at the
-/// next interval; replicas each run their own (the batches are idempotent).
+/// next interval. Replicas each run this, and take turns through the store's sweep lock: while
+/// one sweeps, the others skip their round (see [`cleanup`]).
 pub(super) async fn clean_periodically(
     store: Backend,
     clock: Arc<dyn Clock>,

@@ -25,7 +25,7 @@ use super::postgres::{self, PgStore, PgTarget};
 use super::sqlite::{self, DatabaseLock, LockError, SqliteStore, SqliteTarget};
 use super::{
     FamilyStatus, FamilyStore, IdleWindow, MigrateError, NewFamily, Purged, RefreshTokenRecord, Revocation,
-    RevokeReason, SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError,
+    RevokeReason, SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError, SweepLock,
 };
 use crate::domain::{FamilyId, TokenHash};
 

@@ -35,7 +35,7 @@ use time::OffsetDateTime;
 
 use super::{
     FamilyStatus, FamilyStore, IdleWindow, NewFamily, Purged, RefreshTokenRecord, Revocation, RevokeReason,
-    SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError,
+    SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError, SweepLock,
 };
 use crate::domain::{FamilyId, TokenHash};
 

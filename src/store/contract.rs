@@ -55,6 +55,7 @@ macro_rules! contract {
             cleanup_finds_ended_families_and_purges_them_with_every_token,
             seals_go_when_their_token_is_spent_or_cleared_and_without_one_a_retry_is_reuse,
             a_family_never_branches_however_its_tokens_are_raced,
+            on_a_shared_store_one_holds_the_sweep_lock_at_a_time_until_it_lets_go,
         );
     };
     (@tests $backend:ident, #[$harness:meta], $args:tt => $open:expr; $($test:ident,)*) => {
@@ -117,11 +118,19 @@ fn cached<S: FamilyStore>(store: S) -> CachedStore<S> {
 /// private database can be dropped.
 trait Fixture: FamilyStore {
     fn close(&self) -> impl Future<Output = ()>;
+
+    /// Whether other servers can run on the same database at once (and so must take turns at
+    /// cleanup); a store one process owns does not.
+    fn shared(&self) -> bool;
 }
 
 impl Fixture for PgStore {
     async fn close(&self) {
         self.pool().close().await;
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 }
 
@@ -129,6 +138,10 @@ impl Fixture for SqliteStore {
     async fn close(&self) {
         SqliteStore::close(self).await;
         remove_sqlite_files(self.path());
+    }
+
+    fn shared(&self) -> bool {
+        false
     }
 }
 
@@ -139,11 +152,22 @@ impl Fixture for Backend {
             remove_sqlite_files(store.path());
         }
     }
+
+    fn shared(&self) -> bool {
+        match self {
+            Self::Postgres(store) => store.shared(),
+            Self::Sqlite(store) => store.shared(),
+        }
+    }
 }
 
 impl<S: Fixture> Fixture for CachedStore<S> {
     async fn close(&self) {
         self.inner().close().await;
+    }
+
+    fn shared(&self) -> bool {
+        self.inner().shared()
     }
 }
 
@@ -624,6 +648,32 @@ async fn cleanup_finds_ended_families_and_purges_them_with_every_token<S: Family
         "purging again finds nothing"
     );
     assert!(store.revoked_families(at, 10).await.unwrap().is_empty());
+}
+
+/// Each `sweep_lock` call stands for another server (on PostgreSQL it is a session of its own),
+/// so a second call while the first holds it is refused on a shared store, and granted where
+/// there is no one to take turns with.
+async fn on_a_shared_store_one_holds_the_sweep_lock_at_a_time_until_it_lets_go<S: Fixture>(store: &S) {
+    let first = store.sweep_lock().await.unwrap();
+    assert!(first.is_some(), "nobody else holds it");
+    let second = store.sweep_lock().await.unwrap();
+    if store.shared() {
+        assert!(second.is_none(), "held by another: this one skips its round");
+    } else {
+        assert!(second.is_some(), "a store of one process's own always sweeps");
+    }
+    drop(second);
+    drop(first);
+    // Given back with the guard, also one dropped without ceremony (a pass that failed or was
+    // cancelled). PostgreSQL releases it when it sees the session end: a moment later.
+    let deadline = tokio::time::Instant::now() + StdDuration::from_secs(5);
+    loop {
+        if store.sweep_lock().await.unwrap().is_some() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the lock was never given back");
+        tokio::time::sleep(StdDuration::from_millis(10)).await;
+    }
 }
 
 async fn seals_go_when_their_token_is_spent_or_cleared_and_without_one_a_retry_is_reuse<S: FamilyStore>(store: &S) {

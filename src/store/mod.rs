@@ -248,6 +248,35 @@ pub struct IdleWindow {
     pub last: Option<FamilyId>,
 }
 
+/// This replica's turn at cleanup ([`FamilyStore::sweep_lock`]): held for a whole pass, given
+/// back when dropped (also when the pass fails or is cancelled half-way).
+#[must_use = "the sweep lock is given back as soon as it is dropped"]
+pub struct SweepLock {
+    /// What holds the lock (on PostgreSQL, the session that took it); nothing where one process
+    /// owns the database anyway.
+    _held: Option<Box<dyn Send>>,
+}
+
+impl SweepLock {
+    /// No lock to take: the store is this process's alone.
+    pub(crate) fn unshared() -> Self {
+        Self { _held: None }
+    }
+
+    /// Held as long as `holder` lives.
+    pub(crate) fn held_by(holder: impl Send + 'static) -> Self {
+        Self {
+            _held: Some(Box::new(holder)),
+        }
+    }
+}
+
+impl std::fmt::Debug for SweepLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SweepLock").finish_non_exhaustive()
+    }
+}
+
 /// Every [`FamilyStore`] method, once, as `name(argument: Type, ...) -> Ok type;`, handed to
 /// `$callback!`: how [`Backend`] (one match per method) and [`cached::CachedStore`] (straight
 /// through to the store it wraps, for the methods it does not watch) are written without
@@ -269,6 +298,7 @@ macro_rules! family_store_methods {
             purge_families(families: &[FamilyId], limit: u32) -> Purged;
             clear_seals(sealed_before: OffsetDateTime, limit: u32) -> u64;
             ping() -> ();
+            sweep_lock() -> Option<SweepLock>;
         }
     };
 }
@@ -362,4 +392,11 @@ pub trait FamilyStore: Send + Sync + 'static {
 
     /// Cheap round trip to tell whether storage answers (health checks).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Takes the cleanup lock without waiting, so that of the servers sharing the store one
+    /// cleans at a time: `None` when another holds it (that server is sweeping; this one skips
+    /// its round). Held until the returned guard is dropped.
+    ///
+    /// A store only one process can open (SQLite, which holds a lock file) always grants it.
+    fn sweep_lock(&self) -> impl Future<Output = Result<Option<SweepLock>, StoreError>> + Send;
 }

@@ -1,10 +1,14 @@
 //! Storage stays bounded: the cleanup pass (what `serve` runs in the background and `ratchet gc`
 //! by hand) deletes families that ended more than the retention ago, with their tokens, and
-//! clears seals whose grace window is over; live families and their history stay.
+//! clears seals whose grace window is over; live families and their history stay. Servers
+//! sharing a PostgreSQL database take turns at it.
 
 use ratchet::grpc::status::reason;
 use ratchet::issuer::cleanup::{CleanupReport, CleanupSettings};
+use sqlx::Connection as _;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
 use time::Duration;
+use tonic_types::StatusExt as _;
 
 use crate::support::{Db, TestApp, assert_token_error, on_every_backend, test_cleanup, test_policy};
 
@@ -52,7 +56,8 @@ async fn cleanup_removes_families_that_ended_and_keeps_live_ones_rotating(db: Db
         CleanupReport {
             families: 2,
             tokens: 3,
-            seals: 0
+            seals: 0,
+            skipped: false,
         }
     );
     // Gone: nothing is known about them any more.
@@ -137,6 +142,66 @@ async fn seals_left_over_after_the_grace_window_are_cleared(db: Db) {
     assert_eq!(app.collect_garbage(&test_cleanup()).await.seals, 1);
     app.rotate(&next.refresh_token).await.unwrap();
     app.stop().await;
+}
+
+/// Two replicas cleaning every 20 ms; a third party (standing in for a replica mid-sweep) holds
+/// the sweep lock: neither replica removes anything until it lets go, then one of them does.
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
+async fn replicas_take_turns_at_cleanup_and_skip_while_another_sweeps(
+    _pool: sqlx::postgres::PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    let background = |parts: &mut ratchet::startup::Parts| {
+        parts.settings.cleanup_interval = std::time::Duration::from_millis(20);
+    };
+    let a = TestApp::builder(options.clone()).adjust(background).spawn().await;
+    let b = a.replica().adjust(background).spawn().await;
+    let mut sweeper = PgConnection::connect_with(&options).await.unwrap();
+    let (taken,): (bool,) = sqlx::query_as("select pg_try_advisory_lock($1)")
+        .bind(ratchet::store::postgres::SWEEP_LOCK_KEY)
+        .fetch_one(&mut sweeper)
+        .await
+        .unwrap();
+    assert!(taken, "no replica sweeps yet: there is nothing to remove");
+
+    let pair = a.issue("alice").await;
+    a.revoke_family(&pair.family_id).await;
+    // Two days on for both (each has its own clock): past the day's retention.
+    a.advance(Duration::days(2));
+    b.advance(Duration::days(2));
+    // Many rounds of both replicas: all skipped, the family is still there.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for app in [&a, &b] {
+        assert_token_error(
+            &app.rotate(&pair.refresh_token).await.unwrap_err(),
+            reason::TOKEN_REVOKED,
+        );
+    }
+
+    let (released,): (bool,) = sqlx::query_as("select pg_advisory_unlock($1)")
+        .bind(ratchet::store::postgres::SWEEP_LOCK_KEY)
+        .fetch_one(&mut sweeper)
+        .await
+        .unwrap();
+    assert!(released);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let error = a.rotate(&pair.refresh_token).await.unwrap_err();
+        if error
+            .get_details_error_info()
+            .is_some_and(|info| info.reason == reason::TOKEN_INVALID)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no replica swept after the lock was let go"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    sweeper.close().await.unwrap();
+    b.stop().await;
+    a.stop().await;
 }
 
 on_every_backend!(

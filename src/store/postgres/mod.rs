@@ -35,6 +35,9 @@ pub use self::pool::ConnectionPool;
 use self::rows::{SessionRow, TokenRow};
 use self::run::Kind;
 pub use self::run::RetryPolicy;
+/// The advisory lock key the cleanup sweep holds: for operators (and tests) who need to hold
+/// cleanup off, `select pg_advisory_lock(<key>)`.
+pub use self::sql::SWEEP_LOCK_KEY;
 /// The statements Issue and Rotate run, for the benchmark's pgbench ceiling (`ratchet-bench
 /// --print-pgbench`), which must run these very statements and no copy of them. Only with the
 /// `bench-sql` feature, which the bench crate turns on: the SQL is not the service's API.
@@ -44,7 +47,7 @@ pub use self::target::{PgTarget, PoolSettings, pool, tune};
 use super::cached::FamilyCache;
 use super::{
     FamilyStatus, FamilyStore, IdleWindow, MigrateError, NewFamily, Purged, RefreshTokenRecord, Revocation,
-    RevokeReason, SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError,
+    RevokeReason, SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError, SweepLock,
 };
 use crate::domain::{FamilyId, TokenHash};
 
@@ -429,6 +432,37 @@ impl FamilyStore for PgStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.execute(Kind::Read, || sqlx::query(sql::PING)).await.map(drop)
+    }
+
+    /// A session-level advisory lock ([`sql::SWEEP_LOCK_KEY`]) on a connection of its own, not
+    /// one of the pool's, held for the whole pass and given back by closing that connection.
+    ///
+    /// Why session-level: the pass is many short transactions (so that Rotate never waits on
+    /// it), and a transaction-level lock (`pg_try_advisory_xact_lock`) would only keep two
+    /// replicas from running the same *batch* at once, not from sweeping side by side.
+    ///
+    /// Why its own connection: a session lock lives as long as its session. On a pooled
+    /// connection, a pass that failed or was cancelled (shutdown) before unlocking would hand the
+    /// connection back still holding it, and no replica would clean again until that connection
+    /// happened to be closed. Here the lock goes with the connection: dropping the guard drops
+    /// it, PostgreSQL ends the session and releases the lock, whatever way the pass ended. (A
+    /// replica that vanishes without closing its socket holds it until PostgreSQL notices the
+    /// dead connection; the others skip until then.) It costs one connection per pass, beyond the
+    /// pool's size, once an interval (a minute by default).
+    async fn sweep_lock(&self) -> Result<Option<SweepLock>, StoreError> {
+        let take = async {
+            let mut session = PgConnection::connect_with(self.pool.options()).await?;
+            let (taken,): (bool,) = sqlx::query_as(sql::TRY_SWEEP_LOCK)
+                .bind(sql::SWEEP_LOCK_KEY)
+                .fetch_one(&mut session)
+                .await?;
+            Ok::<_, sqlx::Error>(taken.then(|| SweepLock::held_by(session)))
+        };
+        match tokio::time::timeout(self.timeout, take).await {
+            Ok(Ok(lock)) => Ok(lock),
+            Ok(Err(error)) => Err(StoreError::Unavailable(Box::new(error))),
+            Err(elapsed) => Err(StoreError::Unavailable(Box::new(elapsed))),
+        }
     }
 }
 

@@ -210,3 +210,11 @@ pub(super) const CLEAR_SEALS: &str = "delete from seals
     where hash in (select hash from seals where created_at <= $1 limit $2)";
 
 pub(super) const PING: &str = "select 1";
+
+/// The advisory lock key cleanup holds while it sweeps: one fixed 64-bit number for every
+/// ratchet server on a database, the bytes of "ratchet" and a 1 ("the sweep"). Anything else
+/// using advisory locks on the same database must not use this key.
+pub const SWEEP_LOCK_KEY: i64 = 0x7261_7463_6865_7401;
+
+/// Takes the sweep lock for the session if no other session holds it; says whether it did.
+pub(super) const TRY_SWEEP_LOCK: &str = "select pg_try_advisory_lock($1)";

@@ -58,7 +58,7 @@ use self::run::{Kind, classify};
 pub use self::target::{DATABASE_FILE, SqliteSettings, SqliteTarget};
 use super::{
     FamilyStatus, FamilyStore, IdleWindow, MigrateError, NewFamily, Purged, RefreshTokenRecord, Revocation,
-    RevokeReason, SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError,
+    RevokeReason, SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError, SweepLock,
 };
 use crate::domain::{FamilyId, TokenHash};
 
@@ -454,5 +454,11 @@ impl FamilyStore for SqliteStore {
                 .map(drop)
         })
         .await
+    }
+
+    /// One process owns the database file (the lock file, [`DatabaseLock`]), so there is no
+    /// other server to take turns with.
+    async fn sweep_lock(&self) -> Result<Option<SweepLock>, StoreError> {
+        Ok(Some(SweepLock::unshared()))
     }
 }
