@@ -194,7 +194,7 @@ pub(super) fn random_bytes() -> [u8; 32] {
 }
 
 /// A family of `subject` for client `app` created at `now`, its first token good for [`IDLE`].
-fn new_family(subject: &str, now: OffsetDateTime) -> NewFamily {
+pub(super) fn new_family(subject: &str, now: OffsetDateTime) -> NewFamily {
     NewFamily {
         family: FamilyRecord {
             id: FamilyId::new_random(),

@@ -1,10 +1,7 @@
 //! Tests of what only PostgreSQL does; what every store must do is in the contract suite
 //! (`store::contract`), run on every backend.
 
-use serde_json::Map;
-
 use super::*;
-use crate::store::{FamilyRecord, NewRefreshToken};
 
 #[test]
 fn released_migrations_keep_the_checksums_databases_recorded() {
@@ -45,26 +42,7 @@ async fn a_value_the_database_refuses_is_invalid_data_not_internal(
     let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
     // Validation refuses control characters at the edge; should one ever slip through, the
     // database's refusal (SQLSTATE 22021 for a NUL in text) must still read as bad input.
-    let new = NewFamily {
-        family: FamilyRecord {
-            id: FamilyId::new_random(),
-            subject: "nul\u{0}byte".into(),
-            client_id: String::new(),
-            scopes: vec![],
-            audiences: vec!["api".into()],
-            claims: Map::new(),
-            created_at: now,
-            last_rotated_at: now,
-            refresh_expires_at: now + time::Duration::hours(1),
-            expires_at: now + time::Duration::days(1),
-            revoked_at: None,
-        },
-        first: NewRefreshToken {
-            hash: TokenHash([7; 32]),
-            expires_at: now + time::Duration::hours(1),
-        },
-        max_live: 100,
-    };
+    let new = crate::store::contract::new_family("nul\u{0}byte", now);
     let error = store.create_family(&new).await.unwrap_err();
     assert!(matches!(error, StoreError::InvalidData(_)), "{error:?}");
     store.pool().close().await;

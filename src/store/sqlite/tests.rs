@@ -4,10 +4,8 @@
 
 use std::fs;
 
-use serde_json::Map;
-
 use super::*;
-use crate::store::{FamilyRecord, NewRefreshToken};
+use crate::store::NewRefreshToken;
 
 /// A fresh, migrated database under the temporary directory; removed when dropped.
 struct Scratch(SqliteTarget);
@@ -39,27 +37,7 @@ fn now() -> OffsetDateTime {
 }
 
 fn new_family() -> NewFamily {
-    let now = now();
-    NewFamily {
-        family: FamilyRecord {
-            id: FamilyId::new_random(),
-            subject: "alice".into(),
-            client_id: "app".into(),
-            scopes: vec![],
-            audiences: vec!["api".into()],
-            claims: Map::new(),
-            created_at: now,
-            last_rotated_at: now,
-            refresh_expires_at: now + time::Duration::hours(1),
-            expires_at: now + time::Duration::days(1),
-            revoked_at: None,
-        },
-        first: NewRefreshToken {
-            hash: TokenHash(crate::store::contract::random_bytes()),
-            expires_at: now + time::Duration::hours(1),
-        },
-        max_live: 100,
-    }
+    crate::store::contract::new_family("alice", now())
 }
 
 fn spend_of(presented: TokenHash) -> SpendRequest {
