@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
 use super::pb::{self, token_service_server::TokenService};
-use super::{access, convert};
+use super::{access, call, convert};
 use crate::clock::Clock;
 use crate::issuer::types::{PresentedToken, RevokeTarget};
 use crate::issuer::{Error, Issuer};
@@ -54,6 +54,7 @@ impl<S: FamilyStore> TokenService for TokenServiceImpl<S> {
         access::check_issue(caller.as_deref(), &params, default_audience)?;
         let (issuer, now) = (self.issuer.clone(), self.clock.now());
         let pair = detached(async move { issuer.issue(params, now).await }).await?;
+        call::record_family(pair.family_id);
         self.rotate_limit.handed_out(&pair);
         Ok(Response::new(pair.into()))
     }
@@ -64,6 +65,7 @@ impl<S: FamilyStore> TokenService for TokenServiceImpl<S> {
         self.rotate_limit.check(&token)?;
         let (issuer, now) = (self.issuer.clone(), self.clock.now());
         let pair = detached(async move { issuer.rotate(token, now).await }).await?;
+        call::record_family(pair.family_id);
         self.rotate_limit.handed_out(&pair);
         Ok(Response::new(pair.into()))
     }
@@ -71,8 +73,10 @@ impl<S: FamilyStore> TokenService for TokenServiceImpl<S> {
     async fn revoke(&self, request: Request<pb::RevokeRequest>) -> Result<Response<pb::RevokeResponse>, Status> {
         let caller = access::caller(&request);
         let target = RevokeTarget::try_from(request.into_inner())?;
-        if let RevokeTarget::Subject(subject) = &target {
-            access::check_subject(caller.as_deref(), subject.as_str())?;
+        match &target {
+            RevokeTarget::Subject(subject) => access::check_subject(caller.as_deref(), subject.as_str())?,
+            RevokeTarget::Family(family) => call::record_family(family),
+            RevokeTarget::Token(_) => {}
         }
         let subjects = access::subjects(caller);
         let (issuer, now) = (self.issuer.clone(), self.clock.now());
