@@ -1,6 +1,7 @@
 //! What bounding a request's memory costs on the hot path (issue 20): Check's bounded decoding
 //! against envoy-types' full one, the IssueRequest scan, and a call through the request memory
-//! budget's layer against the same call without it. `cargo bench --bench requests`.
+//! budget's layer against the same call without it; the same for the layer that answers calls at
+//! the shutdown's cut. `cargo bench --bench requests`.
 
 #![allow(clippy::unwrap_used)] // a benchmark that fails should panic
 
@@ -19,7 +20,9 @@ use prost::bytes::Bytes;
 use ratchet::grpc::authz::request::CheckRequest;
 use ratchet::grpc::budget::{BudgetLayer, FREE_BYTES, MemoryBudget};
 use ratchet::grpc::codec::Bounded;
+use ratchet::grpc::cut::CutLayer;
 use ratchet::grpc::pb;
+use ratchet::shutdown::Stages;
 use tonic::body::Body;
 use tower_layer::Layer as _;
 use tower_service::Service as _;
@@ -183,5 +186,28 @@ fn budget_layer(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, check_decoding, issue_scan, budget_layer);
+/// What answering calls at the shutdown's cut (`grpc::cut`) costs every call while serving: the
+/// same call through the layer and without it.
+fn cut_layer(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let request = || {
+        http::Request::builder()
+            .uri("/ratchet.v1.TokenService/Rotate")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(introspect_body())
+            .unwrap()
+    };
+    let mut bare = tower::service_fn(read_all);
+    c.bench_function("cut/rotate_call_without", |b| {
+        b.iter(|| runtime.block_on(bare.call(request())).unwrap())
+    });
+    let stages = Stages::default();
+    let mut cut = CutLayer::new(stages.watch()).layer(tower::service_fn(read_all));
+    c.bench_function("cut/rotate_call_with", |b| {
+        b.iter(|| runtime.block_on(cut.call(request())).unwrap())
+    });
+}
+
+criterion_group!(benches, check_decoding, issue_scan, budget_layer, cut_layer);
 criterion_main!(benches);

@@ -238,6 +238,13 @@ pub struct ServeArgs {
     /// Do not apply pending migrations at start.
     #[arg(long, env = "RATCHET_NO_MIGRATE")]
     pub no_migrate: bool,
+    /// On SIGTERM or SIGINT, health turns NOT_SERVING and new calls are refused (UNAVAILABLE) at
+    /// once; calls in flight get this long to finish, then the rest are cut (a write among them
+    /// answered DEADLINE_EXCEEDED, outcome unknown) and the process exits. `0s` cuts at once; at
+    /// most 5m. Keep the orchestrator's own limit (Kubernetes' terminationGracePeriodSeconds)
+    /// above it.
+    #[arg(long, env = "RATCHET_SHUTDOWN_GRACE", default_value = "10s")]
+    pub shutdown_grace: String,
     #[command(flatten)]
     pub access: AccessArgs,
     #[command(flatten)]

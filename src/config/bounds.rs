@@ -214,6 +214,17 @@ pub(super) const HTTP_MAX_CONNECTIONS: Count = Count {
     shown: "",
 };
 
+// ---- Lifecycle ----
+
+/// Zero cuts calls in flight at once (for development). No call runs longer than the request
+/// timeout (the store's timeout four times over plus 5 s: at most about 4 minutes), so a grace
+/// past 5 minutes waits for nothing; and it must stay under the orchestrator's own limit.
+pub(super) const SHUTDOWN_GRACE: Bounds = Bounds {
+    min: Duration::ZERO,
+    max: Duration::from_secs(5 * 60),
+    why: "no call runs longer than the request timeout, at most about 4 minutes",
+};
+
 // ---- Access ----
 
 /// Below a second re-reading the policy is busywork; above an hour a change waits too long.

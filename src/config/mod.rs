@@ -73,6 +73,8 @@ pub struct Settings {
     pub access: AccessSettings,
     /// TLS, mutual TLS, XFCC; the default is plaintext.
     pub transport: TransportConfig,
+    /// After the shutdown signal: how long calls in flight get to finish before they are cut.
+    pub shutdown_grace: Duration,
 }
 
 impl Config {
@@ -96,6 +98,7 @@ impl Config {
             limits: TransportLimits::collect(&args.limits, &mut problems),
             access: access::collect(&args.access, &mut problems),
             transport: transport::tls(&args.transport, args.listen, &mut problems),
+            shutdown_grace: problems.duration("shutdown-grace", &args.shutdown_grace, &bounds::SHUTDOWN_GRACE),
         };
         let config = database.map(|database| Self {
             database,
@@ -188,6 +191,9 @@ mod tests {
         assert_eq!(defaults.limits, TransportLimits::default());
         assert_eq!(defaults.http.unwrap().limits, HttpLimits::default());
         assert!(defaults.access.policy.is_none() && defaults.transport.tls.is_none());
+        assert_eq!(defaults.shutdown_grace, Duration::from_secs(10));
+        let cut_at_once = Config::from_args(serve_args(&["--shutdown-grace", "0s"])).unwrap();
+        assert_eq!(cut_at_once.settings.shutdown_grace, Duration::ZERO, "0s is allowed");
     }
 
     #[test]
@@ -294,6 +300,7 @@ mod tests {
             ("leeway", "6m", "5m"),
             ("family-cache-ttl", "61m", "1h"),
             ("db-timeout", "61s", "60s"),
+            ("shutdown-grace", "6m", "5m"),
         ] {
             let flag_arg = format!("--{flag}");
             let problems = problems_of(&[&flag_arg, too_long]);

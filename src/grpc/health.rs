@@ -8,8 +8,13 @@
 //! one more is refused RESOURCE_EXHAUSTED, and a slot is free again as soon as a stream ends
 //! (the caller cancels it or its connection closes). `Check` is not limited: it answers at once.
 //!
+//! On shutdown a `Watch` carries NOT_SERVING, then ends with UNAVAILABLE once the server drains
+//! ([`Stage::Draining`]): a watcher learns at once, and its stream, which would otherwise last
+//! until the grace is over, does not hold up the drain (or the rolling update behind it).
+//!
 //! Left out: per-caller counts (health callers are anonymous by design).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,13 +27,17 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tonic_health::server::{HealthReporter, HealthService, WatchStream};
 
-/// The health service answering from `reporter`, with at most `max_watches` `Watch` streams open.
-pub fn service(reporter: HealthReporter, max_watches: usize) -> HealthServer<CappedHealth> {
+use crate::shutdown::{Stage, StageWatch};
+
+/// The health service answering from `reporter`, with at most `max_watches` `Watch` streams open,
+/// each ended once `stage` reaches draining.
+pub fn service(reporter: HealthReporter, max_watches: usize, stage: StageWatch) -> HealthServer<CappedHealth> {
     HealthServer::new(CappedHealth {
         inner: HealthService::from_health_reporter(reporter),
         watches: Arc::new(Semaphore::new(max_watches)),
         max_watches,
         full: AtomicBool::new(false),
+        stage,
     })
 }
 
@@ -41,6 +50,7 @@ pub struct CappedHealth {
     /// Whether the refusals since the cap was last reached were logged: one line per time it is
     /// reached, not one per refusal (every refusal is an answer the caller sees).
     full: AtomicBool,
+    stage: StageWatch,
 }
 
 #[tonic::async_trait]
@@ -65,14 +75,20 @@ impl Health for CappedHealth {
         let stream = self.inner.watch(request).await?.into_inner();
         Ok(Response::new(Counted {
             inner: stream,
+            draining: Some(Box::pin(self.stage.clone().reached(Stage::Draining))),
+            ended: false,
             _permit: permit,
         }))
     }
 }
 
-/// A `Watch` stream holding its slot until it is dropped.
+/// A `Watch` stream holding its slot until it is dropped, and ending once the server drains.
 pub struct Counted {
     inner: WatchStream,
+    /// Resolves once the server drains; `None` once it has.
+    draining: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// Whether the stream has ended for the drain.
+    ended: bool,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -80,6 +96,25 @@ impl Stream for Counted {
     type Item = Result<HealthCheckResponse, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.inner).poll_next(cx)
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(draining) = &mut this.draining
+            && draining.as_mut().poll(cx).is_ready()
+        {
+            this.draining = None;
+        }
+        // Status changes first: NOT_SERVING is set before the drain starts, so the stream
+        // carries it before it ends.
+        match Pin::new(&mut this.inner).poll_next(cx) {
+            Poll::Pending if this.draining.is_none() => {
+                this.ended = true;
+                Poll::Ready(Some(Err(Status::unavailable(
+                    "server shutting down: watch another replica",
+                ))))
+            }
+            other => other,
+        }
     }
 }

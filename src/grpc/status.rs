@@ -50,6 +50,25 @@ impl From<FieldError> for Status {
     }
 }
 
+/// A call still in flight when the shutdown grace ended (`grpc::cut`): a `write` may or may not
+/// have taken effect (DEADLINE_EXCEEDED, OUTCOME_UNKNOWN, as [`Error::OutcomeUnknown`]); anything
+/// else did nothing, and may be retried on another replica (UNAVAILABLE).
+pub fn cut_at_shutdown(write: bool) -> Status {
+    if write {
+        Status::with_error_details(
+            Code::DeadlineExceeded,
+            "server shut down mid-call: the request may or may not have taken effect",
+            ErrorDetails::with_error_info(
+                reason::OUTCOME_UNKNOWN,
+                ERROR_DOMAIN,
+                std::collections::HashMap::<String, String>::new(),
+            ),
+        )
+    } else {
+        Status::unavailable("server shutting down, nothing was done: retry with backoff")
+    }
+}
+
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match error {

@@ -31,14 +31,21 @@ use crate::issuer::{Issuer, RuntimeIssuer};
 use crate::keys::secret::SecretSource;
 use crate::keys::source::{self, KeySource, Origin};
 use crate::keys::{KeySet, Keyring, ServerSecret};
+use crate::shutdown::{Stage, Stages};
 use crate::store::cached::{CachedStore, FamilyCache};
 use crate::store::sqlite::DatabaseLock;
 use crate::store::{Backend, RuntimeStore, Target};
 use crate::transport;
 use tasks::{Background, set_health};
 
-/// How long shutdown waits for in-flight calls and connections before closing them anyway.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// After the shutdown grace, how long the answers to the calls cut then (`grpc::cut`) get to be
+/// written before their connections are dropped anyway: a round trip, and a client that stopped
+/// reading (its flow-control window full) is not waited for.
+const CUT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long closing the store may take at the end: on SQLite closing waits for connections still
+/// held by a write cut at the grace (which runs on to its own timeout); the process is exiting,
+/// and the database rolls back whatever such a write left uncommitted.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Families whose liveness Introspect keeps in memory (an entry is a few dozen bytes).
 const FAMILY_CACHE_CAPACITY: usize = 100_000;
 
@@ -246,8 +253,10 @@ impl Application {
         self.keys.clone()
     }
 
-    /// Serves until `shutdown` resolves, then, in order: reports NOT_SERVING and stops the
-    /// background tasks, drains in-flight calls (at most 10 s), waits for the tasks
+    /// Serves until `shutdown` resolves, then, in order: stops the background tasks and reports
+    /// NOT_SERVING; closes the listener and has every connection drain (GOAWAY: new calls are
+    /// refused UNAVAILABLE, calls in flight finish); at the end of the shutdown grace answers the
+    /// calls still in flight (`grpc::cut`) and drops their connections; waits for the tasks
     /// (bounded), closes the pool and releases the database.
     ///
     /// # Errors
@@ -284,39 +293,45 @@ impl Application {
 
         tracing::info!(%addr, tls = grpc_tls.is_some(), mutual_tls = self.tls.as_ref().is_some_and(|tls| tls.requires_client_certificates()), "serving gRPC");
         let incoming = transport::accept::connections(self.listener, grpc_tls);
-        let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
+        let stages = Stages::default();
+        let grace = self.settings.shutdown_grace;
         let services = router::Services {
             tokens: self.service,
             authorization: self.authorization,
             health: reporter.clone(),
+            stage: stages.watch(),
         };
         let serve = router::serve(&self.settings, self.request_timeout, services, incoming, async {
             shutdown.await;
             // First, so that the health watcher cannot report SERVING again.
             background.stop();
+            // Before anything is refused: a load balancer watching health moves away first.
             set_health(&reporter, ServingStatus::NotServing).await;
-            tracing::info!("draining in-flight calls");
-            let _ = draining.send(());
+            tracing::info!(?grace, "draining in-flight calls");
+            stages.enter(Stage::Draining);
         });
-        // A client that never closes its connection must not keep the process alive forever.
-        let drain_deadline = async {
-            if drain_started.await.is_ok() {
-                tokio::time::sleep(DRAIN_TIMEOUT).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
+        // A call that outlives the grace is answered and cut; a client that never closes its
+        // connection must not keep the process alive either.
+        let deadline = async {
+            stages.watch().reached(Stage::Draining).await;
+            tokio::time::sleep(grace).await;
+            tracing::warn!(?grace, "shutdown grace is over: cutting the calls still in flight");
+            stages.enter(Stage::Cut);
+            tokio::time::sleep(CUT_TIMEOUT).await;
         };
         let served = tokio::select! {
             served = serve => served,
-            () = drain_deadline => {
-                tracing::warn!(timeout = ?DRAIN_TIMEOUT, "drain timed out; closing the remaining connections");
+            () = deadline => {
+                tracing::warn!("connections still open after the cut; closing them");
                 Ok(())
             }
         };
         background.drain().await;
         // The last counts of refusals left out of the log, which no later line would carry.
         crate::telemetry::throttle::report_all_suppressed();
-        self.store.close().await;
+        if tokio::time::timeout(CLOSE_TIMEOUT, self.store.close()).await.is_err() {
+            tracing::warn!("the store did not close in time; exiting anyway");
+        }
         // Only now may another server open the SQLite database.
         drop(self.database_lock);
         served?;

@@ -17,10 +17,12 @@ use crate::grpc::access::AccessLayer;
 use crate::grpc::authz::{self, AuthorizationImpl, AuthorizationService};
 use crate::grpc::budget::{self, BudgetLayer, MemoryBudget};
 use crate::grpc::call::CallLayer;
+use crate::grpc::cut::CutLayer;
 use crate::grpc::message_limit::MessageLimitLayer;
 use crate::grpc::panic::CatchPanicLayer;
 use crate::grpc::pb::{self, token_service_server::TokenServiceServer};
 use crate::grpc::shed::ShedLayer;
+use crate::shutdown::StageWatch;
 use crate::store::RuntimeStore;
 use crate::transport::accept::Conn;
 use crate::transport::idle::ActivityLayer;
@@ -59,6 +61,9 @@ pub(super) struct Services {
     /// Envoy's ext_authz Check, on the same issuer (and caches) as the token service.
     pub(super) authorization: AuthorizationImpl<RuntimeStore>,
     pub(super) health: HealthReporter,
+    /// Where a stop has got: health `Watch` streams end at the drain, calls in flight are
+    /// answered at the cut.
+    pub(super) stage: StageWatch,
 }
 
 /// Serves `services` on the connections from `incoming` until `shutdown` resolves, then drains
@@ -75,7 +80,7 @@ pub(super) async fn serve(
 ) -> anyhow::Result<()> {
     let limits = &settings.limits;
     let access = &settings.access;
-    let health = crate::grpc::health::service(services.health, limits.max_health_watches)
+    let health = crate::grpc::health::service(services.health, limits.max_health_watches, services.stage.clone())
         .max_decoding_message_size(MAX_HEALTH_REQUEST_BYTES);
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -107,9 +112,11 @@ pub(super) async fn serve(
         })
         // Outermost: a call is in flight (the connection not idle) until its answer is sent.
         .layer(ActivityLayer)
-        // Next: every answer below, even a panic's or a shed call's, carries the call's request
-        // id, and every line logged below is in the call's span.
+        // Next: every answer below, even a panic's, a shed call's or a cut one's, carries the
+        // call's request id, and every line logged below is in the call's span.
         .layer(CallLayer)
+        // Every call, whatever the layers below do with it, is answered at the shutdown's cut.
+        .layer(CutLayer::new(services.stage))
         .layer(CatchPanicLayer)
         .layer(ShedLayer::new(limits.max_concurrent_requests))
         // Inside the shedding: only calls let in are charged.

@@ -28,6 +28,7 @@ mod revoke;
 mod rotate;
 mod schema;
 mod sessions;
+mod shutdown;
 mod sqlite;
 mod tls;
 
