@@ -35,10 +35,6 @@ const PENDING: &[(&str, &str)] = &[
         "RATCHET_METRICS_LISTEN",
         "issue 17 metrics: /metrics on its own address",
     ),
-    (
-        "RATCHET_SHUTDOWN_GRACE",
-        "issue 17 lifecycle: the drain bound after SIGTERM",
-    ),
 ];
 
 /// The metric names of issue 17's metrics contract (the common brief; README, "Deploying"):
