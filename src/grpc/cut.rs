@@ -7,6 +7,10 @@
 //!
 //! Only the answer is cut: a write runs on a task of its own (`service::detached`) and goes on
 //! until the process exits; the transaction commits or not, which is why its outcome is unknown.
+//! Cost while serving: a boxed future and a clone of the stage's receiver per call; measured
+//! +29, +111 and +89 ns (medians, three runs) on a Rotate-shaped call through a stub service
+//! (`cargo bench --bench requests -- cut/`, on a shared 2-core machine under load).
+//!
 //! Left out: the order of the shutdown steps (`startup`) and the drain itself (`transport::serve`).
 
 use std::future::Future;
