@@ -157,12 +157,24 @@ async fn replicas_take_turns_at_cleanup_and_skip_while_another_sweeps(
     let a = TestApp::builder(options.clone()).adjust(background).spawn().await;
     let b = a.replica().adjust(background).spawn().await;
     let mut sweeper = PgConnection::connect_with(&options).await.unwrap();
-    let (taken,): (bool,) = sqlx::query_as("select pg_try_advisory_lock($1)")
-        .bind(ratchet::store::postgres::SWEEP_LOCK_KEY)
-        .fetch_one(&mut sweeper)
-        .await
-        .unwrap();
-    assert!(taken, "no replica sweeps yet: there is nothing to remove");
+    // The replicas already take turns every 20 ms, each holding the lock for a pass over an
+    // empty database: a moment when neither holds it comes within milliseconds.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (taken,): (bool,) = sqlx::query_as("select pg_try_advisory_lock($1)")
+            .bind(ratchet::store::postgres::SWEEP_LOCK_KEY)
+            .fetch_one(&mut sweeper)
+            .await
+            .unwrap();
+        if taken {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a replica held the sweep lock for 5 s over an empty database"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
 
     let pair = a.issue("alice").await;
     a.revoke_family(&pair.family_id).await;
