@@ -30,12 +30,10 @@ const KUBERNETES_VERSION: &str = "1.37.0";
 /// the part of issue 17 that adds them is on another branch. Each must still arrive: once one is
 /// in `--help` this test fails until its entry is deleted here, so the list only shrinks.
 /// `(name, why)`.
-const PENDING: &[(&str, &str)] = &[
-    (
-        "RATCHET_METRICS_LISTEN",
-        "issue 17 metrics: /metrics on its own address",
-    ),
-];
+const PENDING: &[(&str, &str)] = &[(
+    "RATCHET_METRICS_LISTEN",
+    "issue 17 metrics: /metrics on its own address",
+)];
 
 /// The metric names of issue 17's metrics contract (the common brief; README, "Deploying"):
 /// histograms by their base name. Once the metrics endpoint exists, a scrape of a real server can

@@ -1,9 +1,9 @@
 //! Who may call what, enforced around every call (issue 11).
 //!
 //! [`AccessLayer`] wraps the whole server. For each call it
-//! 1. takes the RPC the call layer named ([`Rpc`], `grpc/call.rs`; `Issue` for
-//!    `/ratchet.v1.TokenService/Issue`, `Check` for Envoy's); health and reflection, which it does
-//!    not name, are always open, so that probes and tools work whatever the policy says;
+//! 1. tells the RPC from the gRPC path ([`Rpc`], `grpc/call.rs`; `Issue` for
+//!    `/ratchet.v1.TokenService/Issue`, `Check` for Envoy's); health and reflection are always
+//!    open, so that probes and tools work whatever the policy says;
 //! 2. resolves the caller from the transport's [`PeerIdentity`] (request extensions, put there by
 //!    the TLS/XFCC layer; a trusted XFCC header the layer found malformed is `UNAUTHENTICATED`
 //!    whatever else the request carries) and the API key (`authorization: Bearer <key>` or `x-api-key`; on
@@ -131,8 +131,9 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
-        // Health and reflection: no RPC named (`grpc::call`), open to all.
-        let Some(rpc) = request.extensions().get::<Rpc>().cloned() else {
+        // Health and reflection: open to all. From the path, not from anything another layer
+        // put in the request: without that layer, a call must not pass as open.
+        let Some(rpc) = Rpc::of_path(request.uri().path()) else {
             return Either::Left(self.inner.call(request));
         };
         // Taken out in open mode too: no handler ever sees a key it could log.

@@ -3,7 +3,7 @@
 //!
 //! [`CallLayer`] is the outermost of the layers that know gRPC (`startup::router`), so that even
 //! a call shed for load, refused by the policy or ended by a panic
-//! - is named by its RPC ([`Rpc`], in the request's extensions, for the layers inside),
+//! - is named by its RPC ([`Rpc`]),
 //! - carries a request id ([`RequestId`]: the caller's `x-request-id` if sane, else a new one),
 //!   which is in the span and goes back in the response's `x-request-id` metadata, on errors too
 //!   (a trailers-only error response carries it beside `grpc-status`),
@@ -41,15 +41,16 @@ const OPEN_SERVICES: [&str; 3] = [
     "grpc.reflection.v1alpha.ServerReflection",
 ];
 
-/// The method a call is to (`Issue` for `/ratchet.v1.TokenService/Issue`), in the request's
-/// extensions of every call but health and reflection.
+/// The method a call is to (`Issue` for `/ratchet.v1.TokenService/Issue`): what the span names
+/// and what the caller policy grants (`grpc::access`, which reads it from the path itself, so that
+/// it never depends on this layer being there).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rpc(Cow<'static, str>);
 
 impl Rpc {
     /// The RPC a path names: `None` for health and reflection. A method we do not serve keeps its
     /// name (the policy refuses it, or tonic answers UNIMPLEMENTED).
-    fn of_path(path: &str) -> Option<Self> {
+    pub fn of_path(path: &str) -> Option<Self> {
         let (service, method) = split_path(path).unwrap_or(("", ""));
         if OPEN_SERVICES.contains(&service) {
             return None;
@@ -107,14 +108,12 @@ where
         let id = RequestId::from_caller(request.headers().get(X_REQUEST_ID));
         let span = tracing::info_span!(
             "rpc",
-            rpc = rpc.as_str(),
-            request_id = id.as_str(),
+            rpc = %rpc.as_str(),
+            request_id = %id.as_str(),
             caller = field::Empty,
             family = field::Empty
         );
-        let extensions = request.extensions_mut();
-        extensions.insert(rpc);
-        extensions.insert(id.clone());
+        request.extensions_mut().insert(id.clone());
         let started = Instant::now();
         let inner = span.in_scope(|| self.inner.call(request));
         Either::Right(Traced {

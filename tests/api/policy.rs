@@ -648,7 +648,12 @@ async fn the_binary_warns_when_open_and_reloads_its_policy_on_sighup(_pool: PgPo
     server.kill();
     let log = without_colours(&std::fs::read_to_string(&log_path).unwrap());
     assert!(!log.contains("NO CALLER POLICY"), "{log}");
-    assert!(log.contains("rpc{rpc=Issue caller=login}"), "{log}");
+    // The call's span names the RPC, its request id and the caller.
+    assert!(
+        log.lines()
+            .any(|line| line.contains("rpc{rpc=Issue request_id=") && line.contains(" caller=login}")),
+        "{log}"
+    );
     assert!(log.contains("caller policy reloaded"), "{log}");
     assert!(!log.contains(LOGIN_KEY) && !log.contains(newcomer), "no key in the log");
     std::fs::remove_dir_all(&scratch).unwrap();
