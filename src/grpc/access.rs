@@ -32,6 +32,7 @@ use tower_service::Service;
 use tracing::instrument::{Instrument as _, Instrumented};
 use tracing::{Span, field};
 
+use crate::domain::Actor;
 use crate::issuer::Subjects;
 use crate::issuer::types::IssueParams;
 use crate::policy::reload::PolicyFile;
@@ -56,6 +57,16 @@ pub struct AuthorizedCaller(pub Arc<Caller>);
 /// The caller `request` was admitted as, if a policy is in force.
 pub fn caller<T>(request: &tonic::Request<T>) -> Option<Arc<Caller>> {
     request.extensions().get::<AuthorizedCaller>().map(|c| c.0.clone())
+}
+
+/// Who is making this call, for the audit trail: the caller policy's name for the caller (none
+/// in open mode) and the call's request id.
+pub fn actor<T>(request: &tonic::Request<T>) -> Actor {
+    Actor {
+        caller: caller(request).map(|caller| caller.name.clone()),
+        // Filled once the request id layer is in (issue 17, "Request ids and logs").
+        request_id: None,
+    }
 }
 
 /// Whether the caller may mint what `params` asks for (anything, in open mode).
