@@ -14,7 +14,8 @@
 //! - [`grpc`] and [`http`]: the services on the two listeners. [`grpc`] is the tonic service and
 //!   Envoy's ext_authz: decodes requests into domain types, calls the issuer, encodes the answer;
 //!   the only place that knows `tonic::Status` (`grpc/status.rs`); the layers around every call
-//!   (panics, the message size limit, load shedding, the caller policy). [`http`] serves the
+//!   (its request id and span, panics, the message size limit, load shedding, the caller
+//!   policy). [`http`] serves the
 //!   JWKS and discovery metadata.
 //! - [`policy`]: who may call what (the caller policy file, API keys, patterns) and the abuse
 //!   limits (per-caller rates, the per-family Rotate limit). Plain Rust: [`grpc`] enforces it.
@@ -38,8 +39,8 @@
 //!   its reloading, the JWK Set, and the server secret that keys grace-window seals and page
 //!   tokens.
 //! - [`reload`], [`telemetry`], [`clock`], [`shutdown`], [`files`] and [`database_url`]: what
-//!   any layer may use: when to re-read a file (keys, certificates, the policy), logging and its
-//!   throttle, the time, the shutdown signal, files only their owner may read (created 0600,
+//!   any layer may use: when to re-read a file (keys, certificates, the policy), logging, its
+//!   throttle and the request id, the time, the shutdown signal, files only their owner may read (created 0600,
 //!   refused when shared: key files, the server secret, TLS keys, the SQLite database), and a
 //!   database URL that keeps its password out of every printout.
 

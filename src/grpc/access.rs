@@ -1,9 +1,9 @@
 //! Who may call what, enforced around every call (issue 11).
 //!
 //! [`AccessLayer`] wraps the whole server. For each call it
-//! 1. tells the RPC from the gRPC path (`/ratchet.v1.TokenService/Issue` is `Issue`,
-//!    `/envoy.service.auth.v3.Authorization/Check` is `Check`); health and reflection are always
-//!    open, so that probes and tools work whatever the policy says;
+//! 1. takes the RPC the call layer named ([`Rpc`], `grpc/call.rs`; `Issue` for
+//!    `/ratchet.v1.TokenService/Issue`, `Check` for Envoy's); health and reflection, which it does
+//!    not name, are always open, so that probes and tools work whatever the policy says;
 //! 2. resolves the caller from the transport's [`PeerIdentity`] (request extensions, put there by
 //!    the TLS/XFCC layer; a trusted XFCC header the layer found malformed is `UNAUTHENTICATED`
 //!    whatever else the request carries) and the API key (`authorization: Bearer <key>` or `x-api-key`; on
@@ -11,12 +11,12 @@
 //!    strips the key from the request so nothing after this layer can log it;
 //! 3. checks the RPC and the caller's own rate limit, before any handler, hence before any
 //!    database work;
-//! 4. runs the call in an `rpc` span carrying the RPC and the caller's name, with the caller in
-//!    the request's extensions ([`caller`]), where Issue, Revoke and ListSessions find it to check
-//!    what it may mint and for whom.
+//! 4. records the caller's name in the call's `rpc` span (opened by the call layer) and puts the
+//!    caller in the request's extensions ([`caller`]), where Issue, Revoke and ListSessions find
+//!    it to check what it may mint and for whom.
 //!
-//! Without a policy file everything is let through (open mode, warned about at start); the span
-//! is still there. That includes a request whose trusted XFCC header is malformed: in open mode
+//! Without a policy file everything is let through (open mode, warned about at start). That
+//! includes a request whose trusted XFCC header is malformed: in open mode
 //! nothing reads an identity, so there is nobody it could be taken for, and refusing would turn a
 //! certificate with an odd SAN into an outage for a deployment that never asked who calls.
 
@@ -29,26 +29,20 @@ use http::HeaderName;
 use tonic::Status;
 use tower_layer::Layer;
 use tower_service::Service;
-use tracing::instrument::{Instrument as _, Instrumented};
 use tracing::{Span, field};
 
+use super::call::Rpc;
 use crate::domain::Actor;
 use crate::issuer::Subjects;
 use crate::issuer::types::IssueParams;
 use crate::policy::reload::PolicyFile;
 use crate::policy::{Caller, Unauthenticated};
+use crate::telemetry::request_id::RequestId;
 use crate::telemetry::throttle;
 use crate::transport::accept::PeerInfo;
 use crate::transport::{MalformedXfcc, PeerIdentity};
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
-
-/// Services every peer may call, whatever the policy.
-const OPEN_SERVICES: [&str; 3] = [
-    "grpc.health.v1.Health",
-    "grpc.reflection.v1.ServerReflection",
-    "grpc.reflection.v1alpha.ServerReflection",
-];
 
 /// The caller a call was admitted as (in the request's extensions); absent in open mode.
 #[derive(Debug, Clone)]
@@ -64,8 +58,8 @@ pub fn caller<T>(request: &tonic::Request<T>) -> Option<Arc<Caller>> {
 pub fn actor<T>(request: &tonic::Request<T>) -> Actor {
     Actor {
         caller: caller(request).map(|caller| caller.name.clone()),
-        // Filled once the request id layer is in (issue 17, "Request ids and logs").
-        request_id: None,
+        // Put there by `grpc::call` for every RPC.
+        request_id: request.extensions().get::<RequestId>().map(|id| id.as_str().to_owned()),
     }
 }
 
@@ -135,11 +129,6 @@ pub struct Access<S> {
     policy: Option<Arc<PolicyFile>>,
 }
 
-/// `/package.Service/Method` to (service, method).
-fn split_path(path: &str) -> Option<(&str, &str)> {
-    path.strip_prefix('/')?.split_once('/')
-}
-
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Access<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
@@ -147,31 +136,30 @@ where
 {
     type Response = http::Response<ResBody>;
     type Error = S::Error;
-    type Future = Either<Instrumented<S::Future>, Ready<Result<http::Response<ResBody>, S::Error>>>;
+    type Future = Either<S::Future, Ready<Result<http::Response<ResBody>, S::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
-        let (service, rpc) = split_path(request.uri().path()).unwrap_or(("", ""));
-        if OPEN_SERVICES.contains(&service) {
-            return Either::Left(self.inner.call(request).instrument(Span::none()));
-        }
-        let rpc = rpc.to_owned();
-        let span = tracing::info_span!("rpc", rpc = %rpc, caller = field::Empty);
+        // Health and reflection: no RPC named (`grpc::call`), open to all.
+        let Some(rpc) = request.extensions().get::<Rpc>().cloned() else {
+            return Either::Left(self.inner.call(request));
+        };
         // Taken out in open mode too: no handler ever sees a key it could log.
         let key = take_api_key(request.headers_mut());
         if let Some(policy) = &self.policy {
-            match span.in_scope(|| admit(policy, &request, key.as_deref(), &rpc)) {
+            match admit(policy, &request, key.as_deref(), rpc.as_str()) {
                 Ok(caller) => {
-                    span.record("caller", field::display(&caller.name));
+                    // In the call's span (`grpc::call`), for every later line of the call.
+                    Span::current().record("caller", field::display(&caller.name));
                     request.extensions_mut().insert(AuthorizedCaller(caller));
                 }
                 Err(status) => return Either::Right(ready(Ok(status.into_http()))),
             }
         }
-        Either::Left(span.in_scope(|| self.inner.call(request)).instrument(span))
+        Either::Left(self.inner.call(request))
     }
 }
 
@@ -244,19 +232,6 @@ fn take_api_key(headers: &mut http::HeaderMap) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grpc_paths_split_into_service_and_method() {
-        assert_eq!(
-            split_path("/ratchet.v1.TokenService/Issue"),
-            Some(("ratchet.v1.TokenService", "Issue"))
-        );
-        assert_eq!(
-            split_path("/envoy.service.auth.v3.Authorization/Check"),
-            Some(("envoy.service.auth.v3.Authorization", "Check"))
-        );
-        assert_eq!(split_path("nonsense"), None);
-    }
 
     #[test]
     fn the_api_key_comes_from_a_bearer_or_x_api_key_and_is_stripped() {

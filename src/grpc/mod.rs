@@ -1,7 +1,8 @@
 //! The gRPC transport: generated code ([`pb`]), the service ([`service`]), Envoy's external
 //! authorization ([`authz`], on Envoy's generated code from `envoy-types`), request parsing and
 //! response encoding ([`convert`]), the one mapping of domain errors to `Status` ([`status`]) and
-//! the layers around the whole server ([`message_limit`], [`panic`](mod@panic), [`shed`], [`budget`]); what a
+//! the layers around the whole server ([`call`]: each call's RPC, request id and span;
+//! [`message_limit`], [`panic`](mod@panic), [`shed`], [`budget`]); what a
 //! caller may do ([`access`]; who is calling is the transport's to say,
 //! `crate::transport::identity`); the codec that bounds what a request decodes to ([`codec`]); the
 //! health service with its `Watch` streams counted ([`health`]).
@@ -9,6 +10,7 @@
 pub mod access;
 pub mod authz;
 pub mod budget;
+pub mod call;
 pub mod codec;
 pub mod convert;
 pub mod health;

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
 use super::pb::{self, token_service_server::TokenService};
-use super::{access, convert};
+use super::{access, call, convert};
 use crate::clock::Clock;
 use crate::issuer::types::{PresentedToken, RevokeTarget};
 use crate::issuer::{Error, Issuer};
@@ -55,6 +55,7 @@ impl<S: FamilyStore> TokenService for TokenServiceImpl<S> {
         access::check_issue(caller.as_deref(), &params, default_audience)?;
         let (issuer, now) = (self.issuer.clone(), self.clock.now());
         let pair = detached(async move { issuer.issue(params, &actor, now).await }).await?;
+        call::record_family(pair.family_id);
         self.rotate_limit.handed_out(&pair);
         Ok(Response::new(pair.into()))
     }
@@ -66,6 +67,7 @@ impl<S: FamilyStore> TokenService for TokenServiceImpl<S> {
         self.rotate_limit.check(&token)?;
         let (issuer, now) = (self.issuer.clone(), self.clock.now());
         let pair = detached(async move { issuer.rotate(token, &actor, now).await }).await?;
+        call::record_family(pair.family_id);
         self.rotate_limit.handed_out(&pair);
         Ok(Response::new(pair.into()))
     }
@@ -74,8 +76,10 @@ impl<S: FamilyStore> TokenService for TokenServiceImpl<S> {
         let caller = access::caller(&request);
         let actor = access::actor(&request);
         let target = RevokeTarget::try_from(request.into_inner())?;
-        if let RevokeTarget::Subject(subject) = &target {
-            access::check_subject(caller.as_deref(), subject.as_str())?;
+        match &target {
+            RevokeTarget::Subject(subject) => access::check_subject(caller.as_deref(), subject.as_str())?,
+            RevokeTarget::Family(family) => call::record_family(family),
+            RevokeTarget::Token(_) => {}
         }
         let subjects = access::subjects(caller);
         let (issuer, now) = (self.issuer.clone(), self.clock.now());

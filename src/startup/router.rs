@@ -16,6 +16,7 @@ use crate::grpc::TokenServiceImpl;
 use crate::grpc::access::AccessLayer;
 use crate::grpc::authz::{self, AuthorizationImpl, AuthorizationService};
 use crate::grpc::budget::{self, BudgetLayer, MemoryBudget};
+use crate::grpc::call::CallLayer;
 use crate::grpc::message_limit::MessageLimitLayer;
 use crate::grpc::panic::CatchPanicLayer;
 use crate::grpc::pb::{self, token_service_server::TokenServiceServer};
@@ -106,6 +107,9 @@ pub(super) async fn serve(
         })
         // Outermost: a call is in flight (the connection not idle) until its answer is sent.
         .layer(ActivityLayer)
+        // Next: every answer below, even a panic's or a shed call's, carries the call's request
+        // id, and every line logged below is in the call's span.
+        .layer(CallLayer)
         .layer(CatchPanicLayer)
         .layer(ShedLayer::new(limits.max_concurrent_requests))
         // Inside the shedding: only calls let in are charged.

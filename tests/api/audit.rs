@@ -91,14 +91,12 @@ async fn incident(client: &TokenServiceClient<Channel>) -> Incident {
         .unwrap()
         .into_inner();
     let revoke = |target| RevokeRequest { target: Some(target) };
-    let answer = client
-        .revoke(as_caller(
-            revoke(Target::FamilyId(ended.family_id.clone())),
-            SUPPORT_KEY,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    // The support desk passes its ticket number as the request id.
+    let mut by_ticket = as_caller(revoke(Target::FamilyId(ended.family_id.clone())), SUPPORT_KEY);
+    by_ticket
+        .metadata_mut()
+        .insert("x-request-id", "ticket-4711".parse().unwrap());
+    let answer = client.revoke(by_ticket).await.unwrap().into_inner();
     assert_eq!(answer.families_revoked, 1);
     let bob = client
         .issue(as_caller(issue("bob"), LOGIN_KEY))
@@ -193,6 +191,11 @@ fn the_responders_questions_are_answered(env: &[(&str, &str)], incident: &Incide
     let ended = events(env, &["--family", &incident.ended.family_id, "--kind", "revoked"]);
     assert_eq!(column(&ended, "caller"), ["support-desk"]);
     assert_eq!(column(&ended, "detail"), ["family"]);
+    assert_eq!(
+        column(&ended, "request_id"),
+        ["ticket-4711"],
+        "the caller's own request id"
+    );
     let bob = events(env, &["--subject", "bob"]);
     assert_eq!(column(&bob, "kind"), ["revoked", "issued"]);
     assert_eq!(column(&bob, "caller"), ["support-desk", "login"]);
@@ -202,6 +205,18 @@ fn the_responders_questions_are_answered(env: &[(&str, &str)], incident: &Incide
     // Everything, bounded: three issues, two rotations, one detection, two revocations.
     let all = events(env, &[]);
     assert_eq!(all.len(), 8, "{all:#?}");
+    // Every call has a request id: the caller's, else one the server made (32 hex digits), one
+    // per call.
+    let ids = column(&all, "request_id");
+    assert!(
+        ids.iter()
+            .all(|id| *id == "ticket-4711" || (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))),
+        "{ids:?}"
+    );
+    let mut distinct = ids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), ids.len(), "one id per call: {ids:?}");
     assert_eq!(events(env, &["--limit", "3"]), all[..3]);
     for event in &all {
         assert!(

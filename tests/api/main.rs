@@ -24,6 +24,7 @@ mod panics;
 mod policy;
 mod privileges;
 mod propagation;
+mod request_ids;
 mod revoke;
 mod rotate;
 mod schema;
