@@ -12,5 +12,8 @@ grant connect on database ratchet to ratchet_runtime;
 grant usage on schema public to ratchet_runtime;
 grant select, insert, update, delete on all tables in schema public to ratchet_runtime;
 revoke all on _sqlx_migrations from ratchet_runtime;
+-- The audit trail is append-only: the runtime role inserts events and the cleanup deletes those
+-- past their retention, but nobody rewrites one (a trigger refuses it too).
+revoke update, truncate on audit_events from ratchet_runtime;
 -- Tables that later migrations create (as the owner) get the same grants.
 alter default privileges in schema public grant select, insert, update, delete on tables to ratchet_runtime;

@@ -1,7 +1,7 @@
 //! The domain's own identifiers, below both [`crate::issuer`] and [`crate::store`]: what a family
 //! is called ([`FamilyId`]), what storage knows a refresh token by ([`TokenHash`]), a successor's
-//! sealed secret ([`Seal`]), and the error a value that breaks a rule is refused with
-//! ([`FieldError`]).
+//! sealed secret ([`Seal`]), the error a value that breaks a rule is refused with
+//! ([`FieldError`]), and who made a change ([`Actor`], for the audit trail).
 //!
 //! They live here, not in `issuer`, so that the store (and each backend) can speak of them
 //! without importing the use cases: imports only go down (`issuer` -> `store` trait <- backends).
@@ -81,4 +81,21 @@ impl fmt::Debug for Seal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Seal(..)")
     }
+}
+
+/// Who made a change, as the audit trail records it: the caller policy's name for the caller
+/// (`None` in open mode, where nobody is asked who they are) and the call's request id. Built by
+/// the gRPC handlers and passed down to the store's writes, which record it with their change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Actor {
+    pub caller: Option<String>,
+    pub request_id: Option<String>,
+}
+
+impl Actor {
+    /// No call behind the change (tests, tools).
+    pub const NOBODY: Self = Self {
+        caller: None,
+        request_id: None,
+    };
 }

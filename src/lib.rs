@@ -29,7 +29,7 @@
 //! - [`store`]: the [`store::FamilyStore`] trait, [`store::Backend`] (the backend chosen at run
 //!   time, and what only a whole backend does: open, migrate, close), its PostgreSQL
 //!   implementation (statements, rows, and running a statement to a definite outcome), the
-//!   connection pool, the family cache and the listener that keeps it current with revocations
+//!   audit trail every write records with its change ([`store::audit`]), the connection pool, the family cache and the listener that keeps it current with revocations
 //!   made by other replicas; and its SQLite implementation, for one process with no database
 //!   server (the default when no `DATABASE_URL` is set).
 //! - [`domain`]: the identifiers both [`issuer`] and [`store`] speak of (family id, token hash,

@@ -4,10 +4,11 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use ratchet::cli::{Cli, Command, KeysArgs, KeysCommand};
-use ratchet::config::{self, Config, GcConfig};
+use ratchet::config::{self, Config, EventsConfig, GcConfig};
 use ratchet::keys::directory::Imported;
 use ratchet::keys::{KeyAlgorithm, KeyError};
 use ratchet::startup::{self, Application};
+use ratchet::store::AuditEvent;
 use ratchet::store::postgres::wait::Unreachable;
 use ratchet::store::sqlite::LockError;
 use ratchet::{shutdown, telemetry};
@@ -38,6 +39,10 @@ fn main() -> ExitCode {
         },
         Command::Gc(args) => match GcConfig::from_args(&args) {
             Ok(config) => runtime.block_on(gc(config)),
+            Err(problems) => return usage(&problems),
+        },
+        Command::Events(args) => match EventsConfig::from_args(&args, time::OffsetDateTime::now_utc()) {
+            Ok(config) => runtime.block_on(events(config)),
             Err(problems) => return usage(&problems),
         },
         Command::Keys(args) => match keys(&args) {
@@ -82,9 +87,57 @@ async fn gc(config: GcConfig) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "removed {} families and {} refresh tokens; cleared {} expired seals",
-        report.families, report.tokens, report.seals
+        "removed {} families and {} refresh tokens; cleared {} expired seals; removed {} audit events",
+        report.families, report.tokens, report.seals, report.events
     );
+    Ok(())
+}
+
+/// One audit event as `ratchet events` prints it: a JSON object per line, fields in this order.
+#[derive(serde::Serialize)]
+struct EventLine<'a> {
+    id: i64,
+    at: String,
+    kind: &'static str,
+    family_id: String,
+    subject: &'a str,
+    client_id: &'a str,
+    caller: Option<&'a str>,
+    request_id: Option<&'a str>,
+    detail: Option<&'a str>,
+}
+
+async fn events(config: EventsConfig) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let events = startup::events(&config).await?;
+    let mut out = std::io::stdout().lock();
+    for event in &events {
+        let AuditEvent {
+            id,
+            at,
+            kind,
+            family_id,
+            subject,
+            client_id,
+            caller,
+            request_id,
+            detail,
+        } = event;
+        let line = EventLine {
+            id: *id,
+            at: at.format(&time::format_description::well_known::Rfc3339)?,
+            kind: kind.as_str(),
+            family_id: family_id.to_string(),
+            subject,
+            client_id,
+            caller: caller.as_deref(),
+            request_id: request_id.as_deref(),
+            detail: detail.as_deref(),
+        };
+        serde_json::to_writer(&mut out, &line)?;
+        writeln!(out)?;
+    }
+    out.flush()?;
     Ok(())
 }
 

@@ -254,6 +254,20 @@ pub(super) const GC_INTERVAL: Bounds = Bounds {
     max: DAY,
     why: "storage would grow for a day between passes",
 };
+/// Audit events are evidence: kept at least a day (an incident is often noticed the next morning),
+/// and at most ten years, past which a value is a typo; compliance rules ask for one to seven.
+pub(super) const AUDIT_RETENTION: Bounds = Bounds {
+    min: DAY,
+    max: Duration::from_secs(10 * 366 * 24 * 60 * 60),
+    why: "ten years is past any retention rule; a longer one is a typo",
+};
+/// Events `ratchet events` prints at once: more is a dump, better done with SQL (and it would be
+/// held in memory at once).
+pub(super) const EVENTS_LIMIT: Count = Count {
+    min: 1,
+    max: 10_000,
+    shown: "",
+};
 /// Rows deleted per statement.
 pub(super) const GC_BATCH: Count = Count {
     min: 1,

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::bounds::{GC_BATCH, GC_INTERVAL, GC_RETENTION};
+use super::bounds::{AUDIT_RETENTION, GC_BATCH, GC_INTERVAL, GC_RETENTION};
 use super::problems::Problems;
 use crate::cli::CleanupArgs;
 use crate::issuer::cleanup::CleanupSettings;
@@ -19,6 +19,7 @@ const CLEANUP_PAUSE: Duration = Duration::from_millis(10);
 pub(super) fn collect(args: &CleanupArgs, problems: &mut Problems) -> CleanupSettings {
     CleanupSettings {
         retention: problems.time_duration("gc-retention", &args.gc_retention, &GC_RETENTION),
+        audit_retention: problems.time_duration("audit-retention", &args.audit_retention, &AUDIT_RETENTION),
         batch: problems.count("gc-batch", args.gc_batch, &GC_BATCH),
         sweep_windows: Some(SWEEP_WINDOWS),
         pause: CLEANUP_PAUSE,

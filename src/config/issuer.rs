@@ -27,5 +27,6 @@ pub(super) fn collect(args: &ServeArgs, problems: &mut Problems) -> Policy {
         reuse_grace,
         leeway,
         max_sessions,
+        audit_rotations: args.audit_rotations,
     }
 }

@@ -11,7 +11,8 @@
 //! - `bounds`: the table of limits, each with its reason.
 //! - one file per group of flags: [`database`], `transport` (listeners, their limits, TLS),
 //!   `access` (caller policy, Rotate limit), `issuer` (tokens and sessions), [`keys`] and
-//!   `cleanup`.
+//!   `cleanup` (with the audit trail's retention); and [`events`], the filters of
+//!   `ratchet events`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,11 +30,13 @@ mod access;
 mod bounds;
 mod cleanup;
 pub mod database;
+pub mod events;
 mod issuer;
 pub mod keys;
 mod problems;
 mod transport;
 
+pub use events::EventsConfig;
 use problems::Problems;
 pub use transport::{HttpConfig, TransportLimits};
 
@@ -180,6 +183,13 @@ mod tests {
         assert_eq!(config.settings.policy.leeway, time::Duration::seconds(5));
         assert_eq!(config.settings.verified_cache_bytes, 32 * 1024 * 1024);
         assert!(config.migrate);
+        assert_eq!(config.settings.cleanup.audit_retention, time::Duration::days(90));
+        assert!(
+            !config.settings.policy.audit_rotations,
+            "rotations are not audited by default"
+        );
+        let on = Config::from_args(serve_args(&["--audit-rotations"])).unwrap();
+        assert!(on.settings.policy.audit_rotations);
     }
 
     #[test]
@@ -301,6 +311,7 @@ mod tests {
             ("family-cache-ttl", "61m", "1h"),
             ("db-timeout", "61s", "60s"),
             ("shutdown-grace", "6m", "5m"),
+            ("audit-retention", "11y", "10y"),
         ] {
             let flag_arg = format!("--{flag}");
             let problems = problems_of(&[&flag_arg, too_long]);
@@ -320,6 +331,7 @@ mod tests {
             ("refresh-ttl", "0s"),
             ("family-ttl", "0s"),
             ("db-timeout", "99ms"),
+            ("audit-retention", "23h"),
         ] {
             let problems = problems_of(&[&format!("--{flag}"), too_short]);
             assert!(

@@ -32,10 +32,12 @@ use tower_service::Service;
 use tracing::{Span, field};
 
 use super::call::Rpc;
+use crate::domain::Actor;
 use crate::issuer::Subjects;
 use crate::issuer::types::IssueParams;
 use crate::policy::reload::PolicyFile;
 use crate::policy::{Caller, Unauthenticated};
+use crate::telemetry::request_id::RequestId;
 use crate::telemetry::throttle;
 use crate::transport::accept::PeerInfo;
 use crate::transport::{MalformedXfcc, PeerIdentity};
@@ -49,6 +51,16 @@ pub struct AuthorizedCaller(pub Arc<Caller>);
 /// The caller `request` was admitted as, if a policy is in force.
 pub fn caller<T>(request: &tonic::Request<T>) -> Option<Arc<Caller>> {
     request.extensions().get::<AuthorizedCaller>().map(|c| c.0.clone())
+}
+
+/// Who is making this call, for the audit trail: the caller policy's name for the caller (none
+/// in open mode) and the call's request id.
+pub fn actor<T>(request: &tonic::Request<T>) -> Actor {
+    Actor {
+        caller: caller(request).map(|caller| caller.name.clone()),
+        // Put there by `grpc::call` for every RPC.
+        request_id: request.extensions().get::<RequestId>().map(|id| id.as_str().to_owned()),
+    }
 }
 
 /// Whether the caller may mint what `params` asks for (anything, in open mode).

@@ -49,22 +49,24 @@ impl<S> TokenServiceImpl<S> {
 impl<S: FamilyStore> TokenService for TokenServiceImpl<S> {
     async fn issue(&self, request: Request<pb::IssueRequest>) -> Result<Response<pb::TokenPair>, Status> {
         let caller = access::caller(&request);
+        let actor = access::actor(&request);
         let default_audience = &self.issuer.policy().default_audience;
         let params = convert::issue_params(request.into_inner(), default_audience)?;
         access::check_issue(caller.as_deref(), &params, default_audience)?;
         let (issuer, now) = (self.issuer.clone(), self.clock.now());
-        let pair = detached(async move { issuer.issue(params, now).await }).await?;
+        let pair = detached(async move { issuer.issue(params, &actor, now).await }).await?;
         call::record_family(pair.family_id);
         self.rotate_limit.handed_out(&pair);
         Ok(Response::new(pair.into()))
     }
 
     async fn rotate(&self, request: Request<pb::RotateRequest>) -> Result<Response<pb::TokenPair>, Status> {
+        let actor = access::actor(&request);
         let token = PresentedToken::try_from(request.into_inner())?;
         // Before the statement: over the limit, the token is not spent.
         self.rotate_limit.check(&token)?;
         let (issuer, now) = (self.issuer.clone(), self.clock.now());
-        let pair = detached(async move { issuer.rotate(token, now).await }).await?;
+        let pair = detached(async move { issuer.rotate(token, &actor, now).await }).await?;
         call::record_family(pair.family_id);
         self.rotate_limit.handed_out(&pair);
         Ok(Response::new(pair.into()))
@@ -72,6 +74,7 @@ impl<S: FamilyStore> TokenService for TokenServiceImpl<S> {
 
     async fn revoke(&self, request: Request<pb::RevokeRequest>) -> Result<Response<pb::RevokeResponse>, Status> {
         let caller = access::caller(&request);
+        let actor = access::actor(&request);
         let target = RevokeTarget::try_from(request.into_inner())?;
         match &target {
             RevokeTarget::Subject(subject) => access::check_subject(caller.as_deref(), subject.as_str())?,
@@ -80,7 +83,7 @@ impl<S: FamilyStore> TokenService for TokenServiceImpl<S> {
         }
         let subjects = access::subjects(caller);
         let (issuer, now) = (self.issuer.clone(), self.clock.now());
-        let families_revoked = detached(async move { issuer.revoke(target, subjects, now).await }).await?;
+        let families_revoked = detached(async move { issuer.revoke(target, subjects, &actor, now).await }).await?;
         Ok(Response::new(pb::RevokeResponse { families_revoked }))
     }
 

@@ -1,5 +1,6 @@
 //! Keeping storage bounded: delete families that ended a while ago, with their refresh tokens,
-//! and clear seals whose grace window is over.
+//! clear seals whose grace window is over, and delete audit events past their retention (oldest
+//! first, a batch per statement).
 //!
 //! A family ends when it expires (idle or absolute) or is revoked; it is kept for a retention
 //! period after that, so that a token of a recently ended family is still answered with the
@@ -41,6 +42,8 @@ pub const MAX_REUSE_GRACE: Duration = Duration::minutes(10);
 pub struct CleanupSettings {
     /// How long an ended family is kept.
     pub retention: Duration,
+    /// How long an audit event is kept (`--audit-retention`).
+    pub audit_retention: Duration,
     /// Rows per statement, and families per sweep window.
     pub batch: u32,
     /// Sweep windows per pass; `None`: sweep the whole table.
@@ -61,6 +64,8 @@ pub struct CleanupReport {
     pub families: u64,
     pub tokens: u64,
     pub seals: u64,
+    /// Audit events past their retention.
+    pub events: u64,
     /// Another server held the sweep lock, so this pass did nothing.
     pub skipped: bool,
 }
@@ -80,6 +85,7 @@ pub async fn collect_garbage<S: FamilyStore>(
     let out_of_range = || Error::Internal("time arithmetic out of range".into());
     let ended_before = now.checked_sub(settings.retention).ok_or_else(out_of_range)?;
     let sealed_before = now.checked_sub(MAX_REUSE_GRACE).ok_or_else(out_of_range)?;
+    let recorded_before = now.checked_sub(settings.audit_retention).ok_or_else(out_of_range)?;
     let Some(_turn) = store.sweep_lock().await? else {
         tracing::debug!("another server is cleaning up; skipping this pass");
         return Ok(CleanupReport {
@@ -121,12 +127,21 @@ pub async fn collect_garbage<S: FamilyStore>(
         }
         tokio::time::sleep(settings.pause).await;
     }
+    loop {
+        let deleted = store.purge_events(recorded_before, settings.batch).await?;
+        report.events += deleted;
+        if deleted < u64::from(settings.batch) {
+            break;
+        }
+        tokio::time::sleep(settings.pause).await;
+    }
     if report != CleanupReport::default() {
         tracing::info!(
             families = report.families,
             tokens = report.tokens,
             seals = report.seals,
-            "cleanup removed ended families and expired seals"
+            events = report.events,
+            "cleanup removed ended families, expired seals and audit events past their retention"
         );
     }
     Ok(report)

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use time::{Duration, OffsetDateTime};
 use tracing::{Span, field};
 
-use crate::domain::FamilyId;
+use crate::domain::{Actor, FamilyId};
 pub use error::Error;
 pub use introspect::{ActiveToken, TokenType};
 use refresh_token::RefreshToken;
@@ -53,6 +53,9 @@ pub struct Policy {
     pub leeway: Duration,
     /// Most live families per (subject, client_id); Issue beyond it revokes the oldest.
     pub max_sessions: u32,
+    /// Record every rotation in the audit trail (`--audit-rotations`), not only the events that
+    /// are always recorded (issued, reuse detected, revoked, evicted).
+    pub audit_rotations: bool,
 }
 
 /// A fresh access token and refresh token.
@@ -107,13 +110,14 @@ impl<S: FamilyStore> Issuer<S> {
     /// Starts a family and returns its first pair. Beyond [`Policy::max_sessions`] live families
     /// of the subject for this client, the oldest are revoked: only ever of the same subject and
     /// client id as the new family, so a caller the policy lets issue only for some subjects and
-    /// client ids can evict only sessions it could have issued itself.
+    /// client ids can evict only sessions it could have issued itself. The audit trail records
+    /// both (`issued`, `evicted`) by `actor`.
     ///
     /// # Errors
     /// [`Error::Unavailable`] when storage is down, [`Error::OutcomeUnknown`] when it stopped
     /// answering mid-way; [`Error::Internal`] otherwise.
     #[tracing::instrument(name = "issue", skip_all, fields(family_id = field::Empty))]
-    pub async fn issue(&self, params: IssueParams, now: OffsetDateTime) -> Result<TokenPair, Error> {
+    pub async fn issue(&self, params: IssueParams, actor: &Actor, now: OffsetDateTime) -> Result<TokenPair, Error> {
         let expires_at = later(now, self.policy.family_ttl)?;
         let family = FamilyRecord {
             id: FamilyId::new_random(),
@@ -140,7 +144,7 @@ impl<S: FamilyStore> Issuer<S> {
             first,
             max_live: self.policy.max_sessions,
         };
-        let evicted = self.store.create_family(&new).await?;
+        let evicted = self.store.create_family(&new, actor).await?;
         for family in evicted {
             tracing::info!(target: "security", %family, subject = %new.family.subject, client_id = %new.family.client_id,
                 reason = "evicted", max_sessions = self.policy.max_sessions,

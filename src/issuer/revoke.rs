@@ -14,8 +14,8 @@ use time::OffsetDateTime;
 use super::refresh_token::RefreshToken;
 use super::types::{PresentedToken, RevokeTarget};
 use super::{Error, Issuer};
-use crate::domain::FamilyId;
-use crate::store::{FamilyStore, Revocation, RevokeReason};
+use crate::domain::{Actor, FamilyId};
+use crate::store::{FamilyStore, Revocation, RevokeReason, TargetKind};
 
 /// Families revoked per statement when revoking a subject: each batch commits on its own, so a
 /// subject with 100k families never needs one statement long enough to hit the timeout.
@@ -54,14 +54,25 @@ impl fmt::Debug for Subjects {
 
 impl<S: FamilyStore> Issuer<S> {
     /// Revokes the families `target` names, of `subjects` only; returns how many this call
-    /// revoked.
+    /// revoked. The audit trail records each (`revoked`, with what `target` named) by `actor`.
     ///
     /// # Errors
     /// [`Error::Unavailable`], [`Error::OutcomeUnknown`]. Revoking a subject goes in batches that
     /// each commit: after an error some of its families may be revoked already, and a retry
     /// finishes the job.
     #[tracing::instrument(name = "revoke", skip_all)]
-    pub async fn revoke(&self, target: RevokeTarget, subjects: Subjects, now: OffsetDateTime) -> Result<u32, Error> {
+    pub async fn revoke(
+        &self,
+        target: RevokeTarget,
+        subjects: Subjects,
+        actor: &Actor,
+        now: OffsetDateTime,
+    ) -> Result<u32, Error> {
+        let named = match &target {
+            RevokeTarget::Family(_) => TargetKind::Family,
+            RevokeTarget::Token(_) => TargetKind::Token,
+            RevokeTarget::Subject(_) => TargetKind::Subject,
+        };
         let family = match target {
             RevokeTarget::Family(id) if matches!(subjects, Subjects::Any) => Some(id),
             RevokeTarget::Family(id) => {
@@ -75,7 +86,10 @@ impl<S: FamilyStore> Issuer<S> {
             RevokeTarget::Subject(subject) => {
                 let mut count = 0usize;
                 loop {
-                    let batch = self.store.revoke_subject(subject.as_str(), now, REVOKE_BATCH).await?;
+                    let batch = self
+                        .store
+                        .revoke_subject(subject.as_str(), now, REVOKE_BATCH, actor)
+                        .await?;
                     count += batch.len();
                     if batch.len() < REVOKE_BATCH as usize {
                         break;
@@ -86,7 +100,11 @@ impl<S: FamilyStore> Issuer<S> {
             }
         };
         let Some(family) = family else { return Ok(0) };
-        let revoked = self.store.revoke_family(family, now, RevokeReason::Revoke).await? == Revocation::Revoked;
+        let revoked = self
+            .store
+            .revoke_family(family, now, RevokeReason::Revoke(named), actor)
+            .await?
+            == Revocation::Revoked;
         if revoked {
             tracing::info!(target: "security", %family, "family revoked");
         }

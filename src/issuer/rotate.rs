@@ -12,10 +12,13 @@ use super::refresh_token::RefreshToken;
 use super::rotation::{self, Verdict};
 use super::types::PresentedToken;
 use super::{Error, Issuer, TokenPair, later};
+use crate::domain::Actor;
 use crate::store::{FamilyStore, NewRefreshToken, RefreshTokenRecord, RevokeReason, SpendOutcome, SpendRequest};
 
 impl<S: FamilyStore> Issuer<S> {
-    /// Spends a refresh token and returns the next pair of its family.
+    /// Spends a refresh token and returns the next pair of its family. The audit trail records a
+    /// reuse detection, and the rotation itself with [`super::Policy::audit_rotations`], by
+    /// `actor`.
     ///
     /// # Errors
     /// [`Error::TokenInvalid`], [`Error::TokenExpired`], [`Error::TokenRevoked`],
@@ -23,7 +26,7 @@ impl<S: FamilyStore> Issuer<S> {
     /// spent), [`Error::OutcomeUnknown`] (storage stopped answering and the spend may have
     /// happened).
     #[tracing::instrument(name = "rotate", skip_all, fields(family_id = field::Empty))]
-    pub async fn rotate(&self, token: PresentedToken, now: OffsetDateTime) -> Result<TokenPair, Error> {
+    pub async fn rotate(&self, token: PresentedToken, actor: &Actor, now: OffsetDateTime) -> Result<TokenPair, Error> {
         let presented = RefreshToken::parse(token.expose()).ok_or(Error::TokenInvalid)?;
         let successor = RefreshToken::generate()?;
         let grace = self.policy.reuse_grace;
@@ -39,8 +42,9 @@ impl<S: FamilyStore> Issuer<S> {
             retry_after: now
                 .checked_sub(grace)
                 .ok_or_else(|| Error::Internal("time arithmetic out of range".into()))?,
+            audit_rotation: self.policy.audit_rotations,
         };
-        let (record, revoked_for_reuse) = match self.store.spend(&request).await? {
+        let (record, revoked_for_reuse) = match self.store.spend(&request, actor).await? {
             SpendOutcome::Spent {
                 family,
                 successor_expires_at,
@@ -59,9 +63,9 @@ impl<S: FamilyStore> Issuer<S> {
         }
         match (rotation::judge(record.as_ref(), now, grace), record) {
             (Verdict::Retry, Some(record)) if !revoked_for_reuse => self.answer_retry(&presented, &record, now),
-            (Verdict::Reuse { already_revoked }, Some(record)) => {
-                Err(self.reuse(&record, now, already_revoked, revoked_for_reuse).await)
-            }
+            (Verdict::Reuse { already_revoked }, Some(record)) => Err(self
+                .reuse(&record, actor, now, already_revoked, revoked_for_reuse)
+                .await),
             (verdict, Some(record)) if revoked_for_reuse => {
                 // The statement revoked the family but the rules saw no reuse: a bug, but the
                 // family is revoked either way, and that is what the caller must hear.
@@ -109,6 +113,7 @@ impl<S: FamilyStore> Issuer<S> {
     async fn reuse(
         &self,
         record: &RefreshTokenRecord,
+        actor: &Actor,
         now: OffsetDateTime,
         already_revoked: bool,
         revoked_by_store: bool,
@@ -122,7 +127,7 @@ impl<S: FamilyStore> Issuer<S> {
         } else {
             // The rules and the statement disagree (a bug): never leave the family live.
             tracing::error!(%family, "the rotation rules judged reuse that the spend statement did not act on; revoking the family now");
-            if let Err(error) = self.store.revoke_family(family, now, RevokeReason::Reuse).await {
+            if let Err(error) = self.store.revoke_family(family, now, RevokeReason::Reuse, actor).await {
                 return error.into();
             }
             tracing::warn!(target: "security", %family, %subject, "spent refresh token presented again: family revoked");

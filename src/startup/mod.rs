@@ -23,7 +23,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, GcConfig, Settings};
+use crate::config::{Config, EventsConfig, GcConfig, Settings};
 use crate::grpc::TokenServiceImpl;
 use crate::grpc::authz::AuthorizationImpl;
 use crate::issuer::cleanup::{self, CleanupReport, Sweep};
@@ -34,7 +34,7 @@ use crate::keys::{KeySet, Keyring, ServerSecret};
 use crate::shutdown::{Stage, Stages};
 use crate::store::cached::{CachedStore, FamilyCache};
 use crate::store::sqlite::DatabaseLock;
-use crate::store::{Backend, RuntimeStore, Target};
+use crate::store::{AuditEvent, Backend, FamilyStore as _, RuntimeStore, Target};
 use crate::transport;
 use tasks::{Background, set_health};
 
@@ -106,6 +106,27 @@ pub async fn collect_garbage(config: &GcConfig) -> anyhow::Result<CleanupReport>
     let report = cleanup::collect_garbage(&store, SystemClock.now(), &config.cleanup, &mut Sweep::default()).await;
     store.close().await;
     report.context("cleanup failed")
+}
+
+/// The audit events `config` asks for, newest first (`ratchet events`). Reads beside a running
+/// server: on SQLite from a reading connection, without the lock file `serve` holds (which is
+/// for writers), and never creating a database that is not there.
+///
+/// # Errors
+/// There is no database, it cannot be reached, or the read fails.
+pub async fn events(config: &EventsConfig) -> anyhow::Result<Vec<AuditEvent>> {
+    if let Some(path) = config.sqlite_path() {
+        anyhow::ensure!(
+            path.exists(),
+            "there is no SQLite database at {} (set --data-dir or DATABASE_URL to where the server keeps it)",
+            path.display()
+        );
+    }
+    Backend::wait_until_reachable(&config.database).await?;
+    let store = Backend::open(&config.database);
+    let events = store.events(&config.filter).await;
+    store.close().await;
+    events.context("cannot read the audit events")
 }
 
 impl Application {

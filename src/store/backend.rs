@@ -24,10 +24,11 @@ use super::cached::FamilyCache;
 use super::postgres::{self, PgStore, PgTarget};
 use super::sqlite::{self, DatabaseLock, LockError, SqliteStore, SqliteTarget};
 use super::{
-    FamilyStatus, FamilyStore, IdleWindow, MigrateError, NewFamily, Purged, RefreshTokenRecord, Revocation,
-    RevokeReason, SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError, SweepLock,
+    AuditEvent, EventFilter, FamilyStatus, FamilyStore, IdleWindow, MigrateError, NewFamily, Purged,
+    RefreshTokenRecord, Revocation, RevokeReason, SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError,
+    SweepLock,
 };
-use crate::domain::{FamilyId, TokenHash};
+use crate::domain::{Actor, FamilyId, TokenHash};
 
 /// Which backend, and where: what the database configuration resolves to.
 #[expect(clippy::large_enum_variant, reason = "made once at start: boxing would save nothing")]

@@ -34,10 +34,10 @@ use quick_cache::sync::Cache;
 use time::OffsetDateTime;
 
 use super::{
-    FamilyStatus, FamilyStore, IdleWindow, NewFamily, Purged, RefreshTokenRecord, Revocation, RevokeReason,
-    SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError, SweepLock,
+    AuditEvent, EventFilter, FamilyStatus, FamilyStore, IdleWindow, NewFamily, Purged, RefreshTokenRecord, Revocation,
+    RevokeReason, SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError, SweepLock,
 };
-use crate::domain::{FamilyId, TokenHash};
+use crate::domain::{Actor, FamilyId, TokenHash};
 
 /// Longest a cached "live" is trusted even while revocations are known to reach this server: a
 /// backstop for a revocation that bypassed the notification (an operator's SQL with triggers
@@ -215,16 +215,16 @@ macro_rules! pass_through {
 impl<S: FamilyStore> FamilyStore for CachedStore<S> {
     super::family_store_methods!(pass_through);
 
-    async fn create_family(&self, new: &NewFamily) -> Result<Vec<FamilyId>, StoreError> {
-        let evicted = self.inner.create_family(new).await?;
+    async fn create_family(&self, new: &NewFamily, actor: &Actor) -> Result<Vec<FamilyId>, StoreError> {
+        let evicted = self.inner.create_family(new, actor).await?;
         for id in &evicted {
             self.mark_revoked(*id, None);
         }
         Ok(evicted)
     }
 
-    async fn spend(&self, request: &SpendRequest) -> Result<SpendOutcome, StoreError> {
-        let outcome = self.inner.spend(request).await?;
+    async fn spend(&self, request: &SpendRequest, actor: &Actor) -> Result<SpendOutcome, StoreError> {
+        let outcome = self.inner.spend(request, actor).await?;
         if let SpendOutcome::Refused {
             token: Some(token),
             revoked_for_reuse: true,
@@ -273,8 +273,9 @@ impl<S: FamilyStore> FamilyStore for CachedStore<S> {
         id: FamilyId,
         now: OffsetDateTime,
         reason: RevokeReason,
+        actor: &Actor,
     ) -> Result<Revocation, StoreError> {
-        let revocation = self.inner.revoke_family(id, now, reason).await?;
+        let revocation = self.inner.revoke_family(id, now, reason, actor).await?;
         // Also when this call found it already revoked: the cache may not know yet. Not for an
         // unknown id: anyone may send those, and each would evict a real entry and bump the epoch.
         if revocation != Revocation::Unknown {
@@ -288,8 +289,9 @@ impl<S: FamilyStore> FamilyStore for CachedStore<S> {
         subject: &str,
         now: OffsetDateTime,
         limit: u32,
+        actor: &Actor,
     ) -> Result<Vec<FamilyId>, StoreError> {
-        let revoked = self.inner.revoke_subject(subject, now, limit).await?;
+        let revoked = self.inner.revoke_subject(subject, now, limit, actor).await?;
         for id in &revoked {
             self.mark_revoked(*id, None);
         }
@@ -302,6 +304,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use super::*;
+    use crate::store::TargetKind;
 
     /// A store that only knows family statuses, counting how often it is asked.
     #[derive(Default)]
@@ -341,6 +344,7 @@ mod tests {
             id: FamilyId,
             _: OffsetDateTime,
             _: RevokeReason,
+            _: &Actor,
         ) -> Result<Revocation, StoreError> {
             if id == unknown() {
                 return Ok(Revocation::Unknown);
@@ -365,7 +369,12 @@ mod tests {
         assert!(!store.family_status(known).await.unwrap().unwrap().revoked);
         let epoch = store.cache.epoch.load(Ordering::SeqCst);
         let revocation = store
-            .revoke_family(unknown(), OffsetDateTime::UNIX_EPOCH, RevokeReason::Revoke)
+            .revoke_family(
+                unknown(),
+                OffsetDateTime::UNIX_EPOCH,
+                RevokeReason::Revoke(TargetKind::Family),
+                &Actor::NOBODY,
+            )
             .await
             .unwrap();
         assert_eq!(revocation, Revocation::Unknown);
@@ -395,7 +404,12 @@ mod tests {
         }
         assert_eq!(store.inner().reads.load(Ordering::SeqCst), 1);
         store
-            .revoke_family(id, OffsetDateTime::UNIX_EPOCH, RevokeReason::Revoke)
+            .revoke_family(
+                id,
+                OffsetDateTime::UNIX_EPOCH,
+                RevokeReason::Revoke(TargetKind::Family),
+                &Actor::NOBODY,
+            )
             .await
             .unwrap();
         assert!(store.family_status(id).await.unwrap().unwrap().revoked);

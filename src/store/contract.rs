@@ -29,10 +29,10 @@ use super::cached::CachedStore;
 use super::postgres::{PgStore, PoolSettings, pool};
 use super::sqlite::{SqliteSettings, SqliteStore, SqliteTarget};
 use super::{
-    Backend, FamilyRecord, FamilyStore, IdleWindow, NewFamily, NewRefreshToken, Purged, Revocation, RevokeReason,
-    SessionCursor, SpendOutcome, SpendRequest,
+    AuditEvent, Backend, EventFilter, EventKind, FamilyRecord, FamilyStore, IdleWindow, NewFamily, NewRefreshToken,
+    Purged, Revocation, RevokeReason, SessionCursor, SpendOutcome, SpendRequest, TargetKind,
 };
-use crate::domain::{FamilyId, Seal, TokenHash};
+use crate::domain::{Actor, FamilyId, Seal, TokenHash};
 
 /// Runs every contract test against the store `$open` builds, in module `$backend`. `$harness`
 /// is the test attribute that makes a private database and hands the test `$args`; `$open` may
@@ -56,6 +56,12 @@ macro_rules! contract {
             seals_go_when_their_token_is_spent_or_cleared_and_without_one_a_retry_is_reuse,
             a_family_never_branches_however_its_tokens_are_raced,
             on_a_shared_store_one_holds_the_sweep_lock_at_a_time_until_it_lets_go,
+            every_change_is_recorded_with_who_made_it_and_nothing_for_a_refused_one,
+            a_replay_is_recorded_once_as_reuse_detected_with_its_revocation,
+            rotations_are_recorded_only_when_asked_and_once_per_spend,
+            an_eviction_is_recorded_with_the_issue_that_caused_it,
+            events_are_read_newest_first_by_each_filter,
+            retention_deletes_only_events_older_than_its_cutoff_in_batches,
         );
     };
     (@tests $backend:ident, #[$harness:meta], $args:tt => $open:expr; $($test:ident,)*) => {
@@ -219,7 +225,7 @@ pub(super) fn new_family(subject: &str, now: OffsetDateTime) -> NewFamily {
 
 /// Stores `new`; returns its id and first token.
 async fn create<S: FamilyStore>(store: &S, new: NewFamily) -> (FamilyId, TokenHash) {
-    store.create_family(&new).await.unwrap();
+    store.create_family(&new, &Actor::NOBODY).await.unwrap();
     (new.family.id, new.first.hash)
 }
 
@@ -238,6 +244,7 @@ fn spend_of(presented: TokenHash, now: OffsetDateTime) -> SpendRequest {
         successor_seal: None,
         now,
         retry_after: now,
+        audit_rotation: false,
     }
 }
 
@@ -251,7 +258,7 @@ fn graceful(presented: TokenHash, now: OffsetDateTime) -> SpendRequest {
 }
 
 async fn spent<S: FamilyStore>(store: &S, request: &SpendRequest) -> OffsetDateTime {
-    match store.spend(request).await.unwrap() {
+    match store.spend(request, &Actor::NOBODY).await.unwrap() {
         SpendOutcome::Spent {
             successor_expires_at, ..
         } => successor_expires_at,
@@ -279,7 +286,7 @@ async fn a_token_is_spent_exactly_once_however_many_spend_it_at_once<S: FamilySt
     let now = start();
     let (family, first) = issue(store, "alice", now).await;
     let requests: Vec<SpendRequest> = (0..32).map(|_| spend_of(first, now)).collect();
-    let outcomes: Vec<SpendOutcome> = join_all(requests.iter().map(|request| store.spend(request)))
+    let outcomes: Vec<SpendOutcome> = join_all(requests.iter().map(|request| store.spend(request, &Actor::NOBODY)))
         .await
         .into_iter()
         .map(Result::unwrap)
@@ -306,6 +313,11 @@ async fn a_token_is_spent_exactly_once_however_many_spend_it_at_once<S: FamilySt
         .count();
     assert_eq!(revokers, 1, "{outcomes:#?}");
     assert!(revoked(store, family).await);
+    assert_eq!(
+        kinds(&events_of(store, family).await),
+        [EventKind::ReuseDetected, EventKind::Issued],
+        "one detection, however many replays raced"
+    );
 
     let token = store.refresh_token(&first).await.unwrap().unwrap();
     assert_eq!(token.spent_at, Some(now));
@@ -325,25 +337,37 @@ async fn a_spent_token_presented_again_revokes_its_family_in_the_same_call<S: Fa
     assert!(!revoked(store, family).await);
 
     let later = now + Duration::minutes(5);
-    let token = refused(store.spend(&spend_of(first, later)).await.unwrap(), true);
+    let token = refused(
+        store.spend(&spend_of(first, later), &Actor::NOBODY).await.unwrap(),
+        true,
+    );
     assert_eq!(token.family.id, family);
     assert_eq!(token.spent_at, Some(now));
     assert!(revoked(store, family).await, "revoked by the replay itself");
 
     // The thief's or the client's successor: dead either way.
     let token = refused(
-        store.spend(&spend_of(rotation.successor.hash, later)).await.unwrap(),
+        store
+            .spend(&spend_of(rotation.successor.hash, later), &Actor::NOBODY)
+            .await
+            .unwrap(),
         false,
     );
     assert_eq!(token.family.revoked_at, Some(later));
     assert_eq!(token.spent_at, None);
     // Once revoked, a replay revokes nothing more.
     refused(
-        store.spend(&spend_of(first, later + Duration::SECOND)).await.unwrap(),
+        store
+            .spend(&spend_of(first, later + Duration::SECOND), &Actor::NOBODY)
+            .await
+            .unwrap(),
         false,
     );
     assert_eq!(
-        store.revoke_family(family, later, RevokeReason::Revoke).await.unwrap(),
+        store
+            .revoke_family(family, later, RevokeReason::Revoke(TargetKind::Family), &Actor::NOBODY)
+            .await
+            .unwrap(),
         Revocation::AlreadyRevoked
     );
 }
@@ -353,8 +377,8 @@ async fn the_same_spend_delivered_twice_is_done_once_and_is_not_reuse<S: FamilyS
     let (family, first) = issue(store, "alice", now).await;
     let request = spend_of(first, now + Duration::MINUTE);
     let (first_answer, second_answer) = (
-        store.spend(&request).await.unwrap(),
-        store.spend(&request).await.unwrap(),
+        store.spend(&request, &Actor::NOBODY).await.unwrap(),
+        store.spend(&request, &Actor::NOBODY).await.unwrap(),
     );
     let expiry = |outcome: &SpendOutcome| match outcome {
         SpendOutcome::Spent {
@@ -380,7 +404,7 @@ async fn within_the_grace_window_a_spent_token_is_a_retry_and_after_it_reuse<S: 
     spent(store, &rotation).await;
 
     let retry = graceful(first, now + GRACE - Duration::SECOND);
-    let token = refused(store.spend(&retry).await.unwrap(), false);
+    let token = refused(store.spend(&retry, &Actor::NOBODY).await.unwrap(), false);
     let successor = token.successor.expect("a spent token knows its successor");
     assert_eq!(successor.hash, rotation.successor.hash);
     assert_eq!(
@@ -392,7 +416,7 @@ async fn within_the_grace_window_a_spent_token_is_a_retry_and_after_it_reuse<S: 
     assert!(!revoked(store, family).await);
 
     let late = graceful(first, now + GRACE + Duration::SECOND);
-    refused(store.spend(&late).await.unwrap(), true);
+    refused(store.spend(&late, &Actor::NOBODY).await.unwrap(), true);
     assert!(revoked(store, family).await);
 }
 
@@ -404,7 +428,10 @@ async fn once_its_successor_is_spent_a_retry_is_reuse<S: FamilyStore>(store: &S)
     spent(store, &graceful(rotation.successor.hash, now + Duration::SECOND)).await;
     // Well within the window, but the successor has moved on: only a thief replays now.
     refused(
-        store.spend(&graceful(first, now + Duration::seconds(2))).await.unwrap(),
+        store
+            .spend(&graceful(first, now + Duration::seconds(2)), &Actor::NOBODY)
+            .await
+            .unwrap(),
         true,
     );
     assert!(revoked(store, family).await);
@@ -418,7 +445,7 @@ async fn a_token_past_its_idle_expiry_is_refused_without_revoking_its_family<S: 
     assert_eq!(live(end - Duration::SECOND).await, 1);
     assert_eq!(live(end).await, 0, "idle-expired families are not sessions");
 
-    let token = refused(store.spend(&spend_of(first, end)).await.unwrap(), false);
+    let token = refused(store.spend(&spend_of(first, end), &Actor::NOBODY).await.unwrap(), false);
     assert_eq!(token.spent_at, None);
     assert_eq!(token.expires_at, end);
     assert!(!revoked(store, family).await);
@@ -438,12 +465,15 @@ async fn a_successor_never_outlives_its_family_and_nothing_is_spent_after_its_en
     let rotation = spend_of(first, end - Duration::minutes(30));
     assert_eq!(spent(store, &rotation).await, end, "capped at the family's end");
     let token = refused(
-        store.spend(&spend_of(rotation.successor.hash, end)).await.unwrap(),
+        store
+            .spend(&spend_of(rotation.successor.hash, end), &Actor::NOBODY)
+            .await
+            .unwrap(),
         false,
     );
     assert_eq!(token.expires_at, end);
     // Not even a replay revokes a family that has ended: there is nothing left to protect.
-    refused(store.spend(&spend_of(first, end)).await.unwrap(), false);
+    refused(store.spend(&spend_of(first, end), &Actor::NOBODY).await.unwrap(), false);
     assert!(!revoked(store, family).await);
     assert_eq!(store.family_status(family).await.unwrap().unwrap().expires_at, end);
 }
@@ -455,7 +485,7 @@ async fn revoking_a_family_says_what_it_found_and_stops_its_tokens<S: FamilyStor
     assert!(!revoked(store, family).await);
 
     let at = now + Duration::MINUTE;
-    let revoke = |id| store.revoke_family(id, at, RevokeReason::Revoke);
+    let revoke = |id| store.revoke_family(id, at, RevokeReason::Revoke(TargetKind::Family), &Actor::NOBODY);
     assert_eq!(revoke(family).await.unwrap(), Revocation::Revoked);
     assert_eq!(revoke(family).await.unwrap(), Revocation::AlreadyRevoked);
     assert_eq!(revoke(FamilyId::new_random()).await.unwrap(), Revocation::Unknown);
@@ -463,7 +493,7 @@ async fn revoking_a_family_says_what_it_found_and_stops_its_tokens<S: FamilyStor
     assert!(revoked(store, family).await);
     assert!(!revoked(store, other).await);
 
-    let token = refused(store.spend(&spend_of(first, at)).await.unwrap(), false);
+    let token = refused(store.spend(&spend_of(first, at), &Actor::NOBODY).await.unwrap(), false);
     assert_eq!(token.family.revoked_at, Some(at));
     assert_eq!(store.revoked_families(at, 10).await.unwrap(), vec![family]);
     assert!(
@@ -482,7 +512,10 @@ async fn a_familys_subject_is_found_by_its_id_whatever_its_state<S: FamilyStore>
     assert_eq!(store.family_subject(alice).await.unwrap().as_deref(), Some("alice"));
     assert_eq!(store.family_subject(bob).await.unwrap().as_deref(), Some("bob"));
     assert_eq!(store.family_subject(FamilyId::new_random()).await.unwrap(), None);
-    store.revoke_family(alice, now, RevokeReason::Revoke).await.unwrap();
+    store
+        .revoke_family(alice, now, RevokeReason::Revoke(TargetKind::Family), &Actor::NOBODY)
+        .await
+        .unwrap();
     assert_eq!(
         store.family_subject(alice).await.unwrap().as_deref(),
         Some("alice"),
@@ -509,7 +542,7 @@ async fn revoking_a_subject_goes_in_batches_and_spares_others_and_ended_families
     let at = now + Duration::MINUTE;
     let mut batches = Vec::new();
     loop {
-        let batch = store.revoke_subject("alice", at, 2).await.unwrap();
+        let batch = store.revoke_subject("alice", at, 2, &Actor::NOBODY).await.unwrap();
         batches.push(batch.len());
         if batch.len() < 2 {
             break;
@@ -521,7 +554,13 @@ async fn revoking_a_subject_goes_in_batches_and_spares_others_and_ended_families
     }
     assert!(!revoked(store, bob).await, "another subject");
     assert!(!revoked(store, ended).await, "an ended family is left as it ended");
-    assert!(store.revoke_subject("alice", at, 2).await.unwrap().is_empty());
+    assert!(
+        store
+            .revoke_subject("alice", at, 2, &Actor::NOBODY)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn beyond_max_live_a_new_family_evicts_the_oldest_of_its_subject_and_client<S: FamilyStore>(store: &S) {
@@ -538,7 +577,10 @@ async fn beyond_max_live_a_new_family_evicts_the_oldest_of_its_subject_and_clien
     assert!(!revoked(store, oldest).await);
 
     let newest = capped(now + Duration::seconds(2));
-    assert_eq!(store.create_family(&newest).await.unwrap(), vec![oldest]);
+    assert_eq!(
+        store.create_family(&newest, &Actor::NOBODY).await.unwrap(),
+        vec![oldest]
+    );
     assert!(revoked(store, oldest).await);
     assert!(!revoked(store, middle).await);
     assert!(!revoked(store, newest.family.id).await);
@@ -559,7 +601,10 @@ async fn live_sessions_are_paged_newest_first_without_gaps_or_repeats<S: FamilyS
         expected.push(issue(store, "alice", now + Duration::seconds(5)).await.0);
     }
     let (gone, _) = issue(store, "alice", now + Duration::seconds(6)).await;
-    store.revoke_family(gone, now, RevokeReason::Revoke).await.unwrap();
+    store
+        .revoke_family(gone, now, RevokeReason::Revoke(TargetKind::Family), &Actor::NOBODY)
+        .await
+        .unwrap();
     let mut idle = new_family("alice", now);
     idle.family.refresh_expires_at = now + Duration::seconds(9);
     idle.first.expires_at = idle.family.refresh_expires_at;
@@ -608,7 +653,12 @@ async fn cleanup_finds_ended_families_and_purges_them_with_every_token<S: Family
     }
     let revoked_at = now + Duration::minutes(1);
     store
-        .revoke_family(revoked_family, revoked_at, RevokeReason::Revoke)
+        .revoke_family(
+            revoked_family,
+            revoked_at,
+            RevokeReason::Revoke(TargetKind::Family),
+            &Actor::NOBODY,
+        )
         .await
         .unwrap();
     // One that went idle, and one that is live.
@@ -697,7 +747,10 @@ async fn seals_go_when_their_token_is_spent_or_cleared_and_without_one_a_retry_i
     assert_eq!(store.clear_seals(now, 10).await.unwrap(), 1);
     // Within the window, but with no seal the retry cannot be answered: it is reuse.
     refused(
-        store.spend(&graceful(first, now + Duration::SECOND)).await.unwrap(),
+        store
+            .spend(&graceful(first, now + Duration::SECOND), &Actor::NOBODY)
+            .await
+            .unwrap(),
         true,
     );
     assert!(revoked(store, family).await);
@@ -713,7 +766,7 @@ async fn a_family_never_branches_however_its_tokens_are_raced<S: FamilyStore>(st
     for round in 1..=8 {
         let at = now + Duration::seconds(round);
         let requests: Vec<SpendRequest> = (0..8).map(|_| graceful(*chain.last().unwrap(), at)).collect();
-        let outcomes: Vec<SpendOutcome> = join_all(requests.iter().map(|request| store.spend(request)))
+        let outcomes: Vec<SpendOutcome> = join_all(requests.iter().map(|request| store.spend(request, &Actor::NOBODY)))
             .await
             .into_iter()
             .map(Result::unwrap)
@@ -741,7 +794,7 @@ async fn a_family_never_branches_however_its_tokens_are_raced<S: FamilyStore>(st
     let requests: Vec<SpendRequest> = (0..16)
         .map(|i| graceful(if i % 2 == 0 { newest } else { first }, at))
         .collect();
-    let outcomes: Vec<SpendOutcome> = join_all(requests.iter().map(|request| store.spend(request)))
+    let outcomes: Vec<SpendOutcome> = join_all(requests.iter().map(|request| store.spend(request, &Actor::NOBODY)))
         .await
         .into_iter()
         .map(Result::unwrap)
@@ -770,5 +823,355 @@ async fn a_family_never_branches_however_its_tokens_are_raced<S: FamilyStore>(st
     assert_eq!(last.spent_at, None);
     for loser in &losers {
         assert!(store.refresh_token(loser).await.unwrap().is_none());
+    }
+}
+
+/// Someone with a caller name and a request id, as the gRPC handlers pass down.
+fn actor(caller: &str, request_id: &str) -> Actor {
+    Actor {
+        caller: Some(caller.into()),
+        request_id: Some(request_id.into()),
+    }
+}
+
+/// Every event of `family`, newest first.
+async fn events_of<S: FamilyStore>(store: &S, family: FamilyId) -> Vec<AuditEvent> {
+    store
+        .events(&EventFilter {
+            family: Some(family),
+            ..EventFilter::latest(1000)
+        })
+        .await
+        .unwrap()
+}
+
+async fn all_events<S: FamilyStore>(store: &S) -> Vec<AuditEvent> {
+    store.events(&EventFilter::latest(10_000)).await.unwrap()
+}
+
+fn kinds(events: &[AuditEvent]) -> Vec<EventKind> {
+    events.iter().map(|event| event.kind).collect()
+}
+
+/// Asserts `event` is `kind` of `family` at `at` by `by`, with `detail`.
+#[track_caller]
+fn assert_event(
+    event: &AuditEvent,
+    kind: EventKind,
+    family: FamilyId,
+    at: OffsetDateTime,
+    by: &Actor,
+    detail: Option<&str>,
+) {
+    assert_eq!(
+        (
+            event.kind,
+            event.family_id,
+            event.at,
+            &event.caller,
+            &event.request_id,
+            event.detail.as_deref()
+        ),
+        (kind, family, at, &by.caller, &by.request_id, detail),
+        "{event:#?}"
+    );
+}
+
+async fn every_change_is_recorded_with_who_made_it_and_nothing_for_a_refused_one<S: FamilyStore>(store: &S) {
+    let now = start();
+    let backend = actor("backend", "req-issue");
+    let new = new_family("alice", now);
+    let (family, first) = (new.family.id, new.first.hash);
+    store.create_family(&new, &backend).await.unwrap();
+    let issued = events_of(store, family).await;
+    assert_eq!(issued.len(), 1, "{issued:#?}");
+    assert_event(&issued[0], EventKind::Issued, family, now, &backend, None);
+    assert_eq!(
+        (issued[0].subject.as_str(), issued[0].client_id.as_str()),
+        ("alice", "app")
+    );
+
+    // Rotations are not recorded by default; refused spends never are.
+    let rotation = spend_of(first, now + Duration::SECOND);
+    spent(store, &rotation).await;
+    store.spend(&spend_of(new_token(), now), &backend).await.unwrap();
+    let expired = spend_of(rotation.successor.hash, now + IDLE + Duration::MINUTE);
+    refused(store.spend(&expired, &backend).await.unwrap(), false);
+    assert_eq!(all_events(store).await.len(), 1);
+
+    // Revoked by token; then nothing for a second revocation, nor for an unknown family.
+    let admin = actor("admin-console", "req-revoke");
+    let at = now + Duration::MINUTE;
+    let revocation = store
+        .revoke_family(family, at, RevokeReason::Revoke(TargetKind::Token), &admin)
+        .await
+        .unwrap();
+    assert_eq!(revocation, Revocation::Revoked);
+    for id in [family, FamilyId::new_random()] {
+        store
+            .revoke_family(
+                id,
+                at + Duration::SECOND,
+                RevokeReason::Revoke(TargetKind::Family),
+                &admin,
+            )
+            .await
+            .unwrap();
+    }
+    let events = events_of(store, family).await;
+    assert_eq!(kinds(&events), [EventKind::Revoked, EventKind::Issued]);
+    assert_event(&events[0], EventKind::Revoked, family, at, &admin, Some("token"));
+
+    // By subject: one event per family, with what the call named; none for one that ended.
+    let (bob_1, _) = issue(store, "bob", now).await;
+    let (bob_2, _) = issue(store, "bob", now).await;
+    let mut ended = new_family("bob", now);
+    ended.family.expires_at = now + Duration::seconds(30);
+    ended.family.refresh_expires_at = ended.family.expires_at;
+    ended.first.expires_at = ended.family.expires_at;
+    let (bob_ended, _) = create(store, ended).await;
+    let revoked = store.revoke_subject("bob", at, 10, &admin).await.unwrap();
+    assert_eq!(revoked.len(), 2);
+    for id in [bob_1, bob_2] {
+        let events = events_of(store, id).await;
+        assert_eq!(kinds(&events), [EventKind::Revoked, EventKind::Issued]);
+        assert_event(&events[0], EventKind::Revoked, id, at, &admin, Some("subject"));
+        assert_eq!(events[0].subject, "bob");
+    }
+    assert_eq!(kinds(&events_of(store, bob_ended).await), [EventKind::Issued]);
+    assert!(store.revoke_subject("bob", at, 10, &admin).await.unwrap().is_empty());
+    assert_eq!(
+        all_events(store).await.len(),
+        2 + 3 + 2,
+        "nothing more for revoking nothing"
+    );
+}
+
+async fn a_replay_is_recorded_once_as_reuse_detected_with_its_revocation<S: FamilyStore>(store: &S) {
+    let now = start();
+    let (family, first) = issue(store, "alice", now).await;
+    let rotation = spend_of(first, now);
+    let client = actor("mobile-bff", "req-1");
+    spent(store, &rotation).await;
+    // The same spend delivered again (a lost answer resolved) is not a replay.
+    store.spend(&rotation, &client).await.unwrap();
+    assert_eq!(kinds(&events_of(store, family).await), [EventKind::Issued]);
+
+    let thief = actor("mobile-bff", "req-2");
+    let later = now + Duration::minutes(5);
+    refused(store.spend(&spend_of(first, later), &thief).await.unwrap(), true);
+    let events = events_of(store, family).await;
+    assert_eq!(kinds(&events), [EventKind::ReuseDetected, EventKind::Issued]);
+    assert_event(&events[0], EventKind::ReuseDetected, family, later, &thief, None);
+    assert!(
+        revoked(store, family).await,
+        "recorded with the revocation, not instead of it"
+    );
+
+    // Replays of a revoked family revoke nothing more, and record nothing more.
+    refused(
+        store
+            .spend(&spend_of(first, later + Duration::SECOND), &thief)
+            .await
+            .unwrap(),
+        false,
+    );
+    refused(
+        store
+            .spend(&spend_of(rotation.successor.hash, later + Duration::SECOND), &thief)
+            .await
+            .unwrap(),
+        false,
+    );
+    assert_eq!(events_of(store, family).await.len(), 2);
+
+    // Within the grace window a retry is not reuse, and is not recorded.
+    let (calm, first) = issue(store, "bob", now).await;
+    spent(store, &graceful(first, now)).await;
+    refused(
+        store
+            .spend(&graceful(first, now + Duration::SECOND), &client)
+            .await
+            .unwrap(),
+        false,
+    );
+    assert_eq!(kinds(&events_of(store, calm).await), [EventKind::Issued]);
+}
+
+async fn rotations_are_recorded_only_when_asked_and_once_per_spend<S: FamilyStore>(store: &S) {
+    let now = start();
+    let (family, first) = issue(store, "alice", now).await;
+    let quiet = spend_of(first, now + Duration::SECOND);
+    spent(store, &quiet).await;
+    assert_eq!(kinds(&events_of(store, family).await), [EventKind::Issued]);
+
+    let client = actor("web", "req-rotate");
+    let audited = SpendRequest {
+        audit_rotation: true,
+        ..spend_of(quiet.successor.hash, now + Duration::seconds(2))
+    };
+    for delivery in [
+        "first",
+        "again (a lost answer resolved): already spent, not recorded twice",
+    ] {
+        match store.spend(&audited, &client).await.unwrap() {
+            SpendOutcome::Spent { .. } => {}
+            other => panic!("{delivery}: not spent: {other:?}"),
+        }
+    }
+    let events = events_of(store, family).await;
+    assert_eq!(kinds(&events), [EventKind::Rotated, EventKind::Issued]);
+    assert_event(&events[0], EventKind::Rotated, family, audited.now, &client, None);
+    // A refused spend is not a rotation, asked or not.
+    let stale = SpendRequest {
+        audit_rotation: true,
+        ..spend_of(new_token(), now + Duration::seconds(3))
+    };
+    store.spend(&stale, &client).await.unwrap();
+    assert_eq!(events_of(store, family).await.len(), 2);
+    assert_eq!(all_events(store).await.len(), 2);
+}
+
+async fn an_eviction_is_recorded_with_the_issue_that_caused_it<S: FamilyStore>(store: &S) {
+    let now = start();
+    let capped = |at| NewFamily {
+        max_live: 1,
+        ..new_family("alice", at)
+    };
+    let (oldest, _) = create(store, capped(now)).await;
+    let newest = capped(now + Duration::SECOND);
+    let login = actor("login", "req-login");
+    assert_eq!(store.create_family(&newest, &login).await.unwrap(), vec![oldest]);
+    let events = events_of(store, oldest).await;
+    assert_eq!(kinds(&events), [EventKind::Evicted, EventKind::Issued]);
+    assert_event(
+        &events[0],
+        EventKind::Evicted,
+        oldest,
+        newest.family.created_at,
+        &login,
+        None,
+    );
+    let events = events_of(store, newest.family.id).await;
+    assert_eq!(kinds(&events), [EventKind::Issued]);
+    assert_event(
+        &events[0],
+        EventKind::Issued,
+        newest.family.id,
+        newest.family.created_at,
+        &login,
+        None,
+    );
+}
+
+async fn events_are_read_newest_first_by_each_filter<S: FamilyStore>(store: &S) {
+    let now = start();
+    let (alice_1, first) = issue(store, "alice", now).await;
+    let (alice_2, _) = issue(store, "alice", now + Duration::SECOND).await;
+    let (bob, _) = issue(store, "bob", now + Duration::seconds(2)).await;
+    spent(store, &spend_of(first, now + Duration::seconds(3))).await;
+    refused(
+        store
+            .spend(&spend_of(first, now + Duration::seconds(4)), &Actor::NOBODY)
+            .await
+            .unwrap(),
+        true,
+    );
+    store
+        .revoke_family(
+            bob,
+            now + Duration::seconds(4),
+            RevokeReason::Revoke(TargetKind::Family),
+            &Actor::NOBODY,
+        )
+        .await
+        .unwrap();
+
+    // Newest first; two events of one instant in the order they were made, newest first.
+    let all = all_events(store).await;
+    let seen: Vec<(EventKind, FamilyId)> = all.iter().map(|e| (e.kind, e.family_id)).collect();
+    assert_eq!(
+        seen,
+        [
+            (EventKind::Revoked, bob),
+            (EventKind::ReuseDetected, alice_1),
+            (EventKind::Issued, bob),
+            (EventKind::Issued, alice_2),
+            (EventKind::Issued, alice_1),
+        ]
+    );
+    assert!(all.windows(2).all(|pair| pair[0].id > pair[1].id), "ids grow with time");
+
+    let read = |filter: EventFilter| async move { kinds(&store.events(&filter).await.unwrap()) };
+    let latest = EventFilter::latest(100);
+    let by_subject = read(EventFilter {
+        subject: Some("alice".into()),
+        ..latest.clone()
+    });
+    assert_eq!(
+        by_subject.await,
+        [EventKind::ReuseDetected, EventKind::Issued, EventKind::Issued]
+    );
+    let by_kind = store
+        .events(&EventFilter {
+            kind: Some(EventKind::Issued),
+            ..latest.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        by_kind.iter().map(|e| e.family_id).collect::<Vec<_>>(),
+        [bob, alice_2, alice_1]
+    );
+    let since = read(EventFilter {
+        since: Some(now + Duration::seconds(2)),
+        ..latest.clone()
+    });
+    assert_eq!(
+        since.await,
+        [EventKind::Revoked, EventKind::ReuseDetected, EventKind::Issued]
+    );
+    let combined = read(EventFilter {
+        subject: Some("alice".into()),
+        kind: Some(EventKind::Issued),
+        since: Some(now + Duration::SECOND),
+        family: Some(alice_2),
+        limit: 100,
+    });
+    assert_eq!(combined.await, [EventKind::Issued]);
+    let nothing = read(EventFilter {
+        family: Some(FamilyId::new_random()),
+        ..latest.clone()
+    });
+    assert!(nothing.await.is_empty());
+    let newest_two = read(EventFilter::latest(2));
+    assert_eq!(newest_two.await, [EventKind::Revoked, EventKind::ReuseDetected]);
+}
+
+async fn retention_deletes_only_events_older_than_its_cutoff_in_batches<S: FamilyStore>(store: &S) {
+    let now = start();
+    let mut old = Vec::new();
+    for i in 0..5 {
+        old.push(issue(store, "alice", now + Duration::seconds(i)).await.0);
+    }
+    let cutoff = now + Duration::seconds(5);
+    let (at_cutoff, _) = issue(store, "alice", cutoff).await;
+    let (recent, _) = issue(store, "alice", cutoff + Duration::DAY).await;
+
+    let mut batches = Vec::new();
+    loop {
+        let deleted = store.purge_events(cutoff, 2).await.unwrap();
+        batches.push(deleted);
+        if deleted < 2 {
+            break;
+        }
+    }
+    assert_eq!(batches, [2, 2, 1]);
+    let left: Vec<FamilyId> = all_events(store).await.iter().map(|e| e.family_id).collect();
+    assert_eq!(left, [recent, at_cutoff], "the cutoff itself is kept");
+    assert_eq!(store.purge_events(cutoff, 2).await.unwrap(), 0);
+    // Families are not the events' to delete, nor the other way round.
+    for id in old {
+        assert!(store.family_status(id).await.unwrap().is_some());
     }
 }

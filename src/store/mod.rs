@@ -16,11 +16,16 @@
 //! connection dropped after the statement was sent) by running it again on a new connection,
 //! instead of answering "unavailable" for something that may have happened; see [`StoreError`].
 //!
+//! Every write that changes a family also records what it did in the audit trail ([`audit`]), in
+//! the same atomic step, with the [`Actor`] it was given; being idempotent, a write run again
+//! records nothing more.
+//!
 //! [`postgres::pool::ConnectionPool`] holds the PostgreSQL connections (and explains why it is not sqlx's).
 //! [`cached::CachedStore`] wraps any store with an in-memory cache of family liveness, so that
 //! Introspect of an access token needs no database round trip for a family it has seen;
 //! [`postgres::revocations`] keeps it current with revocations committed anywhere.
 
+pub mod audit;
 mod backend;
 pub mod cached;
 #[cfg(test)]
@@ -33,8 +38,9 @@ use std::future::Future;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
+pub use self::audit::{AuditEvent, EventFilter, EventKind, TargetKind};
 pub use self::backend::{Backend, Target};
-use crate::domain::{FamilyId, Seal, TokenHash};
+use crate::domain::{Actor, FamilyId, Seal, TokenHash};
 
 /// The store a server runs on: the family cache in front of the backend chosen at run time. The
 /// transport and the use cases are generic over [`FamilyStore`]; this is the one type startup
@@ -82,8 +88,8 @@ pub enum MigrateError {
 /// Why a family was revoked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RevokeReason {
-    /// An explicit Revoke call.
-    Revoke,
+    /// An explicit Revoke call, naming what it names.
+    Revoke(TargetKind),
     /// A spent refresh token was presented again.
     Reuse,
     /// Its subject and client started more live sessions than allowed; it was the oldest.
@@ -93,9 +99,18 @@ pub enum RevokeReason {
 impl RevokeReason {
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Revoke => "revoke",
+            Self::Revoke(_) => "revoke",
             Self::Reuse => "reuse",
             Self::Evicted => "evicted",
+        }
+    }
+
+    /// The audit event a revocation for this reason is recorded as, with its detail.
+    pub fn event(self) -> (EventKind, Option<&'static str>) {
+        match self {
+            Self::Revoke(target) => (EventKind::Revoked, Some(target.as_str())),
+            Self::Reuse => (EventKind::ReuseDetected, None),
+            Self::Evicted => (EventKind::Evicted, None),
         }
     }
 }
@@ -174,6 +189,9 @@ pub struct SpendRequest {
     pub now: OffsetDateTime,
     /// `now` minus the reuse grace window.
     pub retry_after: OffsetDateTime,
+    /// Record a `rotated` event when the token is spent (`--audit-rotations`). Reuse is recorded
+    /// whatever this says.
+    pub audit_rotation: bool,
 }
 
 /// The result of [`FamilyStore::spend`].
@@ -285,18 +303,20 @@ impl std::fmt::Debug for SweepLock {
 macro_rules! family_store_methods {
     ($callback:ident) => {
         $callback! {
-            create_family(new: &NewFamily) -> Vec<FamilyId>;
-            spend(request: &SpendRequest) -> SpendOutcome;
+            create_family(new: &NewFamily, actor: &Actor) -> Vec<FamilyId>;
+            spend(request: &SpendRequest, actor: &Actor) -> SpendOutcome;
             refresh_token(hash: &TokenHash) -> Option<RefreshTokenRecord>;
             family_status(id: FamilyId) -> Option<FamilyStatus>;
             family_subject(id: FamilyId) -> Option<String>;
-            revoke_family(id: FamilyId, now: OffsetDateTime, reason: RevokeReason) -> Revocation;
-            revoke_subject(subject: &str, now: OffsetDateTime, limit: u32) -> Vec<FamilyId>;
+            revoke_family(id: FamilyId, now: OffsetDateTime, reason: RevokeReason, actor: &Actor) -> Revocation;
+            revoke_subject(subject: &str, now: OffsetDateTime, limit: u32, actor: &Actor) -> Vec<FamilyId>;
             live_families(subject: &str, now: OffsetDateTime, after: Option<SessionCursor>, limit: u32) -> Vec<SessionRecord>;
             revoked_families(revoked_before: OffsetDateTime, limit: u32) -> Vec<FamilyId>;
             idle_window(after: Option<FamilyId>, window: u32, ended_before: OffsetDateTime) -> IdleWindow;
             purge_families(families: &[FamilyId], limit: u32) -> Purged;
             clear_seals(sealed_before: OffsetDateTime, limit: u32) -> u64;
+            events(filter: &EventFilter) -> Vec<AuditEvent>;
+            purge_events(before: OffsetDateTime, limit: u32) -> u64;
             ping() -> ();
             sweep_lock() -> Option<SweepLock>;
         }
@@ -312,10 +332,21 @@ pub(crate) use family_store_methods;
 pub trait FamilyStore: Send + Sync + 'static {
     /// Stores a new family and its first refresh token, and revokes the oldest live families of
     /// the same subject and client beyond [`NewFamily::max_live`]; returns those it revoked.
-    fn create_family(&self, new: &NewFamily) -> impl Future<Output = Result<Vec<FamilyId>, StoreError>> + Send;
+    /// Records `issued` for the new family and `evicted` for each it revoked, by `actor`.
+    fn create_family(
+        &self,
+        new: &NewFamily,
+        actor: &Actor,
+    ) -> impl Future<Output = Result<Vec<FamilyId>, StoreError>> + Send;
 
-    /// The rotation compare-and-set; see [`SpendRequest`].
-    fn spend(&self, request: &SpendRequest) -> impl Future<Output = Result<SpendOutcome, StoreError>> + Send;
+    /// The rotation compare-and-set; see [`SpendRequest`]. Records `reuse_detected` when it
+    /// revokes the family, and `rotated` when it spends the token and
+    /// [`SpendRequest::audit_rotation`] asks for it.
+    fn spend(
+        &self,
+        request: &SpendRequest,
+        actor: &Actor,
+    ) -> impl Future<Output = Result<SpendOutcome, StoreError>> + Send;
 
     /// A refresh token by hash, with its family.
     fn refresh_token(
@@ -330,21 +361,25 @@ pub trait FamilyStore: Send + Sync + 'static {
     /// subjects is checked against when it names a family by id.
     fn family_subject(&self, id: FamilyId) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
 
-    /// Revokes one family.
+    /// Revokes one family; if this call revoked it, records the event `reason` stands for
+    /// ([`RevokeReason::event`]) by `actor`.
     fn revoke_family(
         &self,
         id: FamilyId,
         now: OffsetDateTime,
         reason: RevokeReason,
+        actor: &Actor,
     ) -> impl Future<Output = Result<Revocation, StoreError>> + Send;
 
     /// Revokes at most `limit` unrevoked families of `subject` that have not reached their
-    /// absolute expiry, and returns them; fewer than `limit` means there are no more.
+    /// absolute expiry, and returns them; fewer than `limit` means there are no more. Records
+    /// `revoked` (named by subject) for each, by `actor`.
     fn revoke_subject(
         &self,
         subject: &str,
         now: OffsetDateTime,
         limit: u32,
+        actor: &Actor,
     ) -> impl Future<Output = Result<Vec<FamilyId>, StoreError>> + Send;
 
     /// The live families of `subject` at `now`, newest first, starting after `after`, at most
@@ -389,6 +424,14 @@ pub trait FamilyStore: Send + Sync + 'static {
         sealed_before: OffsetDateTime,
         limit: u32,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The audit events `filter` selects, newest first. A read that neither waits for writers nor
+    /// holds them up: `ratchet events` runs it beside a busy server.
+    fn events(&self, filter: &EventFilter) -> impl Future<Output = Result<Vec<AuditEvent>, StoreError>> + Send;
+
+    /// Deletes at most `limit` audit events recorded before `before`, the oldest first (the
+    /// retention); returns how many.
+    fn purge_events(&self, before: OffsetDateTime, limit: u32) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Cheap round trip to tell whether storage answers (health checks).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;

@@ -88,7 +88,7 @@ async fn the_binary_migrates_serves_survives_a_restart_and_never_logs_tokens(
     assert!(gc.status.success(), "{}", String::from_utf8_lossy(&gc.stderr));
     assert_eq!(
         String::from_utf8_lossy(&gc.stdout).trim(),
-        "removed 1 families and 2 refresh tokens; cleared 0 expired seals"
+        "removed 1 families and 2 refresh tokens; cleared 0 expired seals; removed 0 audit events"
     );
 
     let logs = std::fs::read_to_string(&log).unwrap();

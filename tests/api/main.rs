@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
 
 mod attacks;
+mod audit;
 mod authz;
 mod availability;
 mod binary;

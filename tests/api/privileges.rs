@@ -117,14 +117,23 @@ async fn the_whole_api_runs_on_the_runtime_role_which_can_do_nothing_else(
     app.advance(time::Duration::days(400));
     let report = app.collect_garbage(&test_cleanup()).await;
     assert_eq!(report.families, 2, "{report:?}");
+    // Issued twice, one reuse detected, one revoked by subject.
+    assert_eq!(report.events, 4, "audit events past their retention: {report:?}");
 
-    // ... and nothing else: no DDL, not the migrations table.
+    // ... and nothing else: no DDL, not the migrations table, no rewriting the audit trail.
+    let recorded: i64 = sqlx::query_scalar("select count(*) from audit_events")
+        .fetch_one(&mut PgConnection::connect_with(&runtime).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(recorded, 0, "the cleanup (as the runtime role) deleted them");
     let mut as_runtime = PgConnection::connect_with(&runtime).await.unwrap();
     for statement in [
         "drop table families",
         "alter table refresh_tokens add column x int",
         "create table mine (x int)",
         "delete from _sqlx_migrations",
+        "update audit_events set kind = 'issued'",
+        "truncate audit_events",
     ] {
         let error = sqlx::raw_sql(statement).execute(&mut as_runtime).await.unwrap_err();
         let code = error.as_database_error().and_then(|e| e.code()).unwrap_or_default();

@@ -145,3 +145,72 @@ async fn on_sqlite_the_parent_in_family_migration_ends_families_with_broken_chai
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
 }
+
+/// The audit trail is append-only whoever connects (here the owner, who has every grant): a
+/// trigger refuses any update, on both stores; deleting (the retention) works.
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
+async fn on_postgres_no_one_can_rewrite_an_audit_event(
+    _pool: sqlx::postgres::PgPoolOptions,
+    options: sqlx::postgres::PgConnectOptions,
+) {
+    let mut db = sqlx::postgres::PgConnection::connect_with(&options).await.unwrap();
+    sqlx::raw_sql(
+        "insert into audit_events (at, kind, family_id, subject, client_id, detail)
+         values (now(), 'revoked', gen_random_uuid(), 'alice', 'web', 'family')",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let error = sqlx::raw_sql("update audit_events set caller = 'someone else'")
+        .execute(&mut db)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("append-only"), "{error}");
+    let error = sqlx::raw_sql("insert into audit_events (at, kind, family_id, subject, client_id) values (now(), 'stolen', gen_random_uuid(), 'a', 'b')")
+        .execute(&mut db)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("23514"),
+        "unknown kinds are refused"
+    );
+    let deleted = sqlx::raw_sql("delete from audit_events")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(deleted.rows_affected(), 1);
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn on_sqlite_no_one_can_rewrite_an_audit_event() {
+    let path = std::env::temp_dir().join(format!("ratchet-schema-{}.db", uuid::Uuid::new_v4().simple()));
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .foreign_keys(true);
+    let mut db = sqlx::sqlite::SqliteConnection::connect_with(&options).await.unwrap();
+    ratchet::store::sqlite::MIGRATOR.run(&mut db).await.unwrap();
+    sqlx::raw_sql(
+        "insert into audit_events (at, kind, family_id, subject, client_id, detail)
+         values (1, 'revoked', '00000000-0000-0000-0000-000000000001', 'alice', 'web', 'family')",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let error = sqlx::raw_sql("update audit_events set caller = 'someone else'")
+        .execute(&mut db)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("append-only"), "{error}");
+    let deleted = sqlx::raw_sql("delete from audit_events")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(deleted.rows_affected(), 1);
+    db.close().await.unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}

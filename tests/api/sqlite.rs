@@ -105,7 +105,7 @@ async fn on_sqlite_nothing_is_lost_across_a_sigkill() {
     assert!(gc.status.success(), "{}", String::from_utf8_lossy(&gc.stderr));
     assert_eq!(
         String::from_utf8_lossy(&gc.stdout).trim(),
-        "removed 1 families and 2 refresh tokens; cleared 0 expired seals",
+        "removed 1 families and 2 refresh tokens; cleared 0 expired seals; removed 0 audit events",
         "the family revoked for reuse, with both its tokens"
     );
     assert_token_error(

@@ -33,6 +33,11 @@ pub fn rotation() -> String {
             ("$4", "null::bytea"),
             ("$5", "now() + interval '7 days'"),
             ("$6", "now()"),
+            // No caller, no request id: the server's open mode without request ids.
+            ("$7", "null::text"),
+            ("$8", "null::text"),
+            // The default: rotations are not audited (`--audit-rotations` off).
+            ("$9", "false"),
         ],
     );
     format!(
@@ -63,6 +68,9 @@ pub fn issue() -> String {
             ("$10", "sha256(:token::text::bytea)"),
             // The default sessions cap, 100, minus the new family.
             ("$11", "99"),
+            // No caller, no request id (the audit event Issue always writes).
+            ("$12", "null::text"),
+            ("$13", "null::text"),
         ],
     );
     format!(

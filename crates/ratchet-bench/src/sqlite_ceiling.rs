@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
-use ratchet::domain::{FamilyId, TokenHash};
+use ratchet::domain::{Actor, FamilyId, TokenHash};
 use ratchet::store::sqlite::{SqliteSettings, SqliteStore, SqliteTarget, migrate};
 use ratchet::store::{FamilyRecord, FamilyStore, NewFamily, NewRefreshToken, SpendOutcome, SpendRequest};
 use serde_json::json;
@@ -114,7 +114,7 @@ pub async fn run(
                 let ok = match (transaction, current) {
                     (Transaction::Issue, _) | (Transaction::Rotate, None) => {
                         let new = new_family(task, n, run);
-                        let ok = store.create_family(&new).await.is_ok();
+                        let ok = store.create_family(&new, &Actor::NOBODY).await.is_ok();
                         if ok && matches!(transaction, Transaction::Rotate) {
                             // Starting a chain is set-up, not the transaction measured.
                             current = Some(new.first.hash);
@@ -134,8 +134,10 @@ pub async fn run(
                             successor_seal: None,
                             now,
                             retry_after: now,
+                            // As the server runs by default (`--audit-rotations` off).
+                            audit_rotation: false,
                         };
-                        match store.spend(&request).await {
+                        match store.spend(&request, &Actor::NOBODY).await {
                             Ok(SpendOutcome::Spent { .. }) => {
                                 current = Some(successor);
                                 true

@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 pub use self::pool::ConnectionPool;
-use self::rows::{SessionRow, TokenRow};
+use self::rows::{EventRow, SessionRow, TokenRow};
 use self::run::Kind;
 pub use self::run::RetryPolicy;
 /// The advisory lock key the cleanup sweep holds: for operators (and tests) who need to hold
@@ -46,10 +46,11 @@ pub use self::sql::{CREATE_FAMILY, SPEND};
 pub use self::target::{PgTarget, PoolSettings, pool, tune};
 use super::cached::FamilyCache;
 use super::{
-    FamilyStatus, FamilyStore, IdleWindow, MigrateError, NewFamily, Purged, RefreshTokenRecord, Revocation,
-    RevokeReason, SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError, SweepLock,
+    AuditEvent, EventFilter, FamilyStatus, FamilyStore, IdleWindow, MigrateError, NewFamily, Purged,
+    RefreshTokenRecord, Revocation, RevokeReason, SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError,
+    SweepLock, audit,
 };
-use crate::domain::{FamilyId, TokenHash};
+use crate::domain::{Actor, FamilyId, TokenHash};
 
 /// The migrations in `migrations/postgres/`, embedded in the binary. Each backend has a folder of
 /// its own (their SQL differs), so `#[sqlx::test]` finds none by itself: PostgreSQL tests name
@@ -208,7 +209,7 @@ fn count(n: i64) -> u64 {
 }
 
 impl FamilyStore for PgStore {
-    async fn create_family(&self, new: &NewFamily) -> Result<Vec<FamilyId>, StoreError> {
+    async fn create_family(&self, new: &NewFamily, actor: &Actor) -> Result<Vec<FamilyId>, StoreError> {
         let family = &new.family;
         let keep_others = i64::from(new.max_live.saturating_sub(1));
         let evicted: Vec<(Uuid,)> = self
@@ -225,12 +226,14 @@ impl FamilyStore for PgStore {
                     .bind(family.expires_at)
                     .bind(&new.first.hash.0[..])
                     .bind(keep_others)
+                    .bind(actor.caller.as_deref())
+                    .bind(actor.request_id.as_deref())
             })
             .await?;
         Ok(evicted.into_iter().map(|(id,)| FamilyId::from_uuid(id)).collect())
     }
 
-    async fn spend(&self, request: &SpendRequest) -> Result<SpendOutcome, StoreError> {
+    async fn spend(&self, request: &SpendRequest, actor: &Actor) -> Result<SpendOutcome, StoreError> {
         let seal = request.successor_seal.map(|seal| seal.0);
         let row = self
             .fetch_optional(Kind::Write, || {
@@ -241,6 +244,9 @@ impl FamilyStore for PgStore {
                     .bind(seal.as_ref().map(|seal| &seal[..]))
                     .bind(request.successor.expires_at)
                     .bind(request.retry_after)
+                    .bind(actor.caller.as_deref())
+                    .bind(actor.request_id.as_deref())
+                    .bind(request.audit_rotation)
             })
             .await?;
         let Some(row) = row else {
@@ -299,13 +305,19 @@ impl FamilyStore for PgStore {
         id: FamilyId,
         now: OffsetDateTime,
         reason: RevokeReason,
+        actor: &Actor,
     ) -> Result<Revocation, StoreError> {
+        let (kind, detail) = reason.event();
         let row: Option<(bool, bool)> = self
             .fetch_optional(Kind::Write, || {
                 sqlx::query_as(sql::REVOKE_FAMILY)
                     .bind(id.as_uuid())
                     .bind(now)
                     .bind(reason.as_str())
+                    .bind(kind.as_str())
+                    .bind(detail)
+                    .bind(actor.caller.as_deref())
+                    .bind(actor.request_id.as_deref())
             })
             .await?;
         Ok(match row {
@@ -320,6 +332,7 @@ impl FamilyStore for PgStore {
         subject: &str,
         now: OffsetDateTime,
         limit: u32,
+        actor: &Actor,
     ) -> Result<Vec<FamilyId>, StoreError> {
         let ids: Vec<(Uuid,)> = self
             .fetch_all(Kind::Write, || {
@@ -327,6 +340,8 @@ impl FamilyStore for PgStore {
                     .bind(subject)
                     .bind(now)
                     .bind(i64::from(limit))
+                    .bind(actor.caller.as_deref())
+                    .bind(actor.request_id.as_deref())
             })
             .await?;
         Ok(ids.into_iter().map(|(id,)| FamilyId::from_uuid(id)).collect())
@@ -425,6 +440,62 @@ impl FamilyStore for PgStore {
         Ok(self
             .execute(Kind::Write, || {
                 sqlx::query(sql::CLEAR_SEALS).bind(sealed_before).bind(i64::from(limit))
+            })
+            .await?
+            .rows_affected())
+    }
+
+    async fn events(&self, filter: &EventFilter) -> Result<Vec<AuditEvent>, StoreError> {
+        let conditions = audit::where_clause(filter, |n| format!("${n}"));
+        let limit = 1 + [
+            filter.family.is_some(),
+            filter.subject.is_some(),
+            filter.kind.is_some(),
+            filter.since.is_some(),
+        ]
+        .iter()
+        .filter(|given| **given)
+        .count();
+        let statement = format!(
+            "select {} from audit_events {conditions} order by at desc, id desc limit ${limit}",
+            sql::EVENT_COLUMNS
+        );
+        let rows: Vec<EventRow> = self
+            .run(Kind::Read, |mut connection| {
+                // Built from fixed fragments (`audit::where_clause`); every value is bound.
+                let mut query = sqlx::query_as(sqlx::AssertSqlSafe(statement.clone()));
+                if let Some(family) = filter.family {
+                    query = query.bind(family.as_uuid());
+                }
+                if let Some(subject) = &filter.subject {
+                    query = query.bind(subject.clone());
+                }
+                if let Some(kind) = filter.kind {
+                    query = query.bind(kind.as_str());
+                }
+                if let Some(since) = filter.since {
+                    query = query.bind(since);
+                }
+                let query = query.bind(i64::from(filter.limit));
+                async move {
+                    let outcome = async {
+                        let mut read = connection.begin().begin_with(sql::BEGIN_EVENTS_READ).await?;
+                        let rows = query.fetch_all(&mut *read).await?;
+                        read.commit().await?;
+                        Ok(rows)
+                    }
+                    .await;
+                    (connection, outcome)
+                }
+            })
+            .await?;
+        rows.into_iter().map(TryInto::try_into).collect()
+    }
+
+    async fn purge_events(&self, before: OffsetDateTime, limit: u32) -> Result<u64, StoreError> {
+        Ok(self
+            .execute(Kind::Write, || {
+                sqlx::query(sql::PURGE_EVENTS).bind(before).bind(i64::from(limit))
             })
             .await?
             .rows_affected())

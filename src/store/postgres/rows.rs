@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::domain::{FamilyId, Seal, TokenHash};
-use crate::store::{FamilyRecord, RefreshTokenRecord, SessionRecord, Successor};
+use crate::store::{AuditEvent, FamilyRecord, RefreshTokenRecord, SessionRecord, StoreError, Successor};
 
 #[derive(sqlx::FromRow)]
 pub(super) struct FamilyRow {
@@ -116,5 +116,41 @@ impl From<SessionRow> for SessionRecord {
             expires_at: row.expires_at,
             refresh_expires_at: row.refresh_expires_at,
         }
+    }
+}
+
+/// An audit event as `sql::EVENT_COLUMNS` reads it.
+#[derive(sqlx::FromRow)]
+pub(super) struct EventRow {
+    id: i64,
+    at: OffsetDateTime,
+    kind: String,
+    family_id: Uuid,
+    subject: String,
+    client_id: String,
+    caller: Option<String>,
+    request_id: Option<String>,
+    detail: Option<String>,
+}
+
+impl TryFrom<EventRow> for AuditEvent {
+    type Error = StoreError;
+
+    fn try_from(row: EventRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            id: row.id,
+            at: row.at,
+            // The schema's check admits only known kinds.
+            kind: row
+                .kind
+                .parse()
+                .map_err(|_| StoreError::Internal(format!("unknown audit event kind {:?}", row.kind).into()))?,
+            family_id: FamilyId::from_uuid(row.family_id),
+            subject: row.subject,
+            client_id: row.client_id,
+            caller: row.caller,
+            request_id: row.request_id,
+            detail: row.detail,
+        })
     }
 }

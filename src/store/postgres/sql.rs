@@ -41,7 +41,8 @@ pub(super) const PRESENTED_TOKEN: &str = presented_token_select!("null::bytea", 
 
 /// Rotate's statement. Parameters: $1 presented hash, $2 successor hash, $3 now, $4 successor
 /// seal (null without a grace window, and then no seal is read, written or deleted), $5 successor
-/// expiry, $6 the start of the grace window (`now - grace`).
+/// expiry, $6 the start of the grace window (`now - grace`), $7 caller, $8 request id (for the
+/// audit trail), $9 whether to record the rotation (`--audit-rotations`).
 ///
 /// `presented` reads the state. `spent` spends the token only if it is live (under SERIALIZABLE
 /// a concurrent spend of the same row makes this fail with 40001 rather than slip through);
@@ -51,7 +52,8 @@ pub(super) const PRESENTED_TOKEN: &str = presented_token_select!("null::bytea", 
 /// spent and this is neither a retry within the grace window (the same condition as
 /// `rotation::judge`) nor a second delivery of this very request (spent into `$2`): detection and
 /// revocation are one atomic step, so once PostgreSQL has seen a replay the family is revoked
-/// whatever happens to the caller. The final select returns the state as read, the successor's
+/// whatever happens to the caller. `recorded` writes the audit events of what `spent` (only if $9)
+/// and `reused` did, so a second delivery, which does neither, records nothing. The final select returns the state as read, the successor's
 /// expiry when the spend happened, and whether `reused` revoked the family.
 pub const SPEND: &str = concat!(
     "with presented as (",
@@ -89,6 +91,11 @@ pub const SPEND: &str = concat!(
           and not (p.successor_seal is not null and p.spent_at > $6
                    and not p.successor_spent and p.successor_expires_at > $3)
         returning f.id
+    ), recorded as (
+        insert into audit_events (at, kind, family_id, subject, client_id, caller, request_id)
+        select $3, 'rotated', p.id, p.subject, p.client_id, $7, $8 from spent s, presented p where $9
+        union all
+        select $3, 'reuse_detected', r.id, p.subject, p.client_id, $7, $8 from reused r, presented p
     )
     select p.*, (select expires_at from successor) as new_expires_at,
            exists (select 1 from reused) as revoked_for_reuse
@@ -98,11 +105,11 @@ pub const SPEND: &str = concat!(
 /// Issue's statement. Parameters: $1 family id, $2 subject, $3 client id, $4 scopes,
 /// $5 audiences, $6 claims, $7 now, $8 first token's expiry, $9 family expiry, $10 first token's
 /// hash, $11 how many of the subject's other live families for this client may stay (the cap
-/// minus one).
+/// minus one), $12 caller and $13 request id (for the audit trail).
 ///
 /// A second delivery fails on the family's primary key (the id is random and new), which the
-/// store takes as "done" when it is resolving a lost answer (`run::Kind::Insert`). Returns the
-/// families it evicted.
+/// store takes as "done" when it is resolving a lost answer (`run::Kind::Insert`), and so records
+/// no second `issued`. Returns the families it evicted.
 pub const CREATE_FAMILY: &str = "with family as (
         insert into families (id, subject, client_id, scopes, audiences, claims, created_at,
                               last_rotated_at, refresh_expires_at, expires_at)
@@ -121,6 +128,11 @@ pub const CREATE_FAMILY: &str = "with family as (
               offset $11) oldest
         where f.id = oldest.id
         returning f.id
+    ), recorded as (
+        insert into audit_events (at, kind, family_id, subject, client_id, caller, request_id)
+        select $7, 'issued', id, $2, $3, $12, $13 from family
+        union all
+        select $7, 'evicted', id, $2, $3, $12, $13 from evicted
     )
     select id from evicted";
 
@@ -128,24 +140,36 @@ pub(super) const FAMILY_STATUS: &str = "select revoked_at is not null, expires_a
 
 pub(super) const FAMILY_SUBJECT: &str = "select subject from families where id = $1";
 
-/// $1 family id, $2 now, $3 reason. Returns whether the family exists and whether this revoked it.
+/// $1 family id, $2 now, $3 reason; the audit event: $4 kind, $5 detail, $6 caller, $7 request
+/// id, recorded only if this revoked it. Returns whether the family exists and whether this
+/// revoked it.
 pub(super) const REVOKE_FAMILY: &str = "with target as (
         select id, revoked_at from families where id = $1
     ), revoked as (
         update families f set revoked_at = $2, revoked_reason = $3
         from target t
         where f.id = t.id and t.revoked_at is null
-        returning f.id
+        returning f.id, f.subject, f.client_id
+    ), recorded as (
+        insert into audit_events (at, kind, family_id, subject, client_id, caller, request_id, detail)
+        select $2, $4, id, subject, client_id, $6, $7, $5 from revoked
     )
     select exists (select 1 from target), exists (select 1 from revoked)";
 
-/// $1 subject, $2 now, $3 batch size. One batch: a subject with 100k families is revoked in many
-/// short statements instead of one that hits the statement timeout.
-pub(super) const REVOKE_SUBJECT: &str = "update families set revoked_at = $2, revoked_reason = 'revoke'
-    where id in (select id from families
-                 where subject = $1 and revoked_at is null and expires_at > $2
-                 limit $3)
-    returning id";
+/// $1 subject, $2 now, $3 batch size, $4 caller, $5 request id. One batch: a subject with 100k
+/// families is revoked in many short statements instead of one that hits the statement timeout.
+/// Each family revoked is recorded (`revoked`, named by subject).
+pub(super) const REVOKE_SUBJECT: &str = "with revoked as (
+        update families set revoked_at = $2, revoked_reason = 'revoke'
+        where id in (select id from families
+                     where subject = $1 and revoked_at is null and expires_at > $2
+                     limit $3)
+        returning id, client_id
+    ), recorded as (
+        insert into audit_events (at, kind, family_id, subject, client_id, caller, request_id, detail)
+        select $2, 'revoked', id, $1, client_id, $4, $5, 'subject' from revoked
+    )
+    select id from revoked";
 
 /// The live sessions of $1 at $2, newest first, at most $3; only the columns ListSessions shows.
 macro_rules! live_families {
@@ -208,6 +232,18 @@ pub(super) const PURGE_FAMILIES: &str = "with doomed as (
 /// Seals made before $1 (a seal is made with its token), at most $2 of them.
 pub(super) const CLEAR_SEALS: &str = "delete from seals
     where hash in (select hash from seals where created_at <= $1 limit $2)";
+
+/// The columns of an `EventRow`.
+pub(super) const EVENT_COLUMNS: &str = "id, at, kind, family_id, subject, client_id, caller, request_id, detail";
+
+/// Retention: at most $2 events recorded before $1, the oldest first.
+pub(super) const PURGE_EVENTS: &str = "delete from audit_events
+    where id in (select id from audit_events where at < $1 order by at, id limit $2)";
+
+/// `ratchet events` reads in its own transaction at READ COMMITTED, read only: it needs no
+/// serializable snapshot, and so takes no predicate locks that could make a concurrent write
+/// retry.
+pub(super) const BEGIN_EVENTS_READ: &str = "begin isolation level read committed, read only";
 
 pub(super) const PING: &str = "select 1";
 

@@ -43,7 +43,7 @@ async fn a_value_the_database_refuses_is_invalid_data_not_internal(
     // Validation refuses control characters at the edge; should one ever slip through, the
     // database's refusal (SQLSTATE 22021 for a NUL in text) must still read as bad input.
     let new = crate::store::contract::new_family("nul\u{0}byte", now);
-    let error = store.create_family(&new).await.unwrap_err();
+    let error = store.create_family(&new, &Actor::NOBODY).await.unwrap_err();
     assert!(matches!(error, StoreError::InvalidData(_)), "{error:?}");
     store.pool().close().await;
 }

@@ -53,14 +53,15 @@ use uuid::Uuid;
 use uuid::fmt::Hyphenated;
 
 pub use self::lock::{DatabaseLock, LockError};
-use self::rows::{SessionRow, TokenRow, instant, micros};
+use self::rows::{EventRow, SessionRow, TokenRow, instant, micros};
 use self::run::{Kind, classify};
 pub use self::target::{DATABASE_FILE, SqliteSettings, SqliteTarget};
 use super::{
-    FamilyStatus, FamilyStore, IdleWindow, MigrateError, NewFamily, Purged, RefreshTokenRecord, Revocation,
-    RevokeReason, SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError, SweepLock,
+    AuditEvent, EventFilter, EventKind, FamilyStatus, FamilyStore, IdleWindow, MigrateError, NewFamily, Purged,
+    RefreshTokenRecord, Revocation, RevokeReason, SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError,
+    SweepLock, audit,
 };
-use crate::domain::{FamilyId, TokenHash};
+use crate::domain::{Actor, FamilyId, TokenHash};
 
 /// The migrations in `migrations/sqlite/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -155,8 +156,35 @@ fn family_id(id: Hyphenated) -> FamilyId {
     FamilyId::from_uuid(id.into_uuid())
 }
 
+/// Records `kind` (with `detail`) at `now` by `actor` for each of `families`, in the transaction
+/// of the change it records (see [`super::audit`]).
+async fn record_events(
+    tx: &mut SqliteConnection,
+    now: i64,
+    kind: EventKind,
+    detail: Option<&str>,
+    families: &[Hyphenated],
+    actor: &Actor,
+) -> Result<(), StoreError> {
+    if families.is_empty() {
+        return Ok(());
+    }
+    let ids = Json(families.iter().map(ToString::to_string).collect::<Vec<_>>());
+    query(sql::RECORD_EVENTS)
+        .bind(now)
+        .bind(kind.as_str())
+        .bind(actor.caller.as_deref())
+        .bind(actor.request_id.as_deref())
+        .bind(detail)
+        .bind(ids)
+        .execute(tx)
+        .await
+        .map_err(classify)?;
+    Ok(())
+}
+
 impl FamilyStore for SqliteStore {
-    async fn create_family(&self, new: &NewFamily) -> Result<Vec<FamilyId>, StoreError> {
+    async fn create_family(&self, new: &NewFamily, actor: &Actor) -> Result<Vec<FamilyId>, StoreError> {
         let family = &new.family;
         let id = hyphenated(family.id);
         let now = micros(family.created_at);
@@ -194,15 +222,18 @@ impl FamilyStore for SqliteStore {
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(classify)?;
+            let evicted: Vec<Hyphenated> = evicted.into_iter().map(|(id,)| id).collect();
+            record_events(&mut tx, now, EventKind::Issued, None, &[id], actor).await?;
+            record_events(&mut tx, now, EventKind::Evicted, None, &evicted, actor).await?;
             tx.commit().await.map_err(classify)?;
-            Ok(evicted.into_iter().map(|(id,)| family_id(id)).collect())
+            Ok(evicted.into_iter().map(family_id).collect())
         })
         .await
     }
 
     /// See `SqliteStore::spend_token` (`spend.rs`).
-    async fn spend(&self, request: &SpendRequest) -> Result<SpendOutcome, StoreError> {
-        self.spend_token(request).await
+    async fn spend(&self, request: &SpendRequest, actor: &Actor) -> Result<SpendOutcome, StoreError> {
+        self.spend_token(request, actor).await
     }
 
     async fn refresh_token(&self, hash: &TokenHash) -> Result<Option<RefreshTokenRecord>, StoreError> {
@@ -252,6 +283,7 @@ impl FamilyStore for SqliteStore {
         id: FamilyId,
         now: OffsetDateTime,
         reason: RevokeReason,
+        actor: &Actor,
     ) -> Result<Revocation, StoreError> {
         self.bounded(Kind::Write, async {
             let mut tx = self.begin_write().await?;
@@ -271,6 +303,8 @@ impl FamilyStore for SqliteStore {
                         .execute(&mut *tx)
                         .await
                         .map_err(classify)?;
+                    let (kind, detail) = reason.event();
+                    record_events(&mut tx, micros(now), kind, detail, &[hyphenated(id)], actor).await?;
                     Revocation::Revoked
                 }
             };
@@ -285,6 +319,7 @@ impl FamilyStore for SqliteStore {
         subject: &str,
         now: OffsetDateTime,
         limit: u32,
+        actor: &Actor,
     ) -> Result<Vec<FamilyId>, StoreError> {
         self.bounded(Kind::Write, async {
             let mut tx = self.begin_write().await?;
@@ -295,8 +330,11 @@ impl FamilyStore for SqliteStore {
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(classify)?;
+            let ids: Vec<Hyphenated> = ids.into_iter().map(|(id,)| id).collect();
+            let detail = Some(super::TargetKind::Subject.as_str());
+            record_events(&mut tx, micros(now), EventKind::Revoked, detail, &ids, actor).await?;
             tx.commit().await.map_err(classify)?;
-            Ok(ids.into_iter().map(|(id,)| family_id(id)).collect())
+            Ok(ids.into_iter().map(family_id).collect())
         })
         .await
     }
@@ -441,6 +479,64 @@ impl FamilyStore for SqliteStore {
                 .rows_affected();
             tx.commit().await.map_err(classify)?;
             Ok(cleared)
+        })
+        .await
+    }
+
+    /// From the reading connections: in WAL mode a reader sees the last commit without waiting
+    /// for the writer or holding it up.
+    async fn events(&self, filter: &EventFilter) -> Result<Vec<AuditEvent>, StoreError> {
+        let conditions = audit::where_clause(filter, |n| format!("?{n}"));
+        let limit = 1 + [
+            filter.family.is_some(),
+            filter.subject.is_some(),
+            filter.kind.is_some(),
+            filter.since.is_some(),
+        ]
+        .iter()
+        .filter(|given| **given)
+        .count();
+        let statement = format!(
+            "select {} from audit_events {conditions} order by at desc, id desc limit ?{limit}",
+            sql::EVENT_COLUMNS
+        );
+        self.bounded(Kind::Read, async {
+            // Built from fixed fragments (`audit::where_clause`); every value is bound.
+            let mut query = query_as::<_, EventRow>(sqlx::AssertSqlSafe(statement));
+            if let Some(family) = filter.family {
+                query = query.bind(hyphenated(family));
+            }
+            if let Some(subject) = &filter.subject {
+                query = query.bind(subject.as_str());
+            }
+            if let Some(kind) = filter.kind {
+                query = query.bind(kind.as_str());
+            }
+            if let Some(since) = filter.since {
+                query = query.bind(micros(since));
+            }
+            let rows = query
+                .bind(i64::from(filter.limit))
+                .fetch_all(&self.readers)
+                .await
+                .map_err(classify)?;
+            rows.into_iter().map(TryInto::try_into).collect()
+        })
+        .await
+    }
+
+    async fn purge_events(&self, before: OffsetDateTime, limit: u32) -> Result<u64, StoreError> {
+        self.bounded(Kind::Write, async {
+            let mut tx = self.begin_write().await?;
+            let deleted = query(sql::PURGE_EVENTS)
+                .bind(micros(before))
+                .bind(i64::from(limit))
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?
+                .rows_affected();
+            tx.commit().await.map_err(classify)?;
+            Ok(deleted)
         })
         .await
     }

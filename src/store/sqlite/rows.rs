@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 use uuid::fmt::Hyphenated;
 
 use crate::domain::{FamilyId, Seal, TokenHash};
-use crate::store::{FamilyRecord, RefreshTokenRecord, SessionRecord, StoreError, Successor};
+use crate::store::{AuditEvent, FamilyRecord, RefreshTokenRecord, SessionRecord, StoreError, Successor};
 
 /// `at` as stored: whole microseconds since the epoch (PostgreSQL's precision), rounded down.
 pub(super) fn micros(at: OffsetDateTime) -> i64 {
@@ -149,5 +149,41 @@ mod tests {
         let before = OffsetDateTime::from_unix_timestamp(-1).unwrap();
         assert!(micros(before) < micros(OffsetDateTime::UNIX_EPOCH));
         assert!(instant(i64::MAX).is_err());
+    }
+}
+
+/// An audit event as `sql::EVENT_COLUMNS` reads it.
+#[derive(sqlx::FromRow)]
+pub(super) struct EventRow {
+    id: i64,
+    at: i64,
+    kind: String,
+    family_id: Hyphenated,
+    subject: String,
+    client_id: String,
+    caller: Option<String>,
+    request_id: Option<String>,
+    detail: Option<String>,
+}
+
+impl TryFrom<EventRow> for AuditEvent {
+    type Error = StoreError;
+
+    fn try_from(row: EventRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            id: row.id,
+            at: instant(row.at)?,
+            // The schema's check admits only known kinds.
+            kind: row
+                .kind
+                .parse()
+                .map_err(|_| StoreError::Internal(format!("unknown audit event kind {:?}", row.kind).into()))?,
+            family_id: FamilyId::from_uuid(row.family_id.into_uuid()),
+            subject: row.subject,
+            client_id: row.client_id,
+            caller: row.caller,
+            request_id: row.request_id,
+            detail: row.detail,
+        })
     }
 }

@@ -6,8 +6,9 @@ use sqlx::{query, query_as};
 
 use super::rows::{TokenRow, instant, micros};
 use super::run::{Kind, classify};
-use super::{SqliteStore, sql};
-use crate::store::{FamilyRecord, SpendOutcome, SpendRequest, StoreError};
+use super::{SqliteStore, record_events, sql};
+use crate::domain::Actor;
+use crate::store::{EventKind, FamilyRecord, SpendOutcome, SpendRequest, StoreError};
 
 /// Whether presenting the spent token of `row` again at `now` is a client's retry within the
 /// grace window (answered with the same successor), the same condition as PostgreSQL's `SPEND`
@@ -24,7 +25,8 @@ impl SqliteStore {
     /// PostgreSQL's `SPEND` as a transaction: read the presented token under the write lock,
     /// then exactly one of: spend it into the successor (live), revoke the family (a replay that
     /// is neither a retry nor this request again), or nothing. The answer is the token as read.
-    pub(super) async fn spend_token(&self, request: &SpendRequest) -> Result<SpendOutcome, StoreError> {
+    /// The audit events (`rotated` if asked for, `reuse_detected`) go in the same transaction.
+    pub(super) async fn spend_token(&self, request: &SpendRequest, actor: &Actor) -> Result<SpendOutcome, StoreError> {
         let presented = &request.presented.0[..];
         let successor = &request.successor.hash.0[..];
         let now = micros(request.now);
@@ -89,6 +91,9 @@ impl SqliteStore {
                     .execute(&mut *tx)
                     .await
                     .map_err(classify)?;
+                if request.audit_rotation {
+                    record_events(&mut tx, now, EventKind::Rotated, None, &[family], actor).await?;
+                }
                 tx.commit().await.map_err(classify)?;
                 let successor_expires_at = instant(expires_at)?;
                 let mut family: FamilyRecord = row.family.try_into()?;
@@ -114,6 +119,7 @@ impl SqliteStore {
                     .execute(&mut *tx)
                     .await
                     .map_err(classify)?;
+                record_events(&mut tx, now, EventKind::ReuseDetected, None, &[row.family.id], actor).await?;
                 tx.commit().await.map_err(classify)?;
             } else {
                 tx.rollback().await.map_err(classify)?;

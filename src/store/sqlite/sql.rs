@@ -173,4 +173,19 @@ pub(super) const PURGE_FAMILIES: &str = concat!("delete from families where id i
 pub(super) const CLEAR_SEALS: &str = "delete from seals
     where hash in (select hash from seals where created_at <= ?1 limit ?2)";
 
+/// The audit events of families ?6 (a JSON array of ids), in the transaction of the change they
+/// record: ?1 now, ?2 kind, ?3 caller, ?4 request id, ?5 detail. Subject and client from the
+/// family's row.
+pub(super) const RECORD_EVENTS: &str =
+    "insert into audit_events (at, kind, family_id, subject, client_id, caller, request_id, detail)
+     select ?1, ?2, id, subject, client_id, ?3, ?4, ?5 from families
+     where id in (select value from json_each(?6))";
+
+/// The columns of an `EventRow`.
+pub(super) const EVENT_COLUMNS: &str = "id, at, kind, family_id, subject, client_id, caller, request_id, detail";
+
+/// Retention: at most ?2 events recorded before ?1, the oldest first.
+pub(super) const PURGE_EVENTS: &str = "delete from audit_events
+    where id in (select id from audit_events where at < ?1 order by at, id limit ?2)";
+
 pub(super) const PING: &str = "select 1";

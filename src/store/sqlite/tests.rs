@@ -50,6 +50,7 @@ fn spend_of(presented: TokenHash) -> SpendRequest {
         successor_seal: None,
         now: now(),
         retry_after: now(),
+        audit_rotation: false,
     }
 }
 
@@ -63,13 +64,13 @@ async fn writers_in_two_processes_wait_for_each_other_instead_of_failing() {
     let (a, b) = (SqliteStore::open(&scratch.0), SqliteStore::open(&scratch.0));
     let (a, b) = (&a, &b);
     let new = new_family();
-    a.create_family(&new).await.unwrap();
+    a.create_family(&new, &Actor::NOBODY).await.unwrap();
     let requests: Vec<SpendRequest> = (0..16).map(|_| spend_of(new.first.hash)).collect();
     let outcomes = futures::future::join_all(requests.iter().enumerate().map(|(i, request)| async move {
         if i % 2 == 0 {
-            a.spend(request).await
+            a.spend(request, &Actor::NOBODY).await
         } else {
-            b.spend(request).await
+            b.spend(request, &Actor::NOBODY).await
         }
     }))
     .await;
@@ -100,12 +101,15 @@ async fn a_write_lock_held_past_the_timeout_is_unavailable_and_nothing_happens()
     let scratch = Scratch::new(Duration::from_millis(200)).await;
     let store = SqliteStore::open(&scratch.0);
     let new = new_family();
-    store.create_family(&new).await.unwrap();
+    store.create_family(&new, &Actor::NOBODY).await.unwrap();
     // Another process (the sqlite3 shell, say) holds the write lock.
     let mut other = SqliteConnection::connect_with(&scratch.0.options()).await.unwrap();
     let held = other.begin_with("BEGIN IMMEDIATE").await.unwrap();
     let started = std::time::Instant::now();
-    let error = store.spend(&spend_of(new.first.hash)).await.unwrap_err();
+    let error = store
+        .spend(&spend_of(new.first.hash), &Actor::NOBODY)
+        .await
+        .unwrap_err();
     assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
     assert!(
         started.elapsed() < Duration::from_secs(2),
@@ -118,7 +122,7 @@ async fn a_write_lock_held_past_the_timeout_is_unavailable_and_nothing_happens()
         "nothing was spent"
     );
     assert!(matches!(
-        store.spend(&spend_of(new.first.hash)).await.unwrap(),
+        store.spend(&spend_of(new.first.hash), &Actor::NOBODY).await.unwrap(),
         SpendOutcome::Spent { .. }
     ));
     other.close().await.unwrap();

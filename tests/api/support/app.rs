@@ -44,6 +44,7 @@ pub fn test_policy() -> Policy {
         reuse_grace: Duration::ZERO,
         leeway: Duration::seconds(5),
         max_sessions: 100,
+        audit_rotations: false,
     }
 }
 
@@ -51,6 +52,7 @@ pub fn test_policy() -> Policy {
 pub fn test_cleanup() -> CleanupSettings {
     CleanupSettings {
         retention: Duration::days(1),
+        audit_retention: Duration::days(90),
         batch: 1000,
         sweep_windows: None,
         pause: std::time::Duration::ZERO,
