@@ -1,11 +1,13 @@
 //! Logging. `RUST_LOG` filters (default `info`); `--log-format json` for log shippers.
 //! Security events (reuse detected, families revoked) use the target `security`; refusals, which
-//! anyone can cause at will, go through [`throttle`] first.
+//! anyone can cause at will, go through [`throttle`] first. The Prometheus metrics' names, and
+//! the functions that record them, are [`metrics`].
 
 use std::str::FromStr;
 
 use tracing_subscriber::EnvFilter;
 
+pub mod metrics;
 pub mod throttle;
 
 /// How log lines are written (`--log-format`).

@@ -1,7 +1,8 @@
 //! The gRPC transport: generated code ([`pb`]), the service ([`service`]), Envoy's external
 //! authorization ([`authz`], on Envoy's generated code from `envoy-types`), request parsing and
 //! response encoding ([`convert`]), the one mapping of domain errors to `Status` ([`status`]) and
-//! the layers around the whole server ([`message_limit`], [`panic`](mod@panic), [`shed`], [`budget`]); what a
+//! the layers around the whole server ([`observe`]: every call counted and timed,
+//! [`message_limit`], [`panic`](mod@panic), [`shed`], [`budget`]); what a
 //! caller may do ([`access`]; who is calling is the transport's to say,
 //! `crate::transport::identity`); the codec that bounds what a request decodes to ([`codec`]); the
 //! health service with its `Watch` streams counted ([`health`]).
@@ -13,6 +14,7 @@ pub mod codec;
 pub mod convert;
 pub mod health;
 pub mod message_limit;
+pub mod observe;
 pub mod panic;
 pub mod service;
 pub mod shed;

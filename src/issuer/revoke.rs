@@ -16,6 +16,7 @@ use super::types::{PresentedToken, RevokeTarget};
 use super::{Error, Issuer};
 use crate::domain::FamilyId;
 use crate::store::{FamilyStore, Revocation, RevokeReason};
+use crate::telemetry::metrics::{self, Revoked};
 
 /// Families revoked per statement when revoking a subject: each batch commits on its own, so a
 /// subject with 100k families never needs one statement long enough to hit the timeout.
@@ -62,6 +63,11 @@ impl<S: FamilyStore> Issuer<S> {
     /// finishes the job.
     #[tracing::instrument(name = "revoke", skip_all)]
     pub async fn revoke(&self, target: RevokeTarget, subjects: Subjects, now: OffsetDateTime) -> Result<u32, Error> {
+        let counted_as = match &target {
+            RevokeTarget::Family(_) => Revoked::Family,
+            RevokeTarget::Token(_) => Revoked::Token,
+            RevokeTarget::Subject(_) => Revoked::Subject,
+        };
         let family = match target {
             RevokeTarget::Family(id) if matches!(subjects, Subjects::Any) => Some(id),
             RevokeTarget::Family(id) => {
@@ -76,6 +82,8 @@ impl<S: FamilyStore> Issuer<S> {
                 let mut count = 0usize;
                 loop {
                     let batch = self.store.revoke_subject(subject.as_str(), now, REVOKE_BATCH).await?;
+                    // Per batch: each commits on its own, and stays revoked if a later one fails.
+                    metrics::revoked(counted_as, batch.len() as u64);
                     count += batch.len();
                     if batch.len() < REVOKE_BATCH as usize {
                         break;
@@ -88,6 +96,7 @@ impl<S: FamilyStore> Issuer<S> {
         let Some(family) = family else { return Ok(0) };
         let revoked = self.store.revoke_family(family, now, RevokeReason::Revoke).await? == Revocation::Revoked;
         if revoked {
+            metrics::revoked(counted_as, 1);
             tracing::info!(target: "security", %family, "family revoked");
         }
         Ok(u32::from(revoked))

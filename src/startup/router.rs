@@ -17,6 +17,7 @@ use crate::grpc::access::AccessLayer;
 use crate::grpc::authz::{self, AuthorizationImpl, AuthorizationService};
 use crate::grpc::budget::{self, BudgetLayer, MemoryBudget};
 use crate::grpc::message_limit::MessageLimitLayer;
+use crate::grpc::observe::ObserveLayer;
 use crate::grpc::panic::CatchPanicLayer;
 use crate::grpc::pb::{self, token_service_server::TokenServiceServer};
 use crate::grpc::shed::ShedLayer;
@@ -106,6 +107,9 @@ pub(super) async fn serve(
         })
         // Outermost: a call is in flight (the connection not idle) until its answer is sent.
         .layer(ActivityLayer)
+        // Outside every layer that may answer a call itself (panics, shedding, the policy):
+        // their answers are counted too.
+        .layer(ObserveLayer)
         .layer(CatchPanicLayer)
         .layer(ShedLayer::new(limits.max_concurrent_requests))
         // Inside the shedding: only calls let in are charged.
