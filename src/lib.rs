@@ -14,8 +14,8 @@
 //! - [`grpc`] and [`http`]: the services on the two listeners. [`grpc`] is the tonic service and
 //!   Envoy's ext_authz: decodes requests into domain types, calls the issuer, encodes the answer;
 //!   the only place that knows `tonic::Status` (`grpc/status.rs`); the layers around every call
-//!   (panics, the message size limit, load shedding, the caller policy). [`http`] serves the
-//!   JWKS and discovery metadata.
+//!   (every call counted and timed, panics, the message size limit, load shedding, the caller
+//!   policy). [`http`] serves the JWKS and discovery metadata, and `/metrics`.
 //! - [`policy`]: who may call what (the caller policy file, API keys, patterns) and the abuse
 //!   limits (per-caller rates, the per-family Rotate limit). Plain Rust: [`grpc`] enforces it.
 //! - [`transport`]: TLS and mutual TLS on both listeners (reloaded as certificates rotate), the
@@ -39,9 +39,10 @@
 //!   tokens.
 //! - [`reload`], [`telemetry`], [`clock`], [`shutdown`], [`files`] and [`database_url`]: what
 //!   any layer may use: when to re-read a file (keys, certificates, the policy), logging and its
-//!   throttle, the time, the shutdown signal, files only their owner may read (created 0600,
-//!   refused when shared: key files, the server secret, TLS keys, the SQLite database), and a
-//!   database URL that keeps its password out of every printout.
+//!   throttle, the Prometheus metrics (every name written once, recorded where its event
+//!   happens: `telemetry::metrics`), the time, the shutdown signal, files only their owner may
+//!   read (created 0600, refused when shared: key files, the server secret, TLS keys, the SQLite
+//!   database), and a database URL that keeps its password out of every printout.
 
 pub mod cli;
 pub mod clock;

@@ -19,6 +19,7 @@ mod key_rotation;
 mod keys;
 mod limits;
 mod memory;
+mod metrics;
 mod panics;
 mod policy;
 mod privileges;
