@@ -225,6 +225,11 @@ impl Application {
         let metrics = if serves_metrics {
             Some(Arc::new(exporter(store.clone(), cached.cache(), keys.clone())?))
         } else {
+            if settings.metrics == MetricsConfig::OnHttp {
+                tracing::info!(
+                    "no metrics: they are served on the HTTP listener, which is off; set RATCHET_METRICS_LISTEN"
+                );
+            }
             None
         };
         let issuer: Arc<RuntimeIssuer> =
