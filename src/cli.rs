@@ -229,6 +229,11 @@ pub struct ServeArgs {
     /// metadata (`/.well-known/openid-configuration`); `off` for none.
     #[arg(long, env = "RATCHET_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
     pub http_listen: String,
+    /// Where Prometheus metrics are served (`GET /metrics`): unset, on the HTTP listener; an
+    /// address (host:port), on a plain-HTTP listener of their own and not on the HTTP listener
+    /// (which may face the internet while metrics should not); `off` for none.
+    #[arg(long, env = "RATCHET_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// `Cache-Control: max-age` of the JWKS: how long verifiers may keep it. A new key must be
     /// published at least this long (plus the reload interval) before it is activated. 0s to 1d.
     #[arg(long, env = "RATCHET_JWKS_MAX_AGE", default_value = "5m")]

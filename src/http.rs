@@ -2,7 +2,8 @@
 //! fetch — the JWK Set at `/.well-known/jwks.json` (Envoy's `jwt_authn` `remote_jwks`, Istio's
 //! `RequestAuthentication` `jwksUri`, JWT libraries) and discovery metadata at
 //! `/.well-known/openid-configuration` (`issuer` and `jwks_uri`, enough for a library to find
-//! the keys from the issuer).
+//! the keys from the issuer). And, unless `--metrics-listen` puts them elsewhere, Prometheus
+//! metrics at `/metrics` ([`metrics_router`]).
 //!
 //! Nothing in a request (`Host`, `:authority`, `X-Forwarded-*`) goes into an answer: both answers
 //! are public and cacheable, so a URL built from the request would let one client poison a shared
@@ -27,8 +28,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::keys::Keyring;
+use crate::telemetry::metrics::Exporter;
 
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+/// Prometheus metrics, on this listener or one of their own (`--metrics-listen`).
+pub const METRICS_PATH: &str = "/metrics";
 pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 
 #[derive(Clone)]
@@ -65,6 +69,27 @@ pub fn router(keys: Arc<Keyring>, issuer: &str, max_age: Duration, jwks_uri: Opt
         cache_control,
         discovery,
     })
+}
+
+/// A router serving `GET /metrics` (the Prometheus text format): merged into [`router`]'s, or
+/// alone on the metrics listener.
+pub fn metrics_router(exporter: Arc<Exporter>) -> Router {
+    Router::new().route(METRICS_PATH, get(scrape)).with_state(exporter)
+}
+
+async fn scrape(State(exporter): State<Arc<Exporter>>) -> Response {
+    // Reading /proc and rendering a few hundred series: about a millisecond, off the runtime's
+    // worker threads all the same.
+    match tokio::task::spawn_blocking(move || exporter.render()).await {
+        Ok(text) => {
+            let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
+            (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], text).into_response()
+        }
+        Err(error) => {
+            tracing::error!(%error, "rendering the metrics failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
 }
 
 /// The `jwks_uri` discovery announces: `configured` (`--jwks-uri`), else

@@ -14,9 +14,9 @@
 //! - [`grpc`] and [`http`]: the services on the two listeners. [`grpc`] is the tonic service and
 //!   Envoy's ext_authz: decodes requests into domain types, calls the issuer, encodes the answer;
 //!   the only place that knows `tonic::Status` (`grpc/status.rs`); the layers around every call
-//!   (its request id and span, panics, the message size limit, load shedding, the caller policy,
-//!   answering the calls still in flight when the shutdown grace ends). [`http`] serves the JWKS
-//!   and discovery metadata.
+//!   (its request id and span, every call counted and timed, panics, the message size limit,
+//!   load shedding, the caller policy, answering the calls still in flight when the shutdown
+//!   grace ends). [`http`] serves the JWKS and discovery metadata, and `/metrics`.
 //! - [`policy`]: who may call what (the caller policy file, API keys, patterns) and the abuse
 //!   limits (per-caller rates, the per-family Rotate limit). Plain Rust: [`grpc`] enforces it.
 //! - [`transport`]: TLS and mutual TLS on both listeners (reloaded as certificates rotate), the
@@ -40,10 +40,11 @@
 //!   tokens.
 //! - [`reload`], [`telemetry`], [`clock`], [`shutdown`], [`files`] and [`database_url`]: what
 //!   any layer may use: when to re-read a file (keys, certificates, the policy), logging, its
-//!   throttle and the request id, the time, the shutdown signal (and how far a stop has got),
-//!   files only their owner may read (created 0600, refused when shared: key files, the server
-//!   secret, TLS keys, the SQLite database), and a database URL that keeps its password out of
-//!   every printout.
+//!   throttle and the request id, the Prometheus metrics (every name written once, recorded where
+//!   its event happens: `telemetry::metrics`), the time, the shutdown signal (and how far a stop
+//!   has got), files only their owner may read (created 0600, refused when shared: key files, the
+//!   server secret, TLS keys, the SQLite database), and a database URL that keeps its password
+//!   out of every printout.
 
 pub mod cli;
 pub mod clock;

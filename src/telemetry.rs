@@ -1,12 +1,14 @@
 //! Logging. `RUST_LOG` filters (default `info`); `--log-format json` for log shippers.
 //! Security events (reuse detected, families revoked) use the target `security`; refusals, which
 //! anyone can cause at will, go through [`throttle`] first. Every call's lines carry its
-//! [`request_id::RequestId`] (`grpc::call` puts it in the call's span).
+//! [`request_id::RequestId`] (`grpc::call` puts it in the call's span). The Prometheus metrics'
+//! names, and the functions that record them, are [`metrics`].
 
 use std::str::FromStr;
 
 use tracing_subscriber::EnvFilter;
 
+pub mod metrics;
 pub mod request_id;
 pub mod throttle;
 

@@ -38,7 +38,7 @@ mod transport;
 
 pub use events::EventsConfig;
 use problems::Problems;
-pub use transport::{HttpConfig, TransportLimits};
+pub use transport::{HttpConfig, MetricsConfig, TransportLimits};
 
 /// Everything `serve` needs: what [`crate::startup::Application::build`] turns into parts (the
 /// store, the keys, the server secret), and the [`Settings`] the running server reads.
@@ -65,6 +65,8 @@ pub struct Settings {
     pub verified_cache_bytes: usize,
     /// The JWKS/discovery HTTP listener; `None` when turned off.
     pub http: Option<HttpConfig>,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics: MetricsConfig,
     /// How long Introspect trusts a cached "family is live" while revocations made elsewhere are
     /// not known to reach this server (zero: always ask the database, and no listener).
     pub family_cache_ttl: Duration,
@@ -95,6 +97,7 @@ impl Config {
             keys_reload_interval: keys.reload_interval,
             verified_cache_bytes: keys.verified_cache_bytes,
             http: HttpConfig::collect(&args, &mut problems),
+            metrics: MetricsConfig::collect(&args, &mut problems),
             family_cache_ttl,
             cleanup: cleanup::collect(&args.cleanup, &mut problems),
             cleanup_interval: cleanup::interval(&args.gc_interval, &mut problems),

@@ -133,6 +133,49 @@ impl HttpConfig {
     }
 }
 
+/// Where `/metrics` is served (`--metrics-listen`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsConfig {
+    /// On the HTTP listener, if there is one; with `--http-listen off`, nowhere.
+    OnHttp,
+    /// On a plain-HTTP listener of its own (and not on the HTTP listener), within the HTTP
+    /// listener's limits.
+    Listen {
+        addr: SocketAddr,
+        limits: HttpLimits,
+    },
+    Off,
+}
+
+impl MetricsConfig {
+    pub(super) fn collect(args: &ServeArgs, problems: &mut Problems) -> Self {
+        match args.metrics_listen.as_deref() {
+            None => Self::OnHttp,
+            Some("off") => Self::Off,
+            Some(listen) => match listen.parse() {
+                Ok(addr) => {
+                    problems.check(addr != args.listen, || {
+                        "metrics-listen: must differ from --listen (the gRPC listener)".into()
+                    });
+                    problems.check(args.http_listen.parse::<SocketAddr>() != Ok(addr), || {
+                        "metrics-listen: must differ from --http-listen (leave it unset to serve metrics there)".into()
+                    });
+                    Self::Listen {
+                        addr,
+                        limits: http_limits(&args.limits, problems),
+                    }
+                }
+                Err(_) => {
+                    problems.push(format!(
+                        "metrics-listen: {listen:?} is neither an address (host:port) nor `off`"
+                    ));
+                    Self::Off
+                }
+            },
+        }
+    }
+}
+
 fn http_limits(args: &TransportLimitArgs, problems: &mut Problems) -> HttpLimits {
     HttpLimits {
         header_read_timeout: problems.duration(

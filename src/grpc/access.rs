@@ -37,6 +37,7 @@ use crate::issuer::Subjects;
 use crate::issuer::types::IssueParams;
 use crate::policy::reload::PolicyFile;
 use crate::policy::{Caller, Unauthenticated};
+use crate::telemetry::metrics::{self, Refusal};
 use crate::telemetry::request_id::RequestId;
 use crate::telemetry::throttle;
 use crate::transport::accept::PeerInfo;
@@ -70,6 +71,7 @@ pub fn actor<T>(request: &tonic::Request<T>) -> Actor {
 pub fn check_issue(caller: Option<&Caller>, params: &IssueParams, default_audience: &str) -> Result<(), Status> {
     let Some(caller) = caller else { return Ok(()) };
     caller.check_issue(params, default_audience).map_err(|refusal| {
+        metrics::refused(Refusal::Policy, &caller.name);
         if let Some(suppressed) = throttle::security_event("issue refused", &caller.name) {
             tracing::warn!(target: "security", caller = %caller.name, refused = %refusal.refused, suppressed, "issue refused by the caller policy");
         }
@@ -84,6 +86,7 @@ pub fn check_issue(caller: Option<&Caller>, params: &IssueParams, default_audien
 pub fn check_subject(caller: Option<&Caller>, subject: &str) -> Result<(), Status> {
     let Some(caller) = caller else { return Ok(()) };
     caller.check_subject(subject).map_err(|refusal| {
+        metrics::refused(Refusal::Policy, &caller.name);
         tracing::warn!(target: "security", caller = %caller.name, refused = %refusal.refused, "call refused by the caller policy");
         Status::from(refusal)
     })
@@ -172,6 +175,7 @@ fn admit<B>(
     rpc: &str,
 ) -> Result<Arc<Caller>, Status> {
     if let Some(malformed) = request.extensions().get::<MalformedXfcc>() {
+        metrics::refused(Refusal::UnknownCaller, "");
         let remote = remote_ip(request);
         let who = remote.map(|ip| ip.to_string()).unwrap_or_default();
         if let Some(suppressed) = throttle::security_event("malformed xfcc", &who) {
@@ -182,6 +186,7 @@ fn admit<B>(
     }
     let identity = request.extensions().get::<PeerIdentity>();
     let caller = policy.current().resolve(identity, key).map_err(|error: Unauthenticated| {
+        metrics::refused(Refusal::UnknownCaller, "");
         let remote = remote_ip(request);
         // Counted per identity, else per address (not per port: each connection has its own).
         let who = match (identity, remote) {
@@ -196,6 +201,7 @@ fn admit<B>(
         Status::from(error)
     })?;
     caller.check_rpc(rpc).map_err(|refusal| {
+        metrics::refused(Refusal::Policy, &caller.name);
         if let Some(suppressed) = throttle::security_event("call refused", &caller.name) {
             tracing::warn!(target: "security", caller = %caller.name, refused = %refusal.refused, suppressed, "call refused by the caller policy");
         }
@@ -204,8 +210,10 @@ fn admit<B>(
     if let Some(rate) = &caller.rate {
         // Not a security event: a busy caller is not an attack, and logging every refusal
         // would let a caller flood the log.
-        rate.check()
-            .inspect_err(|_| tracing::debug!(caller = %caller.name, rpc, "caller over its rate limit"))?;
+        rate.check().inspect_err(|_| {
+            metrics::refused(Refusal::RateLimit, &caller.name);
+            tracing::debug!(caller = %caller.name, rpc, "caller over its rate limit");
+        })?;
     }
     Ok(caller)
 }

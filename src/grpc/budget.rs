@@ -155,6 +155,7 @@ pub fn charge(bytes: usize) -> Result<(), Status> {
 }
 
 fn busy() -> Status {
+    crate::telemetry::metrics::shed(crate::telemetry::metrics::Shed::Memory);
     let mut metadata = MetadataMap::new();
     metadata.insert("retry-after", MetadataValue::from_static("1"));
     Status::with_metadata(

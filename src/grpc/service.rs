@@ -13,6 +13,7 @@ use crate::issuer::types::{PresentedToken, RevokeTarget};
 use crate::issuer::{Error, Issuer};
 use crate::policy::limits::{RotateLimit, RotateLimiter};
 use crate::store::FamilyStore;
+use crate::telemetry::metrics::{self, Refusal};
 
 /// Runs a use case that writes on a task of its own and awaits it. A caller that goes away (its
 /// deadline, a reset stream) drops this future, not the work: a write that reached the database
@@ -62,9 +63,13 @@ impl<S: FamilyStore> TokenService for TokenServiceImpl<S> {
 
     async fn rotate(&self, request: Request<pb::RotateRequest>) -> Result<Response<pb::TokenPair>, Status> {
         let actor = access::actor(&request);
-        let token = PresentedToken::try_from(request.into_inner())?;
+        let (_, extensions, message) = request.into_parts();
+        let token = PresentedToken::try_from(message)?;
         // Before the statement: over the limit, the token is not spent.
-        self.rotate_limit.check(&token)?;
+        self.rotate_limit.check(&token).inspect_err(|_| {
+            let caller = extensions.get::<access::AuthorizedCaller>();
+            metrics::refused(Refusal::RotateLimit, caller.map_or("", |caller| &caller.0.name));
+        })?;
         let (issuer, now) = (self.issuer.clone(), self.clock.now());
         let pair = detached(async move { issuer.rotate(token, &actor, now).await }).await?;
         call::record_family(pair.family_id);

@@ -90,6 +90,7 @@ where
 }
 
 fn overloaded<B: Default>() -> http::Response<B> {
+    crate::telemetry::metrics::shed(crate::telemetry::metrics::Shed::Concurrency);
     let mut response =
         Status::resource_exhausted("server overloaded: too many calls in flight; retry after a pause").into_http();
     response

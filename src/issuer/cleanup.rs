@@ -31,6 +31,7 @@ use time::{Duration, OffsetDateTime};
 use super::Error;
 use crate::domain::FamilyId;
 use crate::store::FamilyStore;
+use crate::telemetry::metrics::{self, Removed};
 
 /// The longest reuse grace window the configuration allows. Seals older than this are cleared
 /// whatever the configured window: a seal is only ever opened within the window, so this is
@@ -96,6 +97,9 @@ pub async fn collect_garbage<S: FamilyStore>(
     let mut report = CleanupReport::default();
     let mut purge = async |families: &[FamilyId]| -> Result<(), Error> {
         let purged = store.purge_families(families, settings.batch).await?;
+        // Per batch, as each commits: a pass that fails later has still removed these.
+        metrics::cleaned(Removed::Families, purged.families);
+        metrics::cleaned(Removed::Tokens, purged.tokens);
         report.families += purged.families;
         report.tokens += purged.tokens;
         Ok(())
@@ -121,6 +125,7 @@ pub async fn collect_garbage<S: FamilyStore>(
     }
     loop {
         let cleared = store.clear_seals(sealed_before, settings.batch).await?;
+        metrics::cleaned(Removed::Seals, cleared);
         report.seals += cleared;
         if cleared < u64::from(settings.batch) {
             break;
@@ -129,6 +134,7 @@ pub async fn collect_garbage<S: FamilyStore>(
     }
     loop {
         let deleted = store.purge_events(recorded_before, settings.batch).await?;
+        metrics::cleaned(Removed::Events, deleted);
         report.events += deleted;
         if deleted < u64::from(settings.batch) {
             break;

@@ -145,6 +145,7 @@ impl<S: FamilyStore> Issuer<S> {
             max_live: self.policy.max_sessions,
         };
         let evicted = self.store.create_family(&new, actor).await?;
+        crate::telemetry::metrics::revoked(crate::telemetry::metrics::Revoked::Eviction, evicted.len() as u64);
         for family in evicted {
             tracing::info!(target: "security", %family, subject = %new.family.subject, client_id = %new.family.client_id,
                 reason = "evicted", max_sessions = self.policy.max_sessions,

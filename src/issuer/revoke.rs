@@ -16,6 +16,7 @@ use super::types::{PresentedToken, RevokeTarget};
 use super::{Error, Issuer};
 use crate::domain::{Actor, FamilyId};
 use crate::store::{FamilyStore, Revocation, RevokeReason, TargetKind};
+use crate::telemetry::metrics::{self, Revoked};
 
 /// Families revoked per statement when revoking a subject: each batch commits on its own, so a
 /// subject with 100k families never needs one statement long enough to hit the timeout.
@@ -68,10 +69,10 @@ impl<S: FamilyStore> Issuer<S> {
         actor: &Actor,
         now: OffsetDateTime,
     ) -> Result<u32, Error> {
-        let named = match &target {
-            RevokeTarget::Family(_) => TargetKind::Family,
-            RevokeTarget::Token(_) => TargetKind::Token,
-            RevokeTarget::Subject(_) => TargetKind::Subject,
+        let (named, counted_as) = match &target {
+            RevokeTarget::Family(_) => (TargetKind::Family, Revoked::Family),
+            RevokeTarget::Token(_) => (TargetKind::Token, Revoked::Token),
+            RevokeTarget::Subject(_) => (TargetKind::Subject, Revoked::Subject),
         };
         let family = match target {
             RevokeTarget::Family(id) if matches!(subjects, Subjects::Any) => Some(id),
@@ -90,6 +91,8 @@ impl<S: FamilyStore> Issuer<S> {
                         .store
                         .revoke_subject(subject.as_str(), now, REVOKE_BATCH, actor)
                         .await?;
+                    // Per batch: each commits on its own, and stays revoked if a later one fails.
+                    metrics::revoked(counted_as, batch.len() as u64);
                     count += batch.len();
                     if batch.len() < REVOKE_BATCH as usize {
                         break;
@@ -106,6 +109,7 @@ impl<S: FamilyStore> Issuer<S> {
             .await?
             == Revocation::Revoked;
         if revoked {
+            metrics::revoked(counted_as, 1);
             tracing::info!(target: "security", %family, "family revoked");
         }
         Ok(u32::from(revoked))

@@ -13,7 +13,10 @@ use super::rotation::{self, Verdict};
 use super::types::PresentedToken;
 use super::{Error, Issuer, TokenPair, later};
 use crate::domain::Actor;
-use crate::store::{FamilyStore, NewRefreshToken, RefreshTokenRecord, RevokeReason, SpendOutcome, SpendRequest};
+use crate::store::{
+    FamilyStore, NewRefreshToken, RefreshTokenRecord, Revocation, RevokeReason, SpendOutcome, SpendRequest,
+};
+use crate::telemetry::metrics::{self, Revoked};
 
 impl<S: FamilyStore> Issuer<S> {
     /// Spends a refresh token and returns the next pair of its family. The audit trail records a
@@ -50,6 +53,7 @@ impl<S: FamilyStore> Issuer<S> {
                 successor_expires_at,
             } => {
                 Span::current().record("family_id", field::display(family.id));
+                metrics::rotated();
                 let access_token = self.mint(&family, now)?;
                 return Ok(self.pair(&family, access_token, successor, successor_expires_at, now));
             }
@@ -70,6 +74,7 @@ impl<S: FamilyStore> Issuer<S> {
                 // The statement revoked the family but the rules saw no reuse: a bug, but the
                 // family is revoked either way, and that is what the caller must hear.
                 tracing::error!(?verdict, family = %record.family.id, "the spend statement revoked a family for reuse that the rotation rules did not judge reuse");
+                metrics::revoked(Revoked::Reuse, 1);
                 Err(Error::TokenReused {
                     family: record.family.id,
                 })
@@ -120,15 +125,19 @@ impl<S: FamilyStore> Issuer<S> {
     ) -> Error {
         let family = record.family.id;
         let subject = &record.family.subject;
+        metrics::reuse_detected();
         if revoked_by_store {
+            metrics::revoked(Revoked::Reuse, 1);
             tracing::warn!(target: "security", %family, %subject, "spent refresh token presented again: family revoked");
         } else if already_revoked {
             tracing::warn!(target: "security", %family, %subject, "spent refresh token presented again: family was already revoked");
         } else {
             // The rules and the statement disagree (a bug): never leave the family live.
             tracing::error!(%family, "the rotation rules judged reuse that the spend statement did not act on; revoking the family now");
-            if let Err(error) = self.store.revoke_family(family, now, RevokeReason::Reuse, actor).await {
-                return error.into();
+            match self.store.revoke_family(family, now, RevokeReason::Reuse, actor).await {
+                Ok(Revocation::Revoked) => metrics::revoked(Revoked::Reuse, 1),
+                Ok(_) => {}
+                Err(error) => return error.into(),
             }
             tracing::warn!(target: "security", %family, %subject, "spent refresh token presented again: family revoked");
         }

@@ -238,6 +238,11 @@ impl Keyring {
         change
     }
 
+    /// What the verified-token cache holds, in bytes (estimated as its budget counts them).
+    pub fn verified_cache_bytes(&self) -> u64 {
+        Option::as_ref(&self.current.load().verified).map_or(0, quick_cache::sync::Cache::weight)
+    }
+
     pub fn active_kid(&self) -> String {
         self.current.load().keys.active_kid().to_owned()
     }

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use super::algorithm::KeyAlgorithm;
 use super::directory::{Imported, KeyDirectory};
 use super::{KeyError, KeySet, Keyring, ServerSecret, keyfile};
+use crate::telemetry::metrics::{self, Reload};
 
 /// Where the keys are configured to be.
 #[derive(Debug, Clone)]
@@ -106,7 +107,9 @@ pub async fn reload(keys: Arc<Keyring>, source: KeySource, interval: Duration, s
     let mut trigger = crate::reload::ReloadTrigger::new("the key directory", interval, stopped);
     while trigger.next().await {
         let reading = source.clone();
-        match tokio::task::spawn_blocking(move || reading.load_directory()).await {
+        let reading = tokio::task::spawn_blocking(move || reading.load_directory()).await;
+        metrics::reloaded(Reload::Keys, matches!(reading, Ok(Ok(_))));
+        match reading {
             Ok(Ok(Some(set))) => {
                 let change = keys.replace(set);
                 if !change.is_empty() {

@@ -15,6 +15,7 @@ use jsonwebtoken::{Validation, decode, decode_header};
 use serde::Deserialize;
 
 use super::{KeySet, Keyring, mint::ACCESS_TOKEN_TYP};
+use crate::telemetry::metrics::{self, Cache};
 
 /// Why a token is not a valid access token of ours. Deliberately coarse: callers answer
 /// "inactive" or TOKEN_INVALID for all of these, and details stay in debug logs.
@@ -71,8 +72,10 @@ impl Keyring {
         if let Some(verified) = cache.get(token)
             && verified.iss == issuer
         {
+            metrics::cache_hit(Cache::Verified);
             return Ok(verified);
         }
+        metrics::cache_miss(Cache::Verified);
         // Only valid tokens are remembered: garbage cannot crowd out real entries.
         let verified = Arc::new(verify_signature(&generation.keys, token, issuer)?);
         if super::entry_bytes(token, &verified) <= self.verified_entry_limit {

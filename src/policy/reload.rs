@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use super::CallerPolicy;
 use super::file;
+use crate::telemetry::metrics::{self, Reload};
 
 /// The policy file and what it said when last read successfully.
 #[derive(Debug)]
@@ -81,7 +82,9 @@ fn read(path: &Path) -> Result<String, Vec<String>> {
 pub async fn watch(file: Arc<PolicyFile>, interval: Duration, stopped: watch::Receiver<bool>) {
     let mut trigger = crate::reload::ReloadTrigger::new("the policy file", interval, stopped);
     while trigger.next().await {
-        log_reload(&file, file.reload());
+        let reloaded = file.reload();
+        metrics::reloaded(Reload::Policy, reloaded.is_ok());
+        log_reload(&file, reloaded);
     }
 }
 

@@ -23,7 +23,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, EventsConfig, GcConfig, Settings};
+use crate::config::{Config, EventsConfig, GcConfig, MetricsConfig, Settings};
 use crate::grpc::TokenServiceImpl;
 use crate::grpc::authz::AuthorizationImpl;
 use crate::issuer::cleanup::{self, CleanupReport, Sweep};
@@ -35,6 +35,7 @@ use crate::shutdown::{Stage, Stages};
 use crate::store::cached::{CachedStore, FamilyCache};
 use crate::store::sqlite::DatabaseLock;
 use crate::store::{AuditEvent, Backend, FamilyStore as _, RuntimeStore, Target};
+use crate::telemetry::metrics::{self, Cache, Exporter};
 use crate::transport;
 use tasks::{Background, set_health};
 
@@ -69,6 +70,10 @@ pub struct Application {
     listener: TcpListener,
     /// The JWKS/discovery listener, if `settings.http` asks for one.
     http_listener: Option<TcpListener>,
+    /// What `/metrics` serves, if it is served anywhere (`settings.metrics`).
+    metrics: Option<Arc<Exporter>>,
+    /// `/metrics`' own listener (`--metrics-listen ADDR`).
+    metrics_listener: Option<TcpListener>,
     keys: Arc<Keyring>,
     key_source: Option<KeySource>,
     store: Backend,
@@ -227,16 +232,41 @@ impl Application {
             ),
             None => None,
         };
+        let metrics_listener = match settings.metrics {
+            MetricsConfig::Listen { addr, .. } => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (metrics)"))?,
+            ),
+            MetricsConfig::OnHttp | MetricsConfig::Off => None,
+        };
         let store = parts.store;
         let cached: RuntimeStore = CachedStore::new(store.clone(), FAMILY_CACHE_CAPACITY, settings.family_cache_ttl);
         // Without a cache there is nothing for revocations to reach.
         let family_cache = (!settings.family_cache_ttl.is_zero()).then(|| cached.cache());
         let keys = Arc::new(Keyring::new(parts.keys, settings.verified_cache_bytes));
+        let serves_metrics = match settings.metrics {
+            MetricsConfig::OnHttp => settings.http.is_some(),
+            MetricsConfig::Listen { .. } => true,
+            MetricsConfig::Off => false,
+        };
+        let metrics = if serves_metrics {
+            Some(Arc::new(exporter(store.clone(), cached.cache(), keys.clone())?))
+        } else {
+            if settings.metrics == MetricsConfig::OnHttp {
+                tracing::info!(
+                    "no metrics: they are served on the HTTP listener, which is off; set RATCHET_METRICS_LISTEN"
+                );
+            }
+            None
+        };
         let issuer: Arc<RuntimeIssuer> =
             Arc::new(Issuer::new(cached, keys.clone(), parts.secret, settings.policy.clone()));
         Ok(Self {
             listener,
             http_listener,
+            metrics,
+            metrics_listener,
             keys,
             key_source: parts.key_source,
             request_timeout: router::request_timeout(store.timeout()),
@@ -265,6 +295,13 @@ impl Application {
     /// The HTTP (JWKS) listener's address, if there is one.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
+    }
+
+    /// `/metrics`' own listener's address, if it has one (`--metrics-listen ADDR`).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
             .as_ref()
             .and_then(|listener| listener.local_addr().ok())
     }
@@ -298,16 +335,32 @@ impl Application {
         let mut background = Background::new();
         self.spawn_background(&mut background, &reporter);
         if let (Some(listener), Some(http)) = (self.http_listener, &self.settings.http) {
-            let router = crate::http::router(
+            let mut router = crate::http::router(
                 self.keys.clone(),
                 &self.settings.policy.issuer,
                 http.jwks_max_age,
                 http.jwks_uri.as_deref(),
             );
+            if let (MetricsConfig::OnHttp, Some(exporter)) = (self.settings.metrics, &self.metrics) {
+                router = router.merge(crate::http::metrics_router(exporter.clone()));
+            }
             let mut stopped = background.stopped();
             tracing::info!(addr = %listener.local_addr()?, tls = http_tls.is_some(), "serving the JWKS over HTTP");
             let connections = transport::accept::connections(listener, http_tls);
             background.spawn(transport::serve::http(router, connections, http.limits, async move {
+                let _ = stopped.wait_for(|stopped| *stopped).await;
+            }));
+        }
+
+        if let (Some(listener), MetricsConfig::Listen { limits, .. }, Some(exporter)) =
+            (self.metrics_listener, self.settings.metrics, &self.metrics)
+        {
+            let router = crate::http::metrics_router(exporter.clone());
+            let mut stopped = background.stopped();
+            // Plain HTTP: an address for the scraper only (see README), never the public one.
+            tracing::info!(addr = %listener.local_addr()?, "serving metrics over HTTP");
+            let connections = transport::accept::connections(listener, None);
+            background.spawn(transport::serve::http(router, connections, limits, async move {
                 let _ = stopped.wait_for(|stopped| *stopped).await;
             }));
         }
@@ -411,6 +464,22 @@ impl Application {
                 stopped.clone(),
             ));
         }
+        if let Some(exporter) = self.metrics.clone() {
+            background.spawn(tasks::metrics_upkeep(exporter, stopped.clone()));
+        }
         background.spawn(crate::telemetry::throttle::report_suppressed(stopped));
     }
+}
+
+/// The process's metrics recorder (installed now if it is not yet), with the gauges of this
+/// server's pool and caches sampled at each scrape.
+///
+/// # Errors
+/// Another metrics recorder was installed in this process.
+fn exporter(store: Backend, family_cache: Arc<FamilyCache>, keys: Arc<Keyring>) -> anyhow::Result<Exporter> {
+    Ok(metrics::install()?.with_sampler(move || {
+        metrics::pool(store.pool_gauges());
+        metrics::cache_bytes(Cache::Family, family_cache.bytes());
+        metrics::cache_bytes(Cache::Verified, keys.verified_cache_bytes());
+    }))
 }

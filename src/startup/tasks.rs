@@ -1,8 +1,8 @@
 //! The server's background tasks, owned by one set: the health watcher, the revocation listener,
-//! the periodic cleanup, the reloads (keys, caller policy, TLS files), the refusal-count reporter
-//! and the HTTP listener. One signal stops them all; shutdown then waits for them, bounded, and
-//! aborts what is left, so no task outlives the pool it uses. Leaves out the gRPC listener itself,
-//! which [`super::Application::run_until_stopped`] drives and drains first.
+//! the periodic cleanup, the reloads (keys, caller policy, TLS files), the refusal-count reporter,
+//! the metrics' upkeep, and the HTTP and metrics listeners. One signal stops them all; shutdown
+//! then waits for them, bounded, and aborts what is left, so no task outlives the pool it uses.
+//! Leaves out the gRPC listener itself, which [`super::Application::run_until_stopped`] drives and drains first.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use tonic_health::server::HealthReporter;
 use crate::clock::Clock;
 use crate::issuer::cleanup::{self, CleanupSettings, Sweep};
 use crate::store::{Backend, FamilyStore as _};
+use crate::telemetry::metrics::{self, Exporter};
 
 /// How long the tasks get, once told to stop, to return by themselves before they are aborted.
 /// The one that needs it is the revocation listener, which closes its database connection; the
@@ -98,6 +99,17 @@ pub(super) async fn watch_health(store: Backend, reporter: HealthReporter, mut s
         }
         tokio::select! {
             () = tokio::time::sleep(HEALTH_INTERVAL) => {}
+            _ = stopped.changed() => return,
+        }
+    }
+}
+
+/// Folds the latency samples into the histograms every few seconds, so that they do not pile
+/// up between scrapes (or without any).
+pub(super) async fn metrics_upkeep(exporter: Arc<Exporter>, mut stopped: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(metrics::UPKEEP_INTERVAL) => exporter.run_upkeep(),
             _ = stopped.changed() => return,
         }
     }

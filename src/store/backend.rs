@@ -29,6 +29,7 @@ use super::{
     SweepLock,
 };
 use crate::domain::{Actor, FamilyId, TokenHash};
+use crate::telemetry::metrics::PoolGauges;
 
 /// Which backend, and where: what the database configuration resolves to.
 #[expect(clippy::large_enum_variant, reason = "made once at start: boxing would save nothing")]
@@ -129,6 +130,14 @@ impl Backend {
         match self {
             Self::Postgres(store) => store.timeout(),
             Self::Sqlite(store) => store.timeout(),
+        }
+    }
+
+    /// Its connection pool now, for the metrics (sampled at each scrape).
+    pub fn pool_gauges(&self) -> PoolGauges {
+        match self {
+            Self::Postgres(store) => store.pool().gauges(),
+            Self::Sqlite(store) => store.gauges(),
         }
     }
 

@@ -38,6 +38,7 @@ use super::{
     RevokeReason, SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError, SweepLock,
 };
 use crate::domain::{Actor, FamilyId, TokenHash};
+use crate::telemetry::metrics;
 
 /// Longest a cached "live" is trusted even while revocations are known to reach this server: a
 /// backstop for a revocation that bypassed the notification (an operator's SQL with triggers
@@ -83,6 +84,13 @@ impl FamilyCache {
             current_until: AtomicU64::new(0),
             base: Instant::now(),
         }
+    }
+
+    /// What its entries hold, estimated: each is a key and an entry in the cache's table (its
+    /// own overhead per slot is not counted).
+    pub fn bytes(&self) -> u64 {
+        let entry = size_of::<(FamilyId, Entry)>() as u64;
+        self.entries.len() as u64 * entry
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -239,12 +247,14 @@ impl<S: FamilyStore> FamilyStore for CachedStore<S> {
         let cache = &*self.cache;
         match cache.entries.get(&id) {
             Some(Entry::Revoked { expires_at }) => {
+                metrics::cache_hit(metrics::Cache::Family);
                 return Ok(Some(FamilyStatus {
                     revoked: true,
                     expires_at,
                 }));
             }
             Some(Entry::Live { expires_at, cached_at }) if cache.trusts(cached_at) => {
+                metrics::cache_hit(metrics::Cache::Family);
                 return Ok(Some(FamilyStatus {
                     revoked: false,
                     expires_at,
@@ -252,6 +262,7 @@ impl<S: FamilyStore> FamilyStore for CachedStore<S> {
             }
             _ => {}
         }
+        metrics::cache_miss(metrics::Cache::Family);
         let epoch = cache.epoch.load(Ordering::SeqCst);
         let status = self.inner.family_status(id).await?;
         match status {

@@ -40,6 +40,7 @@ use rustls::{RootCertStore, ServerConfig};
 use tokio::sync::watch;
 
 use crate::keys::KeyError;
+use crate::telemetry::metrics::{self, Reload};
 
 /// Where the TLS material is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -308,7 +309,9 @@ pub async fn reload(material: Arc<Reloadable>, interval: Duration, stopped: watc
     let mut trigger = crate::reload::ReloadTrigger::new("the TLS files", interval, stopped);
     while trigger.next().await {
         let reading = material.clone();
-        match tokio::task::spawn_blocking(move || reading.reload()).await {
+        let reading = tokio::task::spawn_blocking(move || reading.reload()).await;
+        metrics::reloaded(Reload::Tls, matches!(reading, Ok(Ok(_))));
+        match reading {
             Ok(Ok(Reloaded::Changed)) => tracing::info!(target: "security", "TLS certificate reloaded"),
             Ok(Ok(Reloaded::Unchanged)) => {}
             Ok(Err(error)) => {

@@ -20,6 +20,7 @@ mod key_rotation;
 mod keys;
 mod limits;
 mod memory;
+mod metrics;
 mod panics;
 mod policy;
 mod privileges;

@@ -39,6 +39,7 @@ use crate::issuer::Issuer;
 use crate::issuer::authorize::{Decision, Denial, Requirements};
 use crate::issuer::types::{MAX_TOKEN_BYTES, PresentedToken};
 use crate::store::FamilyStore;
+use crate::telemetry::metrics;
 use crate::telemetry::throttle;
 use request::{CheckRequest, HttpRequest};
 pub use wire::{AuthorizationService, CheckAnswer};
@@ -312,7 +313,10 @@ enum Verdict {
 
 fn encode(verdict: Verdict, spoofed: Vec<String>) -> CheckAnswer {
     let denial = match verdict {
-        Verdict::Decided(Decision::Allow(active)) => return CheckAnswer::Encoded(wire::allow(&active, &spoofed)),
+        Verdict::Decided(Decision::Allow(active)) => {
+            metrics::decided(metrics::Decision::Allow);
+            return CheckAnswer::Encoded(wire::allow(&active, &spoofed));
+        }
         Verdict::Decided(Decision::Deny(Denial::InvalidToken)) | Verdict::Refused(Credentials::Malformed) => deny(
             Code::Unauthenticated,
             HttpStatusCode::Unauthorized,
@@ -365,6 +369,12 @@ fn rpc_status(code: Code) -> Option<rpc::Status> {
 }
 
 fn deny(code: Code, http: HttpStatusCode, challenge: String) -> CheckResponse {
+    // The decisions counted are 401 and 403; a 400 (a request Envoy should never send) is not one.
+    match http {
+        HttpStatusCode::Unauthorized => metrics::decided(metrics::Decision::Unauthenticated),
+        HttpStatusCode::Forbidden => metrics::decided(metrics::Decision::Denied),
+        _ => {}
+    }
     CheckResponse {
         status: rpc_status(code),
         http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {

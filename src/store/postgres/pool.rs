@@ -29,6 +29,8 @@ use deadpool::managed::{self, Metrics, Object, QueueMode, RecycleError, RecycleR
 use sqlx::Connection as _;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 
+use crate::telemetry::metrics::PoolGauges;
+
 /// A connection idle for longer than this is pinged before use.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 /// Connections are replaced after this long, so that PostgreSQL backends do not grow forever
@@ -201,6 +203,18 @@ impl ConnectionPool {
             // Only fails for timeouts without a runtime, and none are set: the caller bounds
             // every operation, waiting included (`PgStore::run`).
             Err(error) => unreachable!("deadpool pool without timeouts: {error}"),
+        }
+    }
+
+    /// Its connections now, for the metrics: in use, idle, operations waiting for one, and the
+    /// most it opens.
+    pub fn gauges(&self) -> PoolGauges {
+        let status = self.inner.status();
+        PoolGauges {
+            in_use: status.size.saturating_sub(status.available),
+            idle: status.available,
+            waiting: Some(status.waiting),
+            max: status.max_size,
         }
     }
 

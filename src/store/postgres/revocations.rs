@@ -30,6 +30,7 @@ use tokio::sync::watch;
 
 use crate::domain::FamilyId;
 use crate::store::cached::FamilyCache;
+use crate::telemetry::metrics;
 
 /// The channel the trigger notifies on; the payload is the family id.
 pub const CHANNEL: &str = "ratchet_family_revoked";
@@ -60,9 +61,11 @@ pub async fn listen(
 ) {
     let mut backoff = FIRST_BACKOFF;
     let mut was_up = true;
+    metrics::revocation_listener_connected(false);
     loop {
         let ended = session(&options, &cache, timeout, &mut stopped).await;
         cache.current_until(None);
+        metrics::revocation_listener_connected(false);
         match ended {
             Ended::Stopped => return,
             Ended::Lost { subscribed, error } => {
@@ -122,6 +125,7 @@ async fn session(
     };
     // Whatever was cached before this subscription may have missed a notification.
     cache.forget_all();
+    metrics::revocation_listener_connected(true);
     tracing::info!("revocation listener subscribed: other replicas' revocations reach Introspect at once");
     let ended = run(&mut listener, cache, timeout, stopped).await;
     if matches!(ended, Ended::Stopped) {

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use super::PgStore;
 use super::pool::PooledConnection;
 use crate::store::StoreError;
+use crate::telemetry::metrics::{self, Resolution};
 
 /// How long past PostgreSQL's own statement timeout a statement's answer is awaited before the
 /// connection is given up as silent (a network that drops packets without resetting anything).
@@ -100,15 +101,21 @@ impl PgStore {
         loop {
             attempts += 1;
             let pause = match self.attempt(&op, deadline).await {
-                Attempt::Answered(Ok(value)) => return Ok(value),
+                Attempt::Answered(Ok(value)) => {
+                    if lost.is_some() {
+                        metrics::resolved(Resolution::Applied);
+                    }
+                    return Ok(value);
+                }
                 Attempt::Answered(Err(error)) if is_serialization_conflict(&error) => {
                     tracing::debug!(attempts, "serialization conflict, retrying");
                     if attempts >= self.retry.max_attempts {
                         return Err(match lost {
-                            Some(lost) => StoreError::OutcomeUnknown(lost),
+                            Some(lost) => unknown(lost),
                             None => StoreError::Contention { attempts },
                         });
                     }
+                    metrics::serialization_retry();
                     // Full jitter: racing clients spread out instead of colliding again.
                     let pause = conflict_delay.mul_f64(unit_random());
                     conflict_delay = (conflict_delay * 2).min(self.retry.max_delay);
@@ -118,12 +125,19 @@ impl PgStore {
                     if kind == Kind::Insert && lost.is_some() && sqlstate(&error).as_deref() == Some("23505") =>
                 {
                     tracing::info!("a lost insert had committed");
+                    metrics::resolved(Resolution::Applied);
                     return Ok(T::default());
                 }
                 Attempt::Answered(Err(error)) => match (classify(error), lost.is_some()) {
                     // This run did nothing, but the lost one may still have: keep asking.
                     (StoreError::Unavailable(_), true) => next_resolve_delay(&mut resolve_delay),
-                    (error, _) => return Err(error),
+                    (error, lost) => {
+                        if lost {
+                            // Refused outright (bad data, a bug): neither run did anything.
+                            metrics::resolved(Resolution::NotApplied);
+                        }
+                        return Err(error);
+                    }
                 },
                 Attempt::NoConnection(error) if lost.is_none() => return Err(error),
                 Attempt::NoConnection(_) => next_resolve_delay(&mut resolve_delay),
@@ -141,7 +155,7 @@ impl PgStore {
             };
             if Instant::now() + pause >= deadline {
                 return Err(match lost {
-                    Some(lost) => StoreError::OutcomeUnknown(lost),
+                    Some(lost) => unknown(lost),
                     None => StoreError::Contention { attempts },
                 });
             }
@@ -180,6 +194,12 @@ impl PgStore {
             },
         }
     }
+}
+
+/// A lost write still unresolved when time or attempts ran out.
+fn unknown(lost: Box<dyn std::error::Error + Send + Sync>) -> StoreError {
+    metrics::resolved(Resolution::Unknown);
+    StoreError::OutcomeUnknown(lost)
 }
 
 fn next_resolve_delay(delay: &mut Duration) -> Duration {

@@ -62,6 +62,7 @@ use super::{
     SweepLock, audit,
 };
 use crate::domain::{Actor, FamilyId, TokenHash};
+use crate::telemetry::metrics::PoolGauges;
 
 /// The migrations in `migrations/sqlite/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -123,6 +124,24 @@ impl SqliteStore {
             readers,
             timeout,
             path: target.path.clone(),
+        }
+    }
+
+    /// Its connections now (the writer and the readers together), for the metrics. sqlx's pool
+    /// does not tell how many wait for a connection.
+    pub fn gauges(&self) -> PoolGauges {
+        let pools = [&self.writer, &self.readers];
+        let idle: usize = pools.iter().map(|pool| pool.num_idle()).sum();
+        let size: usize = pools.iter().map(|pool| pool.size() as usize).sum();
+        let max: usize = pools
+            .iter()
+            .map(|pool| pool.options().get_max_connections() as usize)
+            .sum();
+        PoolGauges {
+            in_use: size.saturating_sub(idle),
+            idle,
+            waiting: None,
+            max,
         }
     }
 
