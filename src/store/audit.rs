@@ -132,10 +132,12 @@ impl EventFilter {
     }
 }
 
-/// The `where` clause of a filtered read, from fixed fragments only (no value is ever written
-/// into SQL: each fragment binds the next parameter, numbered by `param`), so that each
-/// combination of filters is a statement its indexes serve. `None`: no filter.
-pub(super) fn where_clause(filter: &EventFilter, param: impl Fn(usize) -> String) -> String {
+/// The statement of a filtered read of `columns`, newest first, from fixed fragments only (no
+/// value is ever written into SQL: each filter binds the next parameter, numbered by `param`,
+/// and the limit the one after them), so that each combination of filters is a statement its
+/// indexes serve. Bind the filters given, in the order of [`EventFilter`]'s fields, then the
+/// limit.
+pub(super) fn select_statement(filter: &EventFilter, columns: &str, param: impl Fn(usize) -> String) -> String {
     let mut conditions = Vec::new();
     let mut next = 0;
     let mut condition = |column: &str, op: &str| {
@@ -154,9 +156,11 @@ pub(super) fn where_clause(filter: &EventFilter, param: impl Fn(usize) -> String
     if filter.since.is_some() {
         condition("at", ">=");
     }
-    if conditions.is_empty() {
+    let conditions = if conditions.is_empty() {
         String::new()
     } else {
         format!("where {}", conditions.join(" and "))
-    }
+    };
+    let limit = param(next + 1);
+    format!("select {columns} from audit_events {conditions} order by at desc, id desc limit {limit}")
 }

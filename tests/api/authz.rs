@@ -26,35 +26,15 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::support::{AUDIENCE, Db, Forger, Proxy, TestApp, channel, on_every_backend, test_policy};
+use crate::support::{AUDIENCE, Db, Forger, Proxy, TestApp, channel, check_request, on_every_backend, test_policy};
 
 async fn client(app: &TestApp) -> AuthorizationClient<Channel> {
     AuthorizationClient::new(channel(app.addr).await)
 }
 
-/// A Check as Envoy sends it: the HTTP request's headers, and the route's context extensions.
+/// A Check as Envoy sends it ([`check_request`]).
 fn request(headers: &[(&str, &str)], extensions: &[(&str, &str)]) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "GET".into(),
-                    path: "/orders".into(),
-                    headers: headers
-                        .iter()
-                        .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
-                        .collect(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            context_extensions: extensions
-                .iter()
-                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
-                .collect(),
-            ..Default::default()
-        }),
-    }
+    check_request(headers, extensions)
 }
 
 async fn check(app: &TestApp, request: CheckRequest) -> CheckResponse {

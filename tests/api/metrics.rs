@@ -16,8 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::ext_authz::v3::pb::CheckRequest;
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use ratchet::grpc::pb::{IssueRequest, RotateRequest};
 use ratchet::policy::file::api_key_sha256;
@@ -135,29 +133,8 @@ fn assert_promtool_passes(scrape: &Scrape) {
 
 /// A Check as Envoy sends it, with `headers` and the route's `required_scopes`.
 fn check_request(headers: &[(&str, &str)], required_scopes: &str) -> CheckRequest {
-    let extensions = if required_scopes.is_empty() {
-        Default::default()
-    } else {
-        [("ratchet.required_scopes".to_owned(), required_scopes.to_owned())].into()
-    };
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "GET".into(),
-                    path: "/orders".into(),
-                    headers: headers
-                        .iter()
-                        .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
-                        .collect(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            context_extensions: extensions,
-            ..Default::default()
-        }),
-    }
+    let scopes = [("ratchet.required_scopes", required_scopes)];
+    crate::support::check_request(headers, if required_scopes.is_empty() { &[] } else { &scopes })
 }
 
 const REQUESTS: &str = "ratchet_grpc_requests_total";

@@ -446,23 +446,10 @@ impl FamilyStore for PgStore {
     }
 
     async fn events(&self, filter: &EventFilter) -> Result<Vec<AuditEvent>, StoreError> {
-        let conditions = audit::where_clause(filter, |n| format!("${n}"));
-        let limit = 1 + [
-            filter.family.is_some(),
-            filter.subject.is_some(),
-            filter.kind.is_some(),
-            filter.since.is_some(),
-        ]
-        .iter()
-        .filter(|given| **given)
-        .count();
-        let statement = format!(
-            "select {} from audit_events {conditions} order by at desc, id desc limit ${limit}",
-            sql::EVENT_COLUMNS
-        );
+        let statement = audit::select_statement(filter, sql::EVENT_COLUMNS, |n| format!("${n}"));
         let rows: Vec<EventRow> = self
             .run(Kind::Read, |mut connection| {
-                // Built from fixed fragments (`audit::where_clause`); every value is bound.
+                // Built from fixed fragments (`audit::select_statement`); every value is bound.
                 let mut query = sqlx::query_as(sqlx::AssertSqlSafe(statement.clone()));
                 if let Some(family) = filter.family {
                     query = query.bind(family.as_uuid());

@@ -505,22 +505,9 @@ impl FamilyStore for SqliteStore {
     /// From the reading connections: in WAL mode a reader sees the last commit without waiting
     /// for the writer or holding it up.
     async fn events(&self, filter: &EventFilter) -> Result<Vec<AuditEvent>, StoreError> {
-        let conditions = audit::where_clause(filter, |n| format!("?{n}"));
-        let limit = 1 + [
-            filter.family.is_some(),
-            filter.subject.is_some(),
-            filter.kind.is_some(),
-            filter.since.is_some(),
-        ]
-        .iter()
-        .filter(|given| **given)
-        .count();
-        let statement = format!(
-            "select {} from audit_events {conditions} order by at desc, id desc limit ?{limit}",
-            sql::EVENT_COLUMNS
-        );
+        let statement = audit::select_statement(filter, sql::EVENT_COLUMNS, |n| format!("?{n}"));
         self.bounded(Kind::Read, async {
-            // Built from fixed fragments (`audit::where_clause`); every value is bound.
+            // Built from fixed fragments (`audit::select_statement`); every value is bound.
             let mut query = query_as::<_, EventRow>(sqlx::AssertSqlSafe(statement));
             if let Some(family) = filter.family {
                 query = query.bind(hyphenated(family));

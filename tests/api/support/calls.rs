@@ -1,9 +1,13 @@
 //! The small call helpers every test module uses: one Issue or Introspect with nothing else set,
-//! a JWT's parts, channels to a server, and the assertions on a refused call's status.
+//! a Check as Envoy sends it, a JWT's parts, channels to a server, and the assertions on a refused
+//! call's status.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use envoy_types::ext_authz::v3::pb::CheckRequest;
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use ratchet::grpc::pb::token_service_client::TokenServiceClient;
 use ratchet::grpc::pb::{IssueRequest, TokenPair};
 use tonic::transport::Channel;
@@ -93,4 +97,25 @@ pub async fn counting_channel(addr: SocketAddr) -> (Channel, Arc<std::sync::atom
         .await
         .unwrap();
     (channel, opened)
+}
+
+/// A Check as Envoy sends it: the HTTP request's headers, and the route's context extensions
+/// (`ratchet.required_scopes`, say).
+pub fn check_request(headers: &[(&str, &str)], extensions: &[(&str, &str)]) -> CheckRequest {
+    let pairs = |pairs: &[(&str, &str)]| pairs.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())).collect();
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: "/orders".into(),
+                    headers: pairs(headers),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: pairs(extensions),
+            ..Default::default()
+        }),
+    }
 }
