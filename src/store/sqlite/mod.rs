@@ -165,6 +165,29 @@ impl SqliteStore {
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(classify)
     }
+
+    /// One batch of the cleanup: `statement` with its cutoff `before` and `limit`, in a write
+    /// transaction of its own; how many rows it changed.
+    async fn batch_before(
+        &self,
+        statement: &'static str,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        self.bounded(Kind::Write, async {
+            let mut tx = self.begin_write().await?;
+            let changed = query(statement)
+                .bind(micros(before))
+                .bind(i64::from(limit))
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?
+                .rows_affected();
+            tx.commit().await.map_err(classify)?;
+            Ok(changed)
+        })
+        .await
+    }
 }
 
 fn hyphenated(id: FamilyId) -> Hyphenated {
@@ -487,19 +510,7 @@ impl FamilyStore for SqliteStore {
     }
 
     async fn clear_seals(&self, sealed_before: OffsetDateTime, limit: u32) -> Result<u64, StoreError> {
-        self.bounded(Kind::Write, async {
-            let mut tx = self.begin_write().await?;
-            let cleared = query(sql::CLEAR_SEALS)
-                .bind(micros(sealed_before))
-                .bind(i64::from(limit))
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?
-                .rows_affected();
-            tx.commit().await.map_err(classify)?;
-            Ok(cleared)
-        })
-        .await
+        self.batch_before(sql::CLEAR_SEALS, sealed_before, limit).await
     }
 
     /// From the reading connections: in WAL mode a reader sees the last commit without waiting
@@ -532,19 +543,7 @@ impl FamilyStore for SqliteStore {
     }
 
     async fn purge_events(&self, before: OffsetDateTime, limit: u32) -> Result<u64, StoreError> {
-        self.bounded(Kind::Write, async {
-            let mut tx = self.begin_write().await?;
-            let deleted = query(sql::PURGE_EVENTS)
-                .bind(micros(before))
-                .bind(i64::from(limit))
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?
-                .rows_affected();
-            tx.commit().await.map_err(classify)?;
-            Ok(deleted)
-        })
-        .await
+        self.batch_before(sql::PURGE_EVENTS, before, limit).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
