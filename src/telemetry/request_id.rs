@@ -53,8 +53,9 @@ impl RequestId {
 
     /// As response metadata: marked sensitive, which HTTP/2 sends as a literal never to be
     /// indexed. A value that differs on every answer gains nothing from the connection's HPACK
-    /// table and would only evict what does (and searching the table for it on every answer cost
-    /// Introspect ~4,000 instructions a call, 4% of it: callgrind, `bench/history/…-callgrind.txt`).
+    /// table and would only evict what does; searching the table for it cost Introspect about
+    /// 4,000 instructions a call, 4% of it (callgrind:
+    /// `bench/history/20261207T1600Z-issue17-callgrind.txt`).
     pub fn header_value(&self) -> HeaderValue {
         let mut value = self.0.clone();
         value.set_sensitive(true);
