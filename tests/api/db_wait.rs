@@ -64,11 +64,7 @@ async fn a_database_that_appears_during_the_wait_is_served(_pool: PgPoolOptions,
     // The database is behind a proxy that refuses connections until it is restored.
     let proxy = Proxy::in_front_of(&options).await;
     proxy.cut().await;
-    let url = format!(
-        "postgres://{}@{}/{database}?sslmode=disable",
-        options.get_username(),
-        proxy.addr()
-    );
+    let url = proxy.database_url(&options, &database);
     let scratch = std::env::temp_dir().join(&database);
     std::fs::create_dir_all(&scratch).unwrap();
     let log = scratch.join("server.log");

@@ -307,11 +307,7 @@ async fn a_call_that_outlives_the_grace_is_answered_at_the_grace_and_the_process
         .unwrap();
     assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
     let proxy = Proxy::in_front_of(&options).await;
-    let url = format!(
-        "postgres://{}@{}/{database}?sslmode=disable",
-        options.get_username(),
-        proxy.addr()
-    );
+    let url = proxy.database_url(&options, &database);
     let scratch = std::env::temp_dir().join(&database);
     std::fs::create_dir_all(&scratch).unwrap();
     let log = scratch.join("server.log");

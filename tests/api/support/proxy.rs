@@ -112,6 +112,16 @@ impl Proxy {
         self.shared.addr
     }
 
+    /// A URL for the `ratchet` binary to reach `database` as `options`' user through the proxy
+    /// (without TLS, so that the proxy sees the protocol).
+    pub fn database_url(&self, options: &PgConnectOptions, database: &str) -> String {
+        format!(
+            "postgres://{}@{}/{database}?sslmode=disable",
+            options.get_username(),
+            self.addr()
+        )
+    }
+
     /// `options` (user, database, settings) through the proxy, without TLS so that the proxy
     /// sees the protocol.
     pub fn route(&self, options: PgConnectOptions) -> PgConnectOptions {
