@@ -1,8 +1,8 @@
 //! The gRPC transport: generated code ([`pb`]), the service ([`service`]), Envoy's external
 //! authorization ([`authz`], on Envoy's generated code from `envoy-types`), request parsing and
 //! response encoding ([`convert`]), the one mapping of domain errors to `Status` ([`status`]) and
-//! the layers around the whole server ([`call`]: each call's RPC, request id and span;
-//! [`observe`]: every call counted and timed; [`message_limit`], [`panic`](mod@panic), [`shed`],
+//! the layers around the whole server ([`call`]: each call's RPC, request id and span, every call
+//! counted and timed; [`message_limit`], [`panic`](mod@panic), [`shed`],
 //! [`budget`], [`cut`]: the calls still in flight when the shutdown grace ends); what a
 //! caller may do ([`access`]; who is calling is the transport's to say,
 //! `crate::transport::identity`); the codec that bounds what a request decodes to ([`codec`]); the
@@ -17,7 +17,6 @@ pub mod convert;
 pub mod cut;
 pub mod health;
 pub mod message_limit;
-pub mod observe;
 pub mod panic;
 pub mod service;
 pub mod shed;

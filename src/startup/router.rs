@@ -19,7 +19,6 @@ use crate::grpc::budget::{self, BudgetLayer, MemoryBudget};
 use crate::grpc::call::CallLayer;
 use crate::grpc::cut::CutLayer;
 use crate::grpc::message_limit::MessageLimitLayer;
-use crate::grpc::observe::ObserveLayer;
 use crate::grpc::panic::CatchPanicLayer;
 use crate::grpc::pb::{self, token_service_server::TokenServiceServer};
 use crate::grpc::shed::ShedLayer;
@@ -114,11 +113,8 @@ pub(super) async fn serve(
         // Outermost: a call is in flight (the connection not idle) until its answer is sent.
         .layer(ActivityLayer)
         // Next: every answer below, even a panic's, a shed call's or a cut one's, carries the
-        // call's request id, and every line logged below is in the call's span.
+        // call's request id and is counted, and every line logged below is in the call's span.
         .layer(CallLayer)
-        // Outside every layer that may answer a call itself (the cut, panics, shedding, the
-        // policy): their answers are counted too.
-        .layer(ObserveLayer)
         // Every call, whatever the layers below do with it, is answered at the shutdown's cut.
         .layer(CutLayer::new(services.stage))
         .layer(CatchPanicLayer)

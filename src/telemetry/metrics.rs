@@ -131,6 +131,8 @@ pub const CODES: [&str; 17] = [
     "DATA_LOSS",
     "UNAUTHENTICATED",
 ];
+/// `OK`.
+pub const CODE_OK: u8 = 0;
 /// `CANCELLED`: the call ended before its status was sent (the client went away).
 pub const CODE_CANCELLED: u8 = 1;
 /// `UNKNOWN`: a status this server cannot name (never sent by ratchet itself).
