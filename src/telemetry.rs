@@ -37,6 +37,8 @@ impl FromStr for LogFormat {
 /// Installs the global subscriber; a second call is a no-op (tests start many servers).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    // Never colours (tracing-subscriber is built without them): a log file, journald or a
+    // container's log must not fill with escape codes, and painting cost every call's span.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

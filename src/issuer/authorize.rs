@@ -96,7 +96,7 @@ impl<S: FamilyStore> Issuer<S> {
     /// # Errors
     /// [`Error::Unavailable`] (or [`Error::Internal`]) when the token's family had to be looked
     /// up and storage did not answer; every problem with the token is a [`Denial`].
-    #[tracing::instrument(name = "authorize", skip_all)]
+    #[tracing::instrument(level = "debug", name = "authorize", skip_all)]
     pub async fn authorize(
         &self,
         token: &PresentedToken,

@@ -48,7 +48,7 @@ impl<S: FamilyStore> Issuer<S> {
     ///
     /// # Errors
     /// [`Error::Unavailable`] only; a bad token is an answer, not an error.
-    #[tracing::instrument(name = "introspect", skip_all)]
+    #[tracing::instrument(level = "debug", name = "introspect", skip_all)]
     pub async fn introspect(&self, token: PresentedToken, now: OffsetDateTime) -> Result<Option<ActiveToken>, Error> {
         let text = token.expose();
         if RefreshToken::has_prefix(text) {

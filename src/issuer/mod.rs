@@ -116,7 +116,7 @@ impl<S: FamilyStore> Issuer<S> {
     /// # Errors
     /// [`Error::Unavailable`] when storage is down, [`Error::OutcomeUnknown`] when it stopped
     /// answering mid-way; [`Error::Internal`] otherwise.
-    #[tracing::instrument(name = "issue", skip_all, fields(family_id = field::Empty))]
+    #[tracing::instrument(level = "debug", name = "issue", skip_all, fields(family_id = field::Empty))]
     pub async fn issue(&self, params: IssueParams, actor: &Actor, now: OffsetDateTime) -> Result<TokenPair, Error> {
         let expires_at = later(now, self.policy.family_ttl)?;
         let family = FamilyRecord {

@@ -61,7 +61,7 @@ impl<S: FamilyStore> Issuer<S> {
     /// [`Error::Unavailable`], [`Error::OutcomeUnknown`]. Revoking a subject goes in batches that
     /// each commit: after an error some of its families may be revoked already, and a retry
     /// finishes the job.
-    #[tracing::instrument(name = "revoke", skip_all)]
+    #[tracing::instrument(level = "debug", name = "revoke", skip_all)]
     pub async fn revoke(
         &self,
         target: RevokeTarget,

@@ -28,7 +28,7 @@ impl<S: FamilyStore> Issuer<S> {
     /// [`Error::TokenReused`] (the family is revoked by then), [`Error::Unavailable`] (nothing was
     /// spent), [`Error::OutcomeUnknown`] (storage stopped answering and the spend may have
     /// happened).
-    #[tracing::instrument(name = "rotate", skip_all, fields(family_id = field::Empty))]
+    #[tracing::instrument(level = "debug", name = "rotate", skip_all, fields(family_id = field::Empty))]
     pub async fn rotate(&self, token: PresentedToken, actor: &Actor, now: OffsetDateTime) -> Result<TokenPair, Error> {
         let presented = RefreshToken::parse(token.expose()).ok_or(Error::TokenInvalid)?;
         let successor = RefreshToken::generate()?;
@@ -108,7 +108,7 @@ impl<S: FamilyStore> Issuer<S> {
                 "sealed successor does not open: was the server secret (RATCHET_SEAL_KEY or the signing key) changed, or do replicas differ?".into(),
             ));
         }
-        tracing::info!("refresh token presented again within the grace window; answering with its successor");
+        tracing::info!(family = %record.family.id, "refresh token presented again within the grace window; answering with its successor");
         let access_token = self.mint(&record.family, now)?;
         Ok(self.pair(&record.family, access_token, again, stored.expires_at, now))
     }

@@ -79,7 +79,7 @@ impl<S: FamilyStore> Issuer<S> {
     /// # Errors
     /// [`Error::InvalidArgument`] for a page token this server did not hand out for `subject`;
     /// [`Error::Unavailable`].
-    #[tracing::instrument(name = "list_sessions", skip_all)]
+    #[tracing::instrument(level = "debug", name = "list_sessions", skip_all)]
     pub async fn list_sessions(
         &self,
         subject: Subject,

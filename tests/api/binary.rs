@@ -96,6 +96,10 @@ async fn the_binary_migrates_serves_survives_a_restart_and_never_logs_tokens(
         logs.contains("created a key directory with a new EdDSA key") && logs.contains("loaded the key directory"),
         "{logs}"
     );
+    assert!(
+        !logs.contains('\u{1b}'),
+        "a log file, not a terminal: no colour escape codes in it\n{logs}"
+    );
     for pair in [&pair, &rotated, &survivor, &other] {
         for token in [&pair.refresh_token, &pair.access_token] {
             assert!(!logs.contains(token.as_str()), "a token leaked into the logs");
