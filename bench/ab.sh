@@ -5,6 +5,7 @@
 #
 #   bench/ab.sh REV_A REV_B          e.g. bench/ab.sh abfe700 HEAD
 #   bench/ab.sh HEAD .               `.` is the working tree as it is (uncommitted changes too)
+#   bench/ab.sh path/to/ratchet HEAD a server binary already built is taken as it is
 #   ENV_A="RUST_LOG=warn" bench/ab.sh HEAD HEAD
 #                                    one build, two settings: ENV_A / ENV_B are extra environment
 #                                    (space-separated NAME=VALUE) for A's and B's server
@@ -23,7 +24,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-[ $# = 2 ] || { sed -n '2,21p' "$0" >&2; exit 64; }
+[ $# = 2 ] || { sed -n '2,22p' "$0" >&2; exit 64; }
 : "${PAIRS:=3}" "${SCENARIOS:=introspect-hot check rotate}" "${KS:=64}" "${DURATION:=8s}" "${WARMUP:=2s}"
 : "${BACKEND:=postgres}" "${ENV_A:=}" "${ENV_B:=}" "${BENCH_ARGS:=}"
 base_url="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
@@ -44,6 +45,10 @@ trap cleanup EXIT
 # The server binary of `rev`, built if need be; prints its path.
 build() {
     local rev=$1 sha dir
+    if [ -f "$rev" ] && [ -x "$rev" ]; then
+        realpath "$rev"
+        return
+    fi
     if [ "$rev" = . ]; then
         cargo build --locked --release -p ratchet --bin ratchet >&2 || return 1
         echo "${CARGO_TARGET_DIR:-$root/target}/release/ratchet"
