@@ -13,7 +13,16 @@ within one run is what is comparable. The per-run percentages are listed under t
 ceiling is pgbench (PostgreSQL) or `ratchet-bench --sqlite-ceiling` (SQLite): rows named
 `pgbench-<scenario>` or `sqlite-ceiling-<scenario>`.
 
-    bench/report.py RESULTS.jsonl [MORE.jsonl ...]
+Two more yardsticks (issue 18), printed under the table as per-run ratios: Introspect of a hot
+token against the bare tonic server of `ratchet-bench --serve-ceiling` (`tonic-ceiling-
+introspect-hot`: server CPU per call and throughput, with the token lengths of both, which must
+match), and Rotate against pgbench's minimal rotation (`pgbench-minimal-rotate`,
+bench/pgbench-minimal-rotation.sql: throughput).
+
+    bench/report.py [--max-ceiling-cpu X] RESULTS.jsonl [MORE.jsonl ...]
+
+--max-ceiling-cpu X: exit 1 if, in any run, Introspect's server CPU per call is more than X times
+the tonic ceiling's at the same K (bench/run.sh --smoke's guard against gross regressions).
 """
 import json
 import statistics
@@ -21,18 +30,51 @@ import sys
 
 HEAD = ["scenario", "K", "ops/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "errors",
         "srv CPU/op µs", "db CPU/op µs", "client CPU/op µs", "peak RSS MiB", "ceiling ops/s", "% of ceiling"]
-CEILINGS = ("pgbench-", "sqlite-ceiling-")
+CEILINGS = ("pgbench-minimal-", "pgbench-", "sqlite-ceiling-", "tonic-ceiling-")
+# The ceilings "% of ceiling" is taken against: the scenario's exact statements.
+EXACT = ("pgbench-", "sqlite-ceiling-")
 
 
 def is_ceiling(scenario):
     return scenario.startswith(CEILINGS)
 
 
+def is_exact_ceiling(scenario):
+    """A ceiling running the scenario's own statements (what "% of ceiling" is against)."""
+    return scenario.startswith(EXACT) and not scenario.startswith("pgbench-minimal-")
+
+
 def measured(scenario):
     """The scenario a ceiling row bounds."""
     for prefix in CEILINGS:
-        scenario = scenario.removeprefix(prefix)
+        if scenario.startswith(prefix):
+            return scenario.removeprefix(prefix)
     return scenario
+
+
+def yardsticks(runs):
+    """Per (what, K): this run's ratios against the tonic ceiling and the minimal rotation."""
+    by = {(r["scenario"], r["concurrency"]): r for r in runs}
+    out = {}
+    for (scenario, k), ceiling in by.items():
+        if scenario.startswith("tonic-ceiling-") and (measured(scenario), k) in by:
+            ours = by[(measured(scenario), k)]
+            cpu = (ours.get("server_cpu_us_per_op") or 0) / (ceiling.get("server_cpu_us_per_op") or float("inf"))
+            # A ceiling whose tokens are shorter or longer than ours carries other bytes: no yardstick.
+            if ours.get("access_token_bytes") != ceiling.get("access_token_bytes"):
+                cpu = float("inf")
+            out[(measured(scenario) + " / tonic ceiling", k)] = (
+                f"server CPU {cpu:.2f}x ({ours.get('server_cpu_us_per_op')} / {ceiling.get('server_cpu_us_per_op')} µs), "
+                f"ops/s {ours['ops_per_s'] / ceiling['ops_per_s']:.2f}x, token bytes "
+                f"{ours.get('access_token_bytes')} / {ceiling.get('access_token_bytes')} (must be equal: "
+                "ACCESS_TOKEN_BYTES in crates/ratchet-bench/src/ceiling.rs)", cpu)
+        if scenario.startswith("pgbench-minimal-") and (measured(scenario), k) in by:
+            ours = by[(measured(scenario), k)]
+            ratio = ours["ops_per_s"] / ceiling["ops_per_s"]
+            out[(measured(scenario) + " / minimal rotation", k)] = (
+                f"ops/s {ratio:.2f}x ({ours['ops_per_s']:.0f} / {ceiling['ops_per_s']:.0f}), database CPU "
+                f"{ours.get('db_cpu_us_per_op')} / {ceiling.get('db_cpu_us_per_op')} µs", ratio)
+    return out
 
 
 def load(path):
@@ -42,7 +84,7 @@ def load(path):
 def ratios(runs):
     """(scenario, K) -> this run's ops/s as a percentage of this run's pgbench at the same K."""
     ceiling = {(measured(r["scenario"]), r["concurrency"]): r["ops_per_s"]
-               for r in runs if is_ceiling(r["scenario"])}
+               for r in runs if is_exact_ceiling(r["scenario"])}
     return {(r["scenario"], r["concurrency"]): 100 * r["ops_per_s"] / ceiling[(r["scenario"], r["concurrency"])]
             for r in runs if (r["scenario"], r["concurrency"]) in ceiling and not is_ceiling(r["scenario"])}
 
@@ -56,7 +98,7 @@ def fmt(value, digits=1):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def main(paths):
+def main(paths, max_ceiling_cpu=None):
     files = [load(path) for path in paths]
     per_run_ratio = [ratios(runs) for runs in files]
     keys = []  # (scenario, K) in the order of the first run, ceiling rows last
@@ -72,12 +114,13 @@ def main(paths):
         get = lambda field: median([r.get(field) for r in same])
         if is_ceiling(key[0]):
             rows.append([key[0], key[1], fmt(get("ops_per_s"), 0), *["-"] * 5,
-                         sum(r["errors"].get("failed", 0) for r in same), "-", fmt(get("db_cpu_us_per_op")),
+                         sum(r["errors"].get("failed", 0) for r in same),
+                         fmt(get("server_cpu_us_per_op")), fmt(get("db_cpu_us_per_op")),
                          *["-"] * 4])
             continue
         lat = lambda q: fmt(median([r["latency_us"][q] / 1000 for r in same]), 2)
         pgbench = median([r["ops_per_s"] for runs in files for r in runs
-                          if is_ceiling(r["scenario"]) and (measured(r["scenario"]), r["concurrency"]) == key])
+                          if is_exact_ceiling(r["scenario"]) and (measured(r["scenario"]), r["concurrency"]) == key])
         ratio = median([run.get(key) for run in per_run_ratio])
         peaks = [r["server_peak_rss_kib"] for r in same if r.get("server_peak_rss_kib")]
         rows.append([
@@ -99,6 +142,11 @@ def main(paths):
         for key in sorted({k for run in per_run_ratio for k in run}):
             print(f"% of ceiling, {key[0]} K={key[1]}, per run: "
                   + ", ".join(f"{run[key]:.0f}%" for run in per_run_ratio if key in run))
+    per_run_yardsticks = [yardsticks(runs) for runs in files]
+    for key in sorted({k for run in per_run_yardsticks for k in run}):
+        for number, run in enumerate(per_run_yardsticks, 1):
+            if key in run:
+                print(f"{key[0]}, K={key[1]}" + (f", run {number}" if len(files) > 1 else "") + f": {run[key][0]}")
     for key_k in sorted({r["concurrency"] for runs in files for r in runs if r["scenario"] == "check"}):
         per_run = []
         for runs in files:
@@ -107,9 +155,26 @@ def main(paths):
                 per_run.append(ops["check"] / ops["introspect-hot"])
         if per_run:
             print(f"check / introspect-hot, K={key_k}, per run: " + ", ".join(f"{x:.2f}" for x in per_run))
+    if max_ceiling_cpu is not None:
+        over = [(key, run[key][1]) for run in per_run_yardsticks for key in run
+                if key[0].endswith("/ tonic ceiling") and run[key][1] > max_ceiling_cpu]
+        checked = sum(1 for run in per_run_yardsticks for key in run if key[0].endswith("/ tonic ceiling"))
+        if over or not checked:
+            for key, ratio in over:
+                print(f"FAILED: {key[0]}, K={key[1]}: server CPU {ratio:.2f}x the ceiling's, over {max_ceiling_cpu}x",
+                      file=sys.stderr)
+            if not checked:
+                print("FAILED: no run of introspect-hot beside the tonic ceiling to check", file=sys.stderr)
+            return 1
+        print(f"introspect-hot within {max_ceiling_cpu}x the tonic ceiling's server CPU per call")
+    return 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
+    args = sys.argv[1:]
+    limit = None
+    if args[:1] == ["--max-ceiling-cpu"] and len(args) >= 2:
+        limit, args = float(args[1]), args[2:]
+    if not args:
         sys.exit(__doc__)
-    main(sys.argv[1:])
+    sys.exit(main(args, limit))

@@ -7,15 +7,18 @@
 #   RUNS=3 bench/run.sh     three runs, each with a fresh database and server; the table gives
 #                           medians (the machine is noisy; ratios are taken within each run)
 #   bench/run.sh --smoke    seconds per scenario at small K on the debug build: CI's check that
-#                           the whole path still works and reports no errors
+#                           the whole path still works and reports no errors; then, on release
+#                           builds, Introspect against the tonic ceiling (CEILING_GATE, below)
 #   BACKEND=sqlite bench/run.sh
 #                           the same on the embedded SQLite store (no DATABASE_URL; the file in
 #                           the server's data directory); the ceiling is Rotate's and Issue's own
 #                           SQLite transaction looped in-process by ratchet-bench --sqlite-ceiling
 #
 # Environment: DATABASE_URL (server to create the bench database on; default the local one),
-# RUNS, DURATION, WARMUP, KS, SCENARIOS, DB_CONNECTIONS, BACKEND (postgres or sqlite). Needs psql
-# and pgbench for PostgreSQL.
+# RUNS, DURATION, WARMUP, KS, SCENARIOS, DB_CONNECTIONS, BACKEND (postgres or sqlite),
+# CEILING_GATE (the smoke run's limit on Introspect's server CPU per call over the tonic
+# ceiling's; default 1.5, `off` to skip). Needs psql and pgbench for PostgreSQL. The server runs
+# with its defaults (logging at info).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,9 +51,11 @@ bench_bin="${CARGO_TARGET_DIR:-target}/$profile/ratchet-bench"
 scratch=$(mktemp -d /tmp/ratchet-bench.XXXXXX)
 mkdir -p bench/results
 server_pid=""
+ceiling_pid=""
 
 cleanup() {
     [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+    [ -n "$ceiling_pid" ] && kill "$ceiling_pid" 2>/dev/null && wait "$ceiling_pid" 2>/dev/null
     psql -q "$base_url" -c "drop database if exists $database with (force)" >/dev/null 2>&1 || true
     rm -rf "$scratch"
 }
@@ -100,27 +105,59 @@ ceiling() { # scenario k
         pgbench_run pgbench-issue "$k" "$scratch/issue.sql"
         return
     fi
-    # One seed family per pgbench client; each client then rotates its own chain.
+    seed_chains "$k"
+    pgbench_run pgbench-rotate "$k" "$scratch/rotate.sql" -D prev=0
+    check_spends "$k"
+    # The yardstick for the cost of ratchet's guarantees: the minimal rotation (issue 18).
+    seed_chains "$k"
+    pgbench_run pgbench-minimal-rotate "$k" bench/pgbench-minimal-rotation.sql -D prev=0
+    check_spends "$k"
+}
+
+# One seed family per pgbench client (replacing the last ones); each client then rotates its own
+# chain.
+seed_chains() { # k
     psql -q "$bench_url" -v ON_ERROR_STOP=1 >/dev/null <<SQL
 delete from families where subject like 'pgbench-%';
 insert into families (id, subject, client_id, scopes, audiences, claims, created_at, last_rotated_at,
                       refresh_expires_at, expires_at)
 select gen_random_uuid(), 'pgbench-' || c, 'pgbench', '{read,write}', '{ratchet}', '{}', now(), now(),
-       now() + interval '7 days', now() + interval '30 days' from generate_series(0, $k - 1) c;
+       now() + interval '7 days', now() + interval '30 days' from generate_series(0, $1 - 1) c;
 insert into refresh_tokens (hash, family_id, created_at, expires_at)
 select sha256((-1 - substr(subject, 9)::int)::text::bytea), id, now(), now() + interval '7 days'
 from families where subject like 'pgbench-%';
 SQL
-    pgbench_run pgbench-rotate "$k" "$scratch/rotate.sql" -D prev=0
-    # Every counted transaction must have spent a token: a broken chain would count empty work.
+}
+
+# Every counted transaction of the last pgbench run must have spent a token: a broken chain would
+# count empty work.
+check_spends() { # k
     local spent processed
     spent=$(psql -Atq "$bench_url" -c "select count(*) from refresh_tokens t join families f on f.id = t.family_id
                                         where f.subject like 'pgbench-%' and t.spent_at is not null")
     processed=$(tail -n 1 "$results" | sed -nE 's/.*"ops":([0-9]+).*/\1/p')
     if [ "$spent" -lt "$processed" ]; then
-        echo "pgbench rotation K=$k: $processed transactions but only $spent spends" >&2
+        echo "pgbench rotation K=$1: $processed transactions but only $spent spends" >&2
         failed=1
     fi
+}
+
+# The Introspect ceiling (crates/ratchet-bench/src/ceiling.rs): a bare tonic server answering
+# from a HashMap, driven with the same load right after ratchet's introspect-hot at the same K.
+# Its own process, started once per run: its CPU per call is read like the server's.
+introspect_ceiling() { # k
+    if [ -z "$ceiling_pid" ]; then
+        ceiling_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        "$bench_bin" --serve-ceiling "127.0.0.1:$ceiling_port" 2>"$scratch/ceiling.log" &
+        ceiling_pid=$!
+        for _ in $(seq 100); do
+            (exec 3<>"/dev/tcp/127.0.0.1/$ceiling_port") 2>/dev/null && break
+            sleep 0.1
+        done
+    fi
+    "$bench_bin" --addr "http://127.0.0.1:$ceiling_port" --scenario introspect-hot -k "$1" \
+        --duration "$DURATION" --warmup "$WARMUP" --server-pid "$ceiling_pid" \
+        --label "$profile" --report-as tonic-ceiling-introspect-hot >>"$results" || failed=1
 }
 
 # The per-family Rotate limit is lifted: each load worker rotates its own chain flat out, which is
@@ -144,7 +181,7 @@ one_run() {
         DATABASE_URL="$bench_url" "$server_bin" migrate 2>/dev/null
         store+=(--no-migrate --database-url "$bench_url")
     fi
-    env -u DATABASE_URL RATCHET_LISTEN="127.0.0.1:$port" RATCHET_DATA_DIR="$scratch" RUST_LOG=warn \
+    env -u DATABASE_URL -u RUST_LOG RATCHET_LISTEN="127.0.0.1:$port" RATCHET_DATA_DIR="$scratch" \
         RATCHET_HTTP_LISTEN=127.0.0.1:0 \
         RATCHET_ROTATE_BURST=1000000 RATCHET_ROTATE_PER_SECOND=1000000 \
         "$server_bin" serve "${store[@]}" 2>"$scratch/server.log" &
@@ -163,12 +200,20 @@ one_run() {
                 --duration "$DURATION" --warmup "$WARMUP" --server-pid "$server_pid" "${db_pids[@]}" \
                 --label "$profile" >>"$results" || failed=1
             # The server stays up, idle (a health check a second), while pgbench runs.
-            case $scenario in issue | rotate) ceiling "$scenario" "$k" ;; esac
+            case $scenario in
+                issue | rotate) ceiling "$scenario" "$k" ;;
+                introspect-hot) introspect_ceiling "$k" ;;
+            esac
         done
     done
     kill "$server_pid"
     wait "$server_pid" || true
     server_pid=""
+    if [ -n "$ceiling_pid" ]; then
+        kill "$ceiling_pid"
+        wait "$ceiling_pid" || true
+        ceiling_pid=""
+    fi
     [ "$BACKEND" = sqlite ] || psql -q "$base_url" -c "drop database $database with (force)" >/dev/null
 }
 
@@ -183,4 +228,20 @@ done
 
 python3 bench/report.py "${all_results[@]}"
 echo "raw results: ${all_results[*]}" >&2
+
+# The smoke run's guard against gross regressions (issue 18): Introspect of a hot token may cost
+# the server at most CEILING_GATE (default 1.5) times the tonic ceiling's CPU per call, in a
+# short run of its own on release builds (a debug build's ratio says nothing of a release
+# build's: it measured 2.2x where release measured 1.0x). CEILING_GATE=off skips it.
+if [ $smoke = 1 ] && [ "$BACKEND" = postgres ] && [ "${CEILING_GATE:=1.5}" != off ]; then
+    cargo build --locked --release --workspace --bins
+    profile=release
+    server_bin="${CARGO_TARGET_DIR:-target}/release/ratchet"
+    bench_bin="${CARGO_TARGET_DIR:-target}/release/ratchet-bench"
+    SCENARIOS=introspect-hot KS=16 DURATION=5s WARMUP=2s
+    results="bench/results/$(date -u +%Y%m%dT%H%M%SZ)-ceiling-gate.jsonl"
+    one_run
+    python3 bench/report.py --max-ceiling-cpu "$CEILING_GATE" "$results" || failed=1
+    echo "raw results: $results" >&2
+fi
 exit $failed

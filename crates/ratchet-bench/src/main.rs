@@ -6,6 +6,7 @@
 //! tokens replayed is refused as reuse; pooled access tokens introspect active).
 
 mod authz;
+mod ceiling;
 mod connect;
 mod h2;
 mod load;
@@ -103,6 +104,14 @@ struct Args {
     /// A label for this run in the JSON line.
     #[arg(long, default_value = "")]
     label: String,
+    /// The scenario's name in the JSON line (default: the scenario's own): a ceiling's run is
+    /// reported apart from ratchet's.
+    #[arg(long)]
+    report_as: Option<String>,
+    /// Serve the Introspect ceiling (a bare tonic server answering from a HashMap,
+    /// src/ceiling.rs) on this address until killed, instead of calling a server.
+    #[arg(long)]
+    serve_ceiling: Option<std::net::SocketAddr>,
 }
 
 fn parse_mix(spec: &str) -> Result<(u32, u32), String> {
@@ -134,6 +143,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(addr) = args.serve_ceiling {
+        return match runtime.block_on(ceiling::serve(addr)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let (Some(transaction), Some(path)) = (args.sqlite_ceiling.as_deref(), args.sqlite_path.clone()) {
         let transaction = if transaction == "rotate" {
             sqlite_ceiling::Transaction::Rotate
@@ -221,6 +239,8 @@ async fn bench(args: Args) -> anyhow::Result<bool> {
         vec![]
     };
 
+    // What a ceiling must match (src/ceiling.rs): the length of the tokens introspected.
+    let access_token_bytes = access_tokens.first().map(String::len);
     let start = Instant::now();
     let measure_from = start + *args.warmup;
     let default_duration = if args.count > 0 {
@@ -281,7 +301,9 @@ async fn bench(args: Args) -> anyhow::Result<bool> {
     let h = &tally.latency_us;
     let report = json!({
         "label": args.label,
-        "scenario": args.scenario.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default(),
+        "scenario": args.report_as.clone().unwrap_or_else(|| {
+            args.scenario.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default()
+        }),
         "concurrency": k,
         "seconds": (seconds * 1000.0).round() / 1000.0,
         "ops": tally.ops,
@@ -303,6 +325,7 @@ async fn bench(args: Args) -> anyhow::Result<bool> {
             "full": tally.full_handshakes,
             "resumed": tally.resumed_handshakes,
         })),
+        "access_token_bytes": access_token_bytes,
         "server_rss_kib": rss.map(|r| r.0),
         "server_peak_rss_kib": rss.map(|r| r.1),
     });
