@@ -1,13 +1,16 @@
 //! Logging. `RUST_LOG` filters (default `info`); `--log-format json` for log shippers.
 //! Security events (reuse detected, families revoked) use the target `security`; refusals, which
-//! anyone can cause at will, go through [`throttle`] first. Every call's lines carry its
-//! [`request_id::RequestId`] (`grpc::call` puts it in the call's span). The Prometheus metrics'
-//! names, and the functions that record them, are [`metrics`].
+//! anyone can cause at will, go through [`throttle`] first. Every line a call writes carries the
+//! call's [`context`]: its RPC, its [`request_id::RequestId`], its caller and family once known.
+//! The Prometheus metrics' names, and the functions that record them, are [`metrics`].
 
 use std::str::FromStr;
 
 use tracing_subscriber::EnvFilter;
 
+use self::context::CallFormat;
+
+pub mod context;
 pub mod metrics;
 pub mod request_id;
 pub mod throttle;
@@ -38,12 +41,12 @@ impl FromStr for LogFormat {
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     // Never colours (tracing-subscriber is built without them): a log file, journald or a
-    // container's log must not fill with escape codes, and painting cost every call's span.
+    // container's log must not fill with escape codes, and painting cost every line.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.event_format(CallFormat::text()).try_init(),
+        LogFormat::Json => builder.json().event_format(CallFormat::json()).try_init(),
     };
 }

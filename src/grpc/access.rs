@@ -29,7 +29,7 @@ use http::HeaderName;
 use tonic::Status;
 use tower_layer::Layer;
 use tower_service::Service;
-use tracing::{Span, field};
+use tracing::field;
 
 use super::call::Rpc;
 use crate::domain::Actor;
@@ -37,6 +37,7 @@ use crate::issuer::Subjects;
 use crate::issuer::types::IssueParams;
 use crate::policy::reload::PolicyFile;
 use crate::policy::{Caller, Unauthenticated};
+use crate::telemetry::context;
 use crate::telemetry::metrics::{self, Refusal};
 use crate::telemetry::request_id::RequestId;
 use crate::telemetry::throttle;
@@ -156,8 +157,8 @@ where
         if let Some(policy) = &self.policy {
             match admit(policy, &request, key.as_deref(), rpc.as_str()) {
                 Ok(caller) => {
-                    // In the call's span (`grpc::call`), for every later line of the call.
-                    Span::current().record("caller", field::display(&caller.name));
+                    // In the call's context (`grpc::call`), for every later line of the call.
+                    context::record_caller(&caller.name);
                     request.extensions_mut().insert(AuthorizedCaller(caller));
                 }
                 Err(status) => return Either::Right(ready(Ok(status.into_http()))),

@@ -1,12 +1,12 @@
 //! What every call to our services is, before anything decides about it: its RPC, its request
-//! id, the `rpc` span that every log line of the call is written in, and the metrics that count
-//! and time it.
+//! id, the context every log line of the call is written in, and the metrics that count and time
+//! it.
 //!
 //! [`CallLayer`] is the outermost of the layers that know gRPC (`startup::router`), so that even
 //! a call shed for load, refused by the policy or ended by a panic
 //! - is named by its RPC ([`Rpc`]),
 //! - carries a request id ([`RequestId`]: the caller's `x-request-id` if sane, else a new one),
-//!   which is in the span and goes back in the response's `x-request-id` metadata, on errors too
+//!   which is on its log lines and goes back in the response's `x-request-id` metadata, on errors too
 //!   (a trailers-only error response carries it beside `grpc-status`),
 //! - is logged when it ends with its status and latency: at INFO when the status says the server
 //!   failed (INTERNAL, UNAVAILABLE, DEADLINE_EXCEEDED, UNKNOWN, DATA_LOSS), else at DEBUG, so
@@ -21,28 +21,29 @@
 //!
 //! One layer rather than one per concern, and nothing boxed: every call of every RPC pays for
 //! it, so it reads the clock once at the start and once at the status, and allocates only the
-//! span (BENCHMARKS.md, "Issue 17's layers together").
+//! call's context (BENCHMARKS.md, "Logging at info").
 //!
-//! The span carries `rpc`, `request_id`, and two fields filled in later: `caller` (by the access
-//! layer, once it knows who calls) and `family` (by the handlers of Issue, Rotate and Revoke, once
-//! the family is known). Health and reflection calls get none of this: probes are not calls
-//! anyone needs to trace, and they run every few seconds.
+//! The context (`telemetry::context`, not a `tracing` span: a span costs every call whether it
+//! logs or not) carries `rpc`, `request_id`, and two fields filled in later: `caller` (by the
+//! access layer, once it knows who calls) and `family` (by the handlers of Issue, Rotate and
+//! Revoke, once the family is known). Health and reflection calls get none of this: probes are
+//! not calls anyone needs to trace, and they run every few seconds.
 
 use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
+use crate::policy::RPC_NAMES;
+use crate::telemetry::context::CallContext;
+use crate::telemetry::metrics::{self, CODE_CANCELLED, CODE_OK, CODE_UNKNOWN};
+use crate::telemetry::request_id::{self, RequestId};
 use http::{HeaderMap, HeaderName};
 use http_body::{Body, Frame, SizeHint};
 use tower_layer::Layer;
 use tower_service::Service;
-use tracing::{Span, field};
-
-use crate::policy::RPC_NAMES;
-use crate::telemetry::metrics::{self, CODE_CANCELLED, CODE_OK, CODE_UNKNOWN};
-use crate::telemetry::request_id::{self, RequestId};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static(request_id::HEADER);
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
@@ -54,7 +55,7 @@ const OPEN_SERVICES: [&str; 3] = [
     "grpc.reflection.v1alpha.ServerReflection",
 ];
 
-/// The method a call is to (`Issue` for `/ratchet.v1.TokenService/Issue`): what the span names
+/// The method a call is to (`Issue` for `/ratchet.v1.TokenService/Issue`): what its log lines name
 /// and what the caller policy grants (`grpc::access`, which reads it from the path itself, so that
 /// it never depends on this layer being there).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +78,10 @@ impl Rpc {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    pub fn into_name(self) -> Cow<'static, str> {
+        self.0
+    }
 }
 
 /// `/package.Service/Method` to (service, method).
@@ -84,7 +89,7 @@ fn split_path(path: &str) -> Option<(&str, &str)> {
     path.strip_prefix('/')?.split_once('/')
 }
 
-/// Names every call, gives it its request id and span, counts and times it, and logs its end;
+/// Names every call, gives it its request id and context, counts and times it, and logs its end;
 /// see the module docs.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CallLayer;
@@ -129,37 +134,28 @@ where
             .flatten()
             .map(|rpc| Counted { rpc, started });
         let id = RequestId::from_caller(request.headers().get(X_REQUEST_ID));
-        let span = tracing::info_span!(
-            "rpc",
-            rpc = %rpc.as_str(),
-            request_id = %id.as_str(),
-            caller = field::Empty,
-            family = field::Empty
-        );
         request.extensions_mut().insert(id.clone());
-        let inner = span.in_scope(|| self.inner.call(request));
+        let call = CallContext::new(rpc.into_name(), id);
+        let inner = {
+            let _entered = call.enter();
+            self.inner.call(request)
+        };
         CallFuture {
             inner,
-            traced: Some(Traced {
-                span,
-                id,
-                started,
-                counted,
-            }),
+            traced: Some(Traced { call, started, counted }),
         }
     }
 }
 
 /// What a traced call carries until its answer: see [`CallFuture`].
 struct Traced {
-    span: Span,
-    id: RequestId,
+    call: Arc<CallContext>,
     started: Instant,
     counted: Option<Counted>,
 }
 
 pin_project_lite::pin_project! {
-    /// A call's answer, awaited in its span, stamped with its request id, logged, and counted
+    /// A call's answer, awaited in its context, stamped with its request id, logged, and counted
     /// (or, when its status comes in the trailers, handed to its body to count).
     pub struct CallFuture<F> {
         #[pin]
@@ -177,17 +173,19 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let entered = this.traced.as_ref().map(|traced| traced.span.enter());
+        let entered = this.traced.as_ref().map(|traced| traced.call.enter());
         let answer = ready!(this.inner.poll(cx));
         drop(entered);
         let Some(traced) = this.traced.take() else {
             return Poll::Ready(answer.map(|response| response.map(CallBody::uncounted)));
         };
-        let _entered = traced.span.enter();
+        let _entered = traced.call.enter();
         let mut counted = traced.counted;
         Poll::Ready(match answer {
             Ok(mut response) => {
-                response.headers_mut().insert(X_REQUEST_ID, traced.id.header_value());
+                response
+                    .headers_mut()
+                    .insert(X_REQUEST_ID, traced.call.request_id().header_value());
                 // Trailers-only (every error, every refusal of a layer): the status is here.
                 // Otherwise it comes in the trailers, after the message: OK so far.
                 let code = status(response.headers());
@@ -319,11 +317,6 @@ fn code_name(code: u8) -> &'static str {
         .get(usize::from(code))
         .copied()
         .unwrap_or(metrics::CODES[usize::from(CODE_UNKNOWN)])
-}
-
-/// Records the family a call acts on in its span, for every later line of the call.
-pub fn record_family(family: impl std::fmt::Display) {
-    Span::current().record("family", field::display(family));
 }
 
 #[cfg(test)]

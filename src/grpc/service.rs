@@ -7,12 +7,13 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
 use super::pb::{self, token_service_server::TokenService};
-use super::{access, call, convert};
+use super::{access, convert};
 use crate::clock::Clock;
 use crate::issuer::types::{PresentedToken, RevokeTarget};
 use crate::issuer::{Error, Issuer};
 use crate::policy::limits::{RotateLimit, RotateLimiter};
 use crate::store::FamilyStore;
+use crate::telemetry::context;
 use crate::telemetry::metrics::{self, Refusal};
 
 /// Runs a use case that writes on a task of its own and awaits it. A caller that goes away (its
@@ -21,8 +22,9 @@ use crate::telemetry::metrics::{self, Refusal};
 async fn detached<T: Send + 'static>(
     work: impl Future<Output = Result<T, Error>> + Send + 'static,
 ) -> Result<T, Status> {
-    // In the call's span, so that the use case's logs name the RPC and the caller.
-    match tokio::spawn(work.in_current_span()).await {
+    // In the call's context, so that the use case's lines name the call, the RPC and the
+    // caller (and in its span, at debug).
+    match tokio::spawn(context::in_current_call(work.in_current_span())).await {
         Ok(result) => result.map_err(Status::from),
         // A panic in the use case: INTERNAL with an error id, like any other bug.
         Err(join) => Err(Error::Internal(Box::new(join)).into()),
@@ -56,7 +58,7 @@ impl<S: FamilyStore> TokenService for TokenServiceImpl<S> {
         access::check_issue(caller.as_deref(), &params, default_audience)?;
         let (issuer, now) = (self.issuer.clone(), self.clock.now());
         let pair = detached(async move { issuer.issue(params, &actor, now).await }).await?;
-        call::record_family(pair.family_id);
+        context::record_family(pair.family_id);
         self.rotate_limit.handed_out(&pair);
         Ok(Response::new(pair.into()))
     }
@@ -72,7 +74,7 @@ impl<S: FamilyStore> TokenService for TokenServiceImpl<S> {
         })?;
         let (issuer, now) = (self.issuer.clone(), self.clock.now());
         let pair = detached(async move { issuer.rotate(token, &actor, now).await }).await?;
-        call::record_family(pair.family_id);
+        context::record_family(pair.family_id);
         self.rotate_limit.handed_out(&pair);
         Ok(Response::new(pair.into()))
     }
@@ -83,7 +85,7 @@ impl<S: FamilyStore> TokenService for TokenServiceImpl<S> {
         let target = RevokeTarget::try_from(request.into_inner())?;
         match &target {
             RevokeTarget::Subject(subject) => access::check_subject(caller.as_deref(), subject.as_str())?,
-            RevokeTarget::Family(family) => call::record_family(family),
+            RevokeTarget::Family(family) => context::record_family(family),
             RevokeTarget::Token(_) => {}
         }
         let subjects = access::subjects(caller);

@@ -198,7 +198,7 @@ impl RotateLimiter {
     }
 
     /// A security event the first time a key goes over the limit: a stolen token hammered, a
-    /// replay loop, or a client rotating in a loop. (In the call's span, which names the caller.)
+    /// replay loop, or a client rotating in a loop. (In the call's context, which names the caller.)
     fn report(&self, key: &RotateKey) {
         if self.reported.get(key).is_some() {
             return;

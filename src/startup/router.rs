@@ -113,7 +113,7 @@ pub(super) async fn serve(
         // Outermost: a call is in flight (the connection not idle) until its answer is sent.
         .layer(ActivityLayer)
         // Next: every answer below, even a panic's, a shed call's or a cut one's, carries the
-        // call's request id and is counted, and every line logged below is in the call's span.
+        // call's request id and is counted, and every line logged below carries the call's context.
         .layer(CallLayer)
         // Every call, whatever the layers below do with it, is answered at the shutdown's cut.
         .layer(CutLayer::new(services.stage))

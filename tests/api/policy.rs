@@ -646,9 +646,9 @@ async fn the_binary_warns_when_open_and_reloads_its_policy_on_sighup(_pool: PgPo
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     server.kill();
-    let log = without_colours(&std::fs::read_to_string(&log_path).unwrap());
+    let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(!log.contains("NO CALLER POLICY"), "{log}");
-    // The call's span names the RPC, its request id and the caller.
+    // The call's context names the RPC, its request id and the caller.
     assert!(
         log.lines()
             .any(|line| line.contains("rpc{rpc=Issue request_id=") && line.contains(" caller=login}")),
@@ -754,24 +754,6 @@ async fn three_hundred_guessed_api_keys_write_a_handful_of_log_lines_that_count_
     }
     assert!(!log.contains("guessed-key-"), "no key in the log");
     std::fs::remove_dir_all(&scratch).unwrap();
-}
-
-/// `text` without ANSI colour sequences (`ESC [ ... m`).
-fn without_colours(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[test]

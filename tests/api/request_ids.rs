@@ -8,7 +8,8 @@
 //! through the binary on SQLite, which needs no database server (what a line carries is the
 //! transport's, whatever the store).
 
-use ratchet::grpc::pb::{IntrospectRequest, IssueRequest, RotateRequest};
+use ratchet::grpc::pb::revoke_request::Target;
+use ratchet::grpc::pb::{IntrospectRequest, IssueRequest, RevokeRequest, RotateRequest};
 use ratchet::policy::file::api_key_sha256;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Request};
@@ -116,7 +117,8 @@ async fn a_call_the_policy_refuses_still_gets_its_request_id_back() {
 }
 
 /// Through the binary with JSON logs at debug: the line ending each call carries the request id,
-/// the RPC, the caller, the family once known, the status and the latency; none carries a token.
+/// the RPC, the caller, the family once known, the status and the latency; a line the call writes
+/// from the task its write runs on carries them too; none carries a token.
 #[tokio::test]
 async fn every_log_line_of_a_call_carries_its_request_id_rpc_caller_status_and_latency() {
     let dir = DataDir::new();
@@ -158,6 +160,10 @@ async fn every_log_line_of_a_call_carries_its_request_id_rpc_caller_status_and_l
     let answered = client.clone().issue(unnamed).await.unwrap();
     let made = id_of(answered.metadata());
     let other = answered.into_inner();
+    let revoke = RevokeRequest {
+        target: Some(Target::FamilyId(other.family_id.clone())),
+    };
+    client.clone().revoke(keyed(revoke, "trace-revoke")).await.unwrap();
     assert!(server.terminate().await.success());
 
     let text = dir.log(&log);
@@ -168,20 +174,28 @@ async fn every_log_line_of_a_call_carries_its_request_id_rpc_caller_status_and_l
     let ended = |id: &str| {
         lines
             .iter()
-            .find(|line| line["fields"]["message"] == "call ended" && line["span"]["request_id"] == id)
+            .find(|line| line["fields"]["message"] == "call ended" && line["call"]["request_id"] == id)
             .unwrap_or_else(|| panic!("no line ends the call {id}:\n{text}"))
             .clone()
     };
     let issued = ended("trace-issue");
-    assert_eq!(issued["span"]["rpc"], "Issue", "{issued}");
-    assert_eq!(issued["span"]["caller"], "login-svc", "{issued}");
-    assert_eq!(issued["span"]["family"], pair_family(&pair.access_token), "{issued}");
+    assert_eq!(issued["call"]["rpc"], "Issue", "{issued}");
+    assert_eq!(issued["call"]["caller"], "login-svc", "{issued}");
+    assert_eq!(issued["call"]["family"], pair_family(&pair.access_token), "{issued}");
     assert_eq!(issued["fields"]["status"], "OK", "{issued}");
     assert!(issued["fields"]["latency_us"].as_u64().is_some(), "{issued}");
     let rotated = ended("trace-rotate");
-    assert_eq!(rotated["span"]["rpc"], "Rotate", "{rotated}");
+    assert_eq!(rotated["call"]["rpc"], "Rotate", "{rotated}");
     assert_eq!(rotated["fields"]["status"], "UNAUTHENTICATED", "{rotated}");
-    assert_eq!(ended(&made)["span"]["family"], pair_family(&other.access_token));
+    assert_eq!(ended(&made)["call"]["family"], pair_family(&other.access_token));
+    // Written by the revocation itself, on the task the write runs on (`grpc::service::detached`).
+    let revoked = lines
+        .iter()
+        .find(|line| line["fields"]["message"] == "family revoked")
+        .unwrap_or_else(|| panic!("no line of the revocation:\n{text}"));
+    assert_eq!(revoked["call"]["request_id"], "trace-revoke", "{revoked}");
+    assert_eq!(revoked["call"]["rpc"], "Revoke", "{revoked}");
+    assert_eq!(revoked["call"]["caller"], "login-svc", "{revoked}");
 
     for token in [
         &pair.access_token,
