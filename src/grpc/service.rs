@@ -19,15 +19,25 @@ use crate::telemetry::metrics::{self, Refusal};
 /// Runs a use case that writes on a task of its own and awaits it. A caller that goes away (its
 /// deadline, a reset stream) drops this future, not the work: a write that reached the database
 /// is carried through, its outcome resolved and logged, and its connection left in step.
-async fn detached<T: Send + 'static>(
+///
+/// The work is boxed and spawned at once, so that the handler's future holds only the task's
+/// handle and each move of the work (into the task's cell, between its stages) is a pointer's.
+/// A use case's future had been several KiB, moved whole about fifteen times per call: callgrind
+/// counted ~170,000 instructions of `memcpy` per Rotate, over a third of the server's
+/// (BENCHMARKS.md, "Rotate: where the server's CPU goes"; the store's futures are boxed too,
+/// `store::backend`).
+fn detached<T: Send + 'static>(
     work: impl Future<Output = Result<T, Error>> + Send + 'static,
-) -> Result<T, Status> {
+) -> impl Future<Output = Result<T, Status>> {
     // In the call's context, so that the use case's lines name the call, the RPC and the
     // caller (and in its span, at debug).
-    match tokio::spawn(context::in_current_call(work.in_current_span())).await {
-        Ok(result) => result.map_err(Status::from),
-        // A panic in the use case: INTERNAL with an error id, like any other bug.
-        Err(join) => Err(Error::Internal(Box::new(join)).into()),
+    let task = tokio::spawn(context::in_current_call(Box::pin(work).in_current_span()));
+    async move {
+        match task.await {
+            Ok(result) => result.map_err(Status::from),
+            // A panic in the use case: INTERNAL with an error id, like any other bug.
+            Err(join) => Err(Error::Internal(Box::new(join)).into()),
+        }
     }
 }
 

@@ -1,12 +1,19 @@
 //! [`Backend`]: the store the server runs on, chosen at run time from the configuration.
 //!
-//! [`FamilyStore`] returns `impl Future` (no boxing per call), so it cannot be a `dyn` trait
-//! object. An enum that delegates costs one match per call instead, and lets startup, the health
+//! [`FamilyStore`] returns `impl Future`, so it cannot be a `dyn` trait object. An enum that
+//! delegates costs one match per call instead, and lets startup, the health
 //! watcher, `ratchet migrate` and `ratchet gc` work with whichever backend is configured without
 //! a generic parameter reaching the transport ([`super::RuntimeStore`] is the one concrete type).
 //! What only a whole backend does, and the trait does not, is here too: where it is
 //! ([`Target`]), migrating, telling a misconfigured database from one that is down, the
 //! revocation listener, closing.
+//!
+//! Each backend's future is boxed here, one allocation per store call. Unboxed, a store call's
+//! future is as large as the larger backend's (kilobytes: sqlx's statement, its retries and
+//! timeouts), and so is every future that awaits it, up to the handler's; each is moved whole at
+//! every step from the handler to its task (with `grpc::service::detached`'s box, `memcpy` per
+//! Rotate went from ~184,000 instructions to ~12,000: BENCHMARKS.md, "Rotate: where the server's
+//! CPU goes").
 //!
 //! A backend is a variant of [`Target`] and of [`Backend`], an arm in each match below (the
 //! trait's methods share one, generated), and one line in the contract suite (`store::contract`)
@@ -167,9 +174,10 @@ macro_rules! dispatch {
         impl FamilyStore for Backend {
             $(
                 async fn $method(&self, $($arg: $type),*) -> Result<$ok, StoreError> {
+                    // Boxed: see the module docs.
                     match self {
-                        Self::Postgres(store) => store.$method($($arg),*).await,
-                        Self::Sqlite(store) => store.$method($($arg),*).await,
+                        Self::Postgres(store) => Box::pin(store.$method($($arg),*)).await,
+                        Self::Sqlite(store) => Box::pin(store.$method($($arg),*)).await,
                     }
                 }
             )*
