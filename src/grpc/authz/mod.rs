@@ -275,14 +275,24 @@ fn is_bearer(credential: &str) -> bool {
     scheme.eq_ignore_ascii_case("bearer")
 }
 
-/// RFC 7235 token68, the syntax of a bearer token (RFC 6750 §2.1).
+/// RFC 7235 token68, the syntax of a bearer token (RFC 6750 §2.1). Every byte of every Check's
+/// token passes here (~550 of them): one table lookup each rather than a chain of comparisons.
 fn is_token68(text: &str) -> bool {
     let body = text.trim_end_matches('=');
-    !body.is_empty()
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+    !body.is_empty() && body.bytes().all(|b| TOKEN68[usize::from(b)])
 }
+
+/// The bytes of token68 but its trailing `=`: letters, digits, `-._~+/`.
+const TOKEN68: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        table[b] = byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+        b += 1;
+    }
+    table
+};
 
 /// One `authorization` header value, as RFC 6750 §2.1 reads it.
 fn bearer(value: &str) -> Credentials {
