@@ -13,7 +13,7 @@ use ratchet::grpc::pb::RotateRequest;
 use sqlx::Connection as _;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 
-use crate::support::{BIN, Proxy, Server, database_url, free_port, introspect, issue, list_services};
+use crate::support::{BIN, Proxy, Server, database_url, drop_database, free_port, introspect, issue, list_services};
 
 #[sqlx::test(migrations = false)]
 async fn the_binary_migrates_serves_survives_a_restart_and_never_logs_tokens(
@@ -107,11 +107,7 @@ async fn the_binary_migrates_serves_survives_a_restart_and_never_logs_tokens(
         }
     }
 
-    let mut admin = PgConnection::connect_with(&options).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("drop database {database} with (force)")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    drop_database(&options, &database).await;
     std::fs::remove_dir_all(&scratch).unwrap();
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::support::{BIN, Proxy, Server, database_url, free_port, issue};
+use crate::support::{BIN, Proxy, Server, database_url, drop_database, free_port, issue};
 
 /// `ratchet serve` against `url`, on free ports, its data in a fresh scratch directory.
 fn serve_command(url: &str, scratch: &str) -> Command {
@@ -87,6 +87,8 @@ async fn a_database_that_appears_during_the_wait_is_served(_pool: PgPoolOptions,
         "each failed try is logged: {logged}"
     );
     assert!(server.terminate().await.success());
+    drop_database(&options, &database).await;
+    std::fs::remove_dir_all(&scratch).unwrap();
 }
 
 #[test]

@@ -30,7 +30,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tonic_types::StatusExt as _;
 
-use crate::support::{BIN, DataDir, Proxy, Server, channel, database_url, free_port, issue};
+use crate::support::{BIN, DataDir, Proxy, Server, channel, database_url, drop_database, free_port, issue};
 
 /// Clients rotating at once, each on a connection of its own.
 const CLIENTS: usize = 24;
@@ -386,12 +386,4 @@ async fn a_call_that_outlives_the_grace_is_answered_at_the_grace_and_the_process
 async fn read_only_sqlite(file: &Path) -> sqlx::sqlite::SqliteConnection {
     let options = sqlx::sqlite::SqliteConnectOptions::new().filename(file).read_only(true);
     sqlx::sqlite::SqliteConnection::connect_with(&options).await.unwrap()
-}
-
-async fn drop_database(options: &PgConnectOptions, database: &str) {
-    let mut admin = PgConnection::connect_with(options).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("drop database {database} with (force)")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
 }

@@ -34,6 +34,17 @@ pub fn database_url(options: &PgConnectOptions, database: &str) -> String {
     )
 }
 
+/// Drops `database` (created by a test through the binary, outside `sqlx::test`'s own), with
+/// whoever is still connected to it.
+pub async fn drop_database(options: &PgConnectOptions, database: &str) {
+    use sqlx::Connection as _;
+    let mut admin = sqlx::PgConnection::connect_with(options).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("drop database {database} with (force)")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
+
 /// The real `ratchet serve` in a child process.
 pub struct Server {
     child: Child,
