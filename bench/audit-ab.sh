@@ -26,16 +26,7 @@ psql -q "$base_url" -c "create database $database" >/dev/null
 trap 'psql -q "$base_url" -c "drop database if exists $database with (force)" >/dev/null 2>&1; rm -rf "$scripts"' EXIT
 DATABASE_URL="$url" target/release/ratchet migrate 2>/dev/null
 seed() {
-    psql -q "$url" -v ON_ERROR_STOP=1 >/dev/null <<SQL
-delete from families where subject like 'pgbench-%';
-insert into families (id, subject, client_id, scopes, audiences, claims, created_at, last_rotated_at,
-                      refresh_expires_at, expires_at)
-select gen_random_uuid(), 'pgbench-' || c, 'pgbench', '{read,write}', '{ratchet}', '{}', now(), now(),
-       now() + interval '7 days', now() + interval '30 days' from generate_series(0, $K - 1) c;
-insert into refresh_tokens (hash, family_id, created_at, expires_at)
-select sha256((-1 - substr(subject, 9)::int)::text::bytea), id, now(), now() + interval '7 days'
-from families where subject like 'pgbench-%';
-SQL
+    psql -q "$url" -v ON_ERROR_STOP=1 -v k="$K" -f bench/seed-chains.sql >/dev/null
 }
 run() { # label scenario script [pgbench args]
     local label=$1 scenario=$2 script=$3 before after o processed tps failed events0 events1

@@ -117,16 +117,7 @@ ceiling() { # scenario k
 # One seed family per pgbench client (replacing the last ones); each client then rotates its own
 # chain.
 seed_chains() { # k
-    psql -q "$bench_url" -v ON_ERROR_STOP=1 >/dev/null <<SQL
-delete from families where subject like 'pgbench-%';
-insert into families (id, subject, client_id, scopes, audiences, claims, created_at, last_rotated_at,
-                      refresh_expires_at, expires_at)
-select gen_random_uuid(), 'pgbench-' || c, 'pgbench', '{read,write}', '{ratchet}', '{}', now(), now(),
-       now() + interval '7 days', now() + interval '30 days' from generate_series(0, $1 - 1) c;
-insert into refresh_tokens (hash, family_id, created_at, expires_at)
-select sha256((-1 - substr(subject, 9)::int)::text::bytea), id, now(), now() + interval '7 days'
-from families where subject like 'pgbench-%';
-SQL
+    psql -q "$bench_url" -v ON_ERROR_STOP=1 -v k="$1" -f bench/seed-chains.sql >/dev/null
 }
 
 # Every counted transaction of the last pgbench run must have spent a token: a broken chain would

@@ -64,16 +64,7 @@ psql -q "$base_url" -c "create database $database"
 DATABASE_URL="$url" "$server_bin" migrate 2>/dev/null
 export PGOPTIONS="-c default_transaction_isolation=serializable"
 one() { # script
-    psql -q "$url" -v ON_ERROR_STOP=1 >/dev/null <<SQL
-delete from families where subject like 'pgbench-%';
-insert into families (id, subject, client_id, scopes, audiences, claims, created_at, last_rotated_at,
-                      refresh_expires_at, expires_at)
-select gen_random_uuid(), 'pgbench-' || c, 'pgbench', '{read,write}', '{ratchet}', '{}', now(), now(),
-       now() + interval '7 days', now() + interval '30 days' from generate_series(0, $K - 1) c;
-insert into refresh_tokens (hash, family_id, created_at, expires_at)
-select sha256((-1 - substr(subject, 9)::int)::text::bytea), id, now(), now() + interval '7 days'
-from families where subject like 'pgbench-%';
-SQL
+    psql -q "$url" -v ON_ERROR_STOP=1 -v k="$K" -f bench/seed-chains.sql >/dev/null
     local before after out tps processed
     before=$("$bench_bin" --print-cpu postgres)
     out=$(pgbench -n -M prepared -c "$K" -j 2 -T "$T" --max-tries=40 -D prev=0 -f "$1" "$url" 2>&1)
