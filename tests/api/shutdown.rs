@@ -183,10 +183,10 @@ async fn burst_then_sigterm(server: &mut Server, log: &dyn Fn() -> String) -> Ve
         "no call in flight at SIGTERM was let finish (or none was in flight)"
     );
     for chain in &chains {
-        // Refused at the GOAWAY (never started), or at a closed listener: either way nothing
-        // happened, which the stored chains below confirm.
+        // Refused at the GOAWAY or never sent (never started), or at a closed listener: either
+        // way nothing happened, which the stored chains below confirm.
         assert!(
-            chain.refused.code() == Code::Unavailable || refused_at_the_goaway(&chain.refused),
+            chain.refused.code() == Code::Unavailable || never_reached_the_server(&chain.refused),
             "{:?}\n{}",
             chain.refused,
             log()
@@ -387,16 +387,29 @@ async fn read_only_sqlite(file: &Path) -> sqlx::sqlite::SqliteConnection {
     sqlx::sqlite::SqliteConnection::connect_with(&options).await.unwrap()
 }
 
-/// A call whose stream the client's HTTP/2 connection refused because the server's GOAWAY
-/// (NO_ERROR) had arrived: never sent, or above the GOAWAY's last stream, so never processed
-/// (RFC 9113 §6.8), and safe to retry. The server cannot choose how a client reports it: tonic's
-/// client maps this h2 error to INTERNAL ("h2 protocol error"), where gRPC's own guidance
-/// would say UNAVAILABLE. Seen when a Rotate was sent in the instant the GOAWAY crossed it.
-fn refused_at_the_goaway(status: &tonic::Status) -> bool {
+/// A call the client's HTTP/2 connection never let reach the server, so never processed and safe
+/// to retry; the server cannot choose how a client reports it, and tonic's client reports neither
+/// case as UNAVAILABLE, which gRPC's own guidance would say:
+/// - its stream was refused because the server's GOAWAY (NO_ERROR) had arrived: not sent, or
+///   above the GOAWAY's last stream (RFC 9113 §6.8). tonic: INTERNAL, "h2 protocol error". Seen
+///   when a Rotate was sent in the instant the GOAWAY crossed it.
+/// - it was still queued in the client (hyper's dispatch channel) when the connection closed
+///   after the drain: hyper's `Canceled`, "connection closed". tonic: CANCELLED. Seen under CPU
+///   load, when the client's task ran only after the server had closed the connection.
+///
+/// Either way the stored chains prove nothing happened (`assert_chains_intact`).
+fn never_reached_the_server(status: &tonic::Status) -> bool {
     let mut source = std::error::Error::source(status);
     while let Some(error) = source {
         if let Some(h2) = error.downcast_ref::<h2::Error>() {
             return h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR);
+        }
+        // Not `return`: an h2 error reaches tonic wrapped in a hyper one.
+        if error
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+        {
+            return true;
         }
         source = error.source();
     }
