@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# What each step of Rotate's statement costs PostgreSQL (issue 18): pgbench runs the statement as
-# the server sends it (bench/pgbench-rotation.sql), then with one step after another taken out,
-# then the minimal rotation (bench/pgbench-minimal-rotation.sql); each on freshly seeded chains,
+# What each step of Rotate's whole statement costs PostgreSQL (issue 18): pgbench runs `SPEND` as
+# a rotation (bench/pgbench-spend.sql: the statement Rotate ran for every rotation until it was
+# split, now only after a refusal), then with one step after another taken out, then the
+# statement a rotation runs now (`SPEND_LIVE`, bench/pgbench-rotation.sql), then the minimal
+# rotation (bench/pgbench-minimal-rotation.sql); each on freshly seeded chains,
 # SERIALIZABLE, at K clients for T seconds, in one order and then the reverse (the machine
 # drifts). Prints transactions per second and the database's CPU per transaction.
 #
@@ -26,7 +28,7 @@ trap 'psql -q "$base_url" -c "drop database if exists $database with (force)" >/
 python3 - "$scratch" <<'EOF'
 import sys
 out = sys.argv[1]
-lines = open("bench/pgbench-rotation.sql").read().splitlines()
+lines = open("bench/pgbench-spend.sql").read().splitlines()
 sets = [l for l in lines if l.startswith("\\set next") or l.startswith("\\set cur")]
 stmt = next(l for l in lines if l.startswith("with presented"))
 
@@ -58,7 +60,8 @@ v["5-touch-one-column"] = replaced(s, "set last_rotated_at = now(), refresh_expi
 for name, st in v.items():
     open(f"{out}/{name}.sql", "w").write("\n".join(sets + [st + ";", "\\set prev :next"]) + "\n")
 EOF
-cp bench/pgbench-minimal-rotation.sql "$scratch/6-minimal.sql"
+cp bench/pgbench-rotation.sql "$scratch/6-spend-live.sql"
+cp bench/pgbench-minimal-rotation.sql "$scratch/7-minimal.sql"
 
 psql -q "$base_url" -c "create database $database"
 DATABASE_URL="$url" "$server_bin" migrate 2>/dev/null

@@ -71,8 +71,9 @@ struct Args {
     /// script measure what pgbench cost the database.
     #[arg(long, value_parser = Processes::parse)]
     print_cpu: Option<Processes>,
-    /// Print the pgbench script of the given statement and exit.
-    #[arg(long, value_parser = ["rotate", "issue"])]
+    /// Print the pgbench script of the given statement and exit: `rotate` (`SPEND_LIVE`, what a
+    /// rotation runs), `spend` (`SPEND`, the refusal path's statement, run as a rotation), `issue`.
+    #[arg(long, value_parser = ["rotate", "spend", "issue"])]
     print_pgbench: Option<String>,
     /// Send this API key (`x-api-key`) with every call: for a server run with a caller policy.
     #[arg(long)]
@@ -133,6 +134,7 @@ fn main() -> ExitCode {
     }
     match args.print_pgbench.as_deref() {
         Some("rotate") => return print(&pgbench::rotation()),
+        Some("spend") => return print(&pgbench::full_spend()),
         Some(_) => return print(&pgbench::issue()),
         None => {}
     }

@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 pub use self::pool::ConnectionPool;
-use self::rows::{EventRow, SessionRow, TokenRow};
+use self::rows::{EventRow, SessionRow, SpentRow, TokenRow};
 use self::run::Kind;
 pub use self::run::RetryPolicy;
 /// The advisory lock key the cleanup sweep holds: for operators (and tests) who need to hold
@@ -42,7 +42,7 @@ pub use self::sql::SWEEP_LOCK_KEY;
 /// --print-pgbench`), which must run these very statements and no copy of them. Only with the
 /// `bench-sql` feature, which the bench crate turns on: the SQL is not the service's API.
 #[cfg(feature = "bench-sql")]
-pub use self::sql::{CREATE_FAMILY, SPEND};
+pub use self::sql::{CREATE_FAMILY, SPEND, SPEND_LIVE};
 pub use self::target::{PgTarget, PoolSettings, pool, tune};
 use super::cached::FamilyCache;
 use super::{
@@ -235,6 +235,26 @@ impl FamilyStore for PgStore {
 
     async fn spend(&self, request: &SpendRequest, actor: &Actor) -> Result<SpendOutcome, StoreError> {
         let seal = request.successor_seal.map(|seal| seal.0);
+        let spent = self
+            .fetch_optional(Kind::Write, || {
+                sqlx::query_as::<_, SpentRow>(sql::SPEND_LIVE)
+                    .bind(&request.presented.0[..])
+                    .bind(&request.successor.hash.0[..])
+                    .bind(request.now)
+                    .bind(seal.as_ref().map(|seal| &seal[..]))
+                    .bind(request.successor.expires_at)
+                    .bind(actor.caller.as_deref())
+                    .bind(actor.request_id.as_deref())
+                    .bind(request.audit_rotation)
+            })
+            .await?;
+        if let Some(spent) = spent {
+            return Ok(SpendOutcome::Spent {
+                family: spent.family.into(),
+                successor_expires_at: spent.new_expires_at,
+            });
+        }
+        // Refused, or spent by an earlier delivery of this request: the whole statement says which.
         let row = self
             .fetch_optional(Kind::Write, || {
                 sqlx::query_as::<_, TokenRow>(sql::SPEND)

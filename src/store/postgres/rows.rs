@@ -41,6 +41,14 @@ impl From<FamilyRow> for FamilyRecord {
     }
 }
 
+/// What `SPEND_LIVE` returns when it spent the token: the family as the rotation left it.
+#[derive(sqlx::FromRow)]
+pub(super) struct SpentRow {
+    #[sqlx(flatten)]
+    pub family: FamilyRow,
+    pub new_expires_at: OffsetDateTime,
+}
+
 /// The presented token, its family and its successor (`PRESENTED_TOKEN`, and `SPEND`'s answer).
 #[derive(sqlx::FromRow)]
 pub(super) struct TokenRow {

@@ -39,10 +39,63 @@ macro_rules! presented_token_select {
 /// Introspect and Revoke need no seal.
 pub(super) const PRESENTED_TOKEN: &str = presented_token_select!("null::bytea", "");
 
-/// Rotate's statement. Parameters: $1 presented hash, $2 successor hash, $3 now, $4 successor
-/// seal (null without a grace window, and then no seal is read, written or deleted), $5 successor
-/// expiry, $6 the start of the grace window (`now - grace`), $7 caller, $8 request id (for the
-/// audit trail), $9 whether to record the rotation (`--audit-rotations`).
+/// Rotate's first statement, and nearly always its only one: spends the presented token ($1) if
+/// it and its family are live, and does nothing else. Parameters: $1 presented hash, $2 successor
+/// hash, $3 now, $4 successor seal (null without a grace window, and then no seal is written or
+/// deleted), $5 successor expiry, $6 caller, $7 request id (for the audit trail), $8 whether to
+/// record the rotation (`--audit-rotations`).
+///
+/// The same spend, successor, seals, touch and audit as [`SPEND`]'s, under the same condition
+/// (an unspent, unexpired token of an unrevoked, unexpired family), without what only a refusal
+/// needs: reading the presented token's state whole, its successor and its successor's seal, the
+/// reuse revocation. Those cost PostgreSQL about a third of the rotation (issue 18; BENCHMARKS.md
+/// "Rotate's statement, split"). Returns the family as the rotation left it and the successor's
+/// expiry; no row when it spent nothing, and then the store runs [`SPEND`], which says why (or,
+/// after a lost answer, finds this very spend done) and revokes the family on reuse. Nothing is
+/// lost by the split: every refusal is permanent (a spent token stays spent, a revoked family
+/// revoked, time moves on), so between the two statements nothing can turn a refusal into a
+/// spend, and `SPEND` alone decides what the caller hears.
+pub const SPEND_LIVE: &str = concat!(
+    "with spent as (
+        update refresh_tokens t
+        set spent_at = $3, successor_hash = $2
+        from families f
+        where t.hash = $1 and t.spent_at is null and t.expires_at > $3
+          and f.id = t.family_id and f.revoked_at is null and f.expires_at > $3
+        returning t.family_id, f.expires_at
+    ), unsealed as (
+        delete from seals x using spent s where $4 is not null and x.hash = $1
+    ), successor as (
+        insert into refresh_tokens (hash, family_id, parent_hash, created_at, expires_at)
+        select $2, family_id, $1, $3, least($5, expires_at) from spent
+        returning family_id, expires_at
+    ), sealed as (
+        insert into seals (hash, seal, created_at)
+        select $2, $4, $3 from successor where $4 is not null
+    ), touched as (
+        update families f
+        set last_rotated_at = $3, refresh_expires_at = s.expires_at
+        from successor s
+        where f.id = s.family_id
+        returning ",
+    family_columns!(),
+    "
+    ), recorded as (
+        insert into audit_events (at, kind, family_id, subject, client_id, caller, request_id)
+        select $3, 'rotated', id, subject, client_id, $6, $7 from touched where $8
+    )
+    select ",
+    family_columns!(),
+    ", s.expires_at as new_expires_at from touched f, successor s"
+);
+
+/// Rotate's second statement, run only when [`SPEND_LIVE`] spent nothing: a refusal, or a
+/// second delivery of a spend whose answer was lost. Parameters: $1 presented hash, $2 successor
+/// hash, $3 now, $4 successor seal (null without a grace window, and then no seal is read,
+/// written or deleted), $5 successor expiry, $6 the start of the grace window (`now - grace`), $7
+/// caller, $8 request id (for the audit trail), $9 whether to record the rotation
+/// (`--audit-rotations`). On its own it is a whole rotation (it spends a live token too), which
+/// is what makes the split safe.
 ///
 /// `presented` reads the state. `spent` spends the token only if it is live (under SERIALIZABLE
 /// a concurrent spend of the same row makes this fail with 40001 rather than slip through);
@@ -53,8 +106,9 @@ pub(super) const PRESENTED_TOKEN: &str = presented_token_select!("null::bytea", 
 /// `rotation::judge`) nor a second delivery of this very request (spent into `$2`): detection and
 /// revocation are one atomic step, so once PostgreSQL has seen a replay the family is revoked
 /// whatever happens to the caller. `recorded` writes the audit events of what `spent` (only if $9)
-/// and `reused` did, so a second delivery, which does neither, records nothing. The final select returns the state as read, the successor's
-/// expiry when the spend happened, and whether `reused` revoked the family.
+/// and `reused` did, so a second delivery, which does neither, records nothing. The final select
+/// returns the state as read, the successor's expiry when the spend happened, and whether
+/// `reused` revoked the family.
 pub const SPEND: &str = concat!(
     "with presented as (",
     presented_token_select!(
