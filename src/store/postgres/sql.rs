@@ -36,6 +36,32 @@ macro_rules! presented_token_select {
     };
 }
 
+/// What a spend writes, after its `spent` CTE (which returns the family's id and expiry): the
+/// presented token's own seal deleted, the successor (naming its parent: the schema refuses a
+/// second successor) and its seal, the family's rotation bookkeeping (`touched`, left open for a
+/// `returning`). Parameters as both spend statements number them: $1 presented hash, $2
+/// successor hash, $3 now, $4 successor seal (null: no seal written or deleted), $5 successor
+/// expiry. Shared, so that the two statements cannot write a rotation differently.
+macro_rules! rotation_writes {
+    () => {
+        "
+    ), unsealed as (
+        delete from seals x using spent s where $4 is not null and x.hash = $1
+    ), successor as (
+        insert into refresh_tokens (hash, family_id, parent_hash, created_at, expires_at)
+        select $2, family_id, $1, $3, least($5, expires_at) from spent
+        returning family_id, expires_at
+    ), sealed as (
+        insert into seals (hash, seal, created_at)
+        select $2, $4, $3 from successor where $4 is not null
+    ), touched as (
+        update families f
+        set last_rotated_at = $3, refresh_expires_at = s.expires_at
+        from successor s
+        where f.id = s.family_id"
+    };
+}
+
 /// Introspect and Revoke need no seal.
 pub(super) const PRESENTED_TOKEN: &str = presented_token_select!("null::bytea", "");
 
@@ -71,21 +97,9 @@ pub const SPEND_LIVE: &str = concat!(
         from family f
         where t.hash = $1 and t.spent_at is null and t.expires_at > $3
           and f.id = t.family_id and f.revoked_at is null and f.expires_at > $3
-        returning t.family_id, f.expires_at
-    ), unsealed as (
-        delete from seals x using spent s where $4 is not null and x.hash = $1
-    ), successor as (
-        insert into refresh_tokens (hash, family_id, parent_hash, created_at, expires_at)
-        select $2, family_id, $1, $3, least($5, expires_at) from spent
-        returning family_id, expires_at
-    ), sealed as (
-        insert into seals (hash, seal, created_at)
-        select $2, $4, $3 from successor where $4 is not null
-    ), touched as (
-        update families f
-        set last_rotated_at = $3, refresh_expires_at = s.expires_at
-        from successor s
-        where f.id = s.family_id
+        returning t.family_id, f.expires_at",
+    rotation_writes!(),
+    "
         returning ",
     family_columns!(),
     "
@@ -108,8 +122,7 @@ pub const SPEND_LIVE: &str = concat!(
 ///
 /// `presented` reads the state. `spent` spends the token only if it is live (under SERIALIZABLE
 /// a concurrent spend of the same row makes this fail with 40001 rather than slip through);
-/// `unsealed` deletes the token's own seal, which exists only until the token is spent.
-/// `successor` (naming its parent: the schema refuses a second successor), `sealed` and `touched`
+/// `rotation_writes!` (the token's own seal deleted, the successor, its seal, the family touched)
 /// follow only if `spent` did. `reused` revokes the family when the presented token was already
 /// spent and this is neither a retry within the grace window (the same condition as
 /// `rotation::judge`) nor a second delivery of this very request (spent into `$2`): detection and
@@ -130,21 +143,9 @@ pub const SPEND: &str = concat!(
         from presented p
         where t.hash = p.hash and t.spent_at is null
           and p.revoked_at is null and p.token_expires_at > $3 and p.expires_at > $3
-        returning t.family_id
-    ), unsealed as (
-        delete from seals x using spent s where $4 is not null and x.hash = $1
-    ), successor as (
-        insert into refresh_tokens (hash, family_id, parent_hash, created_at, expires_at)
-        select $2, s.family_id, $1, $3, least($5, p.expires_at) from spent s, presented p
-        returning expires_at
-    ), sealed as (
-        insert into seals (hash, seal, created_at)
-        select $2, $4, $3 from successor where $4 is not null
-    ), touched as (
-        update families f
-        set last_rotated_at = $3, refresh_expires_at = s.expires_at
-        from successor s, spent p
-        where f.id = p.family_id
+        returning t.family_id, p.expires_at",
+    rotation_writes!(),
+    "
     ), reused as (
         update families f
         set revoked_at = $3, revoked_reason = 'reuse'
