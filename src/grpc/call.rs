@@ -36,14 +36,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use crate::policy::RPC_NAMES;
-use crate::telemetry::context::CallContext;
-use crate::telemetry::metrics::{self, CODE_CANCELLED, CODE_OK, CODE_UNKNOWN};
-use crate::telemetry::request_id::{self, RequestId};
 use http::{HeaderMap, HeaderName};
 use http_body::{Body, Frame, SizeHint};
 use tower_layer::Layer;
 use tower_service::Service;
+
+use crate::policy::RPC_NAMES;
+use crate::telemetry::context::CallContext;
+use crate::telemetry::metrics::{self, CODE_CANCELLED, CODE_OK, CODE_UNKNOWN};
+use crate::telemetry::request_id::{self, RequestId};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static(request_id::HEADER);
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
