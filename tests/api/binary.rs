@@ -13,7 +13,7 @@ use ratchet::grpc::pb::RotateRequest;
 use sqlx::Connection as _;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 
-use crate::support::{BIN, Proxy, Server, database_url, drop_database, free_port, introspect, issue, list_services};
+use crate::support::{BIN, DatabaseGuard, Proxy, Server, database_url, free_port, introspect, issue, list_services};
 
 #[sqlx::test(migrations = false)]
 async fn the_binary_migrates_serves_survives_a_restart_and_never_logs_tokens(
@@ -22,6 +22,7 @@ async fn the_binary_migrates_serves_survives_a_restart_and_never_logs_tokens(
 ) {
     // `migrate` must create the database itself, so use a name nobody has created.
     let database = format!("ratchet_bin_{}", uuid::Uuid::new_v4().simple());
+    let _dropped_last = DatabaseGuard::new(&options, &database);
     let url = database_url(&options, &database);
     let scratch = std::env::temp_dir().join(&database);
     std::fs::create_dir_all(&scratch).unwrap();
@@ -106,8 +107,6 @@ async fn the_binary_migrates_serves_survives_a_restart_and_never_logs_tokens(
             assert!(!logs.contains(&token[3..20]), "part of a token leaked into the logs");
         }
     }
-
-    drop_database(&options, &database).await;
     std::fs::remove_dir_all(&scratch).unwrap();
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::support::{BIN, Proxy, Server, database_url, drop_database, free_port, issue};
+use crate::support::{BIN, DatabaseGuard, Proxy, Server, database_url, free_port, issue};
 
 /// `ratchet serve` against `url`, on free ports, its data in a fresh scratch directory.
 fn serve_command(url: &str, scratch: &str) -> Command {
@@ -54,6 +54,7 @@ fn a_database_that_never_answers_ends_the_start_with_exit_69_after_the_wait() {
 #[sqlx::test(migrations = false)]
 async fn a_database_that_appears_during_the_wait_is_served(_pool: PgPoolOptions, options: PgConnectOptions) {
     let database = format!("ratchet_dbwait_{}", uuid::Uuid::new_v4().simple());
+    let _dropped_last = DatabaseGuard::new(&options, &database);
     let migrate = Command::new(BIN)
         .arg("migrate")
         .env("DATABASE_URL", database_url(&options, &database))
@@ -87,7 +88,6 @@ async fn a_database_that_appears_during_the_wait_is_served(_pool: PgPoolOptions,
         "each failed try is logged: {logged}"
     );
     assert!(server.terminate().await.success());
-    drop_database(&options, &database).await;
     std::fs::remove_dir_all(&scratch).unwrap();
 }
 

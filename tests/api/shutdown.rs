@@ -30,7 +30,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tonic_types::StatusExt as _;
 
-use crate::support::{BIN, DataDir, Proxy, Server, channel, database_url, drop_database, free_port, issue};
+use crate::support::{BIN, DataDir, DatabaseGuard, Proxy, Server, channel, database_url, free_port, issue};
 
 /// Clients rotating at once, each on a connection of its own.
 const CLIENTS: usize = 24;
@@ -246,6 +246,7 @@ async fn sigterm_mid_burst_on_postgres_drains_refuses_new_calls_unavailable_and_
     options: PgConnectOptions,
 ) {
     let database = format!("ratchet_shutdown_{}", uuid::Uuid::new_v4().simple());
+    let _dropped_last = DatabaseGuard::new(&options, &database);
     let url = database_url(&options, &database);
     let migrate = std::process::Command::new(BIN)
         .arg("migrate")
@@ -272,7 +273,6 @@ async fn sigterm_mid_burst_on_postgres_drains_refuses_new_calls_unavailable_and_
     let restarted = Server::start_with(&url, &scratch.join("data"), &log, addr, &UNLIMITED);
     assert_last_tokens_rotate(&restarted.client().await, &chains).await;
     assert!(restarted.terminate().await.success());
-    drop_database(&options, &database).await;
     let _ = std::fs::remove_dir_all(&scratch);
 }
 
@@ -299,6 +299,7 @@ async fn a_call_that_outlives_the_grace_is_answered_at_the_grace_and_the_process
     options: PgConnectOptions,
 ) {
     let database = format!("ratchet_shutdown_{}", uuid::Uuid::new_v4().simple());
+    let _dropped_last = DatabaseGuard::new(&options, &database);
     let migrate = std::process::Command::new(BIN)
         .arg("migrate")
         .env("DATABASE_URL", database_url(&options, &database))
@@ -378,7 +379,6 @@ async fn a_call_that_outlives_the_grace_is_answered_at_the_grace_and_the_process
     assert!(logged.contains("shutdown grace is over"), "{logged}");
 
     proxy.restore().await;
-    drop_database(&options, &database).await;
     let _ = std::fs::remove_dir_all(&scratch);
 }
 

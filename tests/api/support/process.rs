@@ -39,10 +39,48 @@ pub fn database_url(options: &PgConnectOptions, database: &str) -> String {
 pub async fn drop_database(options: &PgConnectOptions, database: &str) {
     use sqlx::Connection as _;
     let mut admin = sqlx::PgConnection::connect_with(options).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("drop database {database} with (force)")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "drop database if exists {database} with (force)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+}
+
+/// Drops a database a test created through the binary when it goes out of scope, whether the
+/// test ends or fails: a failed assert left its database on the shared server (two did in one
+/// session's runs). Declared right after the database is named, it is dropped last.
+pub struct DatabaseGuard {
+    options: PgConnectOptions,
+    database: String,
+}
+
+impl DatabaseGuard {
+    pub fn new(options: &PgConnectOptions, database: &str) -> Self {
+        Self {
+            options: options.clone(),
+            database: database.to_owned(),
+        }
+    }
+}
+
+impl Drop for DatabaseGuard {
+    fn drop(&mut self) {
+        let (options, database) = (self.options.clone(), std::mem::take(&mut self.database));
+        // On a thread and a runtime of its own: `drop` cannot await, and may run while the test's
+        // runtime unwinds. A failure to drop must not turn a test's failure into an abort.
+        let dropped = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(drop_database(&options, &database));
+        })
+        .join();
+        if dropped.is_err() {
+            eprintln!("could not drop a test database (see the panic above)");
+        }
+    }
 }
 
 /// The real `ratchet serve` in a child process.
