@@ -18,15 +18,18 @@
 # throughput of each with their spread (min–max over the pairs), and B against A.
 #
 # Environment: PAIRS, SCENARIOS (default "introspect-hot check rotate"), KS (default 64), DURATION
-# (8s), WARMUP (2s), BACKEND (postgres or sqlite), DATABASE_URL, ENV_A, ENV_B, BENCH_ARGS (extra
+# (8s), WARMUP (2s), BACKEND (postgres or sqlite), DATABASE_URL, BACKGROUND_FAMILIES (as bench/run.sh:
+# default 100000; the database is seeded once, migrated by A's binary), ENV_A, ENV_B, BENCH_ARGS (extra
 # ratchet-bench arguments, e.g. `--api-key ...`). Raw lines: bench/results/<time>-ab.jsonl, labelled
 # A-<pair> / B-<pair>.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/database.sh
+. bench/database.sh
 
 [ $# = 2 ] || { sed -n '2,22p' "$0" >&2; exit 64; }
 : "${PAIRS:=3}" "${SCENARIOS:=introspect-hot check rotate}" "${KS:=64}" "${DURATION:=8s}" "${WARMUP:=2s}"
-: "${BACKEND:=postgres}" "${ENV_A:=}" "${ENV_B:=}" "${BENCH_ARGS:=}"
+: "${BACKEND:=postgres}" "${BACKGROUND_FAMILIES:=100000}" "${ENV_A:=}" "${ENV_B:=}" "${BENCH_ARGS:=}"
 base_url="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 root=$PWD
 mkdir -p target/ab bench/results
@@ -37,7 +40,7 @@ server_pid=""
 
 cleanup() {
     [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
-    psql -q "$base_url" -c "drop database if exists $database with (force)" >/dev/null 2>&1 || true
+    drop_databases
     rm -rf "$scratch"
 }
 trap cleanup EXIT
@@ -86,9 +89,7 @@ one() {
     if [ "$BACKEND" = sqlite ]; then
         db_pids=()
     else
-        psql -q "$base_url" -c "drop database if exists $database with (force)" >/dev/null
-        psql -q "$base_url" -c "create database $database" >/dev/null
-        DATABASE_URL="$bench_url" "$bin" migrate 2>/dev/null
+        new_database "$bin"
         store=(--no-migrate --database-url "$bench_url")
     fi
     # shellcheck disable=SC2086 # $env is a list of NAME=VALUE words

@@ -16,21 +16,25 @@
 #
 # Environment: DATABASE_URL (server to create the bench database on; default the local one),
 # RUNS, DURATION, WARMUP, KS, SCENARIOS, DB_CONNECTIONS, BACKEND (postgres or sqlite),
+# BACKGROUND_FAMILIES (sessions the database holds before a run, for ratchet and pgbench alike:
+# bench/database.sh; default 100000, 0 in the smoke run; 0 is an empty database),
 # CEILING_GATE (the smoke run's limit on Introspect's server CPU per call over the tonic
 # ceiling's; default 1.5, `off` to skip). Needs psql and pgbench for PostgreSQL. The server runs
 # with its defaults (logging at info).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/database.sh
+. bench/database.sh
 
 smoke=0
 [ "${1:-}" = "--smoke" ] && smoke=1
 if [ $smoke = 1 ]; then
-    : "${DURATION:=2s}" "${WARMUP:=1s}" "${KS:=1 4}"
+    : "${DURATION:=2s}" "${WARMUP:=1s}" "${KS:=1 4}" "${BACKGROUND_FAMILIES:=0}"
     profile=debug
     # --all-targets: the same feature set as the test build that CI just made, so nothing rebuilds.
     cargo build --locked --workspace --all-targets
 else
-    : "${DURATION:=10s}" "${WARMUP:=2s}" "${KS:=1 16 64}"
+    : "${DURATION:=10s}" "${WARMUP:=2s}" "${KS:=1 16 64}" "${BACKGROUND_FAMILIES:=100000}"
     profile=release
     cargo build --locked --release --workspace --bins
 fi
@@ -56,7 +60,7 @@ ceiling_pid=""
 cleanup() {
     [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
     [ -n "$ceiling_pid" ] && kill "$ceiling_pid" 2>/dev/null && wait "$ceiling_pid" 2>/dev/null
-    psql -q "$base_url" -c "drop database if exists $database with (force)" >/dev/null 2>&1 || true
+    drop_databases
     rm -rf "$scratch"
 }
 trap cleanup EXIT
@@ -167,9 +171,7 @@ one_run() {
         store=(--data-dir "$scratch/data")
         db_pids=()
     else
-        psql -q "$base_url" -c "drop database if exists $database with (force)" >/dev/null
-        psql -q "$base_url" -c "create database $database" >/dev/null
-        DATABASE_URL="$bench_url" "$server_bin" migrate 2>/dev/null
+        new_database "$server_bin"
         store+=(--no-migrate --database-url "$bench_url")
     fi
     env -u DATABASE_URL -u RUST_LOG RATCHET_LISTEN="127.0.0.1:$port" RATCHET_DATA_DIR="$scratch" \
