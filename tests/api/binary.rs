@@ -13,7 +13,9 @@ use ratchet::grpc::pb::RotateRequest;
 use sqlx::Connection as _;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 
-use crate::support::{BIN, DatabaseGuard, Proxy, Server, database_url, free_port, introspect, issue, list_services};
+use crate::support::{
+    BIN, DatabaseGuard, Proxy, Server, database_url, free_port, introspect, issue, list_services, migrate,
+};
 
 #[sqlx::test(migrations = false)]
 async fn the_binary_migrates_serves_survives_a_restart_and_never_logs_tokens(
@@ -28,12 +30,7 @@ async fn the_binary_migrates_serves_survives_a_restart_and_never_logs_tokens(
     std::fs::create_dir_all(&scratch).unwrap();
     let log = scratch.join("server.log");
 
-    let migrate = Command::new(BIN)
-        .arg("migrate")
-        .env("DATABASE_URL", &url)
-        .output()
-        .unwrap();
-    assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
+    migrate(&url);
 
     let server = Server::start(&url, &scratch.join("data"), &log);
     let mut client = server.client().await;

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Once};
 
-use super::{HttpAnswer, channel, http_get, introspect, issue};
+use super::{HttpAnswer, health_at, http_get, introspect, issue};
 use ratchet::clock::{Clock as _, ManualClock};
 use ratchet::config::Settings;
 use ratchet::grpc::pb::TokenPair;
@@ -28,7 +28,6 @@ use tokio::task::JoinHandle;
 use tonic::Status;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 pub const ISSUER: &str = "https://ratchet.test";
 pub const AUDIENCE: &str = "default-api";
@@ -420,15 +419,7 @@ impl TestApp {
 
     /// What the health service says of the token service.
     pub async fn health(&self) -> ServingStatus {
-        let mut client = HealthClient::new(channel(self.addr).await);
-        let answer = client
-            .check(HealthCheckRequest {
-                service: "ratchet.v1.TokenService".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        ServingStatus::try_from(answer.status).unwrap()
+        health_at(self.addr).await
     }
 
     /// Waits (at most 15 s) until health says `want`.

@@ -12,6 +12,8 @@ use ratchet::grpc::pb::token_service_client::TokenServiceClient;
 use ratchet::grpc::pb::{IssueRequest, TokenPair};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use tonic_types::StatusExt as _;
 
 /// Issues a pair for `subject` with nothing else set.
@@ -68,6 +70,19 @@ pub fn assert_invalid_argument(status: &Status, field: &str) {
         "message {:?} should name {field}",
         status.message()
     );
+}
+
+/// What the health service at `addr` says of the token service.
+pub async fn health_at(addr: SocketAddr) -> ServingStatus {
+    let mut client = HealthClient::new(channel(addr).await);
+    let answer = client
+        .check(HealthCheckRequest {
+            service: "ratchet.v1.TokenService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    ServingStatus::try_from(answer.status).unwrap()
 }
 
 /// A plaintext gRPC channel to `addr`, for clients that have no `connect` of their own.

@@ -54,7 +54,28 @@ impl PrivateCluster {
     /// No PostgreSQL server binaries are installed, or initdb or the start fails (the message
     /// carries the command's output and the server log).
     pub async fn start() -> Self {
-        blocking(Control::create).await
+        blocking(|| Control::create(None)).await
+    }
+
+    /// A hot standby of this cluster (`pg_basebackup -R`, streaming), in a directory and on a port
+    /// of its own, started. It is synchronous if this cluster sets `synchronous_standby_names`.
+    pub async fn start_standby(&self) -> Self {
+        let primary = self.control.port;
+        blocking(move || Control::create(Some(primary))).await
+    }
+
+    /// `pg_ctl promote`: a standby becomes a primary that accepts writes (waits until it does).
+    pub async fn promote(&self) {
+        let control = self.control.clone();
+        blocking(move || {
+            control.run(control.pg_ctl().args(["-w", "promote"]));
+        })
+        .await;
+    }
+
+    /// Its port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.control.port
     }
 
     /// Connection options for its `postgres` database: user `postgres`, no password, no TLS.
@@ -162,9 +183,9 @@ impl Drop for PrivateCluster {
 }
 
 impl Control {
-    /// initdb and the first start, in a new directory that the returned cluster owns (so a
-    /// failure half-way still removes it).
-    fn create() -> PrivateCluster {
+    /// initdb (or, given a primary's port, a base backup of it as a standby) and the first start,
+    /// in a new directory that the returned cluster owns (so a failure half-way still removes it).
+    fn create(standby_of: Option<u16>) -> PrivateCluster {
         let bindir = find_bindir(std::env::var_os("PATH").as_deref(), Path::new(VERSIONED_BINDIRS))
             .unwrap_or_else(|e| panic!("{e}"));
         let dir = std::env::temp_dir().join(format!("ratchet-cluster-{}", uuid::Uuid::new_v4().simple()));
@@ -189,13 +210,24 @@ impl Control {
                 );
             }
         }
-        control.run(control.server_command("initdb").arg("-D").arg(control.data()).args([
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "--no-sync",
-        ]));
+        match standby_of {
+            None => control.run(control.server_command("initdb").arg("-D").arg(control.data()).args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+            ])),
+            // initdb's trust configuration admits replication connections from 127.0.0.1.
+            Some(primary) => control.run(
+                control
+                    .server_command("pg_basebackup")
+                    .arg("-D")
+                    .arg(control.data())
+                    .args(["-h", "127.0.0.1", "-p", &primary.to_string(), "-U", "postgres"])
+                    .args(["-R", "-X", "stream", "--no-sync"]),
+            ),
+        };
 
         // The free port may be taken by someone else before the server binds it: try others.
         let mut attempts = 0;
@@ -327,7 +359,12 @@ impl Control {
 fn find_bindir(path: Option<&OsStr>, versioned: &Path) -> Result<PathBuf, String> {
     let has_tools = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
     if let Some(dir) = path.into_iter().flat_map(std::env::split_paths).find(|d| has_tools(d)) {
-        return Ok(dir);
+        // Where the PATH entry points (`/usr/local/bin/initdb` may be a link into the server's
+        // own directory), for the tools not linked beside it (`pg_basebackup`).
+        let real = dir.join("initdb").canonicalize().ok();
+        return Ok(real
+            .and_then(|initdb| initdb.parent().map(Path::to_owned))
+            .unwrap_or(dir));
     }
     let mut versions: Vec<(Vec<u32>, PathBuf)> = std::fs::read_dir(versioned)
         .into_iter()

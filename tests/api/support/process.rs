@@ -25,6 +25,16 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `ratchet migrate` on `url`; panics with its output if it fails.
+pub fn migrate(url: &str) {
+    let migrate = Command::new(BIN)
+        .arg("migrate")
+        .env("DATABASE_URL", url)
+        .output()
+        .unwrap();
+    assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
+}
+
 pub fn database_url(options: &PgConnectOptions, database: &str) -> String {
     format!(
         "postgres://{}@{}:{}/{database}",
