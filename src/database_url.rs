@@ -59,8 +59,22 @@ fn is_secret_parameter(key: &str) -> bool {
     key.to_ascii_lowercase().contains("password")
 }
 
+/// Stands in for a host list while the rest of a multi-host URL is redacted.
+const HOST_LIST: &str = "ratchet-host-list.invalid";
+
 /// `url` with its passwords hidden, or `None` when it cannot be shown safely.
 fn redact(url: &str) -> Option<String> {
+    // libpq's `user:pw@h1:5432,h2:5432/db` is no URL to the parser: redact it with one stand-in
+    // host, then put the list back (host names and ports only, or it is not shown).
+    if let Some((before, hosts, after)) = host_list(url) {
+        let shown_hosts = hosts
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_:[],%".contains(c));
+        if !shown_hosts {
+            return None;
+        }
+        return redact(&format!("{before}{HOST_LIST}{after}")).map(|r| r.replacen(HOST_LIST, hosts, 1));
+    }
     let mut parsed = Url::parse(url).ok()?;
     // An `@` past the authority is most likely a password whose unescaped `/`, `?` or `#` ended
     // the authority early: the parser could not know it for one, so we cannot hide it.
@@ -90,6 +104,20 @@ fn redact(url: &str) -> Option<String> {
     Some(parsed.to_string())
 }
 
+/// A URL whose authority names several hosts, as (what comes before the list, the list, what
+/// comes after it).
+fn host_list(url: &str) -> Option<(&str, &str, &str)> {
+    let scheme_end = url.find("://")? + 3;
+    let authority_end = url[scheme_end..].find(['/', '?']).map_or(url.len(), |i| scheme_end + i);
+    let hosts_start = url[scheme_end..authority_end]
+        .rfind('@')
+        .map_or(scheme_end, |i| scheme_end + i + 1);
+    let hosts = &url[hosts_start..authority_end];
+    hosts
+        .contains(',')
+        .then(|| (&url[..hosts_start], hosts, &url[authority_end..]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +139,20 @@ mod tests {
         );
         let debug = format!("{:?}", DatabaseUrl::from_str("postgresql://a:b%40c@h/d").unwrap());
         assert_eq!(debug, r#"DatabaseUrl("postgresql://a:***@h/d")"#);
+    }
+
+    #[test]
+    fn every_host_of_a_multi_host_url_is_shown_and_its_password_is_not() {
+        assert_eq!(
+            shown("postgres://app:hunter2@h1:5432,h2:5433,[::1]:5434/ratchet?target_session_attrs=read-write"),
+            "postgres://app:***@h1:5432,h2:5433,[::1]:5434/ratchet?target_session_attrs=read-write"
+        );
+        assert_eq!(
+            shown("postgres://app@h1,h2/ratchet?password=hunter2"),
+            "postgres://app@h1,h2/ratchet?password=***"
+        );
+        // A comma where no host name has one: most likely the password's, so nothing is shown.
+        assert_eq!(shown("postgres://app:a,b/c@h1,h2/db"), UNSHOWABLE);
     }
 
     #[test]

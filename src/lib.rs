@@ -28,7 +28,8 @@
 //!   cleanup) and the rotation rules. Knows neither tonic nor sqlx; takes `now` as a parameter.
 //! - [`store`]: the [`store::FamilyStore`] trait, [`store::Backend`] (the backend chosen at run
 //!   time, and what only a whole backend does: open, migrate, close), its PostgreSQL
-//!   implementation (statements, rows, and running a statement to a definite outcome), the
+//!   implementation (statements, rows, running a statement to a definite outcome, and which of
+//!   a multi-host URL's servers accepts writes), the
 //!   audit trail every write records with its change ([`store::audit`]), the connection pool, the family cache and the listener that keeps it current with revocations
 //!   made by other replicas; and its SQLite implementation, for one process with no database
 //!   server (the default when no `DATABASE_URL` is set).

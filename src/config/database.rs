@@ -3,15 +3,12 @@
 //! are one value.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr as _;
-
-use sqlx::postgres::PgConnectOptions;
 
 use super::bounds::{DB_MAX_CONNECTIONS, DB_TIMEOUT, DB_WAIT};
 use super::problems::Problems;
 use crate::cli::DatabaseArgs;
 use crate::store::Target;
-use crate::store::postgres::{PgTarget, PoolSettings};
+use crate::store::postgres::{PgHosts, PgTarget, PoolSettings};
 use crate::store::sqlite::{DATABASE_FILE, SqliteSettings, SqliteTarget};
 
 /// Where the database is (`ratchet migrate`): PostgreSQL when `DATABASE_URL` names one, SQLite in
@@ -54,30 +51,20 @@ pub(super) fn collect(args: &DatabaseArgs, data_dir: &Path, problems: &mut Probl
         return usable.then(|| sqlite(PathBuf::from(path)));
     }
     // The URL may hold a password: never echo it.
-    match PgConnectOptions::from_str(url.expose()) {
-        Ok(options) => Some(Target::Postgres(PgTarget {
+    match PgHosts::parse(url.expose()) {
+        Ok(hosts) => Some(Target::Postgres(PgTarget {
             url: url.clone(),
-            options,
+            hosts,
             wait,
             settings: PoolSettings {
                 max_connections,
                 timeout,
             },
         })),
+        // The error never holds the URL (sqlx's errors are reduced to "unparseable").
         Err(e) => {
-            problems.push(format!(
-                "database-url: not a valid PostgreSQL URL ({})",
-                redact_error(&e)
-            ));
+            problems.push(format!("database-url: not a valid PostgreSQL URL ({e})"));
             None
         }
-    }
-}
-
-/// sqlx's URL errors quote the URL back only in rare cases; keep just the kind of failure.
-fn redact_error(error: &sqlx::Error) -> &'static str {
-    match error {
-        sqlx::Error::Configuration(_) => "bad configuration",
-        _ => "unparseable",
     }
 }

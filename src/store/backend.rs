@@ -39,7 +39,6 @@ use crate::domain::{Actor, FamilyId, TokenHash};
 use crate::telemetry::metrics::PoolGauges;
 
 /// Which backend, and where: what the database configuration resolves to.
-#[expect(clippy::large_enum_variant, reason = "made once at start: boxing would save nothing")]
 #[derive(Debug, Clone)]
 pub enum Target {
     Postgres(PgTarget),

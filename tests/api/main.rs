@@ -12,6 +12,7 @@ mod binary;
 mod cleanup;
 mod connections;
 mod db_wait;
+mod failover;
 mod faults;
 mod interop;
 mod introspect;

@@ -4,10 +4,12 @@
 //! opened, see [`pool`](mod@pool)), so each statement is a SERIALIZABLE transaction of its own; the
 //! statements are in `sql`, their rows in `rows`, and how each one is run to a definite
 //! outcome (retries, lost answers, timeouts) in `run`; where the database is and the session
-//! settings every connection gets in `target`; waiting at start for a database that cannot be
+//! settings every connection gets in `target`, and which of several servers a connection goes to
+//! in [`hosts`]; waiting at start for a database that cannot be
 //! reached yet in [`wait`]. [`revocations`] carries revocations from
 //! the database to this server's family cache as they are committed, wherever they were made.
 
+pub mod hosts;
 pub mod pool;
 pub mod revocations;
 mod rows;
@@ -23,14 +25,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::Connection as _;
-use sqlx::migrate::MigrateDatabase as _;
-use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgQueryResult, Postgres};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgQueryResult, Postgres};
 use sqlx::query::{Query, QueryAs};
 use sqlx::types::Json;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+pub use self::hosts::PgHosts;
 pub use self::pool::ConnectionPool;
 use self::rows::{EventRow, SessionRow, SpentRow, TokenRow};
 use self::run::Kind;
@@ -43,7 +45,7 @@ pub use self::sql::SWEEP_LOCK_KEY;
 /// `bench-sql` feature, which the bench crate turns on: the SQL is not the service's API.
 #[cfg(feature = "bench-sql")]
 pub use self::sql::{CREATE_FAMILY, SPEND, SPEND_LIVE};
-pub use self::target::{PgTarget, PoolSettings, pool, tune};
+pub use self::target::{PgTarget, PoolSettings, pool, tune, tuned};
 use super::cached::FamilyCache;
 use super::{
     AuditEvent, EventFilter, FamilyStatus, FamilyStore, IdleWindow, MigrateError, NewFamily, Purged,
@@ -62,18 +64,11 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgr
 /// # Errors
 /// The database cannot be reached, created or migrated.
 pub async fn migrate(target: &PgTarget) -> Result<(), MigrateError> {
-    let url = target.url.expose();
-    if !Postgres::database_exists(url)
-        .await
-        .map_err(|e| MigrateError::Unreachable(e.into()))?
-    {
-        Postgres::create_database(url)
-            .await
-            .map_err(|e| MigrateError::Create(e.into()))?;
-        tracing::info!("created the database");
-    }
-    let options = tune(target.options.clone(), &target.settings);
-    let mut connection = PgConnection::connect_with(&options)
+    let hosts = tuned(&target.hosts, &target.settings);
+    let per_host = hosts.per_host(target.settings.timeout);
+    create_database_if_missing(&hosts, per_host).await?;
+    let mut connection = hosts
+        .connect(per_host)
         .await
         .map_err(|e| MigrateError::Unreachable(e.into()))?;
     MIGRATOR
@@ -83,6 +78,34 @@ pub async fn migrate(target: &PgTarget) -> Result<(), MigrateError> {
     connection.close().await.map_err(|e| MigrateError::Close(e.into()))
 }
 
+/// Creates the database `hosts` name, on the server that accepts writes, unless it exists.
+/// (sqlx's `Postgres::create_database` takes a URL of one host.)
+async fn create_database_if_missing(hosts: &PgHosts, per_host: Duration) -> Result<(), MigrateError> {
+    let first = hosts.first();
+    // As libpq and sqlx: no database named is the user's own.
+    let name = first.get_database().unwrap_or(first.get_username()).to_owned();
+    let mut admin = hosts
+        .map(|options| options.database("postgres"))
+        .connect(per_host)
+        .await
+        .map_err(|e| MigrateError::Unreachable(e.into()))?;
+    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut admin)
+        .await
+        .map_err(|e| MigrateError::Unreachable(e.into()))?;
+    if !exists {
+        let create = format!("create database \"{}\"", name.replace('"', "\"\""));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(create))
+            .execute(&mut admin)
+            .await
+            .map_err(|e| MigrateError::Create(e.into()))?;
+        tracing::info!("created the database");
+    }
+    let _ = admin.close().await;
+    Ok(())
+}
+
 /// PostgreSQL-backed [`FamilyStore`].
 #[derive(Clone)]
 pub struct PgStore {
@@ -90,7 +113,7 @@ pub struct PgStore {
     timeout: Duration,
     retry: RetryPolicy,
     /// Where the revocation listener connects, when not where the pool does.
-    listener: Option<Arc<PgConnectOptions>>,
+    listener: Option<Arc<PgHosts>>,
 }
 
 /// By hand: `PgConnectOptions`' own `Debug` prints the password.
@@ -117,7 +140,7 @@ impl PgStore {
     /// A store on `target`, its pool opened lazily: nothing is connected yet, so this works (and
     /// the server reports NOT_SERVING) while the database is down.
     pub fn open(target: &PgTarget) -> Self {
-        Self::new(pool(target.options.clone(), &target.settings), &target.settings)
+        Self::new(pool(target.hosts.clone(), &target.settings), &target.settings)
     }
 
     /// The revocation listener connects with `options` instead of the pool's: LISTEN needs a
@@ -125,7 +148,7 @@ impl PgStore {
     /// (and tests route it through a proxy they can cut).
     #[must_use]
     pub fn with_listener_options(mut self, options: PgConnectOptions) -> Self {
-        self.listener = Some(Arc::new(options));
+        self.listener = Some(Arc::new(PgHosts::one(options)));
         self
     }
 
@@ -141,11 +164,11 @@ impl PgStore {
     /// Keeps `cache` current with the revocations committed anywhere, until `stopped` changes;
     /// see [`revocations`].
     pub async fn listen_for_revocations(&self, cache: Arc<FamilyCache>, stopped: watch::Receiver<bool>) {
-        let options = match &self.listener {
-            Some(options) => PgConnectOptions::clone(options),
-            None => revocations::options(self.pool.options()),
+        let hosts = match &self.listener {
+            Some(hosts) => PgHosts::clone(hosts),
+            None => revocations::options(self.pool.hosts()),
         };
-        revocations::listen(options, cache, self.timeout, stopped).await;
+        revocations::listen(hosts, cache, self.timeout, stopped).await;
     }
 
     /// Runs the statement `query` builds (afresh for every attempt) and returns its result.
@@ -508,8 +531,18 @@ impl FamilyStore for PgStore {
             .rows_affected())
     }
 
+    /// The database answers, and accepts writes: ratchet is of no use on a server that does not.
     async fn ping(&self) -> Result<(), StoreError> {
-        self.execute(Kind::Read, || sqlx::query(sql::PING)).await.map(drop)
+        let writable: Option<(bool,)> = self.fetch_optional(Kind::Read, || sqlx::query_as(sql::PING)).await?;
+        if writable == Some((true,)) {
+            return Ok(());
+        }
+        // A failover left the pool's server behind as a standby (or read-only): its idle
+        // connections go, so that the next ones find the server that accepts writes (`hosts`).
+        self.pool.drop_idle();
+        Err(StoreError::Unavailable(
+            "the database server no longer accepts writes".into(),
+        ))
     }
 
     /// A session-level advisory lock ([`sql::SWEEP_LOCK_KEY`]) on a connection of its own, not
@@ -529,7 +562,7 @@ impl FamilyStore for PgStore {
     /// pool's size, once an interval (a minute by default).
     async fn sweep_lock(&self) -> Result<Option<SweepLock>, StoreError> {
         let take = async {
-            let mut session = PgConnection::connect_with(self.pool.options()).await?;
+            let mut session = self.pool.hosts().connect(self.pool.per_host()).await?;
             let (taken,): (bool,) = sqlx::query_as(sql::TRY_SWEEP_LOCK)
                 .bind(sql::SWEEP_LOCK_KEY)
                 .fetch_one(&mut session)

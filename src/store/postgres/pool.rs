@@ -27,8 +27,9 @@ use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, Object, QueueMode, RecycleError, RecycleResult};
 use sqlx::Connection as _;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::postgres::PgConnection;
 
+use super::hosts::PgHosts;
 use crate::telemetry::metrics::PoolGauges;
 
 /// A connection idle for longer than this is pinged before use.
@@ -84,6 +85,14 @@ impl PooledConnection {
     /// protocol is in step and the connection can be used again.
     pub fn finished(&mut self) {
         self.connection().idle_since = Some(Instant::now());
+    }
+
+    /// The connection is in step but must not be used again (its server no longer accepts
+    /// writes): closed, and removed from the pool.
+    pub fn discard(mut self) {
+        if let Some(object) = self.object.take() {
+            drop(Object::take(object));
+        }
     }
 
     fn connection(&mut self) -> &mut Connection {
@@ -146,7 +155,9 @@ pub struct NotSerializable {
 }
 
 pub struct Manager {
-    options: PgConnectOptions,
+    hosts: PgHosts,
+    /// How long opening a connection may spend on each host.
+    per_host: Duration,
 }
 
 impl managed::Manager for Manager {
@@ -154,7 +165,7 @@ impl managed::Manager for Manager {
     type Error = sqlx::Error;
 
     async fn create(&self) -> Result<Connection, sqlx::Error> {
-        let mut raw = PgConnection::connect_with(&self.options).await?;
+        let mut raw = self.hosts.connect(self.per_host).await?;
         // One-time use of refresh tokens rests on every statement being SERIALIZABLE, which we
         // ask for as a startup parameter. A connection pooler in front of PostgreSQL may drop
         // startup parameters without a word: check what the session really runs.
@@ -189,9 +200,11 @@ impl managed::Manager for Manager {
 
 impl ConnectionPool {
     /// `recovery`: how long a connection whose operation was abandoned may take to finish the
-    /// abandoned statement before it is closed (the statement timeout is a good choice).
-    pub fn new(options: PgConnectOptions, max_connections: u32, recovery: Duration) -> Self {
-        let inner = managed::Pool::builder(Manager { options })
+    /// abandoned statement before it is closed (the statement timeout is a good choice); it
+    /// also bounds opening a connection, over all of `hosts`.
+    pub fn new(hosts: PgHosts, max_connections: u32, recovery: Duration) -> Self {
+        let per_host = hosts.per_host(recovery);
+        let inner = managed::Pool::builder(Manager { hosts, per_host })
             .max_size(usize::try_from(max_connections).unwrap_or(usize::MAX).max(1))
             // The most recently used connection first: under light load a few backends stay warm
             // and the rest go idle (and get pinged before their next use) instead of all being
@@ -218,9 +231,22 @@ impl ConnectionPool {
         }
     }
 
-    /// What its connections are opened with (the revocation listener opens its own alike).
-    pub fn options(&self) -> &PgConnectOptions {
-        &self.inner.manager().options
+    /// Where its connections go and what they are opened with (the revocation listener and the
+    /// sweep lock open their own alike).
+    pub fn hosts(&self) -> &PgHosts {
+        &self.inner.manager().hosts
+    }
+
+    /// How long opening a connection may spend on each host.
+    pub fn per_host(&self) -> Duration {
+        self.inner.manager().per_host
+    }
+
+    /// Closes every idle connection: after one found its server read-only (a failover), the
+    /// others, opened to the same server, would each fail one statement before being replaced.
+    pub fn drop_idle(&self) {
+        let removed = self.inner.retain(|_, _| false).removed;
+        drop(removed);
     }
 
     /// A connection: an idle one (checked as described in the module docs) or a new one.
@@ -268,13 +294,13 @@ mod tests {
             max_connections,
             timeout: Duration::from_secs(5),
         };
-        ConnectionPool::new(tune(options, &settings), max_connections, recovery)
+        ConnectionPool::new(PgHosts::one(tune(options, &settings)), max_connections, recovery)
     }
 
     #[sqlx::test(migrations = false)]
     async fn a_session_that_is_not_serializable_is_refused(_pool: PgPoolOptions, options: PgConnectOptions) {
         // Without our startup parameters, as behind a pooler that drops them.
-        let pool = ConnectionPool::new(options, 1, Duration::from_secs(5));
+        let pool = ConnectionPool::new(PgHosts::one(options), 1, Duration::from_secs(5));
         match pool.get().await {
             Err(managed::PoolError::Backend(sqlx::Error::Configuration(error))) => {
                 assert!(error.to_string().contains("not 'serializable'"), "{error}");

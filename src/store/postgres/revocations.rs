@@ -12,8 +12,11 @@
 //! - once subscribed again, the cache forgets everything ([`FamilyCache::forget_all`]): a family
 //!   revoked during the gap is read from the database at its next Introspect;
 //! - a connection can also die without a word (a network partition leaves no FIN): every
-//!   [`PROBE_INTERVAL`] a `select 1` on it proves it alive, and each answer renews the listener's
-//!   word for two intervals. A probe that fails or hangs ends the connection.
+//!   [`PROBE_INTERVAL`] a probe on it proves it alive, and each answer renews the listener's
+//!   word for two intervals. A probe that fails or hangs ends the connection;
+//! - revocations are committed on the server that accepts writes: the listener connects to that
+//!   one of several hosts (`hosts`), and a probe that finds its server read-only (a failover
+//!   left it behind as a standby) ends the connection too, so that the next one follows.
 //!
 //! It reconnects by itself, with exponential backoff, and stops when the server does. What it
 //! leaves out: everything but revocations (nothing else is cached across replicas).
@@ -25,9 +28,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::{PgConnectOptions, PgListener, PgNotification, PgPoolOptions};
+use sqlx::postgres::{PgListener, PgNotification, PgPoolOptions};
 use tokio::sync::watch;
 
+use super::hosts::PgHosts;
 use crate::domain::FamilyId;
 use crate::store::cached::FamilyCache;
 use crate::telemetry::metrics;
@@ -46,24 +50,19 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How long shutdown waits for the connection to close politely.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// `options` (the pool's: the same host, user, password and TLS) for the listener's connection.
-pub fn options(pool_options: &PgConnectOptions) -> PgConnectOptions {
-    pool_options.clone().application_name(APPLICATION_NAME)
+/// The pool's hosts (the same servers, user, password and TLS) for the listener's connection.
+pub fn options(pool_hosts: &PgHosts) -> PgHosts {
+    pool_hosts.map(|options| options.application_name(APPLICATION_NAME))
 }
 
 /// Listens until `stopped` changes (or its sender is gone), keeping `cache` current. `timeout`
 /// bounds connecting and each probe.
-pub async fn listen(
-    options: PgConnectOptions,
-    cache: Arc<FamilyCache>,
-    timeout: Duration,
-    mut stopped: watch::Receiver<bool>,
-) {
+pub async fn listen(hosts: PgHosts, cache: Arc<FamilyCache>, timeout: Duration, mut stopped: watch::Receiver<bool>) {
     let mut backoff = FIRST_BACKOFF;
     let mut was_up = true;
     metrics::revocation_listener_connected(false);
     loop {
-        let ended = session(&options, &cache, timeout, &mut stopped).await;
+        let ended = session(&hosts, &cache, timeout, &mut stopped).await;
         cache.current_until(None);
         metrics::revocation_listener_connected(false);
         match ended {
@@ -99,18 +98,26 @@ enum Ended {
 /// One connection: subscribe, forget the cache, then apply notifications and probe until the
 /// connection fails or the server stops.
 async fn session(
-    options: &PgConnectOptions,
+    hosts: &PgHosts,
     cache: &FamilyCache,
     timeout: Duration,
     stopped: &mut watch::Receiver<bool>,
 ) -> Ended {
+    // The server that accepts writes, where revocations are committed (a standby refuses LISTEN).
+    let options = tokio::select! {
+        _ = stopped.changed() => return Ended::Stopped,
+        located = hosts.locate(hosts.per_host(timeout)) => match located {
+            Ok(options) => options,
+            Err(error) => return Ended::Lost { subscribed: false, error: error.to_string() },
+        },
+    };
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .min_connections(0)
         .acquire_timeout(timeout)
         .max_lifetime(None)
         .idle_timeout(None)
-        .connect_lazy_with(options.clone());
+        .connect_lazy_with(options);
     let lost = |error: &dyn std::fmt::Display, subscribed| Ended::Lost {
         subscribed,
         error: error.to_string(),
@@ -165,9 +172,11 @@ async fn run(
             _ = stopped.changed() => return Ended::Stopped,
             () = tokio::time::sleep_until(next_probe) => {
                 let sent = Instant::now();
-                let probe = tokio::time::timeout(timeout, sqlx::query("select 1").execute(&mut *listener)).await;
+                let probe = sqlx::query_scalar::<_, String>("select current_setting('transaction_read_only')");
+                let probe = tokio::time::timeout(timeout, probe.fetch_one(&mut *listener)).await;
                 match probe {
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(read_only)) if read_only == "off" => {}
+                    Ok(Ok(_)) => return Ended::Lost { subscribed: true, error: "the server no longer accepts writes".into() },
                     Ok(Err(error)) => return Ended::Lost { subscribed: true, error: error.to_string() },
                     Err(_) => return Ended::Lost { subscribed: true, error: "probe timed out".into() },
                 }

@@ -2,6 +2,10 @@
 //!
 //! - Serialization failures and deadlocks (SQLSTATE 40001, 40P01) are retried with jittered
 //!   exponential backoff ([`RetryPolicy`]).
+//! - A statement refused because its server no longer accepts writes (SQLSTATE 25006: a
+//!   failover made it a standby) did nothing: its connection and every idle one are closed, and
+//!   it runs again on a new connection, which goes to the server that accepts writes now
+//!   (`hosts`), within the same bounds.
 //! - A statement is never abandoned while PostgreSQL may still commit it: statements are bounded
 //!   by PostgreSQL itself (`statement_timeout`, `lock_timeout`: a statement cancelled that way did
 //!   not happen), and only a *backstop* well past that bound gives up on a connection whose
@@ -107,15 +111,17 @@ impl PgStore {
                     }
                     return Ok(value);
                 }
-                Attempt::Answered(Err(error)) if is_serialization_conflict(&error) => {
-                    tracing::debug!(attempts, "serialization conflict, retrying");
+                Attempt::Answered(Err(error)) if is_serialization_conflict(&error) || is_read_only(&error) => {
+                    tracing::debug!(attempts, %error, "nothing done (a serialization conflict, or a read-only server), retrying");
                     if attempts >= self.retry.max_attempts {
                         return Err(match lost {
                             Some(lost) => unknown(lost),
                             None => StoreError::Contention { attempts },
                         });
                     }
-                    metrics::serialization_retry();
+                    if is_serialization_conflict(&error) {
+                        metrics::serialization_retry();
+                    }
                     // Full jitter: racing clients spread out instead of colliding again.
                     let pause = conflict_delay.mul_f64(unit_random());
                     conflict_delay = (conflict_delay * 2).min(self.retry.max_delay);
@@ -180,6 +186,12 @@ impl PgStore {
         // brings it back in step or closes it (see `pool`).
         match tokio::time::timeout(self.timeout + BACKSTOP_MARGIN, op(connection)).await {
             Err(elapsed) => Attempt::Lost(Box::new(elapsed)),
+            Ok((connection, Err(error))) if is_read_only(&error) => {
+                tracing::warn!("the database server no longer accepts writes (a failover?): reconnecting");
+                connection.discard();
+                self.pool.drop_idle();
+                Attempt::Answered(Err(error))
+            }
             Ok((mut connection, outcome)) => match outcome {
                 // An answer: the protocol is in step, the connection can be used again.
                 Ok(_) | Err(sqlx::Error::Database(_)) => {
@@ -217,6 +229,11 @@ fn sqlstate(error: &sqlx::Error) -> Option<String> {
 
 fn is_serialization_conflict(error: &sqlx::Error) -> bool {
     matches!(sqlstate(error).as_deref(), Some("40001" | "40P01"))
+}
+
+/// SQLSTATE 25006, read_only_sql_transaction: refused before anything was written.
+fn is_read_only(error: &sqlx::Error) -> bool {
+    sqlstate(error).as_deref() == Some("25006")
 }
 
 /// Sorts an error that left nothing done into "try later", "bad input" and "bug".

@@ -309,7 +309,7 @@ pub(super) const PURGE_EVENTS: &str = "delete from audit_events
 /// retry.
 pub(super) const BEGIN_EVENTS_READ: &str = "begin isolation level read committed, read only";
 
-pub(super) const PING: &str = "select 1";
+pub(super) const PING: &str = "select current_setting('transaction_read_only') = 'off'";
 
 /// The advisory lock key cleanup holds while it sweeps: one fixed 64-bit number for every
 /// ratchet server on a database, the bytes of "ratchet" and a 1 ("the sweep"). Anything else

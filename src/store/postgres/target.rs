@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
 
+use super::hosts::PgHosts;
 use super::pool::ConnectionPool;
 use crate::database_url::DatabaseUrl;
 
@@ -41,10 +42,19 @@ pub fn tune(options: PgConnectOptions, settings: &PoolSettings) -> PgConnectOpti
     ])
 }
 
-/// A pool for `options` with our session settings; see [`ConnectionPool`] for how connections
+/// A pool for `hosts` with our session settings; see [`ConnectionPool`] for how connections
 /// are checked, and why not sqlx's pool.
-pub fn pool(options: PgConnectOptions, settings: &PoolSettings) -> ConnectionPool {
-    ConnectionPool::new(tune(options, settings), settings.max_connections, settings.timeout)
+pub fn pool(hosts: impl Into<PgHosts>, settings: &PoolSettings) -> ConnectionPool {
+    ConnectionPool::new(
+        tuned(&hosts.into(), settings),
+        settings.max_connections,
+        settings.timeout,
+    )
+}
+
+/// `hosts`, each with our session settings ([`tune`]).
+pub fn tuned(hosts: &PgHosts, settings: &PoolSettings) -> PgHosts {
+    hosts.map(|options| tune(options, settings))
 }
 
 /// Where a PostgreSQL database is and how to talk to it: what `--database-url` and the pool flags
@@ -53,7 +63,8 @@ pub fn pool(options: PgConnectOptions, settings: &PoolSettings) -> ConnectionPoo
 pub struct PgTarget {
     /// Kept to create the database if it is missing.
     pub url: DatabaseUrl,
-    pub options: PgConnectOptions,
+    /// The server, or the servers of a multi-host URL (which one a connection goes to: [`PgHosts`]).
+    pub hosts: PgHosts,
     /// How long start-up keeps trying while the database cannot be reached ([`super::wait`]).
     pub wait: Duration,
     pub settings: PoolSettings,

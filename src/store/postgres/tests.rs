@@ -2,6 +2,7 @@
 //! (`store::contract`), run on every backend.
 
 use super::*;
+use sqlx::postgres::PgConnection;
 
 #[test]
 fn released_migrations_keep_the_checksums_databases_recorded() {
@@ -95,7 +96,7 @@ async fn rotate_reads_no_index_but_the_primary_key_and_that_by_key(
         let new = crate::store::contract::new_family(&format!("user{}", i % 20), now);
         store.create_family(&new, &Actor::NOBODY).await.unwrap();
     }
-    let mut db = <PgConnection as sqlx::Connection>::connect_with(store.pool().options())
+    let mut db = <PgConnection as sqlx::Connection>::connect_with(store.pool().hosts().first())
         .await
         .unwrap();
     // Without statistics (a new deployment, a benchmark's first seconds: the plan that scanned

@@ -10,10 +10,9 @@
 use std::time::Duration;
 
 use sqlx::Connection as _;
-use sqlx::postgres::PgConnection;
 use tokio::time::Instant;
 
-use super::target::{PgTarget, tune};
+use super::target::{PgTarget, tuned};
 
 /// The first pause between tries; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
@@ -42,7 +41,8 @@ pub struct Unreachable {
 /// # Errors
 /// [`Unreachable`]: the last try failed and the wait is over.
 pub async fn until_reachable(target: &PgTarget) -> Result<(), Unreachable> {
-    let options = tune(target.options.clone(), &target.settings);
+    let hosts = tuned(&target.hosts, &target.settings);
+    let per_host = hosts.per_host(target.settings.timeout);
     let started = Instant::now();
     let deadline = started + target.wait;
     let mut backoff = FIRST_BACKOFF;
@@ -51,7 +51,7 @@ pub async fn until_reachable(target: &PgTarget) -> Result<(), Unreachable> {
         tries += 1;
         // A try is bounded like any database operation: a host that drops packets would
         // otherwise hold it for the system's TCP timeout (minutes).
-        let reason = match tokio::time::timeout(target.settings.timeout, PgConnection::connect_with(&options)).await {
+        let reason = match tokio::time::timeout(target.settings.timeout, hosts.connect(per_host)).await {
             Ok(Ok(connection)) => {
                 let _ = connection.close().await;
                 return Ok(());
