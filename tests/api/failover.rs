@@ -22,22 +22,6 @@ use crate::support::{PrivateCluster, Server, assert_token_error, health_at, http
 /// How long after the promotion ratchet must be serving writes again (issue 19).
 const SERVING_AGAIN_WITHIN: Duration = Duration::from_secs(10);
 
-/// `alter system set <setting>`, then a reload: every session of `cluster` takes it.
-async fn set_and_reload(cluster: &PrivateCluster, setting: &str) {
-    let mut admin = PgConnection::connect_with(&cluster.options()).await.unwrap();
-    // Each on its own: ALTER SYSTEM refuses to run in the implicit transaction of a batch.
-    for statement in [
-        format!("alter system set {setting}"),
-        "select pg_reload_conf()".to_owned(),
-    ] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone()))
-            .execute(&mut admin)
-            .await
-            .unwrap_or_else(|e| panic!("{statement}: {e}"));
-    }
-    admin.close().await.unwrap();
-}
-
 async fn scalar(cluster: &PrivateCluster, database: &str, query: &str) -> String {
     let mut connection = PgConnection::connect_with(&cluster.options().database(database))
         .await
@@ -87,21 +71,7 @@ async fn listener_connected(server: &Server) -> bool {
 async fn a_multi_host_url_finds_the_primary_and_follows_its_standby_promoted_without_a_restart() {
     let primary = PrivateCluster::start().await;
     let standby = primary.start_standby().await;
-    // Synchronous from now on: a commit is acknowledged once the standby has it.
-    set_and_reload(&primary, "synchronous_standby_names = '*'").await;
-    eventually(
-        Duration::from_secs(10),
-        "the standby streams synchronously",
-        async || {
-            let mut admin = PgConnection::connect_with(&primary.options()).await.unwrap();
-            let sync: i64 = sqlx::query_scalar("select count(*) from pg_stat_replication where sync_state = 'sync'")
-                .fetch_one(&mut admin)
-                .await
-                .unwrap();
-            sync == 1
-        },
-    )
-    .await;
+    primary.replicate_synchronously().await;
 
     // The standby first: a connection must pass it by for the host that accepts writes.
     let url = format!(
@@ -141,7 +111,7 @@ async fn a_multi_host_url_finds_the_primary_and_follows_its_standby_promoted_wit
     .await;
 
     // The primary stops accepting writes; ratchet's open connections to it stay open.
-    set_and_reload(&primary, "default_transaction_read_only = on").await;
+    primary.alter_system("default_transaction_read_only = on").await;
     // Health says so before any write has been refused: orchestrators stop routing to it.
     eventually(Duration::from_secs(10), "health turns NOT_SERVING", async || {
         !serving(&server).await

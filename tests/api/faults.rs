@@ -15,11 +15,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ratchet::grpc::pb::IssueRequest;
 use ratchet::grpc::pb::RotateRequest;
 use ratchet::grpc::pb::token_service_client::TokenServiceClient;
 use ratchet::grpc::status::reason;
 use ratchet::issuer::refresh_token::RefreshToken;
-use ratchet::store::postgres::PoolSettings;
+use ratchet::store::postgres::{self, PgHosts, PoolSettings};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tonic::transport::Channel;
@@ -410,5 +411,83 @@ async fn many_clients_rotating_and_replaying_the_same_families_never_spend_a_tok
         assert_eq!(answers.len(), 1, "a refresh token was accepted {} times", answers.len());
     }
     check_invariants(app.db(), &observed).await;
+    app.stop().await;
+}
+
+/// Issue 19's failover by hand, under load: the primary is SIGKILLed mid-burst, and its
+/// synchronous standby promoted (what a failover manager does). The server, whose pool names
+/// both hosts, follows without a restart; every rotation a client saw succeed is on the new
+/// primary, and the invariants hold there.
+#[tokio::test]
+async fn the_primary_killed_under_rotate_load_and_its_synchronous_standby_promoted_loses_no_acknowledged_rotation() {
+    let primary = PrivateCluster::start().await;
+    let options = primary.create_database("ratchet").await;
+    let standby = primary.start_standby().await;
+    primary.replicate_synchronously().await;
+    let hosts = PgHosts::parse(&format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/ratchet?sslmode=disable",
+        primary.port(),
+        standby.port()
+    ))
+    .unwrap();
+    let settings = PoolSettings {
+        max_connections: 8,
+        timeout: Duration::from_secs(2),
+    };
+    let app = TestApp::builder(options)
+        .pool(settings.clone())
+        .on_pool(postgres::pool(hosts, &settings))
+        .adjust(without_rotate_limit)
+        .spawn()
+        .await;
+    let observed = Shared::default();
+    let until = Instant::now() + Duration::from_secs(7);
+    let mut clients = Vec::new();
+    for i in 0..CHAINS {
+        let first = issue(&app.client, &format!("user{i}")).await.refresh_token;
+        clients.push(tokio::spawn(rotate_chain(
+            app.client.clone(),
+            first,
+            until,
+            observed.clone(),
+        )));
+    }
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    primary.crash().await;
+    standby.promote().await;
+    let promoted = Instant::now();
+    // Serving writes again within 10 s of the new primary accepting them (issue 19).
+    while app
+        .client
+        .clone()
+        .issue(IssueRequest {
+            subject: "after".into(),
+            ..Default::default()
+        })
+        .await
+        .is_err()
+    {
+        assert!(
+            promoted.elapsed() < Duration::from_secs(10),
+            "no Issue succeeded within 10 s of the promotion"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut last = Vec::new();
+    for client in clients {
+        last.push(client.await.unwrap());
+    }
+    assert_chains_rotate(&app.client, &last, &observed).await;
+    let observed = std::mem::take(&mut *observed.lock().unwrap());
+    assert!(observed.unexpected.is_empty(), "{:?}", observed.unexpected);
+    let new_primary = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(standby.options().database("ratchet"))
+        .await
+        .unwrap();
+    check_invariants(&new_primary, &observed).await;
+    new_primary.close().await;
     app.stop().await;
 }

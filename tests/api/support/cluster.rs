@@ -78,6 +78,43 @@ impl PrivateCluster {
         self.control.port
     }
 
+    /// `alter system set <setting>`, then a reload: every session takes it, open ones too.
+    pub async fn alter_system(&self, setting: &str) {
+        let mut admin = PgConnection::connect_with(&self.options()).await.unwrap();
+        // Each on its own: ALTER SYSTEM refuses to run in the implicit transaction of a batch.
+        for statement in [
+            format!("alter system set {setting}"),
+            "select pg_reload_conf()".to_owned(),
+        ] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone()))
+                .execute(&mut admin)
+                .await
+                .unwrap_or_else(|e| panic!("{statement}: {e}"));
+        }
+        admin.close().await.unwrap();
+    }
+
+    /// Makes this primary's commits wait for its standby ([`Self::start_standby`]), and waits
+    /// (at most 10 s) until the standby streams synchronously: from then on, a commit
+    /// acknowledged is on the standby too.
+    pub async fn replicate_synchronously(&self) {
+        self.alter_system("synchronous_standby_names = '*'").await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut admin = PgConnection::connect_with(&self.options()).await.unwrap();
+            let sync: i64 = sqlx::query_scalar("select count(*) from pg_stat_replication where sync_state = 'sync'")
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+            admin.close().await.unwrap();
+            if sync == 1 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the standby never became synchronous");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Connection options for its `postgres` database: user `postgres`, no password, no TLS.
     pub fn options(&self) -> PgConnectOptions {
         PgConnectOptions::new()
@@ -218,14 +255,15 @@ impl Control {
                 "trust",
                 "--no-sync",
             ])),
-            // initdb's trust configuration admits replication connections from 127.0.0.1.
+            // initdb's trust configuration admits replication connections from 127.0.0.1. A fast
+            // checkpoint: the default spreads it over minutes once the primary has data.
             Some(primary) => control.run(
                 control
                     .server_command("pg_basebackup")
                     .arg("-D")
                     .arg(control.data())
                     .args(["-h", "127.0.0.1", "-p", &primary.to_string(), "-U", "postgres"])
-                    .args(["-R", "-X", "stream", "--no-sync"]),
+                    .args(["-R", "-X", "stream", "--no-sync", "--checkpoint=fast"]),
             ),
         };
 
