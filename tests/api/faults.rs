@@ -195,6 +195,34 @@ async fn assert_chains_rotate(client: &TokenServiceClient<Channel>, last: &[Stri
 
 const CHAINS: usize = 8;
 
+/// [`CHAINS`] clients, each issuing a family and rotating its chain until `until`.
+async fn start_chains(
+    client: &TokenServiceClient<Channel>,
+    until: Instant,
+    observed: &Shared,
+) -> Vec<tokio::task::JoinHandle<String>> {
+    let mut clients = Vec::new();
+    for i in 0..CHAINS {
+        let first = issue(client, &format!("user{i}")).await.refresh_token;
+        clients.push(tokio::spawn(rotate_chain(
+            client.clone(),
+            first,
+            until,
+            observed.clone(),
+        )));
+    }
+    clients
+}
+
+/// Each chain's last token, once its client is done.
+async fn finish_chains(clients: Vec<tokio::task::JoinHandle<String>>) -> Vec<String> {
+    let mut last = Vec::new();
+    for client in clients {
+        last.push(client.await.unwrap());
+    }
+    last
+}
+
 #[tokio::test]
 async fn postgres_restarted_under_rotate_load_fails_fast_recovers_and_loses_nothing() {
     let cluster = PrivateCluster::start().await;
@@ -217,16 +245,7 @@ async fn postgres_restarted_under_rotate_load_fails_fast_recovers_and_loses_noth
         .await;
     let observed = Shared::default();
     let until = Instant::now() + Duration::from_secs(6);
-    let mut clients = Vec::new();
-    for i in 0..CHAINS {
-        let first = issue(&app.client, &format!("user{i}")).await.refresh_token;
-        clients.push(tokio::spawn(rotate_chain(
-            app.client.clone(),
-            first,
-            until,
-            observed.clone(),
-        )));
-    }
+    let clients = start_chains(&app.client, until, &observed).await;
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     cluster.stop_fast().await;
@@ -235,10 +254,7 @@ async fn postgres_restarted_under_rotate_load_fails_fast_recovers_and_loses_noth
     cluster.start_again().await;
     app.wait_for_health(ServingStatus::Serving).await;
 
-    let mut last = Vec::new();
-    for client in clients {
-        last.push(client.await.unwrap());
-    }
+    let last = finish_chains(clients).await;
     assert_chains_rotate(&app.client, &last, &observed).await;
     let observed = std::mem::take(&mut *observed.lock().unwrap());
     assert!(observed.unexpected.is_empty(), "{:?}", observed.unexpected);
@@ -274,26 +290,14 @@ async fn ratchet_killed_with_sigkill_under_rotate_load_comes_back_with_every_cha
     let client = server.client().await;
     let observed = Shared::default();
     let until = Instant::now() + Duration::from_secs(5);
-    let mut clients = Vec::new();
-    for i in 0..CHAINS {
-        let first = issue(&client, &format!("user{i}")).await.refresh_token;
-        clients.push(tokio::spawn(rotate_chain(
-            client.clone(),
-            first,
-            until,
-            observed.clone(),
-        )));
-    }
+    let clients = start_chains(&client, until, &observed).await;
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     server.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let server = Server::start_with(&url, &data, &log, addr, &env);
 
-    let mut last = Vec::new();
-    for client in clients {
-        last.push(client.await.unwrap());
-    }
+    let last = finish_chains(clients).await;
     assert_chains_rotate(&server.client().await, &last, &observed).await;
     let db = PgPoolOptions::new()
         .max_connections(2)
@@ -442,16 +446,7 @@ async fn the_primary_killed_under_rotate_load_and_its_synchronous_standby_promot
         .await;
     let observed = Shared::default();
     let until = Instant::now() + Duration::from_secs(7);
-    let mut clients = Vec::new();
-    for i in 0..CHAINS {
-        let first = issue(&app.client, &format!("user{i}")).await.refresh_token;
-        clients.push(tokio::spawn(rotate_chain(
-            app.client.clone(),
-            first,
-            until,
-            observed.clone(),
-        )));
-    }
+    let clients = start_chains(&app.client, until, &observed).await;
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     primary.crash().await;
@@ -475,10 +470,7 @@ async fn the_primary_killed_under_rotate_load_and_its_synchronous_standby_promot
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let mut last = Vec::new();
-    for client in clients {
-        last.push(client.await.unwrap());
-    }
+    let last = finish_chains(clients).await;
     assert_chains_rotate(&app.client, &last, &observed).await;
     let observed = std::mem::take(&mut *observed.lock().unwrap());
     assert!(observed.unexpected.is_empty(), "{:?}", observed.unexpected);
