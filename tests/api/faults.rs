@@ -21,6 +21,7 @@ use ratchet::grpc::pb::token_service_client::TokenServiceClient;
 use ratchet::grpc::status::reason;
 use ratchet::issuer::refresh_token::RefreshToken;
 use ratchet::store::postgres::{self, PgHosts, PoolSettings};
+use ratchet_history::Options;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tonic::transport::Channel;
@@ -28,7 +29,7 @@ use tonic::{Code, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_types::StatusExt as _;
 
-use crate::support::{PrivateCluster, Server, TestApp, free_port, issue, test_policy};
+use crate::support::{History, PrivateCluster, Server, TestApp, free_port, issue, test_policy};
 
 /// These tests rotate chains and replay tokens flat out, which is what the per-family Rotate
 /// limit exists to stop (`limits.rs` tests that); here the database's behaviour is under test, so
@@ -55,6 +56,8 @@ struct Observed {
     slowest_unavailable: Duration,
     /// Anything not expected in the scenario.
     unexpected: Vec<String>,
+    /// Every Issue and Rotate, for the history checker.
+    history: History,
 }
 
 type Shared = Arc<Mutex<Observed>>;
@@ -70,11 +73,12 @@ async fn rotate_once(client: &TokenServiceClient<Channel>, token: &str, observed
         refresh_token: token.to_owned(),
     });
     request.set_timeout(Duration::from_secs(20));
-    let result = client.clone().rotate(request).await;
+    let result = client.clone().rotate(request).await.map(tonic::Response::into_inner);
     let mut observed = observed.lock().unwrap();
+    observed.history.rotate(started, token, &result);
     match result {
         Ok(pair) => {
-            let next = pair.into_inner().refresh_token;
+            let next = pair.refresh_token;
             observed.answers.entry(token.to_owned()).or_default().push(next.clone());
             Ok(next)
         }
@@ -203,7 +207,14 @@ async fn start_chains(
 ) -> Vec<tokio::task::JoinHandle<String>> {
     let mut clients = Vec::new();
     for i in 0..CHAINS {
-        let first = issue(client, &format!("user{i}")).await.refresh_token;
+        let (subject, invoked) = (format!("user{i}"), Instant::now());
+        let pair = issue(client, &subject).await;
+        observed
+            .lock()
+            .unwrap()
+            .history
+            .issue(invoked, &subject, &Ok(pair.clone()));
+        let first = pair.refresh_token;
         clients.push(tokio::spawn(rotate_chain(
             client.clone(),
             first,
@@ -266,6 +277,7 @@ async fn postgres_restarted_under_rotate_load_fails_fast_recovers_and_loses_noth
         observed.slowest_unavailable
     );
     check_invariants(app.db(), &observed).await;
+    observed.history.check(app.db(), &Options::default()).await;
     app.stop().await;
 }
 
@@ -307,6 +319,7 @@ async fn ratchet_killed_with_sigkill_under_rotate_load_comes_back_with_every_cha
     let observed = std::mem::take(&mut *observed.lock().unwrap());
     assert!(observed.unexpected.is_empty(), "{:?}", observed.unexpected);
     check_invariants(&db, &observed).await;
+    observed.history.check(&db, &Options::default()).await;
     db.close().await;
     server.kill();
 }
@@ -453,16 +466,17 @@ async fn the_primary_killed_under_rotate_load_and_its_synchronous_standby_promot
     standby.promote().await;
     let promoted = Instant::now();
     // Serving writes again within 10 s of the new primary accepting them (issue 19).
-    while app
-        .client
-        .clone()
-        .issue(IssueRequest {
+    loop {
+        let invoked = Instant::now();
+        let request = IssueRequest {
             subject: "after".into(),
             ..Default::default()
-        })
-        .await
-        .is_err()
-    {
+        };
+        let result = app.client.clone().issue(request).await.map(tonic::Response::into_inner);
+        observed.lock().unwrap().history.issue(invoked, "after", &result);
+        if result.is_ok() {
+            break;
+        }
         assert!(
             promoted.elapsed() < Duration::from_secs(10),
             "no Issue succeeded within 10 s of the promotion"
@@ -480,6 +494,7 @@ async fn the_primary_killed_under_rotate_load_and_its_synchronous_standby_promot
         .await
         .unwrap();
     check_invariants(&new_primary, &observed).await;
+    observed.history.check(&new_primary, &Options::default()).await;
     new_primary.close().await;
     app.stop().await;
 }

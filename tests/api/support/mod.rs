@@ -8,7 +8,8 @@
 //! - [`calls`]: one-line calls, channels and the assertions on a refused call;
 //! - [`http`]: a plain HTTP GET for the JWKS listener;
 //! - [`forger`], [`proxy`], [`cluster`]: forged tokens, network faults between the server and
-//!   PostgreSQL, a PostgreSQL cluster of a test's own;
+//!   PostgreSQL, a PostgreSQL cluster of a test's own (and its standby);
+//! - [`history`]: what a fault test's clients were told, for `ratchet-history`'s checker;
 //! - [`policy`]: access-policy files on disk.
 //!
 //! Everything is re-exported here, so a test module's imports read `crate::support::{..}`
@@ -18,6 +19,7 @@ pub mod app;
 pub mod calls;
 pub mod cluster;
 pub mod forger;
+pub mod history;
 pub mod http;
 pub mod policy;
 pub mod process;
@@ -29,6 +31,7 @@ pub use app::*;
 pub use calls::*;
 pub use cluster::PrivateCluster;
 pub use forger::Forger;
+pub use history::History;
 pub use http::*;
 pub use policy::*;
 pub use process::*;
