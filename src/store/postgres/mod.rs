@@ -5,11 +5,12 @@
 //! statements are in `sql`, their rows in `rows`, and how each one is run to a definite
 //! outcome (retries, lost answers, timeouts) in `run`; where the database is and the session
 //! settings every connection gets in `target`, and which of several servers a connection goes to
-//! in [`hosts`]; waiting at start for a database that cannot be
+//! in [`hosts`]; creating and migrating the database in `migrate`; waiting at start for a database that cannot be
 //! reached yet in [`wait`]. [`revocations`] carries revocations from
 //! the database to this server's family cache as they are committed, wherever they were made.
 
 pub mod hosts;
+mod migrate;
 pub mod pool;
 pub mod revocations;
 mod rows;
@@ -33,6 +34,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 pub use self::hosts::PgHosts;
+pub use self::migrate::{MIGRATOR, migrate};
 pub use self::pool::ConnectionPool;
 use self::rows::{EventRow, SessionRow, SpentRow, TokenRow};
 use self::run::Kind;
@@ -48,63 +50,10 @@ pub use self::sql::{CREATE_FAMILY, SPEND, SPEND_LIVE};
 pub use self::target::{PgTarget, PoolSettings, pool, tune, tuned};
 use super::cached::FamilyCache;
 use super::{
-    AuditEvent, EventFilter, FamilyStatus, FamilyStore, IdleWindow, MigrateError, NewFamily, Purged,
-    RefreshTokenRecord, Revocation, RevokeReason, SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError,
-    SweepLock, audit,
+    AuditEvent, EventFilter, FamilyStatus, FamilyStore, IdleWindow, NewFamily, Purged, RefreshTokenRecord, Revocation,
+    RevokeReason, SessionCursor, SessionRecord, SpendOutcome, SpendRequest, StoreError, SweepLock, audit,
 };
 use crate::domain::{Actor, FamilyId, TokenHash};
-
-/// The migrations in `migrations/postgres/`, embedded in the binary. Each backend has a folder of
-/// its own (their SQL differs), so `#[sqlx::test]` finds none by itself: PostgreSQL tests name
-/// this migrator (`#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]`).
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
-
-/// Creates the database if it is missing, then applies pending migrations ([`MIGRATOR`]).
-///
-/// # Errors
-/// The database cannot be reached, created or migrated.
-pub async fn migrate(target: &PgTarget) -> Result<(), MigrateError> {
-    let hosts = tuned(&target.hosts, &target.settings);
-    let per_host = hosts.per_host(target.settings.timeout);
-    create_database_if_missing(&hosts, per_host).await?;
-    let mut connection = hosts
-        .connect(per_host)
-        .await
-        .map_err(|e| MigrateError::Unreachable(e.into()))?;
-    MIGRATOR
-        .run(&mut connection)
-        .await
-        .map_err(|e| MigrateError::Apply(e.into()))?;
-    connection.close().await.map_err(|e| MigrateError::Close(e.into()))
-}
-
-/// Creates the database `hosts` name, on the server that accepts writes, unless it exists.
-/// (sqlx's `Postgres::create_database` takes a URL of one host.)
-async fn create_database_if_missing(hosts: &PgHosts, per_host: Duration) -> Result<(), MigrateError> {
-    let first = hosts.first();
-    // As libpq and sqlx: no database named is the user's own.
-    let name = first.get_database().unwrap_or(first.get_username()).to_owned();
-    let mut admin = hosts
-        .map(|options| options.database("postgres"))
-        .connect(per_host)
-        .await
-        .map_err(|e| MigrateError::Unreachable(e.into()))?;
-    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut admin)
-        .await
-        .map_err(|e| MigrateError::Unreachable(e.into()))?;
-    if !exists {
-        let create = format!("create database \"{}\"", name.replace('"', "\"\""));
-        sqlx::raw_sql(sqlx::AssertSqlSafe(create))
-            .execute(&mut admin)
-            .await
-            .map_err(|e| MigrateError::Create(e.into()))?;
-        tracing::info!("created the database");
-    }
-    let _ = admin.close().await;
-    Ok(())
-}
 
 /// PostgreSQL-backed [`FamilyStore`].
 #[derive(Clone)]
