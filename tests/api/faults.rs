@@ -2,237 +2,29 @@
 //! restarted under a Rotate load, the ratchet process SIGKILLed under a Rotate load and started
 //! again, and many clients rotating and replaying the same families at once.
 //!
-//! After each, the same invariants: no refresh token was accepted into two successors; every
-//! successor a client saw was rotated on, or still works (or its family was revoked because a
-//! reuse was detected); every family is one chain with at most one unspent token; every detected
-//! reuse revoked its family.
+//! After each, the same invariants (`support::load`): no refresh token was accepted into two
+//! successors; every successor a client saw was rotated on, or still works (or its family was
+//! revoked because a reuse was detected); every family is one chain with at most one unspent
+//! token; every detected reuse revoked its family. And the history checker agrees.
 //!
 //! Where they run: PostgreSQL only, by nature: a private PostgreSQL restarted under load, and the
 //! invariants read from its tables (no API answers "every family is one chain"). They are also
 //! long load runs, which CI should not pay for twice.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ratchet::grpc::pb::IssueRequest;
-use ratchet::grpc::pb::RotateRequest;
-use ratchet::grpc::pb::token_service_client::TokenServiceClient;
 use ratchet::grpc::status::reason;
-use ratchet::issuer::refresh_token::RefreshToken;
 use ratchet::store::postgres::{self, PgHosts, PoolSettings};
 use ratchet_history::Options;
-use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use tonic::transport::Channel;
-use tonic::{Code, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_types::StatusExt as _;
 
-use crate::support::{History, PrivateCluster, Server, TestApp, free_port, issue, test_policy};
-
-/// These tests rotate chains and replay tokens flat out, which is what the per-family Rotate
-/// limit exists to stop (`limits.rs` tests that); here the database's behaviour is under test, so
-/// the limit is lifted.
-fn without_rotate_limit(parts: &mut ratchet::startup::Parts) {
-    // The largest the command line accepts (a replenish interval of a microsecond).
-    let max = std::num::NonZeroU32::new(1_000_000).unwrap();
-    parts.settings.access.rotate_limit = ratchet::policy::limits::RotateLimit {
-        per_second: max,
-        burst: max,
-    };
-}
-
-/// What the clients saw.
-#[derive(Default)]
-struct Observed {
-    /// Presented refresh token -> every successor it was answered with.
-    answers: HashMap<String, Vec<String>>,
-    /// Families of tokens refused with TOKEN_REUSED.
-    reused: Vec<String>,
-    unavailable: usize,
-    unknown: usize,
-    /// The slowest UNAVAILABLE answer.
-    slowest_unavailable: Duration,
-    /// Anything not expected in the scenario.
-    unexpected: Vec<String>,
-    /// Every Issue and Rotate, for the history checker.
-    history: History,
-}
-
-type Shared = Arc<Mutex<Observed>>;
-
-fn reason_of(status: &Status) -> Option<String> {
-    status.get_details_error_info().map(|info| info.reason)
-}
-
-/// Presents `token` once; records what came back. `Ok(successor)`, or the failure.
-async fn rotate_once(client: &TokenServiceClient<Channel>, token: &str, observed: &Shared) -> Result<String, Status> {
-    let started = Instant::now();
-    let mut request = tonic::Request::new(RotateRequest {
-        refresh_token: token.to_owned(),
-    });
-    request.set_timeout(Duration::from_secs(20));
-    let result = client.clone().rotate(request).await.map(tonic::Response::into_inner);
-    let mut observed = observed.lock().unwrap();
-    observed.history.rotate(started, token, &result);
-    match result {
-        Ok(pair) => {
-            let next = pair.refresh_token;
-            observed.answers.entry(token.to_owned()).or_default().push(next.clone());
-            Ok(next)
-        }
-        Err(status) => {
-            match (status.code(), reason_of(&status).as_deref()) {
-                (Code::Unavailable, None) => {
-                    observed.unavailable += 1;
-                    observed.slowest_unavailable = observed.slowest_unavailable.max(started.elapsed());
-                }
-                (Code::DeadlineExceeded, Some(reason::OUTCOME_UNKNOWN)) => observed.unknown += 1,
-                _ => {}
-            }
-            Err(status)
-        }
-    }
-}
-
-/// One client rotating its own chain until `until`, retrying the same token after any failure
-/// that is not a token verdict (what a well-behaved client does). Returns its last token.
-async fn rotate_chain(client: TokenServiceClient<Channel>, first: String, until: Instant, observed: Shared) -> String {
-    let mut current = first;
-    while Instant::now() < until {
-        match rotate_once(&client, &current, &observed).await {
-            Ok(next) => current = next,
-            Err(status) if status.code() == Code::Unauthenticated => {
-                let mut observed = observed.lock().unwrap();
-                observed.unexpected.push(format!("{status:?}"));
-                return current;
-            }
-            // The database or the server is away: try the same token again shortly.
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-    current
-}
-
-fn hash_of(token: &str) -> Vec<u8> {
-    RefreshToken::parse(token).unwrap().hash().0.to_vec()
-}
-
-/// Checks the invariants in the module docs. Reads the tables: the chain structure is exactly
-/// what the API does not show.
-async fn check_invariants(db: &PgPool, observed: &Observed) {
-    eprintln!(
-        "rotations seen: {}, UNAVAILABLE: {} (slowest {:?}), OUTCOME_UNKNOWN: {}, reuse detected: {}",
-        observed.answers.len(),
-        observed.unavailable,
-        observed.slowest_unavailable,
-        observed.unknown,
-        observed.reused.len()
-    );
-    assert!(observed.answers.len() >= 100, "too little load to prove anything");
-    for answers in observed.answers.values() {
-        assert!(
-            answers.iter().all(|a| *a == answers[0]),
-            "a refresh token was accepted into {} different successors",
-            answers.len()
-        );
-    }
-    for successor in observed.answers.values().map(|answers| &answers[0]) {
-        let (spent, revoked_for): (bool, Option<String>) = sqlx::query_as(
-            "select t.spent_at is not null, f.revoked_reason
-             from refresh_tokens t join families f on f.id = t.family_id where t.hash = $1",
-        )
-        .bind(hash_of(successor))
-        .fetch_one(db)
-        .await
-        .expect("every successor a client saw is stored");
-        // Rotated on, or still working, or its family fell to a detected reuse.
-        assert!(
-            spent || revoked_for.is_none() || revoked_for.as_deref() == Some("reuse"),
-            "a successor a client saw is neither rotated on nor working ({revoked_for:?})"
-        );
-    }
-    let broken: Vec<(uuid::Uuid,)> = sqlx::query_as(
-        "select f.id from families f
-         where (select count(*) from refresh_tokens t where t.family_id = f.id and t.spent_at is null) > 1
-            or (select count(*) from refresh_tokens t where t.family_id = f.id)
-               <> 1 + (select count(*) from refresh_tokens t where t.family_id = f.id and t.spent_at is not null)
-            or (select count(*) from refresh_tokens t where t.family_id = f.id
-                and not exists (select 1 from refresh_tokens p where p.successor_hash = t.hash)) <> 1",
-    )
-    .fetch_all(db)
-    .await
-    .unwrap();
-    assert!(broken.is_empty(), "families that are not one chain: {broken:?}");
-    let (shared, foreign, dangling): (i64, i64, i64) = sqlx::query_as(
-        "select
-            (select count(*) from (select successor_hash from refresh_tokens where successor_hash is not null
-                                   group by 1 having count(*) > 1) d),
-            (select count(*) from refresh_tokens t join refresh_tokens s on s.hash = t.successor_hash
-             where s.family_id <> t.family_id),
-            (select count(*) from refresh_tokens t where t.successor_hash is not null
-             and not exists (select 1 from refresh_tokens s where s.hash = t.successor_hash))",
-    )
-    .fetch_one(db)
-    .await
-    .unwrap();
-    assert_eq!((shared, foreign, dangling), (0, 0, 0), "successor links are not chains");
-    for family in &observed.reused {
-        let (revoked,): (bool,) = sqlx::query_as("select revoked_at is not null from families where id = $1::uuid")
-            .bind(family)
-            .fetch_one(db)
-            .await
-            .unwrap();
-        assert!(revoked, "a detected reuse left its family live");
-    }
-}
-
-/// Every chain's last token still rotates: the service recovered by itself.
-async fn assert_chains_rotate(client: &TokenServiceClient<Channel>, last: &[String], observed: &Shared) {
-    for token in last {
-        rotate_once(client, token, observed)
-            .await
-            .unwrap_or_else(|status| panic!("a chain did not survive: {status:?}"));
-    }
-}
-
-const CHAINS: usize = 8;
-
-/// [`CHAINS`] clients, each issuing a family and rotating its chain until `until`.
-async fn start_chains(
-    client: &TokenServiceClient<Channel>,
-    until: Instant,
-    observed: &Shared,
-) -> Vec<tokio::task::JoinHandle<String>> {
-    let mut clients = Vec::new();
-    for i in 0..CHAINS {
-        let (subject, invoked) = (format!("user{i}"), Instant::now());
-        let pair = issue(client, &subject).await;
-        observed
-            .lock()
-            .unwrap()
-            .history
-            .issue(invoked, &subject, &Ok(pair.clone()));
-        let first = pair.refresh_token;
-        clients.push(tokio::spawn(rotate_chain(
-            client.clone(),
-            first,
-            until,
-            observed.clone(),
-        )));
-    }
-    clients
-}
-
-/// Each chain's last token, once its client is done.
-async fn finish_chains(clients: Vec<tokio::task::JoinHandle<String>>) -> Vec<String> {
-    let mut last = Vec::new();
-    for client in clients {
-        last.push(client.await.unwrap());
-    }
-    last
-}
+use crate::support::{
+    PrivateCluster, Server, Shared, TestApp, assert_chains_rotate, check_invariants, finish_chains, free_port, issue,
+    reason_of, rotate_once, start_chains, test_policy, without_rotate_limit,
+};
 
 #[tokio::test]
 async fn postgres_restarted_under_rotate_load_fails_fast_recovers_and_loses_nothing() {

@@ -9,18 +9,22 @@
 //! - [`http`]: a plain HTTP GET for the JWKS listener;
 //! - [`forger`], [`proxy`], [`cluster`]: forged tokens, network faults between the server and
 //!   PostgreSQL, a PostgreSQL cluster of a test's own (and its standby);
+//! - [`autofailover`]: a pg_auto_failover formation (monitor, primary, synchronous standby);
 //! - [`history`]: what a fault test's clients were told, for `ratchet-history`'s checker;
+//! - [`load`]: a Rotate load of many chains for fault tests, and the invariants after it;
 //! - [`policy`]: access-policy files on disk.
 //!
 //! Everything is re-exported here, so a test module's imports read `crate::support::{..}`
 //! whatever file a helper lives in.
 
 pub mod app;
+pub mod autofailover;
 pub mod calls;
 pub mod cluster;
 pub mod forger;
 pub mod history;
 pub mod http;
+pub mod load;
 pub mod policy;
 pub mod process;
 pub mod proxy;
@@ -28,11 +32,13 @@ pub mod proxy;
 pub mod store;
 
 pub use app::*;
+pub use autofailover::Formation;
 pub use calls::*;
 pub use cluster::PrivateCluster;
 pub use forger::Forger;
 pub use history::History;
 pub use http::*;
+pub use load::*;
 pub use policy::*;
 pub use process::*;
 pub use proxy::Proxy;

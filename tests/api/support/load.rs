@@ -1,0 +1,246 @@
+//! A Rotate load for fault tests: [`CHAINS`] clients each rotating a chain of its own flat out,
+//! retrying the same token after anything that is not a token verdict (what a well-behaved client
+//! does), everything they were told recorded ([`Observed`], with a [`History`] for the checker),
+//! and the invariants that must hold afterwards, read from the store's tables
+//! ([`check_invariants`]): no refresh token accepted into two successors; every successor a client
+//! saw rotated on, or still working (or its family revoked because a reuse was detected); every
+//! family one chain with at most one unspent token; every detected reuse revoked its family.
+//!
+//! Shared by the faults that happen to one server (`faults.rs`) and the failovers a manager
+//! performs (`autofailover.rs`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ratchet::grpc::pb::RotateRequest;
+use ratchet::grpc::pb::token_service_client::TokenServiceClient;
+use ratchet::grpc::status::reason;
+use ratchet::issuer::refresh_token::RefreshToken;
+use sqlx::PgPool;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_types::StatusExt as _;
+
+use super::{History, issue};
+
+/// These tests rotate chains and replay tokens flat out, which is what the per-family Rotate
+/// limit exists to stop (`limits.rs` tests that); here the database's behaviour is under test, so
+/// the limit is lifted.
+pub fn without_rotate_limit(parts: &mut ratchet::startup::Parts) {
+    // The largest the command line accepts (a replenish interval of a microsecond).
+    let max = std::num::NonZeroU32::new(1_000_000).unwrap();
+    parts.settings.access.rotate_limit = ratchet::policy::limits::RotateLimit {
+        per_second: max,
+        burst: max,
+    };
+}
+
+/// What the clients saw.
+#[derive(Default)]
+pub struct Observed {
+    /// Presented refresh token -> every successor it was answered with.
+    pub answers: HashMap<String, Vec<String>>,
+    /// Families of tokens refused with TOKEN_REUSED.
+    pub reused: Vec<String>,
+    pub unavailable: usize,
+    pub unknown: usize,
+    /// The slowest UNAVAILABLE answer.
+    pub slowest_unavailable: Duration,
+    /// Anything not expected in the scenario.
+    pub unexpected: Vec<String>,
+    /// Every Issue and Rotate, for the history checker.
+    pub history: History,
+}
+
+pub type Shared = Arc<Mutex<Observed>>;
+
+pub fn reason_of(status: &Status) -> Option<String> {
+    status.get_details_error_info().map(|info| info.reason)
+}
+
+/// Presents `token` once; records what came back. `Ok(successor)`, or the failure.
+pub async fn rotate_once(
+    client: &TokenServiceClient<Channel>,
+    token: &str,
+    observed: &Shared,
+) -> Result<String, Status> {
+    let started = Instant::now();
+    let mut request = tonic::Request::new(RotateRequest {
+        refresh_token: token.to_owned(),
+    });
+    request.set_timeout(Duration::from_secs(20));
+    let result = client.clone().rotate(request).await.map(tonic::Response::into_inner);
+    let mut observed = observed.lock().unwrap();
+    observed.history.rotate(started, token, &result);
+    match result {
+        Ok(pair) => {
+            let next = pair.refresh_token;
+            observed.answers.entry(token.to_owned()).or_default().push(next.clone());
+            Ok(next)
+        }
+        Err(status) => {
+            match (status.code(), reason_of(&status).as_deref()) {
+                (Code::Unavailable, None) => {
+                    observed.unavailable += 1;
+                    observed.slowest_unavailable = observed.slowest_unavailable.max(started.elapsed());
+                }
+                (Code::DeadlineExceeded, Some(reason::OUTCOME_UNKNOWN)) => observed.unknown += 1,
+                _ => {}
+            }
+            Err(status)
+        }
+    }
+}
+
+/// One client rotating its own chain while `go_on()` holds, retrying the same token after any
+/// failure that is not a token verdict (what a well-behaved client does). Returns its last token.
+async fn rotate_chain(
+    client: TokenServiceClient<Channel>,
+    first: String,
+    go_on: impl Fn() -> bool,
+    observed: Shared,
+) -> String {
+    let mut current = first;
+    while go_on() {
+        match rotate_once(&client, &current, &observed).await {
+            Ok(next) => current = next,
+            Err(status) if status.code() == Code::Unauthenticated => {
+                let mut observed = observed.lock().unwrap();
+                observed.unexpected.push(format!("{status:?}"));
+                return current;
+            }
+            // The database or the server is away: try the same token again shortly.
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    current
+}
+
+fn hash_of(token: &str) -> Vec<u8> {
+    RefreshToken::parse(token).unwrap().hash().0.to_vec()
+}
+
+/// Checks the invariants in the module docs. Reads the tables: the chain structure is exactly
+/// what the API does not show.
+pub async fn check_invariants(db: &PgPool, observed: &Observed) {
+    eprintln!(
+        "rotations seen: {}, UNAVAILABLE: {} (slowest {:?}), OUTCOME_UNKNOWN: {}, reuse detected: {}",
+        observed.answers.len(),
+        observed.unavailable,
+        observed.slowest_unavailable,
+        observed.unknown,
+        observed.reused.len()
+    );
+    assert!(observed.answers.len() >= 100, "too little load to prove anything");
+    for answers in observed.answers.values() {
+        assert!(
+            answers.iter().all(|a| *a == answers[0]),
+            "a refresh token was accepted into {} different successors",
+            answers.len()
+        );
+    }
+    for successor in observed.answers.values().map(|answers| &answers[0]) {
+        let (spent, revoked_for): (bool, Option<String>) = sqlx::query_as(
+            "select t.spent_at is not null, f.revoked_reason
+             from refresh_tokens t join families f on f.id = t.family_id where t.hash = $1",
+        )
+        .bind(hash_of(successor))
+        .fetch_one(db)
+        .await
+        .expect("every successor a client saw is stored");
+        // Rotated on, or still working, or its family fell to a detected reuse.
+        assert!(
+            spent || revoked_for.is_none() || revoked_for.as_deref() == Some("reuse"),
+            "a successor a client saw is neither rotated on nor working ({revoked_for:?})"
+        );
+    }
+    let broken: Vec<(uuid::Uuid,)> = sqlx::query_as(
+        "select f.id from families f
+         where (select count(*) from refresh_tokens t where t.family_id = f.id and t.spent_at is null) > 1
+            or (select count(*) from refresh_tokens t where t.family_id = f.id)
+               <> 1 + (select count(*) from refresh_tokens t where t.family_id = f.id and t.spent_at is not null)
+            or (select count(*) from refresh_tokens t where t.family_id = f.id
+                and not exists (select 1 from refresh_tokens p where p.successor_hash = t.hash)) <> 1",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap();
+    assert!(broken.is_empty(), "families that are not one chain: {broken:?}");
+    let (shared, foreign, dangling): (i64, i64, i64) = sqlx::query_as(
+        "select
+            (select count(*) from (select successor_hash from refresh_tokens where successor_hash is not null
+                                   group by 1 having count(*) > 1) d),
+            (select count(*) from refresh_tokens t join refresh_tokens s on s.hash = t.successor_hash
+             where s.family_id <> t.family_id),
+            (select count(*) from refresh_tokens t where t.successor_hash is not null
+             and not exists (select 1 from refresh_tokens s where s.hash = t.successor_hash))",
+    )
+    .fetch_one(db)
+    .await
+    .unwrap();
+    assert_eq!((shared, foreign, dangling), (0, 0, 0), "successor links are not chains");
+    for family in &observed.reused {
+        let (revoked,): (bool,) = sqlx::query_as("select revoked_at is not null from families where id = $1::uuid")
+            .bind(family)
+            .fetch_one(db)
+            .await
+            .unwrap();
+        assert!(revoked, "a detected reuse left its family live");
+    }
+}
+
+/// Every chain's last token still rotates: the service recovered by itself.
+pub async fn assert_chains_rotate(client: &TokenServiceClient<Channel>, last: &[String], observed: &Shared) {
+    for token in last {
+        rotate_once(client, token, observed)
+            .await
+            .unwrap_or_else(|status| panic!("a chain did not survive: {status:?}"));
+    }
+}
+
+pub const CHAINS: usize = 8;
+
+/// [`CHAINS`] clients, each issuing a family and rotating its chain until `until`.
+pub async fn start_chains(
+    client: &TokenServiceClient<Channel>,
+    until: Instant,
+    observed: &Shared,
+) -> Vec<tokio::task::JoinHandle<String>> {
+    start_chains_while(client, observed, move || Instant::now() < until).await
+}
+
+/// [`CHAINS`] clients, each issuing a family and rotating its chain while `go_on()` holds.
+pub async fn start_chains_while(
+    client: &TokenServiceClient<Channel>,
+    observed: &Shared,
+    go_on: impl Fn() -> bool + Clone + Send + 'static,
+) -> Vec<tokio::task::JoinHandle<String>> {
+    let mut clients = Vec::new();
+    for i in 0..CHAINS {
+        let (subject, invoked) = (format!("user{i}"), Instant::now());
+        let pair = issue(client, &subject).await;
+        observed
+            .lock()
+            .unwrap()
+            .history
+            .issue(invoked, &subject, &Ok(pair.clone()));
+        let first = pair.refresh_token;
+        clients.push(tokio::spawn(rotate_chain(
+            client.clone(),
+            first,
+            go_on.clone(),
+            observed.clone(),
+        )));
+    }
+    clients
+}
+
+/// Each chain's last token, once its client is done.
+pub async fn finish_chains(clients: Vec<tokio::task::JoinHandle<String>>) -> Vec<String> {
+    let mut last = Vec::new();
+    for client in clients {
+        last.push(client.await.unwrap());
+    }
+    last
+}
