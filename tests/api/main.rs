@@ -7,6 +7,7 @@
 mod attacks;
 mod audit;
 mod authz;
+mod autofailover;
 mod availability;
 mod binary;
 mod cleanup;

@@ -223,8 +223,7 @@ impl Control {
     /// initdb (or, given a primary's port, a base backup of it as a standby) and the first start,
     /// in a new directory that the returned cluster owns (so a failure half-way still removes it).
     fn create(standby_of: Option<u16>) -> PrivateCluster {
-        let bindir = find_bindir(std::env::var_os("PATH").as_deref(), Path::new(VERSIONED_BINDIRS))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let bindir = server_bindir().unwrap_or_else(|e| panic!("{e}"));
         let dir = std::env::temp_dir().join(format!("ratchet-cluster-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         // What we just created belongs to our effective user: uid 0 means we are root.
@@ -390,6 +389,11 @@ impl Control {
             let _ = Command::new("kill").args(["-KILL", &postmaster.to_string()]).status();
         }
     }
+}
+
+/// The server binaries' directory, found as `scripts/test` finds it (see [`find_bindir`]).
+pub(super) fn server_bindir() -> Result<PathBuf, String> {
+    find_bindir(std::env::var_os("PATH").as_deref(), Path::new(VERSIONED_BINDIRS))
 }
 
 /// The directory holding `initdb` and `pg_ctl`: the one on `path`, else the newest version under

@@ -1,0 +1,179 @@
+//! Failovers performed by a real failover manager, pg_auto_failover, under a Rotate load through
+//! the real binary (issue 19): a monitor, a primary and its synchronous standby
+//! ([`Formation`]), ratchet's `DATABASE_URL` naming both data nodes.
+//!
+//! Two faults, each repeated for `RATCHET_FAILOVER_ROUNDS` rounds in a row under one continuous
+//! load (default 2: the primary moves to node 2, then back to node 1 once the old primary has
+//! rejoined as standby):
+//! - a planned failover, `pg_autoctl perform failover`: the primary is drained, stopped, rewound
+//!   and rejoins as standby while the standby is promoted;
+//! - the primary node lost: its keeper, postmaster and backends SIGKILLed at once; the monitor's
+//!   health checks give up on it and promote the standby; the node is then started again and
+//!   rejoins.
+//!
+//! After each round: ratchet served an Issue within 10 s of the new primary accepting writes,
+//! without a restart. At the end: every chain still rotates, the invariants of `support::load`
+//! hold on the last primary, and `ratchet-history`'s checker finds that the history of every
+//! Issue and Rotate the clients made fits the store (no refresh token accepted twice, every
+//! acknowledged rotation durable, no branch, no effect from a definite failure).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ratchet::grpc::pb::IssueRequest;
+use ratchet::grpc::pb::token_service_client::TokenServiceClient;
+use ratchet_history::Options;
+use sqlx::postgres::PgPoolOptions;
+use tonic::transport::Channel;
+
+use crate::support::{
+    Formation, Server, Shared, assert_chains_rotate, check_invariants, finish_chains, free_port, migrate,
+    start_chains_while,
+};
+
+/// How soon after the new primary accepts writes ratchet must be serving again (issue 19).
+const SERVING_AGAIN_WITHIN: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// `pg_autoctl perform failover`.
+    Planned,
+    /// The primary node's processes SIGKILLed; the monitor fails it over.
+    PrimaryLost,
+}
+
+/// `RATCHET_FAILOVER_ROUNDS` (default 2): `RATCHET_FAILOVER_ROUNDS=5 bash scripts/test -E
+/// 'test(/autofailover::/)'` is the long run.
+fn rounds() -> usize {
+    std::env::var("RATCHET_FAILOVER_ROUNDS").map_or(2, |rounds| {
+        rounds.parse().expect("RATCHET_FAILOVER_ROUNDS is a number of rounds")
+    })
+}
+
+/// Issue until one succeeds, each recorded for the checker; how long after `writable` it did.
+async fn serving_again(client: &TokenServiceClient<Channel>, observed: &Shared, writable: Instant) -> Duration {
+    loop {
+        let invoked = Instant::now();
+        let request = IssueRequest {
+            subject: "after-failover".into(),
+            ..Default::default()
+        };
+        let result = client.clone().issue(request).await.map(tonic::Response::into_inner);
+        observed
+            .lock()
+            .unwrap()
+            .history
+            .issue(invoked, "after-failover", &result);
+        if result.is_ok() {
+            return writable.elapsed();
+        }
+        assert!(
+            writable.elapsed() < SERVING_AGAIN_WITHIN,
+            "no Issue succeeded within {SERVING_AGAIN_WITHIN:?} of the new primary accepting writes: {result:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// When node `standby` first accepted writes, and how long after that ratchet served again.
+async fn recovered(
+    formation: &Formation,
+    standby: usize,
+    client: &TokenServiceClient<Channel>,
+    observed: &Shared,
+) -> (Instant, Duration) {
+    let writable = formation.wait_writable(standby).await;
+    (writable, serving_again(client, observed, writable).await)
+}
+
+async fn failovers_under_rotate_load(fault: Fault) {
+    let mut formation = Formation::start().await;
+    let url = formation.url("ratchet");
+    migrate(&url);
+    let scratch = formation.dir().join("ratchet");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let log = scratch.join("server.log");
+    let addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let env = [
+        // A client retrying a call cut by the failover gets the same pair within the grace window.
+        ("RATCHET_REUSE_GRACE", "30s"),
+        ("RATCHET_DB_TIMEOUT", "2s"),
+        // Chains rotated flat out: see `support::without_rotate_limit`.
+        ("RATCHET_ROTATE_BURST", "1000000"),
+        ("RATCHET_ROTATE_PER_SECOND", "1000000"),
+    ];
+    let server = Server::start_with(&url, &scratch.join("data"), &log, addr, &env);
+    let client = server.client().await;
+    let observed = Shared::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let go_on = {
+        let stop = stop.clone();
+        move || !stop.load(Ordering::Relaxed)
+    };
+    let chains = start_chains_while(&client, &observed, go_on).await;
+
+    let mut primary = 0;
+    for round in 1..=rounds() {
+        // Load on a steady formation first.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let rotations_before = observed.lock().unwrap().answers.len();
+        let standby = 1 - primary;
+        let started = Instant::now();
+        let (writable, serving) = match fault {
+            // Timed while the failover goes on: `pg_autoctl perform failover` returns seconds
+            // after the promotion, once the old primary has rejoined.
+            Fault::Planned => {
+                tokio::join!(
+                    formation.perform_failover(),
+                    recovered(&formation, standby, &client, &observed)
+                )
+                .1
+            }
+            Fault::PrimaryLost => {
+                formation.kill(primary).await;
+                recovered(&formation, standby, &client, &observed).await
+            }
+        };
+        // Load on the new primary, before the old one rejoins.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Fault::PrimaryLost = fault {
+            formation.restart(primary);
+        }
+        primary = formation.wait_steady().await;
+        assert_eq!(primary, standby, "round {round}: the standby became the primary");
+        let rotations = observed.lock().unwrap().answers.len() - rotations_before;
+        eprintln!(
+            "round {round} ({fault:?}): node {} writable {:?} after the fault began, ratchet serving {serving:?} \
+             after that; {rotations} rotations during the round",
+            standby + 1,
+            writable - started,
+        );
+        assert!(rotations > 0, "round {round}: the load stopped");
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    let last = finish_chains(chains).await;
+    assert_chains_rotate(&client, &last, &observed).await;
+    let observed = std::mem::take(&mut *observed.lock().unwrap());
+    assert!(observed.unexpected.is_empty(), "{:?}", observed.unexpected);
+    let db = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(formation.options(primary).database("ratchet"))
+        .await
+        .unwrap();
+    check_invariants(&db, &observed).await;
+    observed.history.check(&db, &Options::default()).await;
+    db.close().await;
+    server.terminate().await;
+}
+
+#[tokio::test]
+async fn pg_autoctl_perform_failover_under_rotate_load_loses_nothing_and_ratchet_follows_without_a_restart() {
+    failovers_under_rotate_load(Fault::Planned).await;
+}
+
+#[tokio::test]
+async fn the_primary_node_lost_under_rotate_load_is_failed_over_by_the_monitor_and_no_acknowledged_rotation_is_lost() {
+    failovers_under_rotate_load(Fault::PrimaryLost).await;
+}
