@@ -8,16 +8,23 @@
 //! stays up and ratchet's connections to it stay open, the harder case), then the standby is
 //! promoted.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ratchet::grpc::pb::RotateRequest;
+use ratchet::grpc::pb::{IssueRequest, RotateRequest};
+use ratchet::store::postgres::{self, PgHosts, PoolSettings};
+use ratchet_history::{Kind, Options, Report};
 use sqlx::Connection as _;
-use sqlx::postgres::PgConnection;
+use sqlx::postgres::{PgConnection, PgPoolOptions};
 use tonic::Code;
 
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::support::{PrivateCluster, Server, assert_token_error, health_at, http_get, issue, migrate};
+use crate::support::{
+    Observed, PrivateCluster, Proxy, Server, Shared, TestApp, assert_token_error, finish_chains, health_at, http_get,
+    issue, migrate, start_chains_while, without_rotate_limit,
+};
 
 /// How long after the promotion ratchet must be serving writes again (issue 19).
 const SERVING_AGAIN_WITHIN: Duration = Duration::from_secs(10);
@@ -182,4 +189,104 @@ async fn a_multi_host_url_finds_the_primary_and_follows_its_standby_promoted_wit
         "the switch is logged"
     );
     server.terminate().await;
+}
+
+/// Rotations under load while the standby's replication link is cut for `STALL`, then the primary
+/// killed and the standby promoted: the checker's verdict on what the clients were told against
+/// what the new primary holds.
+async fn failover_after_the_replication_link_was_cut(synchronous: bool) -> (Report, Observed) {
+    const STALL: Duration = Duration::from_secs(5);
+    let primary = PrivateCluster::start().await;
+    let options = primary.create_database("ratchet").await;
+    let link = Proxy::in_front_of(&primary.options()).await;
+    let standby = primary.start_standby_through(link.addr().port()).await;
+    if synchronous {
+        primary.replicate_synchronously().await;
+    }
+    let hosts = PgHosts::parse(&format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/ratchet?sslmode=disable",
+        primary.port(),
+        standby.port()
+    ))
+    .unwrap();
+    // The store's timeout (and with it the backstop on a silent answer) is well inside STALL.
+    let settings = PoolSettings {
+        max_connections: 8,
+        timeout: Duration::from_secs(1),
+    };
+    let app = TestApp::builder(options)
+        .pool(settings.clone())
+        .on_pool(postgres::pool(hosts, &settings))
+        // Re-deliveries within the window: a client that retries gets the pair it missed.
+        .reuse_grace(time::Duration::seconds(30))
+        .adjust(without_rotate_limit)
+        .spawn()
+        .await;
+    let observed = Shared::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let go_on = {
+        let stop = stop.clone();
+        move || !stop.load(Ordering::Relaxed)
+    };
+    let chains = start_chains_while(&app.client, &observed, go_on).await;
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    link.cut().await;
+    tokio::time::sleep(STALL).await;
+    primary.crash().await;
+    standby.promote().await;
+    let promoted = Instant::now();
+    loop {
+        let invoked = Instant::now();
+        let request = IssueRequest {
+            subject: "after".into(),
+            ..Default::default()
+        };
+        let result = app.client.clone().issue(request).await.map(tonic::Response::into_inner);
+        observed.lock().unwrap().history.issue(invoked, "after", &result);
+        if result.is_ok() {
+            break;
+        }
+        assert!(
+            promoted.elapsed() < SERVING_AGAIN_WITHIN,
+            "not serving again: {result:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    finish_chains(chains).await;
+    let observed = std::mem::take(&mut *observed.lock().unwrap());
+    let new_primary = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(standby.options().database("ratchet"))
+        .await
+        .unwrap();
+    let report = observed.history.report(&new_primary, &Options::default()).await;
+    eprintln!("synchronous: {synchronous}; {:?}\n{report}", report.stats);
+    new_primary.close().await;
+    app.stop().await;
+    (report, observed)
+}
+
+/// Why README and SECURITY.md require synchronous replication: with an asynchronous standby, a
+/// failover after the standby fell behind loses rotations that clients were told succeeded, and
+/// the history checker says so.
+#[tokio::test]
+async fn with_asynchronous_replication_a_failover_loses_acknowledged_rotations_and_the_checker_says_so() {
+    let (report, _) = failover_after_the_replication_link_was_cut(false).await;
+    assert!(
+        report.kinds().contains(&Kind::LostAcknowledged),
+        "the standby fell 5 s behind and was promoted: acknowledged rotations must be missing\n{report}"
+    );
+}
+
+/// The same failover with a synchronous standby: while the link is cut no rotation is
+/// acknowledged (each waits for the standby, then is resolved on the new primary), and nothing a
+/// client was told is lost.
+#[tokio::test]
+async fn with_synchronous_replication_the_same_failover_loses_no_acknowledged_rotation() {
+    let (report, observed) = failover_after_the_replication_link_was_cut(true).await;
+    assert!(report.is_ok(), "the history does not fit the new primary:\n{report}");
+    assert!(observed.unexpected.is_empty(), "{:?}", observed.unexpected);
 }

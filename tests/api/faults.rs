@@ -1,6 +1,7 @@
 //! Faults caused for real, each against a private PostgreSQL the test starts itself: the database
 //! restarted under a Rotate load, the ratchet process SIGKILLed under a Rotate load and started
-//! again, and many clients rotating and replaying the same families at once.
+//! again, many clients rotating and replaying the same families at once, the primary killed and
+//! its standby promoted, and two replicas whose links to the database are cut and slowed.
 //!
 //! After each, the same invariants (`support::load`): no refresh token was accepted into two
 //! successors; every successor a client saw was rotated on, or still works (or its family was
@@ -22,8 +23,8 @@ use sqlx::postgres::PgPoolOptions;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::support::{
-    PrivateCluster, Server, Shared, TestApp, assert_chains_rotate, check_invariants, finish_chains, free_port, issue,
-    reason_of, rotate_once, start_chains, test_policy, without_rotate_limit,
+    PrivateCluster, Proxy, Server, Shared, TestApp, assert_chains_rotate, check_invariants, finish_chains, free_port,
+    issue, reason_of, rotate_once, start_chains, start_chains_across, test_policy, without_rotate_limit,
 };
 
 #[tokio::test]
@@ -289,4 +290,68 @@ async fn the_primary_killed_under_rotate_load_and_its_synchronous_standby_promot
     observed.history.check(&new_primary, &Options::default()).await;
     new_primary.close().await;
     app.stop().await;
+}
+
+/// Two replicas on one database (issue 19), each reaching it through a network of its own that
+/// fails in turn: cut, slow, cut again. Every chain presents each token to the other replica than
+/// the one that handed it out. Afterwards the invariants hold and the history checker finds that
+/// what both replicas told their clients fits the store.
+#[tokio::test]
+async fn two_replicas_whose_database_links_are_cut_and_slowed_in_turn_never_spend_a_token_twice() {
+    let cluster = PrivateCluster::start().await;
+    let options = cluster.create_database("ratchet").await;
+    let settings = PoolSettings {
+        max_connections: 4,
+        timeout: Duration::from_secs(2),
+    };
+    let mut links = Vec::new();
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let link = Proxy::in_front_of(&options).await;
+        let pool = postgres::pool(link.route(options.clone()), &settings);
+        // A client retrying a call cut by the network gets the same pair within the grace window.
+        let app = TestApp::builder(options.clone())
+            .pool(settings.clone())
+            .on_pool(pool)
+            .reuse_grace(time::Duration::seconds(30))
+            .adjust(without_rotate_limit)
+            .spawn()
+            .await;
+        links.push(link);
+        replicas.push(app);
+    }
+    let clients: Vec<_> = replicas.iter().map(|app| app.client.clone()).collect();
+    let observed = Shared::default();
+    let until = Instant::now() + Duration::from_secs(7);
+    let chains = start_chains_across(&clients, &observed, move || Instant::now() < until).await;
+
+    let pause = |millis| tokio::time::sleep(Duration::from_millis(millis));
+    pause(1000).await;
+    links[0].cut().await;
+    pause(1000).await;
+    links[0].restore().await;
+    pause(500).await;
+    links[1].delay_responses(Duration::from_millis(300));
+    pause(1500).await;
+    links[1].delay_responses(Duration::ZERO);
+    links[1].cut().await;
+    pause(1000).await;
+    links[1].restore().await;
+
+    let last = finish_chains(chains).await;
+    assert_chains_rotate(&clients[1], &last, &observed).await;
+    let observed = std::mem::take(&mut *observed.lock().unwrap());
+    assert!(observed.unexpected.is_empty(), "{:?}", observed.unexpected);
+    assert!(observed.unavailable > 0, "the cuts were never seen");
+    let db = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(options)
+        .await
+        .unwrap();
+    check_invariants(&db, &observed).await;
+    observed.history.check(&db, &Options::default()).await;
+    db.close().await;
+    for app in replicas {
+        app.stop().await;
+    }
 }

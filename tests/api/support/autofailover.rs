@@ -31,6 +31,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
 
 use super::cluster::server_bindir;
 use super::free_port;
+use super::process::{group_alive, signal_groups};
 
 /// The monitor's health checks, tightened for a test: a node that stops answering is unhealthy
 /// after ~2 s instead of ~20 s, and a primary that cannot be reached is considered demoted after
@@ -233,11 +234,7 @@ impl Formation {
     pub async fn kill(&mut self, node: usize) {
         let mut process = self.nodes[node].process.take().expect("the node is running");
         let group = i32::try_from(process.id()).unwrap();
-        // The group outlives its leader's exit only until its last member has gone.
-        let killed = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{group}")])
-            .status();
-        assert!(killed.is_ok_and(|s| s.success()), "kill the node's process group");
+        signal_groups("-KILL", &[group]);
         tokio::task::spawn_blocking(move || process.wait())
             .await
             .unwrap()
@@ -412,33 +409,4 @@ fn local_options(port: u16) -> PgConnectOptions {
         .username("postgres")
         .database("postgres")
         .ssl_mode(PgSslMode::Disable)
-}
-
-fn signal_groups(signal: &str, groups: &[i32]) {
-    for group in groups {
-        let _ = Command::new("kill")
-            .args([signal, "--", &format!("-{group}")])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// Some process of group `group` is still running (zombies aside).
-fn group_alive(group: i32) -> bool {
-    std::fs::read_dir("/proc").into_iter().flatten().flatten().any(|entry| {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            return false;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            return false;
-        };
-        // `pid (comm) state ppid pgrp ...`; comm may hold spaces and parentheses.
-        let Some(fields) = stat
-            .rfind(')')
-            .map(|end| stat[end + 1..].split_whitespace().collect::<Vec<_>>())
-        else {
-            return false;
-        };
-        fields.first().is_some_and(|state| *state != "Z") && fields.get(2) == Some(&group.to_string().as_str())
-    })
 }

@@ -60,8 +60,13 @@ impl PrivateCluster {
     /// A hot standby of this cluster (`pg_basebackup -R`, streaming), in a directory and on a port
     /// of its own, started. It is synchronous if this cluster sets `synchronous_standby_names`.
     pub async fn start_standby(&self) -> Self {
-        let primary = self.control.port;
-        blocking(move || Control::create(Some(primary))).await
+        self.start_standby_through(self.control.port).await
+    }
+
+    /// As [`start_standby`](Self::start_standby), reaching this cluster through `port` on
+    /// 127.0.0.1 (a [`Proxy`](super::Proxy) in front of it): its replication link can then be cut.
+    pub async fn start_standby_through(&self, port: u16) -> Self {
+        blocking(move || Control::create(Some(port))).await
     }
 
     /// `pg_ctl promote`: a standby becomes a primary that accepts writes (waits until it does).

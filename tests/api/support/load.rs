@@ -93,17 +93,21 @@ pub async fn rotate_once(
     }
 }
 
-/// One client rotating its own chain while `go_on()` holds, retrying the same token after any
-/// failure that is not a token verdict (what a well-behaved client does). Returns its last token.
+/// One client rotating its own chain while `go_on()` holds, through each of `replicas` in turn
+/// (call by call), retrying the same token after any failure that is not a token verdict (what a
+/// well-behaved client does). Returns its last token.
 async fn rotate_chain(
-    client: TokenServiceClient<Channel>,
+    replicas: Vec<TokenServiceClient<Channel>>,
     first: String,
     go_on: impl Fn() -> bool,
     observed: Shared,
 ) -> String {
     let mut current = first;
-    while go_on() {
-        match rotate_once(&client, &current, &observed).await {
+    for client in replicas.iter().cycle() {
+        if !go_on() {
+            break;
+        }
+        match rotate_once(client, &current, &observed).await {
             Ok(next) => current = next,
             Err(status) if status.code() == Code::Unauthenticated => {
                 let mut observed = observed.lock().unwrap();
@@ -216,10 +220,21 @@ pub async fn start_chains_while(
     observed: &Shared,
     go_on: impl Fn() -> bool + Clone + Send + 'static,
 ) -> Vec<tokio::task::JoinHandle<String>> {
+    start_chains_across(std::slice::from_ref(client), observed, go_on).await
+}
+
+/// [`CHAINS`] clients, each issuing a family and rotating its chain while `go_on()` holds, every
+/// call to the next of `replicas` (servers on one database): a chain's every token is presented
+/// to another replica than the one that handed it out.
+pub async fn start_chains_across(
+    replicas: &[TokenServiceClient<Channel>],
+    observed: &Shared,
+    go_on: impl Fn() -> bool + Clone + Send + 'static,
+) -> Vec<tokio::task::JoinHandle<String>> {
     let mut clients = Vec::new();
     for i in 0..CHAINS {
         let (subject, invoked) = (format!("user{i}"), Instant::now());
-        let pair = issue(client, &subject).await;
+        let pair = issue(&replicas[i % replicas.len()], &subject).await;
         observed
             .lock()
             .unwrap()
@@ -227,7 +242,7 @@ pub async fn start_chains_while(
             .issue(invoked, &subject, &Ok(pair.clone()));
         let first = pair.refresh_token;
         clients.push(tokio::spawn(rotate_chain(
-            client.clone(),
+            replicas.to_vec(),
             first,
             go_on.clone(),
             observed.clone(),

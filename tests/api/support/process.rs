@@ -284,3 +284,33 @@ impl Drop for DataDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Sends `signal` (`-KILL`, `-QUIT`...) to every process of each of `groups`; quietly.
+pub fn signal_groups(signal: &str, groups: &[i32]) {
+    for group in groups {
+        let _ = Command::new("kill")
+            .args([signal, "--", &format!("-{group}")])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Some process of group `group` is still running (zombies aside).
+pub fn group_alive(group: i32) -> bool {
+    std::fs::read_dir("/proc").into_iter().flatten().flatten().any(|entry| {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            return false;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        // `pid (comm) state ppid pgrp ...`; comm may hold spaces and parentheses.
+        let Some(fields) = stat
+            .rfind(')')
+            .map(|end| stat[end + 1..].split_whitespace().collect::<Vec<_>>())
+        else {
+            return false;
+        };
+        fields.first().is_some_and(|state| *state != "Z") && fields.get(2) == Some(&group.to_string().as_str())
+    })
+}
