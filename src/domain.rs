@@ -1,7 +1,8 @@
 //! The domain's own identifiers, below both [`crate::issuer`] and [`crate::store`]: what a family
 //! is called ([`FamilyId`]), what storage knows a refresh token by ([`TokenHash`]), a successor's
 //! sealed secret ([`Seal`]), the error a value that breaks a rule is refused with
-//! ([`FieldError`]), and who made a change ([`Actor`], for the audit trail).
+//! ([`FieldError`]), who made a change ([`Actor`], for the audit trail), and how fast a family
+//! may rotate ([`RotateLimit`], which the store enforces).
 //!
 //! They live here, not in `issuer`, so that the store (and each backend) can speak of them
 //! without importing the use cases: imports only go down (`issuer` -> `store` trait <- backends).
@@ -9,6 +10,7 @@
 //! hashes and seals tokens) and the records a store keeps ([`crate::store`]).
 
 use std::fmt;
+use std::num::NonZeroU32;
 
 use uuid::Uuid;
 
@@ -98,4 +100,40 @@ impl Actor {
         caller: None,
         request_id: None,
     };
+}
+
+/// The per-family Rotate limit: a token bucket of `burst` rotations, refilled at `per_second`.
+/// The store keeps each family's bucket on the family's row and checks it in the spend itself
+/// (GCRA: the row holds when the bucket will be full again), so every replica on one database
+/// enforces one limit; each server also keeps a bucket per presented token in memory, which a
+/// replay loop of one token runs out of before it costs the database anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RotateLimit {
+    /// Sustained rotations a second, per family and per presented token.
+    pub per_second: NonZeroU32,
+    /// Rotations allowed at once; must stay above 64 (see `policy::limits`).
+    pub burst: NonZeroU32,
+}
+
+impl Default for RotateLimit {
+    fn default() -> Self {
+        Self {
+            per_second: NonZeroU32::MIN,
+            burst: NonZeroU32::new(100).unwrap_or(NonZeroU32::MAX),
+        }
+    }
+}
+
+impl RotateLimit {
+    /// What one rotation adds to a family's schedule: a second over the rate, in whole
+    /// microseconds (what both stores keep time in), at least one.
+    pub fn interval_micros(self) -> i64 {
+        (1_000_000 / i64::from(self.per_second.get())).max(1)
+    }
+
+    /// How far past now a family's schedule may run and still take a rotation, in microseconds:
+    /// `burst - 1` intervals, so that a family at rest takes `burst` at once.
+    pub fn tolerance_micros(self) -> i64 {
+        self.interval_micros() * i64::from(self.burst.get() - 1)
+    }
 }

@@ -11,7 +11,7 @@ use super::{access, convert};
 use crate::clock::Clock;
 use crate::issuer::types::{PresentedToken, RevokeTarget};
 use crate::issuer::{Error, Issuer};
-use crate::policy::limits::{RotateLimit, RotateLimiter};
+use crate::policy::limits::RotateLimiter;
 use crate::store::FamilyStore;
 use crate::telemetry::context;
 use crate::telemetry::metrics::{self, Refusal};
@@ -44,16 +44,18 @@ fn detached<T: Send + 'static>(
 pub struct TokenServiceImpl<S> {
     issuer: Arc<Issuer<S>>,
     clock: Arc<dyn Clock>,
-    /// Checked before Rotate's statement; told of every refresh token handed out.
-    rotate_limit: RotateLimiter,
+    /// Each presented token's Rotate limit, checked before Rotate's statement (the family's is
+    /// the store's), and the security log of both.
+    rotate_limit: Arc<RotateLimiter>,
 }
 
-impl<S> TokenServiceImpl<S> {
-    pub fn new(issuer: Arc<Issuer<S>>, clock: Arc<dyn Clock>, rotate_limit: RotateLimit) -> Self {
+impl<S: FamilyStore> TokenServiceImpl<S> {
+    pub fn new(issuer: Arc<Issuer<S>>, clock: Arc<dyn Clock>) -> Self {
+        let rotate_limit = Arc::new(RotateLimiter::new(issuer.policy().rotate_limit));
         Self {
             issuer,
             clock,
-            rotate_limit: RotateLimiter::new(rotate_limit),
+            rotate_limit,
         }
     }
 }
@@ -69,7 +71,6 @@ impl<S: FamilyStore> TokenService for TokenServiceImpl<S> {
         let (issuer, now) = (self.issuer.clone(), self.clock.now());
         let pair = detached(async move { issuer.issue(params, &actor, now).await }).await?;
         context::record_family(pair.family_id);
-        self.rotate_limit.handed_out(&pair);
         Ok(Response::new(pair.into()))
     }
 
@@ -77,15 +78,28 @@ impl<S: FamilyStore> TokenService for TokenServiceImpl<S> {
         let actor = access::actor(&request);
         let (_, extensions, message) = request.into_parts();
         let token = PresentedToken::try_from(message)?;
-        // Before the statement: over the limit, the token is not spent.
-        self.rotate_limit.check(&token).inspect_err(|_| {
+        let refused = || {
             let caller = extensions.get::<access::AuthorizedCaller>();
             metrics::refused(Refusal::RotateLimit, caller.map_or("", |caller| &caller.0.name));
+        };
+        // Before the statement: over the limit, the token is not spent.
+        self.rotate_limit.check(&token).inspect_err(|_| refused())?;
+        let (issuer, now, limiter) = (self.issuer.clone(), self.clock.now(), self.rotate_limit.clone());
+        let pair = detached(async move {
+            issuer.rotate(token, &actor, now).await.inspect_err(|error| {
+                if let Error::RotateLimited { family, .. } = error {
+                    limiter.family_refused(family.as_uuid());
+                }
+            })
+        })
+        .await
+        // The family's limit, which the store enforces: the only RESOURCE_EXHAUSTED of Rotate.
+        .inspect_err(|status| {
+            if status.code() == tonic::Code::ResourceExhausted {
+                refused();
+            }
         })?;
-        let (issuer, now) = (self.issuer.clone(), self.clock.now());
-        let pair = detached(async move { issuer.rotate(token, &actor, now).await }).await?;
         context::record_family(pair.family_id);
-        self.rotate_limit.handed_out(&pair);
         Ok(Response::new(pair.into()))
     }
 

@@ -80,6 +80,11 @@ impl From<Error> for Status {
                 reason::TOKEN_REUSED,
                 "refresh token was already used; the session has been revoked",
             ),
+            Error::RotateLimited { retry_after, .. } => RateLimited {
+                what: "rotate",
+                retry_after,
+            }
+            .into(),
             Error::Unavailable(source) => {
                 tracing::warn!(error = %source, cause = ?std::error::Error::source(&source), "storage unavailable");
                 Status::unavailable("storage temporarily unavailable, nothing was done: retry with backoff")

@@ -22,6 +22,13 @@ pub enum Error {
     /// committed) before this error is returned.
     #[error("refresh token was already used; its session has been revoked")]
     TokenReused { family: FamilyId },
+    /// The family was rotated faster than [`crate::domain::RotateLimit`] allows (on any
+    /// replica): nothing was spent; the same token rotates after `retry_after`.
+    #[error("rotate rate limit exceeded")]
+    RotateLimited {
+        family: FamilyId,
+        retry_after: std::time::Duration,
+    },
     /// Storage is down or overloaded and nothing was done: retry later.
     #[error("service temporarily unavailable")]
     Unavailable(#[source] StoreError),

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use time::{Duration, OffsetDateTime};
 use tracing::{Span, field};
 
-use crate::domain::{Actor, FamilyId};
+use crate::domain::{Actor, FamilyId, RotateLimit};
 pub use error::Error;
 pub use introspect::{ActiveToken, TokenType};
 use refresh_token::RefreshToken;
@@ -56,6 +56,9 @@ pub struct Policy {
     /// Record every rotation in the audit trail (`--audit-rotations`), not only the events that
     /// are always recorded (issued, reuse detected, revoked, evicted).
     pub audit_rotations: bool,
+    /// How fast one family may rotate, across every replica: the store enforces it in the spend
+    /// (each server also limits each presented token with it, in memory).
+    pub rotate_limit: RotateLimit,
 }
 
 /// A fresh access token and refresh token.

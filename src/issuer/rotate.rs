@@ -25,7 +25,8 @@ impl<S: FamilyStore> Issuer<S> {
     ///
     /// # Errors
     /// [`Error::TokenInvalid`], [`Error::TokenExpired`], [`Error::TokenRevoked`],
-    /// [`Error::TokenReused`] (the family is revoked by then), [`Error::Unavailable`] (nothing was
+    /// [`Error::TokenReused`] (the family is revoked by then), [`Error::RotateLimited`] (nothing
+    /// was spent: the family rotates too fast), [`Error::Unavailable`] (nothing was
     /// spent), [`Error::OutcomeUnknown`] (storage stopped answering and the spend may have
     /// happened).
     #[tracing::instrument(level = "debug", name = "rotate", skip_all, fields(family_id = field::Empty))]
@@ -46,6 +47,7 @@ impl<S: FamilyStore> Issuer<S> {
                 .checked_sub(grace)
                 .ok_or_else(|| Error::Internal("time arithmetic out of range".into()))?,
             audit_rotation: self.policy.audit_rotations,
+            rotate_limit: self.policy.rotate_limit,
         };
         let (record, revoked_for_reuse) = match self.store.spend(&request, actor).await? {
             SpendOutcome::Spent {
@@ -61,6 +63,13 @@ impl<S: FamilyStore> Issuer<S> {
                 token,
                 revoked_for_reuse,
             } => (token, revoked_for_reuse),
+            SpendOutcome::Limited { family, retry_at } => {
+                Span::current().record("family_id", field::display(family));
+                return Err(Error::RotateLimited {
+                    family,
+                    retry_after: (retry_at - now).try_into().unwrap_or(std::time::Duration::ZERO),
+                });
+            }
         };
         if let Some(record) = &record {
             Span::current().record("family_id", field::display(record.family.id));

@@ -4,35 +4,29 @@
 //! work, and a refused call has done nothing.
 //!
 //! # The per-family Rotate limit
-//! An opaque refresh token does not say which family it belongs to until the database is asked,
-//! and asking is what the limit must spare. So the limiter is keyed twice:
-//! - by the presented token's hash: a spent (or stolen) token replayed in a loop runs out after
-//!   `burst` calls;
-//! - by family, where this server knows it without asking: every refresh token it hands out (by
-//!   Issue or Rotate) is remembered with its family in a bounded map, so the next Rotate of that
-//!   token counts against the family, and a chain rotated flat out through this server runs out
-//!   after `burst` rotations.
+//! Kept in two places:
+//! - **the store**, per family ([`crate::domain::RotateLimit`]): the family's bucket is on its
+//!   row and checked by the spend statement itself, so every replica on one database shares it
+//!   and a chain whose rotations alternate between replicas is limited as on one server. A
+//!   refusal spends nothing; the token rotates normally once the bucket refills.
+//! - **this server's memory** ([`RotateLimiter`]), per presented token: a spent (or stolen)
+//!   token replayed in a loop runs out after `burst` calls, before it costs the database
+//!   anything. (The store cannot bucket a token it refuses without writing on every refusal.)
 //!
 //! The first refusal of each token or family is a security event (once: a loop cannot flood the
-//! log). A call over either limit is refused before the spend statement, so the token is not spent and
-//! rotates normally once the bucket refills. The default burst (100) is above 64 so that 64
-//! clients racing with one token still reach the database and hear one success and 63
-//! TOKEN_REUSED; the default sustained rate (1 a second per family) is far above a legitimate
-//! client's (one rotation per access-token lifetime, minutes).
-//!
-//! Not covered: a chain whose tokens were handed out by *another* replica is limited per token
-//! here, not per family, until this server has handed out one of them itself (each replica keeps
-//! its own buckets).
+//! log). The default burst (100) is above 64 so that 64 clients racing with one token still reach
+//! the database and hear one success and 63 TOKEN_REUSED; the default sustained rate (1 a second
+//! per family) is far above a legitimate client's (one rotation per access-token lifetime,
+//! minutes).
 //!
 //! # Memory
 //! Callers come from the file, so per-caller state is bounded by it. The Rotate limiter's keys
 //! come from requests: whenever it tracks more keys than its high-water mark, it drops every key
 //! whose bucket is full again (`retain_recent`), which at 1 rotation a second is a key unused for
-//! `burst` seconds at most, and raises the mark to twice what is left (amortised O(1) a call). The
-//! token-to-family map is a fixed-capacity cache.
+//! `burst` seconds at most, and raises the mark to twice what is left (amortised O(1) a call).
 //!
 //! The keyed buckets live in governor's `HashMapStateStore` (one std `Mutex<HashMap>`), not its
-//! `dashmap` store: a Rotate takes the lock twice for well under a microsecond against ~120 µs of
+//! `dashmap` store: a Rotate takes the lock once for well under a microsecond against ~120 µs of
 //! server CPU, and the dashmap feature was the one place the service pulled in a second copy of
 //! `hashbrown` by its own choice (issue 16; the A/B is in BENCHMARKS.md).
 
@@ -46,7 +40,6 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::domain::TokenHash;
-use crate::issuer::TokenPair;
 use crate::issuer::refresh_token::RefreshToken;
 use crate::issuer::types::PresentedToken;
 
@@ -109,24 +102,9 @@ impl CallerRate {
     }
 }
 
-/// The per-family Rotate limit's settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RotateLimit {
-    /// Sustained rotations a second, per family and per presented token.
-    pub per_second: NonZeroU32,
-    /// Rotations allowed at once; must stay above 64 (see the module comment).
-    pub burst: NonZeroU32,
-}
+pub use crate::domain::RotateLimit;
 
-impl Default for RotateLimit {
-    fn default() -> Self {
-        Self {
-            per_second: NonZeroU32::MIN,
-            burst: NonZeroU32::new(100).unwrap_or(NonZeroU32::MAX),
-        }
-    }
-}
-
+/// What went over a Rotate limit, for the security log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum RotateKey {
     Token([u8; 32]),
@@ -135,15 +113,12 @@ enum RotateKey {
 
 /// Keys tracked before the first pruning.
 const MIN_HIGH_WATER: usize = 10_000;
-/// Refresh tokens remembered with their family (about 80 bytes each).
-const FAMILIES_REMEMBERED: usize = 100_000;
 /// Keys over the limit already logged.
 const REPORTED_REMEMBERED: usize = 10_000;
 
-/// The per-family Rotate limit; see the module comment.
+/// The per-token Rotate limit, and the security log of both; see the module comment.
 pub struct RotateLimiter {
-    limiter: DefaultKeyedRateLimiter<RotateKey>,
-    families: quick_cache::sync::Cache<TokenHash, Uuid>,
+    limiter: DefaultKeyedRateLimiter<[u8; 32]>,
     high_water: AtomicUsize,
     /// Keys whose refusal was logged as a security event: once each (while remembered), so
     /// that a replay loop cannot flood the log.
@@ -152,20 +127,15 @@ pub struct RotateLimiter {
 
 impl RotateLimiter {
     pub fn new(limit: RotateLimit) -> Self {
-        Self::with_capacity(limit, FAMILIES_REMEMBERED)
-    }
-
-    fn with_capacity(limit: RotateLimit, families: usize) -> Self {
         Self {
             limiter: RateLimiter::keyed(Quota::per_second(limit.per_second).allow_burst(limit.burst)),
-            families: quick_cache::sync::Cache::new(families),
             high_water: AtomicUsize::new(MIN_HIGH_WATER),
             reported: quick_cache::sync::Cache::new(REPORTED_REMEMBERED),
         }
     }
 
-    /// Counts a Rotate of `token` against its token and, if known, its family. A token not of
-    /// our format is let through: Rotate refuses it without asking the database.
+    /// Counts a Rotate of `token` against its bucket. A token not of our format is let through:
+    /// Rotate refuses it without asking the database.
     ///
     /// # Errors
     /// [`RateLimited`]: over the limit; the token must not be spent.
@@ -177,45 +147,36 @@ impl RotateLimiter {
     }
 
     fn check_hash(&self, hash: TokenHash) -> Result<(), RateLimited> {
-        let result = self
-            .take(&RotateKey::Token(hash.0))
-            .and_then(|()| match self.families.get(&hash) {
-                Some(family) => self.take(&RotateKey::Family(family)),
-                None => Ok(()),
-            });
-        self.prune_if_needed();
-        result
-    }
-
-    fn take(&self, key: &RotateKey) -> Result<(), RateLimited> {
-        self.limiter.check_key(key).map_err(|not_until| {
-            self.report(key);
+        let result = self.limiter.check_key(&hash.0).map_err(|not_until| {
+            self.report(RotateKey::Token(hash.0));
             RateLimited {
                 what: "rotate",
                 retry_after: not_until.wait_time_from(DefaultClock::default().now()),
             }
-        })
+        });
+        self.prune_if_needed();
+        result
+    }
+
+    /// The store refused a rotation of `family` over the family's limit: logged as a security
+    /// event the first time.
+    pub fn family_refused(&self, family: Uuid) {
+        self.report(RotateKey::Family(family));
     }
 
     /// A security event the first time a key goes over the limit: a stolen token hammered, a
     /// replay loop, or a client rotating in a loop. (In the call's context, which names the caller.)
-    fn report(&self, key: &RotateKey) {
-        if self.reported.get(key).is_some() {
+    fn report(&self, key: RotateKey) {
+        if self.reported.get(&key).is_some() {
             return;
         }
-        self.reported.insert(*key, ());
+        self.reported.insert(key, ());
         match key {
             RotateKey::Family(family) => tracing::warn!(target: "security", %family,
-                "a family is rotated faster than the Rotate limit allows: refused before the database"),
+                "a family is rotated faster than the Rotate limit allows: refused by the store, nothing spent"),
             RotateKey::Token(_) => tracing::warn!(target: "security",
                 "one refresh token presented more often than the Rotate limit allows: refused before the database"),
         }
-    }
-
-    /// Remembers the family of a refresh token this server hands out.
-    pub fn handed_out(&self, pair: &TokenPair) {
-        self.families
-            .insert(pair.refresh_token.hash(), pair.family_id.as_uuid());
     }
 
     fn prune_if_needed(&self) {
@@ -262,18 +223,6 @@ mod tests {
         assert!(refused.retry_after <= Duration::from_secs(1), "{refused:?}");
         assert_eq!(retry_after_seconds(refused.retry_after), 1);
         limiter.check_hash(hash(2)).unwrap();
-    }
-
-    #[test]
-    fn tokens_of_one_family_share_its_bucket() {
-        let limiter = RotateLimiter::new(limit(1, 3));
-        let family = Uuid::new_v4();
-        for n in 0..3 {
-            limiter.families.insert(hash(n), family);
-            limiter.check_hash(hash(n)).unwrap();
-        }
-        limiter.families.insert(hash(3), family);
-        assert_eq!(limiter.check_hash(hash(3)).unwrap_err().what, "rotate");
     }
 
     #[test]

@@ -37,17 +37,15 @@ pub struct AccessSettings {
     pub reload_interval: std::time::Duration,
     /// Whether gRPC server reflection is served.
     pub reflection: bool,
-    pub rotate_limit: limits::RotateLimit,
 }
 
 impl Default for AccessSettings {
-    /// Open mode with reflection and the default Rotate limit.
+    /// Open mode with reflection.
     fn default() -> Self {
         Self {
             policy: None,
             reload_interval: std::time::Duration::from_secs(10),
             reflection: true,
-            rotate_limit: limits::RotateLimit::default(),
         }
     }
 }

@@ -271,7 +271,7 @@ impl Application {
             key_source: parts.key_source,
             request_timeout: router::request_timeout(store.timeout()),
             store,
-            service: TokenServiceImpl::new(issuer.clone(), parts.clock.clone(), settings.access.rotate_limit),
+            service: TokenServiceImpl::new(issuer.clone(), parts.clock.clone()),
             authorization: AuthorizationImpl::new(issuer, parts.clock.clone()),
             family_cache,
             clock: parts.clock,

@@ -18,6 +18,7 @@
 //! hardest to weaken by accident, when every promise of the trait sits in one place.
 
 use std::future::Future;
+use std::num::NonZeroU32;
 use std::time::Duration as StdDuration;
 
 use futures::future::join_all;
@@ -32,7 +33,7 @@ use super::{
     AuditEvent, Backend, EventFilter, EventKind, FamilyRecord, FamilyStore, IdleWindow, NewFamily, NewRefreshToken,
     Purged, Revocation, RevokeReason, SessionCursor, SpendOutcome, SpendRequest, TargetKind,
 };
-use crate::domain::{Actor, FamilyId, Seal, TokenHash};
+use crate::domain::{Actor, FamilyId, RotateLimit, Seal, TokenHash};
 
 /// Runs every contract test against the store `$open` builds, in module `$backend`. `$harness`
 /// is the test attribute that makes a private database and hands the test `$args`; `$open` may
@@ -55,6 +56,7 @@ macro_rules! contract {
             cleanup_finds_ended_families_and_purges_them_with_every_token,
             seals_go_when_their_token_is_spent_or_cleared_and_without_one_a_retry_is_reuse,
             a_family_never_branches_however_its_tokens_are_raced,
+            a_family_takes_its_rotate_burst_at_once_then_waits_for_its_bucket_and_replays_are_still_caught,
             on_a_shared_store_one_holds_the_sweep_lock_at_a_time_until_it_lets_go,
             every_change_is_recorded_with_who_made_it_and_nothing_for_a_refused_one,
             a_replay_is_recorded_once_as_reuse_detected_with_its_revocation,
@@ -182,6 +184,11 @@ const IDLE: Duration = Duration::hours(1);
 /// Absolute lifetime of a family.
 const LIFE: Duration = Duration::days(1);
 const GRACE: Duration = Duration::minutes(1);
+/// A Rotate limit no test reaches by accident: a million at once, a million a second.
+pub(super) const LOOSE: RotateLimit = RotateLimit {
+    per_second: NonZeroU32::new(1_000_000).unwrap(),
+    burst: NonZeroU32::new(1_000_000).unwrap(),
+};
 
 /// A fixed, whole-second start.
 fn start() -> OffsetDateTime {
@@ -245,6 +252,7 @@ fn spend_of(presented: TokenHash, now: OffsetDateTime) -> SpendRequest {
         now,
         retry_after: now,
         audit_rotation: false,
+        rotate_limit: LOOSE,
     }
 }
 
@@ -807,6 +815,7 @@ async fn a_family_never_branches_however_its_tokens_are_raced<S: FamilyStore>(st
                 revokers += usize::from(*revoked_for_reuse);
                 losers.push(request.successor.hash);
             }
+            SpendOutcome::Limited { .. } => panic!("no Rotate limit in play: {outcome:?}"),
         }
     }
     assert_eq!(revokers, 1, "{outcomes:#?}");
@@ -832,6 +841,78 @@ fn actor(caller: &str, request_id: &str) -> Actor {
         caller: Some(caller.into()),
         request_id: Some(request_id.into()),
     }
+}
+
+/// The family's Rotate limit is kept by the store (issue 19), so it holds for every replica: a
+/// family takes `burst` rotations at once, then the next is refused without spending anything
+/// until its bucket has room again, whichever of its tokens is presented; and a replay is caught
+/// (the family revoked) whatever the bucket says.
+async fn a_family_takes_its_rotate_burst_at_once_then_waits_for_its_bucket_and_replays_are_still_caught<
+    S: FamilyStore,
+>(
+    store: &S,
+) {
+    // Bursts of 3; one rotation more each 500 ms.
+    let limit = RotateLimit {
+        per_second: NonZeroU32::new(2).unwrap(),
+        burst: NonZeroU32::new(3).unwrap(),
+    };
+    let at = start();
+    let limited = |presented, now| SpendRequest {
+        rotate_limit: limit,
+        ..spend_of(presented, now)
+    };
+    let (family, first) = issue(store, "alice", at).await;
+    let mut token = first;
+    for _ in 0..3 {
+        let request = limited(token, at);
+        spent(store, &request).await;
+        token = request.successor.hash;
+    }
+    let refused = |now| {
+        let request = limited(token, now);
+        async move { store.spend(&request, &Actor::NOBODY).await.unwrap() }
+    };
+    let expected = SpendOutcome::Limited {
+        family,
+        retry_at: at + Duration::milliseconds(500),
+    };
+    assert_eq!(refused(at).await, expected);
+    assert_eq!(
+        refused(at + Duration::milliseconds(499)).await,
+        expected,
+        "not a microsecond early"
+    );
+    let record = store.refresh_token(&token).await.unwrap().unwrap();
+    assert_eq!(record.spent_at, None, "a refused rotation spends nothing");
+    assert_eq!(record.family.revoked_at, None);
+
+    // Room for one at 500 ms, and for none again right after.
+    let request = limited(token, at + Duration::milliseconds(500));
+    spent(store, &request).await;
+    let next = limited(request.successor.hash, at + Duration::milliseconds(500));
+    assert!(matches!(
+        store.spend(&next, &Actor::NOBODY).await.unwrap(),
+        SpendOutcome::Limited { .. }
+    ));
+
+    // Over the limit, a spent token presented again is still reuse: the family is revoked.
+    match store
+        .spend(&limited(first, at + Duration::milliseconds(600)), &Actor::NOBODY)
+        .await
+        .unwrap()
+    {
+        SpendOutcome::Refused {
+            revoked_for_reuse: true,
+            ..
+        } => {}
+        other => panic!("a replay over the limit must revoke the family: {other:?}"),
+    }
+    assert!(revoked(store, family).await);
+
+    // Another family's bucket is its own.
+    let (_, other) = issue(store, "bob", at).await;
+    spent(store, &limited(other, at + Duration::milliseconds(600))).await;
 }
 
 /// Every event of `family`, newest first.

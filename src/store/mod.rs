@@ -40,7 +40,7 @@ use time::OffsetDateTime;
 
 pub use self::audit::{AuditEvent, EventFilter, EventKind, TargetKind};
 pub use self::backend::{Backend, Target};
-use crate::domain::{Actor, FamilyId, Seal, TokenHash};
+use crate::domain::{Actor, FamilyId, RotateLimit, Seal, TokenHash};
 
 /// The store a server runs on: the family cache in front of the backend chosen at run time. The
 /// transport and the use cases are generic over [`FamilyStore`]; this is the one type startup
@@ -173,8 +173,9 @@ pub struct Successor {
 }
 
 /// Spend `presented` and store `successor` in its place, atomically, if and only if at `now`:
-/// the presented token exists and is unspent, `now < expires_at` for it and for its family, and
-/// the family is not revoked. The successor's expiry is capped at the family's.
+/// the presented token exists and is unspent, `now < expires_at` for it and for its family, the
+/// family is not revoked, and the family's Rotate bucket has room under `rotate_limit` (taking a
+/// rotation from it: see [`RotateLimit`]). The successor's expiry is capped at the family's.
 ///
 /// If instead the presented token is already spent, its family is live, and the request is not a
 /// *retry* (the spend was after `retry_after`, its successor is unspent, unexpired and sealed)
@@ -192,6 +193,8 @@ pub struct SpendRequest {
     /// Record a `rotated` event when the token is spent (`--audit-rotations`). Reuse is recorded
     /// whatever this says.
     pub audit_rotation: bool,
+    /// How fast the family may rotate; its bucket is kept with the family.
+    pub rotate_limit: RotateLimit,
 }
 
 /// The result of [`FamilyStore::spend`].
@@ -210,6 +213,9 @@ pub enum SpendOutcome {
         token: Option<RefreshTokenRecord>,
         revoked_for_reuse: bool,
     },
+    /// Not spent: the token is live, but its family's Rotate bucket is full until `retry_at`
+    /// (the one refusal that passes: the same token rotates then).
+    Limited { family: FamilyId, retry_at: OffsetDateTime },
 }
 
 /// What [`FamilyStore::revoke_family`] found.

@@ -3,8 +3,9 @@
 //! worst requests against the real binary's peak memory: `memory.rs`.)
 //!
 //! Where they run: the rotate rate limit (a replay loop, a chain rotated flat out: rotations
-//! through the store, and a refused token that must not have been spent) on every backend. The
-//! rest on PostgreSQL only: size, decoding and header limits and the request memory budget are the
+//! through the store, and a refused token that must not have been spent) on every backend; a
+//! chain alternating between two replicas on one database on PostgreSQL. The rest on PostgreSQL
+//! only: size, decoding and header limits and the request memory budget are the
 //! transport's, refused before the store;
 //! the memory test introspects 3,000 large tokens of one session (the verified-token cache's
 //! memory; the family is looked up once, so a second run on SQLite would double a long test for
@@ -393,9 +394,10 @@ async fn a_chain_rotated_flat_out_is_stopped_and_its_token_still_rotates_after_t
     assert!((64..=300).contains(&calls), "stopped after {calls} rotations");
     assert_rate_limited(&status);
 
-    // Refused before the statement: the token was not spent, and rotates after the pause.
+    // Refused without spending: the token rotates once the family's bucket has room, by the
+    // server's clock (the store keeps the bucket).
     let wait = status.get_details_retry_info().unwrap().retry_delay.unwrap();
-    tokio::time::sleep(wait + std::time::Duration::from_millis(50)).await;
+    app.advance(time::Duration::try_from(wait).unwrap());
     let next = app
         .rotate(&refused_token)
         .await
@@ -408,3 +410,61 @@ on_every_backend!(
     a_spent_token_replayed_in_a_loop_is_stopped_within_a_few_hundred_calls,
     a_chain_rotated_flat_out_is_stopped_and_its_token_still_rotates_after_the_pause,
 );
+
+/// Issue 19: the family's Rotate limit holds across replicas, because the store keeps it. Two
+/// servers on one database, a chain whose every rotation goes to the other one: neither sees a
+/// token twice (so neither's per-token bucket fills), and before the store kept the family's
+/// bucket neither knew the family of a token the other had handed out. The chain is stopped
+/// after its burst all the same, and the refused token, unspent, rotates on either after the
+/// pause.
+#[sqlx::test(migrator = "ratchet::store::postgres::MIGRATOR")]
+async fn a_chain_alternating_between_two_replicas_is_stopped_after_one_burst_as_on_one_server(
+    _pool: PgPoolOptions,
+    options: PgConnectOptions,
+) {
+    use tonic_types::StatusExt as _;
+    const BURST: usize = 5;
+    let limit = ratchet::domain::RotateLimit {
+        per_second: std::num::NonZeroU32::new(1).unwrap(),
+        burst: std::num::NonZeroU32::new(u32::try_from(BURST).unwrap()).unwrap(),
+    };
+    let first = TestApp::builder(options)
+        .adjust(move |parts| parts.settings.policy.rotate_limit = limit)
+        .spawn()
+        .await;
+    let second = first
+        .replica()
+        .adjust(move |parts| parts.settings.policy.rotate_limit = limit)
+        .spawn()
+        .await;
+    let replicas = [first, second];
+    let pair = issue(&replicas[0].client, "alice").await;
+    let mut token = pair.refresh_token;
+    let mut rotated = 0;
+    let status = loop {
+        match replicas[rotated % 2].rotate(&token).await {
+            Ok(next) => token = next.refresh_token,
+            Err(status) => break status,
+        }
+        rotated += 1;
+        assert!(
+            rotated <= BURST,
+            "{rotated} rotations of one family through two replicas"
+        );
+    };
+    assert_eq!(rotated, BURST, "{status:?}");
+    assert_rate_limited(&status);
+
+    let wait = status.get_details_retry_info().unwrap().retry_delay.unwrap();
+    for app in &replicas {
+        app.advance(time::Duration::try_from(wait).unwrap());
+    }
+    let next = replicas[(rotated + 1) % 2]
+        .rotate(&token)
+        .await
+        .expect("the refused token was not spent");
+    assert_eq!(next.family_id, pair.family_id);
+    for app in replicas {
+        app.stop().await;
+    }
+}

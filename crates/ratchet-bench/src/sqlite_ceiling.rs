@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
-use ratchet::domain::{Actor, FamilyId, TokenHash};
+use ratchet::domain::{Actor, FamilyId, RotateLimit, TokenHash};
 use ratchet::store::sqlite::{SqliteSettings, SqliteStore, SqliteTarget, migrate};
 use ratchet::store::{FamilyRecord, FamilyStore, NewFamily, NewRefreshToken, SpendOutcome, SpendRequest};
 use serde_json::json;
@@ -24,6 +24,12 @@ use crate::procfs::Processes;
 
 /// The server's default sessions cap (`--max-sessions`): Issue's eviction step runs with it.
 const MAX_LIVE: u32 = 100;
+/// `RATCHET_ROTATE_PER_SECOND` and `RATCHET_ROTATE_BURST` at 1000000, as bench/run.sh runs the
+/// server.
+const LIFTED: RotateLimit = RotateLimit {
+    per_second: std::num::NonZeroU32::new(1_000_000).unwrap(),
+    burst: std::num::NonZeroU32::new(1_000_000).unwrap(),
+};
 
 /// Which transaction to loop.
 #[derive(Debug, Clone, Copy)]
@@ -136,6 +142,8 @@ pub async fn run(
                             retry_after: now,
                             // As the server runs by default (`--audit-rotations` off).
                             audit_rotation: false,
+                            // As bench/run.sh starts the server: the limit lifted.
+                            rotate_limit: LIFTED,
                         };
                         match store.spend(&request, &Actor::NOBODY).await {
                             Ok(SpendOutcome::Spent { .. }) => {

@@ -207,6 +207,8 @@ impl FamilyStore for PgStore {
 
     async fn spend(&self, request: &SpendRequest, actor: &Actor) -> Result<SpendOutcome, StoreError> {
         let seal = request.successor_seal.map(|seal| seal.0);
+        let limit = request.rotate_limit;
+        let (interval, tolerance) = (limit.interval_micros(), limit.tolerance_micros());
         let spent = self
             .fetch_optional(Kind::Write, || {
                 sqlx::query_as::<_, SpentRow>(sql::SPEND_LIVE)
@@ -218,6 +220,8 @@ impl FamilyStore for PgStore {
                     .bind(actor.caller.as_deref())
                     .bind(actor.request_id.as_deref())
                     .bind(request.audit_rotation)
+                    .bind(interval)
+                    .bind(tolerance)
             })
             .await?;
         if let Some(spent) = spent {
@@ -239,6 +243,8 @@ impl FamilyStore for PgStore {
                     .bind(actor.caller.as_deref())
                     .bind(actor.request_id.as_deref())
                     .bind(request.audit_rotation)
+                    .bind(interval)
+                    .bind(tolerance)
             })
             .await?;
         let Some(row) = row else {
@@ -261,6 +267,12 @@ impl FamilyStore for PgStore {
             (None, Some(successor_expires_at)) if row.spent_into(&request.successor.hash) => SpendOutcome::Spent {
                 family: row.family.into(),
                 successor_expires_at,
+            },
+            // Live but not spent: the family's Rotate bucket is full (the statement's one refusal
+            // of a live token).
+            _ if row.is_unspent() && row.limited_until.is_some() => SpendOutcome::Limited {
+                family: super::FamilyRecord::from(row.family).id,
+                retry_at: row.limited_until.unwrap_or(request.now),
             },
             _ => SpendOutcome::Refused {
                 revoked_for_reuse: row.revoked_for_reuse.unwrap_or(false),

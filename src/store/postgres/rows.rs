@@ -67,6 +67,10 @@ pub(super) struct TokenRow {
     /// Set only by the spend statement: it revoked the family for reuse.
     #[sqlx(default)]
     pub revoked_for_reuse: Option<bool>,
+    /// Set only by the spend statement, when the family's Rotate bucket is full: when it will
+    /// have room again.
+    #[sqlx(default)]
+    pub limited_until: Option<OffsetDateTime>,
 }
 
 fn to_array(bytes: &[u8]) -> Option<[u8; 32]> {
@@ -74,6 +78,11 @@ fn to_array(bytes: &[u8]) -> Option<[u8; 32]> {
 }
 
 impl TokenRow {
+    /// Whether the token is unspent.
+    pub fn is_unspent(&self) -> bool {
+        self.spent_at.is_none()
+    }
+
     /// Whether the token was spent into `successor`.
     pub fn spent_into(&self, successor: &TokenHash) -> bool {
         self.successor_hash.as_deref() == Some(&successor.0[..])

@@ -39,12 +39,20 @@ macro_rules! presented_token_select {
 /// What a spend writes, after its `spent` CTE (which returns the family's id and expiry): the
 /// presented token's own seal deleted, the successor (naming its parent: the schema refuses a
 /// second successor) and its seal, the family's rotation bookkeeping (`touched`, left open for a
-/// `returning`). Parameters as both spend statements number them: $1 presented hash, $2
-/// successor hash, $3 now, $4 successor seal (null: no seal written or deleted), $5 successor
-/// expiry. Shared, so that the two statements cannot write a rotation differently.
+/// `returning`), its Rotate bucket included. Parameters as both spend statements number them: $1
+/// presented hash, $2 successor hash, $3 now, $4 successor seal (null: no seal written or
+/// deleted), $5 successor expiry; and `$interval`, the Rotate limit's interval in microseconds.
+/// Shared, so that the two statements cannot write a rotation differently.
+///
+/// The family's Rotate bucket is GCRA's: `rotate_tat` is when the bucket is full again (null:
+/// full). A rotation moves it one interval past the later of itself and now, and is allowed only
+/// while it is at most the limit's tolerance (`burst - 1` intervals) past now
+/// ([`crate::domain::RotateLimit`]). It is not indexed: a rotation's update of the family stays
+/// a HOT update.
 macro_rules! rotation_writes {
-    () => {
-        "
+    ($interval:literal) => {
+        concat!(
+            "
     ), unsealed as (
         delete from seals x using spent s where $4 is not null and x.hash = $1
     ), successor as (
@@ -56,9 +64,13 @@ macro_rules! rotation_writes {
         select $2, $4, $3 from successor where $4 is not null
     ), touched as (
         update families f
-        set last_rotated_at = $3, refresh_expires_at = s.expires_at
+        set last_rotated_at = $3, refresh_expires_at = s.expires_at,
+            rotate_tat = greatest(f.rotate_tat, $3) + ",
+            $interval,
+            " * interval '1 microsecond'
         from successor s
         where f.id = s.family_id"
+        )
     };
 }
 
@@ -69,10 +81,12 @@ pub(super) const PRESENTED_TOKEN: &str = presented_token_select!("null::bytea", 
 /// it and its family are live, and does nothing else. Parameters: $1 presented hash, $2 successor
 /// hash, $3 now, $4 successor seal (null without a grace window, and then no seal is written or
 /// deleted), $5 successor expiry, $6 caller, $7 request id (for the audit trail), $8 whether to
-/// record the rotation (`--audit-rotations`).
+/// record the rotation (`--audit-rotations`), $9 and $10 the Rotate limit's interval and
+/// tolerance in microseconds.
 ///
 /// The same spend, successor, seals, touch and audit as [`SPEND`]'s, under the same condition
-/// (an unspent, unexpired token of an unrevoked, unexpired family), without what only a refusal
+/// (an unspent, unexpired token of an unrevoked, unexpired family whose Rotate bucket has room:
+/// see `rotation_writes!`), without what only a refusal
 /// needs: reading the presented token's state whole, its successor and its successor's seal, the
 /// reuse revocation. Those cost PostgreSQL about a third of the rotation (issue 18; BENCHMARKS.md
 /// "Rotate's statement, split"). Returns the family as the rotation left it and the successor's
@@ -89,7 +103,7 @@ pub(super) const PRESENTED_TOKEN: &str = presented_token_select!("null::bytea", 
 /// BENCHMARKS.md). `materialized`, so that the conditions cannot be pushed back into that scan.
 pub const SPEND_LIVE: &str = concat!(
     "with family as materialized (
-        select f.id, f.expires_at, f.revoked_at from families f
+        select f.id, f.expires_at, f.revoked_at, f.rotate_tat from families f
         where f.id = (select family_id from refresh_tokens where hash = $1)
     ), spent as (
         update refresh_tokens t
@@ -97,8 +111,9 @@ pub const SPEND_LIVE: &str = concat!(
         from family f
         where t.hash = $1 and t.spent_at is null and t.expires_at > $3
           and f.id = t.family_id and f.revoked_at is null and f.expires_at > $3
+          and (f.rotate_tat is null or f.rotate_tat <= $3 + $10 * interval '1 microsecond')
         returning t.family_id, f.expires_at",
-    rotation_writes!(),
+    rotation_writes!("$9"),
     "
         returning ",
     family_columns!(),
@@ -117,8 +132,11 @@ pub const SPEND_LIVE: &str = concat!(
 /// hash, $3 now, $4 successor seal (null without a grace window, and then no seal is read,
 /// written or deleted), $5 successor expiry, $6 the start of the grace window (`now - grace`), $7
 /// caller, $8 request id (for the audit trail), $9 whether to record the rotation
-/// (`--audit-rotations`). On its own it is a whole rotation (it spends a live token too), which
-/// is what makes the split safe.
+/// (`--audit-rotations`), $10 and $11 the Rotate limit's interval and tolerance in microseconds.
+/// On its own it is a whole rotation (it spends a live token too), which is what makes the split
+/// safe. A Rotate limit's refusal is the one that is not permanent (the bucket refills): this
+/// statement checks the bucket again, and alone says whether it is full (`limited_until`: when
+/// it will have room, null unless it is full now).
 ///
 /// `presented` reads the state. `spent` spends the token only if it is live (under SERIALIZABLE
 /// a concurrent spend of the same row makes this fail with 40001 rather than slip through);
@@ -137,14 +155,18 @@ pub const SPEND: &str = concat!(
         "x.seal",
         " left join seals x on $4 is not null and x.hash = t.successor_hash"
     ),
-    "), spent as (
+    "), limited as (
+        select f.rotate_tat - $11 * interval '1 microsecond' as until from families f, presented p
+        where f.id = p.id and f.rotate_tat > $3 + $11 * interval '1 microsecond'
+    ), spent as (
         update refresh_tokens t
         set spent_at = $3, successor_hash = $2
         from presented p
         where t.hash = p.hash and t.spent_at is null
           and p.revoked_at is null and p.token_expires_at > $3 and p.expires_at > $3
+          and not exists (select 1 from limited)
         returning t.family_id, p.expires_at",
-    rotation_writes!(),
+    rotation_writes!("$10"),
     "
     ), reused as (
         update families f
@@ -162,7 +184,8 @@ pub const SPEND: &str = concat!(
         select $3, 'reuse_detected', r.id, p.subject, p.client_id, $7, $8 from reused r, presented p
     )
     select p.*, (select expires_at from successor) as new_expires_at,
-           exists (select 1 from reused) as revoked_for_reuse
+           exists (select 1 from reused) as revoked_for_reuse,
+           (select until from limited) as limited_until
     from presented p"
 );
 

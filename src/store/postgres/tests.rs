@@ -116,20 +116,20 @@ async fn assert_rotate_reads_indexes_by_primary_key(db: &mut PgConnection, analy
         (
             "SPEND_LIVE",
             sql::SPEND_LIVE,
-            "bytea, bytea, timestamptz, bytea, timestamptz, text, text, bool",
+            "bytea, bytea, timestamptz, bytea, timestamptz, text, text, bool, bigint, bigint",
         ),
         (
             "SPEND",
             sql::SPEND,
-            "bytea, bytea, timestamptz, bytea, timestamptz, timestamptz, text, text, bool",
+            "bytea, bytea, timestamptz, bytea, timestamptz, timestamptz, text, text, bool, bigint, bigint",
         ),
     ];
     for (name, statement, types) in statements {
         for mode in ["force_generic_plan", "force_custom_plan"] {
             let arguments = if name == "SPEND" {
-                "sha256('a'), sha256('b'), now(), null, now(), now(), null, null, false"
+                "sha256('a'), sha256('b'), now(), null, now(), now(), null, null, false, 1000000, 99000000"
             } else {
-                "sha256('a'), sha256('b'), now(), null, now(), null, null, false"
+                "sha256('a'), sha256('b'), now(), null, now(), null, null, false, 1000000, 99000000"
             };
             let script =
                 format!("set plan_cache_mode = {mode}; prepare {name}_{mode}_{analyzed} ({types}) as {statement};");

@@ -65,6 +65,8 @@ impl TryFrom<FamilyRow> for FamilyRecord {
 pub(super) struct TokenRow {
     #[sqlx(flatten)]
     pub family: FamilyRow,
+    /// When the family's Rotate bucket is full again (GCRA; null: full).
+    pub rotate_tat: Option<i64>,
     token_created_at: i64,
     pub token_expires_at: i64,
     pub spent_at: Option<i64>,

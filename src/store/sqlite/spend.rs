@@ -51,6 +51,18 @@ impl SqliteStore {
             let family_live = row.family.revoked_at.is_none() && row.family.expires_at > now;
 
             if row.spent_at.is_none() && family_live && row.token_expires_at > now {
+                // The family's Rotate bucket, as PostgreSQL's `rotation_writes!` keeps it.
+                let limit = request.rotate_limit;
+                let (interval, tolerance) = (limit.interval_micros(), limit.tolerance_micros());
+                let due = row.rotate_tat.map_or(now, |tat| tat.max(now));
+                if due - now > tolerance {
+                    tx.rollback().await.map_err(classify)?;
+                    let family: FamilyRecord = row.family.try_into()?;
+                    return Ok(SpendOutcome::Limited {
+                        family: family.id,
+                        retry_at: instant(due - tolerance)?,
+                    });
+                }
                 let family = row.family.id;
                 let expires_at = micros(request.successor.expires_at).min(row.family.expires_at);
                 // Spent first: the schema allows one unspent token per family.
@@ -88,6 +100,7 @@ impl SqliteStore {
                     .bind(now)
                     .bind(expires_at)
                     .bind(family)
+                    .bind(due.saturating_add(interval))
                     .execute(&mut *tx)
                     .await
                     .map_err(classify)?;

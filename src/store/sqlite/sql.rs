@@ -16,14 +16,14 @@ macro_rules! family_columns {
     };
 }
 
-/// The presented token (?1), its family and its successor: a `TokenRow`. `$seal` is the
-/// successor's seal, from `$join`ed `seals x`.
+/// The presented token (?1), its family (with its Rotate bucket) and its successor: a
+/// `TokenRow`. `$seal` is the successor's seal, from `$join`ed `seals x`.
 macro_rules! presented_token_select {
     ($seal:literal, $join:literal) => {
         concat!(
             "select ",
             family_columns!(),
-            ", t.created_at as token_created_at, t.expires_at as token_expires_at, \
+            ", f.rotate_tat, t.created_at as token_created_at, t.expires_at as token_expires_at, \
                 t.spent_at, t.successor_hash, ",
             $seal,
             " as successor_seal, \
@@ -60,8 +60,10 @@ pub(super) const INSERT_SUCCESSOR: &str =
 /// ?1 sealed (successor) hash, ?2 seal, ?3 now.
 pub(super) const SEAL: &str = "insert into seals (hash, seal, created_at) values (?1, ?2, ?3)";
 
-/// The family's rotation bookkeeping: ?1 now, ?2 the successor's expiry, ?3 family id.
-pub(super) const TOUCH_FAMILY: &str = "update families set last_rotated_at = ?1, refresh_expires_at = ?2 where id = ?3";
+/// The family's rotation bookkeeping: ?1 now, ?2 the successor's expiry, ?3 family id, ?4 when
+/// its Rotate bucket is full again (GCRA's time, moved one interval on).
+pub(super) const TOUCH_FAMILY: &str =
+    "update families set last_rotated_at = ?1, refresh_expires_at = ?2, rotate_tat = ?4 where id = ?3";
 
 /// Reuse detected: ?1 now, ?2 family id.
 pub(super) const REVOKE_FOR_REUSE: &str =

@@ -51,6 +51,7 @@ fn spend_of(presented: TokenHash) -> SpendRequest {
         now: now(),
         retry_after: now(),
         audit_rotation: false,
+        rotate_limit: crate::store::contract::LOOSE,
     }
 }
 

@@ -44,6 +44,7 @@ pub fn test_policy() -> Policy {
         leeway: Duration::seconds(5),
         max_sessions: 100,
         audit_rotations: false,
+        rotate_limit: ratchet::domain::RotateLimit::default(),
     }
 }
 

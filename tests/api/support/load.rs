@@ -30,7 +30,7 @@ use super::{History, issue};
 pub fn without_rotate_limit(parts: &mut ratchet::startup::Parts) {
     // The largest the command line accepts (a replenish interval of a microsecond).
     let max = std::num::NonZeroU32::new(1_000_000).unwrap();
-    parts.settings.access.rotate_limit = ratchet::policy::limits::RotateLimit {
+    parts.settings.policy.rotate_limit = ratchet::domain::RotateLimit {
         per_second: max,
         burst: max,
     };
