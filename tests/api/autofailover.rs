@@ -21,19 +21,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ratchet::grpc::pb::IssueRequest;
 use ratchet::grpc::pb::token_service_client::TokenServiceClient;
-use ratchet_history::Options;
-use sqlx::postgres::PgPoolOptions;
 use tonic::transport::Channel;
 
 use crate::support::{
-    Formation, Server, Shared, assert_chains_rotate, check_invariants, finish_chains, free_port, migrate,
-    start_chains_while,
+    CHAIN_LOAD_ENV, Formation, Server, Shared, free_port, judge, migrate, serving_again, start_chains_while,
 };
-
-/// How soon after the new primary accepts writes ratchet must be serving again (issue 19).
-const SERVING_AGAIN_WITHIN: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, Debug)]
 enum Fault {
@@ -49,31 +42,6 @@ fn rounds() -> usize {
     std::env::var("RATCHET_FAILOVER_ROUNDS").map_or(2, |rounds| {
         rounds.parse().expect("RATCHET_FAILOVER_ROUNDS is a number of rounds")
     })
-}
-
-/// Issue until one succeeds, each recorded for the checker; how long after `writable` it did.
-async fn serving_again(client: &TokenServiceClient<Channel>, observed: &Shared, writable: Instant) -> Duration {
-    loop {
-        let invoked = Instant::now();
-        let request = IssueRequest {
-            subject: "after-failover".into(),
-            ..Default::default()
-        };
-        let result = client.clone().issue(request).await.map(tonic::Response::into_inner);
-        observed
-            .lock()
-            .unwrap()
-            .history
-            .issue(invoked, "after-failover", &result);
-        if result.is_ok() {
-            return writable.elapsed();
-        }
-        assert!(
-            writable.elapsed() < SERVING_AGAIN_WITHIN,
-            "no Issue succeeded within {SERVING_AGAIN_WITHIN:?} of the new primary accepting writes: {result:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// When node `standby` first accepted writes, and how long after that ratchet served again.
@@ -95,15 +63,7 @@ async fn failovers_under_rotate_load(fault: Fault) {
     std::fs::create_dir_all(&scratch).unwrap();
     let log = scratch.join("server.log");
     let addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let env = [
-        // A client retrying a call cut by the failover gets the same pair within the grace window.
-        ("RATCHET_REUSE_GRACE", "30s"),
-        ("RATCHET_DB_TIMEOUT", "2s"),
-        // Chains rotated flat out: see `support::without_rotate_limit`.
-        ("RATCHET_ROTATE_BURST", "1000000"),
-        ("RATCHET_ROTATE_PER_SECOND", "1000000"),
-    ];
-    let server = Server::start_with(&url, &scratch.join("data"), &log, addr, &env);
+    let server = Server::start_with(&url, &scratch.join("data"), &log, addr, &CHAIN_LOAD_ENV);
     let client = server.client().await;
     let observed = Shared::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -153,18 +113,13 @@ async fn failovers_under_rotate_load(fault: Fault) {
     }
 
     stop.store(true, Ordering::Relaxed);
-    let last = finish_chains(chains).await;
-    assert_chains_rotate(&client, &last, &observed).await;
-    let observed = std::mem::take(&mut *observed.lock().unwrap());
-    assert!(observed.unexpected.is_empty(), "{:?}", observed.unexpected);
-    let db = PgPoolOptions::new()
-        .max_connections(2)
-        .connect_with(formation.options(primary).database("ratchet"))
-        .await
-        .unwrap();
-    check_invariants(&db, &observed).await;
-    observed.history.check(&db, &Options::default()).await;
-    db.close().await;
+    judge(
+        &client,
+        chains,
+        &observed,
+        formation.options(primary).database("ratchet"),
+    )
+    .await;
     server.terminate().await;
 }
 

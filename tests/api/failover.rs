@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ratchet::grpc::pb::{IssueRequest, RotateRequest};
-use ratchet::store::postgres::{self, PgHosts, PoolSettings};
+use ratchet::grpc::pb::RotateRequest;
+use ratchet::store::postgres::{self, PoolSettings};
 use ratchet_history::{Kind, Options, Report};
 use sqlx::Connection as _;
 use sqlx::postgres::{PgConnection, PgPoolOptions};
@@ -22,12 +22,9 @@ use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::support::{
-    Observed, PrivateCluster, Proxy, Server, Shared, TestApp, assert_token_error, finish_chains, health_at, http_get,
-    issue, migrate, start_chains_while, without_rotate_limit,
+    Observed, PrivateCluster, Proxy, SERVING_AGAIN_WITHIN, Server, Shared, TestApp, assert_token_error, finish_chains,
+    health_at, http_get, issue, migrate, serving_again, start_chains_while, without_rotate_limit,
 };
-
-/// How long after the promotion ratchet must be serving writes again (issue 19).
-const SERVING_AGAIN_WITHIN: Duration = Duration::from_secs(10);
 
 async fn scalar(cluster: &PrivateCluster, database: &str, query: &str) -> String {
     let mut connection = PgConnection::connect_with(&cluster.options().database(database))
@@ -203,12 +200,7 @@ async fn failover_after_the_replication_link_was_cut(synchronous: bool) -> (Repo
     if synchronous {
         primary.replicate_synchronously().await;
     }
-    let hosts = PgHosts::parse(&format!(
-        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/ratchet?sslmode=disable",
-        primary.port(),
-        standby.port()
-    ))
-    .unwrap();
+    let hosts = primary.with_standby_hosts(&standby, "ratchet");
     // The store's timeout (and with it the backstop on a silent answer) is well inside STALL.
     let settings = PoolSettings {
         max_connections: 8,
@@ -235,24 +227,7 @@ async fn failover_after_the_replication_link_was_cut(synchronous: bool) -> (Repo
     tokio::time::sleep(STALL).await;
     primary.crash().await;
     standby.promote().await;
-    let promoted = Instant::now();
-    loop {
-        let invoked = Instant::now();
-        let request = IssueRequest {
-            subject: "after".into(),
-            ..Default::default()
-        };
-        let result = app.client.clone().issue(request).await.map(tonic::Response::into_inner);
-        observed.lock().unwrap().history.issue(invoked, "after", &result);
-        if result.is_ok() {
-            break;
-        }
-        assert!(
-            promoted.elapsed() < SERVING_AGAIN_WITHIN,
-            "not serving again: {result:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    serving_again(&app.client, &observed, Instant::now()).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     finish_chains(chains).await;

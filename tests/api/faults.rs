@@ -15,16 +15,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ratchet::grpc::pb::IssueRequest;
 use ratchet::grpc::status::reason;
-use ratchet::store::postgres::{self, PgHosts, PoolSettings};
-use ratchet_history::Options;
-use sqlx::postgres::PgPoolOptions;
+use ratchet::store::postgres::{self, PoolSettings};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::support::{
-    PrivateCluster, Proxy, Server, Shared, TestApp, assert_chains_rotate, check_invariants, finish_chains, free_port,
-    issue, reason_of, rotate_once, start_chains, start_chains_across, test_policy, without_rotate_limit,
+    CHAIN_LOAD_ENV, PrivateCluster, Proxy, Server, Shared, TestApp, check_invariants, free_port, issue, judge,
+    reason_of, rotate_once, serving_again, start_chains, start_chains_across, test_policy, without_rotate_limit,
 };
 
 #[tokio::test]
@@ -39,7 +36,7 @@ async fn postgres_restarted_under_rotate_load_fails_fast_recovers_and_loses_noth
         reuse_grace: time::Duration::seconds(30),
         ..test_policy()
     };
-    let app = TestApp::builder(options)
+    let app = TestApp::builder(options.clone())
         .pool(settings)
         .adjust(|parts| {
             parts.settings.policy = policy;
@@ -58,10 +55,7 @@ async fn postgres_restarted_under_rotate_load_fails_fast_recovers_and_loses_noth
     cluster.start_again().await;
     app.wait_for_health(ServingStatus::Serving).await;
 
-    let last = finish_chains(clients).await;
-    assert_chains_rotate(&app.client, &last, &observed).await;
-    let observed = std::mem::take(&mut *observed.lock().unwrap());
-    assert!(observed.unexpected.is_empty(), "{:?}", observed.unexpected);
+    let observed = judge(&app.client, clients, &observed, options).await;
     assert!(observed.unavailable > 0, "the outage was never seen");
     // Fail fast: nothing was sent, or PostgreSQL said so; no call waits out more than its timeout.
     assert!(
@@ -69,8 +63,6 @@ async fn postgres_restarted_under_rotate_load_fails_fast_recovers_and_loses_noth
         "an UNAVAILABLE took {:?}",
         observed.slowest_unavailable
     );
-    check_invariants(app.db(), &observed).await;
-    observed.history.check(app.db(), &Options::default()).await;
     app.stop().await;
 }
 
@@ -83,14 +75,7 @@ async fn ratchet_killed_with_sigkill_under_rotate_load_comes_back_with_every_cha
     std::fs::create_dir_all(&scratch).unwrap();
     let (data, log) = (scratch.join("data"), scratch.join("server.log"));
     let addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    // A client that retries a call cut by the crash gets the same pair within the grace window.
-    let env = [
-        ("RATCHET_REUSE_GRACE", "30s"),
-        ("RATCHET_DB_TIMEOUT", "2s"),
-        // Chains rotated flat out: see `without_rotate_limit`.
-        ("RATCHET_ROTATE_BURST", "1000000"),
-        ("RATCHET_ROTATE_PER_SECOND", "1000000"),
-    ];
+    let env = CHAIN_LOAD_ENV;
     let server = Server::start_with(&url, &data, &log, addr, &env);
     let client = server.client().await;
     let observed = Shared::default();
@@ -102,18 +87,7 @@ async fn ratchet_killed_with_sigkill_under_rotate_load_comes_back_with_every_cha
     tokio::time::sleep(Duration::from_millis(300)).await;
     let server = Server::start_with(&url, &data, &log, addr, &env);
 
-    let last = finish_chains(clients).await;
-    assert_chains_rotate(&server.client().await, &last, &observed).await;
-    let db = PgPoolOptions::new()
-        .max_connections(2)
-        .connect_with(options)
-        .await
-        .unwrap();
-    let observed = std::mem::take(&mut *observed.lock().unwrap());
-    assert!(observed.unexpected.is_empty(), "{:?}", observed.unexpected);
-    check_invariants(&db, &observed).await;
-    observed.history.check(&db, &Options::default()).await;
-    db.close().await;
+    judge(&server.client().await, clients, &observed, options).await;
     server.kill();
 }
 
@@ -234,12 +208,7 @@ async fn the_primary_killed_under_rotate_load_and_its_synchronous_standby_promot
     let options = primary.create_database("ratchet").await;
     let standby = primary.start_standby().await;
     primary.replicate_synchronously().await;
-    let hosts = PgHosts::parse(&format!(
-        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/ratchet?sslmode=disable",
-        primary.port(),
-        standby.port()
-    ))
-    .unwrap();
+    let hosts = primary.with_standby_hosts(&standby, "ratchet");
     let settings = PoolSettings {
         max_connections: 8,
         timeout: Duration::from_secs(2),
@@ -257,38 +226,10 @@ async fn the_primary_killed_under_rotate_load_and_its_synchronous_standby_promot
     tokio::time::sleep(Duration::from_millis(1500)).await;
     primary.crash().await;
     standby.promote().await;
-    let promoted = Instant::now();
     // Serving writes again within 10 s of the new primary accepting them (issue 19).
-    loop {
-        let invoked = Instant::now();
-        let request = IssueRequest {
-            subject: "after".into(),
-            ..Default::default()
-        };
-        let result = app.client.clone().issue(request).await.map(tonic::Response::into_inner);
-        observed.lock().unwrap().history.issue(invoked, "after", &result);
-        if result.is_ok() {
-            break;
-        }
-        assert!(
-            promoted.elapsed() < Duration::from_secs(10),
-            "no Issue succeeded within 10 s of the promotion"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    serving_again(&app.client, &observed, Instant::now()).await;
 
-    let last = finish_chains(clients).await;
-    assert_chains_rotate(&app.client, &last, &observed).await;
-    let observed = std::mem::take(&mut *observed.lock().unwrap());
-    assert!(observed.unexpected.is_empty(), "{:?}", observed.unexpected);
-    let new_primary = PgPoolOptions::new()
-        .max_connections(2)
-        .connect_with(standby.options().database("ratchet"))
-        .await
-        .unwrap();
-    check_invariants(&new_primary, &observed).await;
-    observed.history.check(&new_primary, &Options::default()).await;
-    new_primary.close().await;
+    judge(&app.client, clients, &observed, standby.options().database("ratchet")).await;
     app.stop().await;
 }
 
@@ -338,19 +279,8 @@ async fn two_replicas_whose_database_links_are_cut_and_slowed_in_turn_never_spen
     pause(1000).await;
     links[1].restore().await;
 
-    let last = finish_chains(chains).await;
-    assert_chains_rotate(&clients[1], &last, &observed).await;
-    let observed = std::mem::take(&mut *observed.lock().unwrap());
-    assert!(observed.unexpected.is_empty(), "{:?}", observed.unexpected);
+    let observed = judge(&clients[1], chains, &observed, options).await;
     assert!(observed.unavailable > 0, "the cuts were never seen");
-    let db = PgPoolOptions::new()
-        .max_connections(2)
-        .connect_with(options)
-        .await
-        .unwrap();
-    check_invariants(&db, &observed).await;
-    observed.history.check(&db, &Options::default()).await;
-    db.close().await;
     for app in replicas {
         app.stop().await;
     }

@@ -138,6 +138,17 @@ impl PrivateCluster {
         )
     }
 
+    /// `database` on this primary and on `standby`, as one multi-host `DATABASE_URL` names them
+    /// (this one first).
+    pub fn with_standby_hosts(&self, standby: &Self, database: &str) -> ratchet::store::postgres::PgHosts {
+        ratchet::store::postgres::PgHosts::parse(&format!(
+            "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{database}?sslmode=disable",
+            self.port(),
+            standby.port()
+        ))
+        .unwrap()
+    }
+
     /// Its temporary directory: `data/` (the cluster), `log` (the server log), the socket.
     pub fn dir(&self) -> &Path {
         &self.control.dir

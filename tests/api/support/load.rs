@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ratchet::grpc::pb::RotateRequest;
 use ratchet::grpc::pb::token_service_client::TokenServiceClient;
+use ratchet::grpc::pb::{IssueRequest, RotateRequest};
 use ratchet::grpc::status::reason;
 use ratchet::issuer::refresh_token::RefreshToken;
 use sqlx::PgPool;
@@ -35,6 +35,16 @@ pub fn without_rotate_limit(parts: &mut ratchet::startup::Parts) {
         burst: max,
     };
 }
+
+/// The binary's environment for a chain load: a grace window (a client retrying a call a fault
+/// cut off gets the same pair), a 2 s database timeout, and the Rotate limit lifted (see
+/// [`without_rotate_limit`]).
+pub const CHAIN_LOAD_ENV: [(&str, &str); 4] = [
+    ("RATCHET_REUSE_GRACE", "30s"),
+    ("RATCHET_DB_TIMEOUT", "2s"),
+    ("RATCHET_ROTATE_BURST", "1000000"),
+    ("RATCHET_ROTATE_PER_SECOND", "1000000"),
+];
 
 /// What the clients saw.
 #[derive(Default)]
@@ -258,4 +268,61 @@ pub async fn finish_chains(clients: Vec<tokio::task::JoinHandle<String>>) -> Vec
         last.push(client.await.unwrap());
     }
     last
+}
+
+/// How soon after a new primary accepts writes ratchet must be serving again (issue 19).
+pub const SERVING_AGAIN_WITHIN: Duration = Duration::from_secs(10);
+
+/// Issues until one succeeds, every attempt recorded for the checker, and returns how long after
+/// `since` (when a new primary accepted writes, or was promoted) it did.
+///
+/// # Panics
+/// None succeeded within [`SERVING_AGAIN_WITHIN`] of `since`.
+pub async fn serving_again(client: &TokenServiceClient<Channel>, observed: &Shared, since: Instant) -> Duration {
+    loop {
+        let invoked = Instant::now();
+        let request = IssueRequest {
+            subject: "after-failover".into(),
+            ..Default::default()
+        };
+        let result = client.clone().issue(request).await.map(tonic::Response::into_inner);
+        observed
+            .lock()
+            .unwrap()
+            .history
+            .issue(invoked, "after-failover", &result);
+        if result.is_ok() {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < SERVING_AGAIN_WITHIN,
+            "no Issue succeeded within {SERVING_AGAIN_WITHIN:?} of the new primary accepting writes: {result:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The end of a chain-load fault test: waits for the chains' clients, then every chain's last
+/// token must rotate (the service recovered by itself), no answer may have been unexpected, the
+/// invariants must hold on the database `db` names, and the history checker must find that what
+/// the clients were told fits it. Returns what they saw, for the test's own asserts.
+pub async fn judge(
+    client: &TokenServiceClient<Channel>,
+    chains: Vec<tokio::task::JoinHandle<String>>,
+    observed: &Shared,
+    db: sqlx::postgres::PgConnectOptions,
+) -> Observed {
+    let last = finish_chains(chains).await;
+    assert_chains_rotate(client, &last, observed).await;
+    let observed = std::mem::take(&mut *observed.lock().unwrap());
+    assert!(observed.unexpected.is_empty(), "{:?}", observed.unexpected);
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(db)
+        .await
+        .unwrap();
+    check_invariants(&db, &observed).await;
+    observed.history.check(&db, &ratchet_history::Options::default()).await;
+    db.close().await;
+    observed
 }
