@@ -118,6 +118,7 @@ async fn failovers_under_rotate_load(fault: Fault) {
         chains,
         &observed,
         formation.options(primary).database("ratchet"),
+        true,
     )
     .await;
     server.terminate().await;

@@ -237,7 +237,11 @@ async fn failover_after_the_replication_link_was_cut(synchronous: bool) -> (Repo
         .connect_with(standby.options().database("ratchet"))
         .await
         .unwrap();
-    let report = observed.history.report(&new_primary, &Options::default()).await;
+    let options = Options {
+        grace_window: true,
+        ..Default::default()
+    };
+    let report = observed.history.report(&new_primary, &options).await;
     eprintln!("synchronous: {synchronous}; {:?}\n{report}", report.stats);
     new_primary.close().await;
     app.stop().await;

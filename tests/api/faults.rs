@@ -15,13 +15,19 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ratchet::grpc::pb::revoke_request::Target;
+use ratchet::grpc::pb::token_service_client::TokenServiceClient;
+use ratchet::grpc::pb::{IntrospectRequest, RevokeRequest, TokenPair};
 use ratchet::grpc::status::reason;
 use ratchet::store::postgres::{self, PoolSettings};
+use ratchet_history::Options;
+use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::support::{
     CHAIN_LOAD_ENV, PrivateCluster, Proxy, Server, Shared, TestApp, check_invariants, free_port, issue, judge,
-    reason_of, rotate_once, serving_again, start_chains, start_chains_across, test_policy, without_rotate_limit,
+    reason_of, replay_once, rotate_once, serving_again, start_chains, start_chains_across, test_policy,
+    without_rotate_limit,
 };
 
 #[tokio::test]
@@ -55,7 +61,7 @@ async fn postgres_restarted_under_rotate_load_fails_fast_recovers_and_loses_noth
     cluster.start_again().await;
     app.wait_for_health(ServingStatus::Serving).await;
 
-    let observed = judge(&app.client, clients, &observed, options).await;
+    let observed = judge(&app.client, clients, &observed, options, true).await;
     assert!(observed.unavailable > 0, "the outage was never seen");
     // Fail fast: nothing was sent, or PostgreSQL said so; no call waits out more than its timeout.
     assert!(
@@ -87,7 +93,7 @@ async fn ratchet_killed_with_sigkill_under_rotate_load_comes_back_with_every_cha
     tokio::time::sleep(Duration::from_millis(300)).await;
     let server = Server::start_with(&url, &data, &log, addr, &env);
 
-    judge(&server.client().await, clients, &observed, options).await;
+    judge(&server.client().await, clients, &observed, options, true).await;
     server.kill();
 }
 
@@ -112,29 +118,22 @@ async fn many_clients_rotating_and_replaying_the_same_families_never_spend_a_tok
         .adjust(without_rotate_limit)
         .spawn()
         .await;
+    let observed = Shared::default();
     let families = Arc::new(Mutex::new(Vec::new()));
     for i in 0..4 {
-        let pair = issue(&app.client, &format!("user{i}")).await;
+        let pair = issue_recorded(&app.client, &format!("user{i}"), &observed).await;
         families.lock().unwrap().push(Family {
             id: pair.family_id,
             tokens: vec![pair.refresh_token],
             dead: false,
         });
     }
-    let observed = Shared::default();
     let until = Instant::now() + Duration::from_secs(4);
     let mut workers = Vec::new();
     for worker in 0..16u64 {
         let (client, families, observed) = (app.client.clone(), families.clone(), observed.clone());
         workers.push(tokio::spawn(async move {
-            let mut rng = worker.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-            let mut next = move |n: usize| {
-                // xorshift: reproducible interleavings per worker, no extra dependency
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                usize::try_from(rng % n as u64).unwrap()
-            };
+            let mut next = xorshift(worker);
             let mut issued = 0;
             while Instant::now() < until {
                 let picked = {
@@ -143,21 +142,27 @@ async fn many_clients_rotating_and_replaying_the_same_families_never_spend_a_tok
                     (!live.is_empty()).then(|| {
                         let index = live[next(live.len())];
                         let tokens = &families[index].tokens;
-                        // Mostly the newest token (racing other workers for it), sometimes a replay.
+                        // Mostly the newest token (racing other workers for it), sometimes a
+                        // replay of one known spent (it has a successor).
                         let pick = if next(4) == 0 {
                             next(tokens.len())
                         } else {
                             tokens.len() - 1
                         };
-                        (index, tokens[pick].clone())
+                        (index, tokens[pick].clone(), pick + 1 < tokens.len())
                     })
                 };
                 // Every family just fell to a detected reuse: replacements are on their way.
-                let Some((index, token)) = picked else {
+                let Some((index, token, spent)) = picked else {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     continue;
                 };
-                match rotate_once(&client, &token, &observed).await {
+                let result = if spent {
+                    replay_once(&client, &token, &observed).await
+                } else {
+                    rotate_once(&client, &token, &observed).await
+                };
+                match result {
                     Ok(successor) => families.lock().unwrap()[index].tokens.push(successor),
                     Err(status) => match reason_of(&status).as_deref() {
                         Some(reason::TOKEN_REUSED | reason::TOKEN_REVOKED) => {
@@ -172,7 +177,8 @@ async fn many_clients_rotating_and_replaying_the_same_families_never_spend_a_tok
                             // Keep four families in play (a subject each: the sessions cap must
                             // not evict any).
                             issued += 1;
-                            let pair = issue(&client, &format!("user-w{worker}-{issued}")).await;
+                            let subject = format!("user-w{worker}-{issued}");
+                            let pair = issue_recorded(&client, &subject, &observed).await;
                             families.lock().unwrap().push(Family {
                                 id: pair.family_id,
                                 tokens: vec![pair.refresh_token],
@@ -185,9 +191,49 @@ async fn many_clients_rotating_and_replaying_the_same_families_never_spend_a_tok
             }
         }));
     }
+    // Meanwhile an auditor introspects families' newest tokens and now and then revokes a family.
+    let auditor = {
+        let (client, families, observed) = (app.client.clone(), families.clone(), observed.clone());
+        tokio::spawn(async move {
+            let mut next = xorshift(99);
+            while Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let picked = {
+                    let families = families.lock().unwrap();
+                    let family = &families[next(families.len())];
+                    (family.id.clone(), family.tokens.last().cloned().unwrap_or_default())
+                };
+                let (family, token) = picked;
+                let invoked = Instant::now();
+                let request = IntrospectRequest {
+                    token: token.clone(),
+                    token_type_hint: String::new(),
+                };
+                let result = client
+                    .clone()
+                    .introspect(request)
+                    .await
+                    .map(tonic::Response::into_inner);
+                observed.lock().unwrap().history.introspect(invoked, &token, &result);
+                if next(25) == 0 {
+                    let invoked = Instant::now();
+                    let request = RevokeRequest {
+                        target: Some(Target::FamilyId(family.clone())),
+                    };
+                    let result = client.clone().revoke(request).await.map(tonic::Response::into_inner);
+                    observed
+                        .lock()
+                        .unwrap()
+                        .history
+                        .revoke_family(invoked, &family, &result);
+                }
+            }
+        })
+    };
     for worker in workers {
         worker.await.unwrap();
     }
+    auditor.await.unwrap();
     let observed = std::mem::take(&mut *observed.lock().unwrap());
     assert!(observed.unexpected.is_empty(), "{:?}", observed.unexpected);
     assert!(!observed.reused.is_empty(), "the stress never replayed a token");
@@ -195,7 +241,31 @@ async fn many_clients_rotating_and_replaying_the_same_families_never_spend_a_tok
         assert_eq!(answers.len(), 1, "a refresh token was accepted {} times", answers.len());
     }
     check_invariants(app.db(), &observed).await;
+    observed.history.check(app.db(), &Options::default()).await;
     app.stop().await;
+}
+
+/// Issue for `subject`, recorded for the checker.
+async fn issue_recorded(client: &TokenServiceClient<Channel>, subject: &str, observed: &Shared) -> TokenPair {
+    let invoked = Instant::now();
+    let pair = issue(client, subject).await;
+    observed
+        .lock()
+        .unwrap()
+        .history
+        .issue(invoked, subject, &Ok(pair.clone()));
+    pair
+}
+
+/// A reproducible pseudo-random `0..n` per seed (xorshift: no extra dependency).
+fn xorshift(seed: u64) -> impl FnMut(usize) -> usize {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        usize::try_from(state % n as u64).unwrap()
+    }
 }
 
 /// Issue 19's failover by hand, under load: the primary is SIGKILLed mid-burst, and its
@@ -229,7 +299,14 @@ async fn the_primary_killed_under_rotate_load_and_its_synchronous_standby_promot
     // Serving writes again within 10 s of the new primary accepting them (issue 19).
     serving_again(&app.client, &observed, Instant::now()).await;
 
-    judge(&app.client, clients, &observed, standby.options().database("ratchet")).await;
+    judge(
+        &app.client,
+        clients,
+        &observed,
+        standby.options().database("ratchet"),
+        false,
+    )
+    .await;
     app.stop().await;
 }
 
@@ -279,7 +356,7 @@ async fn two_replicas_whose_database_links_are_cut_and_slowed_in_turn_never_spen
     pause(1000).await;
     links[1].restore().await;
 
-    let observed = judge(&clients[1], chains, &observed, options).await;
+    let observed = judge(&clients[1], chains, &observed, options, true).await;
     assert!(observed.unavailable > 0, "the cuts were never seen");
     for app in replicas {
         app.stop().await;

@@ -1,7 +1,9 @@
-//! What the clients of a fault test were told, recorded for `ratchet-history`'s checker (issue
-//! 19), and the store's final state dumped for it: the checker, not hand-written asserts, then
-//! decides whether the two fit (no refresh token accepted twice, every acknowledged rotation
-//! durable, no branch, no effect from a definite failure).
+//! What the clients of a fault test were told (Issue, Rotate, replay, Revoke, Introspect),
+//! recorded for `ratchet-history`'s checker (issue 19), and the store's final state dumped for
+//! it: the checker, not hand-written asserts, then decides whether the two fit (no refresh token
+//! accepted twice, every acknowledged rotation durable, no branch, no effect from a definite
+//! failure, no Introspect saying active after a revocation). A history that does not fit is kept
+//! as JSON lines, one call each, for `ratchet_history::check_files`.
 //!
 //! A call's outcome is recorded as the checker's docs say a client must read it: only an
 //! `UNAVAILABLE` that ratchet itself sent ("storage temporarily unavailable") is a definite
@@ -11,11 +13,13 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
-use ratchet::grpc::pb::TokenPair;
+use ratchet::grpc::pb::{IntrospectResponse, RevokeResponse, TokenPair};
 use ratchet::grpc::status::reason;
 use ratchet::issuer::refresh_token::RefreshToken;
-use ratchet_history::history::{Answer, Call, Code, Failure, FamilyId, Outcome, TokenId, Unknown, UnknownCause};
-use ratchet_history::{FinalState, Op, Options, Report};
+use ratchet_history::history::{
+    Answer, Call, Code, Failure, FamilyId, Outcome, RevokeTarget, TokenId, TokenRef, Unknown, UnknownCause,
+};
+use ratchet_history::{FinalState, Op, Options, Report, write_history};
 use sqlx::PgPool;
 use tonic::Status;
 use tonic_types::StatusExt as _;
@@ -63,7 +67,34 @@ impl History {
         self.record(invoked, Call::Rotate { token: token_id(token) }, result);
     }
 
-    /// One test process, whose calls are told apart by their number.
+    /// Records a Rotate of `token` known to be spent (a replay), invoked at `invoked`.
+    pub fn replay(&self, invoked: Instant, token: &str, result: &Result<TokenPair, Status>) {
+        self.record(invoked, Call::Replay { token: token_id(token) }, result);
+    }
+
+    /// Records a Revoke of the family `family`, invoked at `invoked`.
+    pub fn revoke_family(&self, invoked: Instant, family: &str, result: &Result<RevokeResponse, Status>) {
+        let outcome = match result {
+            Ok(answer) => Outcome::Ok(Answer::Revoked(answer.families_revoked)),
+            Err(status) => outcome_of(status),
+        };
+        let call = Call::Revoke(RevokeTarget::Family(FamilyId(family.to_owned())));
+        self.push(invoked, call, outcome);
+    }
+
+    /// Records an Introspect of the refresh token `token`, invoked at `invoked`.
+    pub fn introspect(&self, invoked: Instant, token: &str, result: &Result<IntrospectResponse, Status>) {
+        let outcome = match result {
+            Ok(answer) => Outcome::Ok(Answer::Introspected {
+                active: answer.active,
+                family: (!answer.family_id.is_empty()).then(|| FamilyId(answer.family_id.clone())),
+            }),
+            Err(status) => outcome_of(status),
+        };
+        let call = Call::Introspect(TokenRef::RefreshToken(token_id(token)));
+        self.push(invoked, call, outcome);
+    }
+
     fn record(&self, invoked: Instant, call: Call, result: &Result<TokenPair, Status>) {
         let outcome = match result {
             Ok(pair) => Outcome::Ok(Answer::Pair {
@@ -72,6 +103,11 @@ impl History {
             }),
             Err(status) => outcome_of(status),
         };
+        self.push(invoked, call, outcome);
+    }
+
+    /// One test process, whose calls are told apart by their number.
+    fn push(&self, invoked: Instant, call: Call, outcome: Outcome) {
         let mut ops = self.ops.lock().unwrap();
         let op = Op {
             process: 0,
@@ -90,9 +126,19 @@ impl History {
 
     /// Dumps `db`'s families and tokens and checks the history against them; panics with the
     /// checker's report (the first violating calls) when they do not fit.
+    /// The whole history is then kept as JSON lines, one call each, in a file of the temporary
+    /// directory named in the message, for `ratchet_history::check_files` or a person to read.
     pub async fn check(&self, db: &PgPool, options: &Options) -> Report {
         let report = self.report(db, options).await;
-        assert!(report.is_ok(), "the history does not fit the store:\n{report}");
+        if !report.is_ok() {
+            let path = std::env::temp_dir().join(format!("ratchet-history-{}.jsonl", uuid::Uuid::new_v4().simple()));
+            let kept = std::fs::File::create(&path)
+                .and_then(|file| write_history(std::io::BufWriter::new(file), &self.ops.lock().unwrap()));
+            panic!(
+                "the history does not fit the store (history: {}, {kept:?}):\n{report}",
+                path.display()
+            );
+        }
         report
     }
 

@@ -59,7 +59,7 @@ pub struct Observed {
     pub slowest_unavailable: Duration,
     /// Anything not expected in the scenario.
     pub unexpected: Vec<String>,
-    /// Every Issue and Rotate, for the history checker.
+    /// Every call, for the history checker.
     pub history: History,
 }
 
@@ -75,6 +75,24 @@ pub async fn rotate_once(
     token: &str,
     observed: &Shared,
 ) -> Result<String, Status> {
+    present(client, token, observed, false).await
+}
+
+/// [`rotate_once`] for a token the caller knows was spent (a replay), recorded as one.
+pub async fn replay_once(
+    client: &TokenServiceClient<Channel>,
+    token: &str,
+    observed: &Shared,
+) -> Result<String, Status> {
+    present(client, token, observed, true).await
+}
+
+async fn present(
+    client: &TokenServiceClient<Channel>,
+    token: &str,
+    observed: &Shared,
+    replay: bool,
+) -> Result<String, Status> {
     let started = Instant::now();
     let mut request = tonic::Request::new(RotateRequest {
         refresh_token: token.to_owned(),
@@ -82,7 +100,11 @@ pub async fn rotate_once(
     request.set_timeout(Duration::from_secs(20));
     let result = client.clone().rotate(request).await.map(tonic::Response::into_inner);
     let mut observed = observed.lock().unwrap();
-    observed.history.rotate(started, token, &result);
+    if replay {
+        observed.history.replay(started, token, &result);
+    } else {
+        observed.history.rotate(started, token, &result);
+    }
     match result {
         Ok(pair) => {
             let next = pair.refresh_token;
@@ -163,9 +185,9 @@ pub async fn check_invariants(db: &PgPool, observed: &Observed) {
         .fetch_one(db)
         .await
         .expect("every successor a client saw is stored");
-        // Rotated on, or still working, or its family fell to a detected reuse.
+        // Rotated on, or still working, or its family fell to a detected reuse or a Revoke call.
         assert!(
-            spent || revoked_for.is_none() || revoked_for.as_deref() == Some("reuse"),
+            spent || matches!(revoked_for.as_deref(), None | Some("reuse" | "revoke")),
             "a successor a client saw is neither rotated on nor working ({revoked_for:?})"
         );
     }
@@ -305,12 +327,15 @@ pub async fn serving_again(client: &TokenServiceClient<Channel>, observed: &Shar
 /// The end of a chain-load fault test: waits for the chains' clients, then every chain's last
 /// token must rotate (the service recovered by itself), no answer may have been unexpected, the
 /// invariants must hold on the database `db` names, and the history checker must find that what
-/// the clients were told fits it. Returns what they saw, for the test's own asserts.
+/// the clients were told fits it. `grace_window`: the server answers a retry within a reuse grace
+/// window with the same pair (the checker's [`ratchet_history::Options::grace_window`]). Returns
+/// what they saw, for the test's own asserts.
 pub async fn judge(
     client: &TokenServiceClient<Channel>,
     chains: Vec<tokio::task::JoinHandle<String>>,
     observed: &Shared,
     db: sqlx::postgres::PgConnectOptions,
+    grace_window: bool,
 ) -> Observed {
     let last = finish_chains(chains).await;
     assert_chains_rotate(client, &last, observed).await;
@@ -322,7 +347,11 @@ pub async fn judge(
         .await
         .unwrap();
     check_invariants(&db, &observed).await;
-    observed.history.check(&db, &ratchet_history::Options::default()).await;
+    let options = ratchet_history::Options {
+        grace_window,
+        ..Default::default()
+    };
+    observed.history.check(&db, &options).await;
     db.close().await;
     observed
 }
