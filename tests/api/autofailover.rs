@@ -2,14 +2,16 @@
 //! the real binary (issue 19): a monitor, a primary and its synchronous standby
 //! ([`Formation`]), ratchet's `DATABASE_URL` naming both data nodes.
 //!
-//! Two faults, each repeated for `RATCHET_FAILOVER_ROUNDS` rounds in a row under one continuous
+//! Three faults, each repeated for `RATCHET_FAILOVER_ROUNDS` rounds in a row under one continuous
 //! load (default 2: the primary moves to node 2, then back to node 1 once the old primary has
 //! rejoined as standby):
 //! - a planned failover, `pg_autoctl perform failover`: the primary is drained, stopped, rewound
 //!   and rejoins as standby while the standby is promoted;
 //! - the primary node lost: its keeper, postmaster and backends SIGKILLed at once; the monitor's
 //!   health checks give up on it and promote the standby; the node is then started again and
-//!   rejoins.
+//!   rejoins;
+//! - the primary's postmaster alone SIGKILLed: its keeper restarts it after crash recovery, or
+//!   the monitor fails it over first; either way nothing acknowledged may be lost.
 //!
 //! After each round: ratchet served an Issue within 10 s of the new primary accepting writes,
 //! without a restart. At the end: every chain still rotates, the invariants of `support::load`
@@ -25,7 +27,8 @@ use ratchet::grpc::pb::token_service_client::TokenServiceClient;
 use tonic::transport::Channel;
 
 use crate::support::{
-    CHAIN_LOAD_ENV, Formation, Server, Shared, free_port, judge, migrate, serving_again, start_chains_while,
+    CHAIN_LOAD_ENV, Formation, SERVING_AGAIN_WITHIN, Server, Shared, free_port, judge, migrate, serving_again,
+    serving_again_within, start_chains_while,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -34,6 +37,9 @@ enum Fault {
     Planned,
     /// The primary node's processes SIGKILLed; the monitor fails it over.
     PrimaryLost,
+    /// The primary's postmaster SIGKILLed; its keeper restarts it (crash recovery), or the
+    /// monitor fails it over, whichever comes first.
+    PostmasterKilled,
 }
 
 /// `RATCHET_FAILOVER_ROUNDS` (default 2): `RATCHET_FAILOVER_ROUNDS=5 bash scripts/test -E
@@ -94,19 +100,43 @@ async fn failovers_under_rotate_load(fault: Fault) {
                 formation.kill(primary).await;
                 recovered(&formation, standby, &client, &observed).await
             }
+            // The killed node may come back writable and then be failed over all the same: time
+            // ratchet from the last moment before it served that a node turned writable.
+            Fault::PostmasterKilled => {
+                formation.kill_postmaster(primary).await;
+                let done = AtomicBool::new(false);
+                let (turned, served) = tokio::join!(formation.writable_since(&done), async {
+                    // Bounded below, from the node's last turn to writable.
+                    let within = Duration::from_secs(60);
+                    let served = started + serving_again_within(&client, &observed, started, within).await;
+                    done.store(true, Ordering::Relaxed);
+                    served
+                });
+                let writable = turned.into_iter().filter(|at| *at <= served).max().unwrap_or(started);
+                let serving = served - writable;
+                assert!(
+                    serving < SERVING_AGAIN_WITHIN,
+                    "round {round}: served {serving:?} after a node last turned writable"
+                );
+                (writable, serving)
+            }
         };
         // Load on the new primary, before the old one rejoins.
         tokio::time::sleep(Duration::from_secs(1)).await;
         if let Fault::PrimaryLost = fault {
             formation.restart(primary);
         }
+        let before = primary;
         primary = formation.wait_steady().await;
-        assert_eq!(primary, standby, "round {round}: the standby became the primary");
+        if !matches!(fault, Fault::PostmasterKilled) {
+            assert_eq!(primary, standby, "round {round}: the standby became the primary");
+        }
         let rotations = observed.lock().unwrap().answers.len() - rotations_before;
         eprintln!(
-            "round {round} ({fault:?}): node {} writable {:?} after the fault began, ratchet serving {serving:?} \
-             after that; {rotations} rotations during the round",
-            standby + 1,
+            "round {round} ({fault:?}): node {} -> node {}, writable {:?} after the fault began, ratchet serving \
+             {serving:?} after that; {rotations} rotations during the round",
+            before + 1,
+            primary + 1,
             writable - started,
         );
         assert!(rotations > 0, "round {round}: the load stopped");
@@ -127,6 +157,11 @@ async fn failovers_under_rotate_load(fault: Fault) {
 #[tokio::test]
 async fn pg_autoctl_perform_failover_under_rotate_load_loses_nothing_and_ratchet_follows_without_a_restart() {
     failovers_under_rotate_load(Fault::Planned).await;
+}
+
+#[tokio::test]
+async fn the_primarys_postmaster_killed_under_rotate_load_loses_nothing_whether_restarted_or_failed_over() {
+    failovers_under_rotate_load(Fault::PostmasterKilled).await;
 }
 
 #[tokio::test]

@@ -12,8 +12,9 @@
 //! failed over in seconds instead of the production defaults' ~30 s.
 //!
 //! Each keeper runs in a process group of its own: [`Formation::kill`] SIGKILLs the group, which
-//! is the whole node gone at once (keeper, postmaster, backends), as when its machine dies. Killing
-//! only the postmaster is not a failover: its keeper starts it again.
+//! is the whole node gone at once (keeper, postmaster, backends), as when its machine dies.
+//! [`Formation::kill_postmaster`] kills only the postmaster: its keeper starts it again, unless
+//! the monitor fails the node over first.
 //!
 //! Needs `pg_autoctl` on the PATH (Debian's `postgresql-<major>-auto-failover`, installed by
 //! `scripts/test`); without it [`Formation::start`] fails and says so. As root, everything runs as
@@ -24,6 +25,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::Connection as _;
@@ -153,6 +155,18 @@ impl Formation {
             sync, "quorum",
             "pg_auto_failover replicates synchronously to its standby"
         );
+        // A standby whose primary restarted reconnects after `wal_retrieve_retry_interval`, and
+        // until it does the primary's commits wait for it: a second, not the default five.
+        for node in 0..2 {
+            let mut connection = PgConnection::connect_with(&formation.options(node)).await.unwrap();
+            for statement in [
+                "alter system set wal_retrieve_retry_interval = '1s'",
+                "select pg_reload_conf()",
+            ] {
+                sqlx::raw_sql(statement).execute(&mut connection).await.unwrap();
+            }
+            connection.close().await.unwrap();
+        }
         formation
     }
 
@@ -195,19 +209,40 @@ impl Formation {
     /// every 20 ms; returns when it first did.
     pub async fn wait_writable(&self, node: usize) -> Instant {
         self.settle(&format!("node {} accepts writes", node + 1), async |f| {
-            let Ok(mut connection) = PgConnection::connect_with(&f.options(node)).await else {
-                return false;
-            };
-            let writable: Result<bool, _> = sqlx::query_scalar(
-                "select not pg_is_in_recovery() and current_setting('transaction_read_only') = 'off'",
-            )
-            .fetch_one(&mut connection)
-            .await;
-            let _ = connection.close().await;
-            writable.unwrap_or(false)
+            f.writable(node).await
         })
         .await;
         Instant::now()
+    }
+
+    /// Every moment a node started accepting writes, polled every 20 ms until `done`, starting
+    /// with neither node accepting them.
+    pub async fn writable_since(&self, done: &AtomicBool) -> Vec<Instant> {
+        let (mut was, mut turned) = ([false, false], Vec::new());
+        while !done.load(Ordering::Relaxed) {
+            for (node, was) in was.iter_mut().enumerate() {
+                let now = self.writable(node).await;
+                if now && !*was {
+                    turned.push(Instant::now());
+                }
+                *was = now;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        turned
+    }
+
+    /// Whether node `node` accepts writes now.
+    pub async fn writable(&self, node: usize) -> bool {
+        let Ok(mut connection) = PgConnection::connect_with(&self.options(node)).await else {
+            return false;
+        };
+        let writable: Result<bool, _> =
+            sqlx::query_scalar("select not pg_is_in_recovery() and current_setting('transaction_read_only') = 'off'")
+                .fetch_one(&mut connection)
+                .await;
+        let _ = connection.close().await;
+        writable.unwrap_or(false)
     }
 
     /// `pg_autoctl perform failover`: the monitor demotes the primary and promotes the standby;
@@ -247,6 +282,25 @@ impl Formation {
         // As in `PrivateCluster::crash`: every process that had the data directory open is gone,
         // and a zombie postmaster reaped late would make the next start refuse.
         let _ = std::fs::remove_file(self.nodes[node].pgdata.join("postmaster.pid"));
+    }
+
+    /// SIGKILL to node `node`'s postmaster alone (its backends follow); returns once it is gone.
+    /// Its keeper is left running: it starts PostgreSQL again (crash recovery), unless the
+    /// monitor fails the node over first.
+    pub async fn kill_postmaster(&self, node: usize) {
+        let lock = std::fs::read_to_string(self.nodes[node].pgdata.join("postmaster.pid")).expect("the node runs");
+        let postmaster: u32 = lock
+            .lines()
+            .next()
+            .and_then(|pid| pid.trim().parse().ok())
+            .expect("a pid");
+        let killed = Command::new("kill").args(["-KILL", &postmaster.to_string()]).status();
+        assert!(killed.is_ok_and(|s| s.success()), "kill the postmaster");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while process_alive(postmaster) {
+            assert!(Instant::now() < deadline, "the killed postmaster did not exit");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// `pg_autoctl run` for a killed node: it comes back, learns from the monitor that it was
@@ -409,4 +463,12 @@ fn local_options(port: u16) -> PgConnectOptions {
         .username("postgres")
         .database("postgres")
         .ssl_mode(PgSslMode::Disable)
+}
+
+/// `pid` runs (zombies aside: a zombie holds no port and no files).
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rfind(')').map(|end| stat[end + 1..].trim_start().starts_with('Z')))
+        .is_some_and(|zombie| !zombie)
 }

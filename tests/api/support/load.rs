@@ -301,6 +301,16 @@ pub const SERVING_AGAIN_WITHIN: Duration = Duration::from_secs(10);
 /// # Panics
 /// None succeeded within [`SERVING_AGAIN_WITHIN`] of `since`.
 pub async fn serving_again(client: &TokenServiceClient<Channel>, observed: &Shared, since: Instant) -> Duration {
+    serving_again_within(client, observed, since, SERVING_AGAIN_WITHIN).await
+}
+
+/// [`serving_again`] within `within` of `since`.
+pub async fn serving_again_within(
+    client: &TokenServiceClient<Channel>,
+    observed: &Shared,
+    since: Instant,
+    within: Duration,
+) -> Duration {
     loop {
         let invoked = Instant::now();
         let request = IssueRequest {
@@ -317,8 +327,8 @@ pub async fn serving_again(client: &TokenServiceClient<Channel>, observed: &Shar
             return since.elapsed();
         }
         assert!(
-            since.elapsed() < SERVING_AGAIN_WITHIN,
-            "no Issue succeeded within {SERVING_AGAIN_WITHIN:?} of the new primary accepting writes: {result:?}"
+            since.elapsed() < within,
+            "no Issue succeeded within {within:?} of the new primary accepting writes: {result:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
